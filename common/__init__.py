@@ -1,0 +1,1 @@
+"""Shared building blocks for the LoRA/QLoRA code-generation study scripts."""
