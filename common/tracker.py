@@ -1,0 +1,345 @@
+"""The run tracker: every train and eval run, its config, curve, scores and samples in SQLite.
+
+One file (`experiments.db` by default) holds everything `report.py` reads. It is
+opened in WAL mode with a busy timeout so several sweeps and evaluations can
+write at once; every write is its own short transaction, so a crash or kill -9
+loses at most the row being written. The schema is versioned: an older file is
+migrated in place, a newer or foreign file is refused rather than misread.
+
+    db = Tracker("experiments.db")
+    run = db.start_run("r16-4bit", kind="train", config={...}, suite="rank")
+    db.log_metrics(run, step=10, values={"loss": 1.2, "lr": 2e-4})
+    db.log_scores(run, "train", {"best_val_loss": 1.1})
+    db.finish_run(run, "completed")
+"""
+import csv
+import json
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from common.errors import UserError
+
+SCHEMA_VERSION = 1
+APPLICATION = "lora-code-study"
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    suite TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ('train', 'eval')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    config TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    parent_id INTEGER REFERENCES runs(id),
+    output_dir TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    wall_seconds REAL,
+    error TEXT,
+    host TEXT,
+    pid INTEGER,
+    git_commit TEXT,
+    versions TEXT,
+    hardware TEXT
+);
+CREATE INDEX runs_by_hash ON runs (config_hash, kind);
+CREATE INDEX runs_by_suite ON runs (suite);
+CREATE TABLE metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, name, step)
+);
+CREATE TABLE scores (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    benchmark TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    n INTEGER,
+    ci_low REAL,
+    ci_high REAL,
+    PRIMARY KEY (run_id, benchmark, name)
+);
+CREATE TABLE samples (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    benchmark TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    sample_index INTEGER NOT NULL DEFAULT 0,
+    prompt TEXT,
+    generation TEXT,
+    reference TEXT,
+    result TEXT,
+    details TEXT,
+    UNIQUE (run_id, benchmark, task_id, sample_index)
+);
+"""
+
+# Migration N upgrades a database from schema version N to N+1.
+_MIGRATIONS: dict[int, str] = {}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable digest of a resolved config, used to find a run already done."""
+    import hashlib
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Tracker:
+    def __init__(self, path: str | os.PathLike = "experiments.db"):
+        self.path = Path(path)
+        self._check_file_is_ours()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE),
+        # so a writer waits for the lock up front instead of failing mid-way.
+        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._ensure_schema()
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise UserError(f"{self.path} is not a usable experiments database ({e}); "
+                            "pass another --db or move the file away") from e
+
+    def _check_file_is_ours(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb") as f:
+            header = f.read(16)
+        if header != b"SQLite format 3\x00":
+            raise UserError(f"{self.path} is not an SQLite database; pass another --db or move the file away")
+
+    def _ensure_schema(self) -> None:
+        with self._write():
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute("INSERT INTO meta VALUES ('application', ?), ('schema_version', ?)",
+                                  (APPLICATION, str(SCHEMA_VERSION)))
+                return
+            if "meta" not in tables:
+                raise UserError(f"{self.path} is an SQLite database of another program "
+                                f"(tables: {', '.join(sorted(tables))}); pass another --db")
+            meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("application") != APPLICATION:
+                raise UserError(f"{self.path} belongs to {meta.get('application')!r}, not {APPLICATION}; pass another --db")
+            version = int(meta.get("schema_version", 0))
+            if version > SCHEMA_VERSION:
+                raise UserError(f"{self.path} has schema version {version}, newer than this toolkit's "
+                                f"{SCHEMA_VERSION}; update the toolkit (git pull)")
+            while version < SCHEMA_VERSION:
+                if version not in _MIGRATIONS:
+                    raise UserError(f"{self.path} has schema version {version}, which cannot be migrated; "
+                                    "start a new --db")
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                version += 1
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+    def _write(self):
+        return _Transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- runs -------------------------------------------------------------
+
+    def start_run(self, name: str, kind: str, config: dict[str, Any], suite: str | None = None,
+                  parent_id: int | None = None, output_dir: str | None = None,
+                  environment: dict[str, Any] | None = None) -> int:
+        env = environment or {}
+        with self._write():
+            cur = self.conn.execute(
+                "INSERT INTO runs (name, suite, kind, status, config, config_hash, parent_id, output_dir,"
+                " started_at, host, pid, git_commit, versions, hardware)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, suite, kind, json.dumps(config, sort_keys=True, default=str), config_hash(config),
+                 parent_id, output_dir, time.time(), socket.gethostname(), os.getpid(),
+                 env.get("git_commit"), json.dumps(env.get("versions", {}), sort_keys=True),
+                 json.dumps(env.get("hardware", {}), sort_keys=True)))
+            return int(cur.lastrowid)
+
+    def resume_run(self, run_id: int) -> None:
+        """Mark an interrupted run as running again in this process."""
+        with self._write():
+            self.conn.execute("UPDATE runs SET status='running', error=NULL, finished_at=NULL, host=?, pid=?"
+                              " WHERE id=?", (socket.gethostname(), os.getpid(), run_id))
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None,
+                   wall_seconds: float | None = None) -> None:
+        if status not in STATUSES[1:]:
+            raise ValueError(f"finish status must be one of {STATUSES[1:]}, got {status!r}")
+        with self._write():
+            self.conn.execute("UPDATE runs SET status=?, error=?, finished_at=?,"
+                              " wall_seconds=COALESCE(?, wall_seconds) WHERE id=?",
+                              (status, error, time.time(), wall_seconds, run_id))
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def runs(self, suite: str | None = None, status: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs WHERE 1=1", []
+        for column, value in (("suite", suite), ("status", status), ("kind", kind)):
+            if value is not None:
+                query += f" AND {column}=?"
+                args.append(value)
+        return [_run_dict(r) for r in self.conn.execute(query + " ORDER BY id", args)]
+
+    def find_runs(self, config: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        """Runs with exactly this resolved config, newest first."""
+        rows = self.conn.execute("SELECT * FROM runs WHERE config_hash=? AND kind=? ORDER BY id DESC",
+                                 (config_hash(config), kind))
+        return [_run_dict(r) for r in rows]
+
+    def mark_orphans_interrupted(self) -> int:
+        """A `running` row whose process (on this host) is gone was killed: say so."""
+        host = socket.gethostname()
+        orphans = [r["id"] for r in self.conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?",
+                                                      (host,)) if not _pid_alive(r["pid"])]
+        with self._write():
+            for run_id in orphans:
+                self.conn.execute("UPDATE runs SET status='interrupted', error='process gone (killed?)',"
+                                  " finished_at=? WHERE id=? AND status='running'", (time.time(), run_id))
+        return len(orphans)
+
+    # ---- metrics, scores, samples ----------------------------------------
+
+    def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
+        with self._write():
+            self.conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)",
+                                  [(run_id, step, k, _num(v)) for k, v in values.items()])
+
+    def metrics(self, run_id: int, name: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT step, name, value FROM metrics WHERE run_id=?", [run_id]
+        if name:
+            query += " AND name=?"
+            args.append(name)
+        return [dict(r) for r in self.conn.execute(query + " ORDER BY name, step", args)]
+
+    def log_scores(self, run_id: int, benchmark: str, values: dict[str, Any]) -> None:
+        """values: name -> number, or name -> (value, n, ci_low, ci_high)."""
+        rows = []
+        for name, v in values.items():
+            value, n, low, high = (v if isinstance(v, (tuple, list)) else (v, None, None, None))
+            rows.append((run_id, benchmark, name, _num(value), n, _num(low), _num(high)))
+        with self._write():
+            self.conn.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def scores(self, run_id: int, benchmark: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT benchmark, name, value, n, ci_low, ci_high FROM scores WHERE run_id=?", [run_id]
+        if benchmark:
+            query += " AND benchmark=?"
+            args.append(benchmark)
+        return [dict(r) for r in self.conn.execute(query + " ORDER BY benchmark, name", args)]
+
+    def log_samples(self, run_id: int, benchmark: str, samples: Iterable[dict[str, Any]]) -> None:
+        rows = [(run_id, benchmark, str(s["task_id"]), s.get("sample_index", 0), s.get("prompt"),
+                 s.get("generation"), s.get("reference"), s.get("result"),
+                 json.dumps(s.get("details"), sort_keys=True, default=str) if s.get("details") is not None else None)
+                for s in samples]
+        with self._write():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO samples (run_id, benchmark, task_id, sample_index, prompt, generation,"
+                " reference, result, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def samples(self, run_id: int, benchmark: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM samples WHERE run_id=?", [run_id]
+        if benchmark:
+            query += " AND benchmark=?"
+            args.append(benchmark)
+        rows = [dict(r) for r in self.conn.execute(query + " ORDER BY benchmark, task_id, sample_index", args)]
+        for r in rows:
+            r["details"] = json.loads(r["details"]) if r["details"] else None
+        return rows
+
+    # ---- export -----------------------------------------------------------
+
+    def export(self, path: str | os.PathLike, run_ids: list[int] | None = None) -> Path:
+        """Write runs (all, or the given ids) with their scores to .json (full) or .csv (flat)."""
+        path = Path(path)
+        runs = [r for r in self.runs() if run_ids is None or r["id"] in run_ids]
+        for r in runs:
+            r["scores"] = self.scores(r["id"])
+        if path.suffix == ".json":
+            for r in runs:
+                r["metrics"] = self.metrics(r["id"])
+            path.write_text(json.dumps(runs, indent=2, sort_keys=True, default=str) + "\n")
+        elif path.suffix == ".csv":
+            flat = [flatten_run(r) for r in runs]
+            columns = sorted({k for row in flat for k in row}, key=_column_order)
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(flat)
+        else:
+            raise UserError(f"cannot export to {path}: use a .json or .csv file name")
+        return path
+
+
+def flatten_run(run: dict[str, Any]) -> dict[str, Any]:
+    """One flat row: run columns, config.<key>, and <benchmark>.<score> columns."""
+    row = {k: v for k, v in run.items() if k not in ("config", "scores", "metrics", "versions", "hardware")}
+    row.update({f"config.{k}": v for k, v in run["config"].items()})
+    for s in run.get("scores", []):
+        row[f"{s['benchmark']}.{s['name']}"] = s["value"]
+    return row
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    return (name.count("."), name)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    run = dict(row)
+    run["config"] = json.loads(run["config"])
+    run["versions"] = json.loads(run["versions"] or "{}")
+    run["hardware"] = json.loads(run["hardware"] or "{}")
+    return run
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value else None  # NaN is stored as NULL
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
