@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                   train_examples=len(train_set), val_examples=len(val_set))
     counts = parameter_counts(model)
     loss_fn = CompletionLoss(model)
-    ddp = torch.nn.parallel.DistributedDataParallel(loss_fn) if world > 1 else loss_fn
+    ddp = wrap_ddp(loss_fn) if world > 1 else loss_fn
     optimizer = make_optimizer(model, args)
     steps_per_epoch = len(epoch_batches(train_set, args.batch_size, args.seed, 0, args.packing, args.max_seq_len)) \
         // (args.grad_accum * world)
@@ -243,12 +243,31 @@ def main(argv: list[str] | None = None) -> int:
             tracker.finish_run(run_id, "interrupted", wall_seconds=wall)
             print(f"interrupted at step {progress['step']}; checkpoint saved, re-run the same command to resume")
         return 130
+    drift = ddp_weight_drift(model) if world > 1 else None
     if is_main:
-        finish(args, model, tokenizer, tracker, run_id, config, progress, out, wall, device)
+        finish(args, model, tokenizer, tracker, run_id, config, progress, out, wall, device, drift)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def wrap_ddp(loss_fn: CompletionLoss) -> torch.nn.Module:
+    """DDP over the LoRA weights only: frozen (possibly 4-bit) base weights are identical by construction."""
+    frozen = [name for name, p in loss_fn.named_parameters() if not p.requires_grad]
+    frozen += [name for name, _ in loss_fn.named_buffers()]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_fn, frozen)
+    return torch.nn.parallel.DistributedDataParallel(loss_fn)
+
+
+def ddp_weight_drift(model: torch.nn.Module) -> float:
+    """Largest difference between any rank's adapter weights and rank 0's: 0.0 when DDP kept them in sync."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad]).cpu()
+    reference = flat.clone()
+    dist.broadcast(reference, 0)
+    drift = (flat - reference).abs().max()
+    dist.all_reduce(drift, op=dist.ReduceOp.MAX)
+    return float(drift)
 
 
 def completed_run(out: Path) -> dict[str, Any] | None:
@@ -383,7 +402,8 @@ def generation_quality(model, tokenizer, examples, template, device, dtype) -> d
     return {"val_chrf": chrf(codes, [ex.completion for ex in examples]), "val_syntax_ok": syntax_ok}
 
 
-def finish(args, model, tokenizer, tracker, run_id, config, progress, out: Path, wall: float, device) -> None:
+def finish(args, model, tokenizer, tracker, run_id, config, progress, out: Path, wall: float, device,
+           ddp_drift: float | None) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     adapter_mb = sum(f.stat().st_size for f in out.glob("adapter_model.*")) / 2**20
@@ -395,6 +415,9 @@ def finish(args, model, tokenizer, tracker, run_id, config, progress, out: Path,
               "final_val_loss": final_val[-1]["value"] if final_val else None,
               "best_val_loss": progress["best_val_loss"], "best_step": progress["best_step"],
               **peak_memory(device)}
+    if ddp_drift is not None:
+        scores["ddp_weight_drift"] = ddp_drift
+        print(f"DDP: adapter weights across ranks differ by at most {ddp_drift:.3g}")
     tracker.log_scores(run_id, "train", scores)
     (out / "run_config.json").write_text(json.dumps(
         {"run_id": run_id, "db": str(Path(args.db).resolve()), "status": "completed", "config": config,

@@ -1,0 +1,53 @@
+"""Prompt templates and labels: completion-only loss, EOS trained even when pad == eos."""
+import pytest
+
+from common.data import Example
+from common.errors import UserError
+from common.prompts import IGNORE_INDEX, choose_template, encode_example, encode_examples, render_prompt
+from common.quant import load_tokenizer
+
+CODE = Example(id="a", prompt='def add(a, b):\n    """Add two numbers."""\n', completion="    return a + b\n",
+               style="completion")
+INSTRUCTION = Example(id="b", prompt="Write a function that adds two numbers.", completion="def add(a, b):\n"
+                      "    return a + b", style="instruction")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("smollm2-135m")
+
+
+def test_prompt_tokens_are_masked_and_eos_is_trained(tokenizer):
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the pitfall: padding must not hide EOS
+    item = encode_example(tokenizer, CODE, "plain", 512)
+    prompt_len = len(tokenizer(CODE.prompt)["input_ids"])
+    assert item["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+    assert item["labels"][prompt_len:] == item["input_ids"][prompt_len:]
+    assert item["input_ids"][-1] == tokenizer.eos_token_id and item["labels"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(item["input_ids"][prompt_len:-1]) == CODE.completion
+
+
+def test_instruction_data_uses_the_chat_template_when_there_is_one(tokenizer):
+    assert choose_template(tokenizer, "instruction") == "chat"
+    assert choose_template(tokenizer, "completion") == "plain"
+    text = render_prompt(tokenizer, INSTRUCTION.prompt, "chat")
+    assert INSTRUCTION.prompt in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_alpaca_template_places_instruction_and_input(tokenizer):
+    text = render_prompt(tokenizer, "Sort the list.", "alpaca", "[3, 1, 2]")
+    assert "### Instruction:\nSort the list.\n\n### Input:\n[3, 1, 2]\n\n### Response:\n" in text
+    assert "### Input" not in render_prompt(tokenizer, "Sort the list.", "alpaca")
+
+
+def test_too_long_examples_are_dropped_or_truncated_and_counted(tokenizer):
+    long = Example(id="c", prompt=CODE.prompt, completion="    x = 1\n" * 200, style="completion")
+    kept, dropped = encode_examples(tokenizer, [CODE, long], "plain", 64)
+    assert [k["id"] for k in kept] == ["a"] and dropped == 1
+    kept, dropped = encode_examples(tokenizer, [CODE, long], "plain", 64, truncate=True)
+    assert len(kept) == 2 and dropped == 0 and len(kept[1]["input_ids"]) == 64
+
+
+def test_max_seq_len_below_the_template_is_refused(tokenizer):
+    with pytest.raises(UserError, match="--max-seq-len 8 leaves no room: the alpaca prompt template alone takes"):
+        encode_examples(tokenizer, [INSTRUCTION], "alpaca", 8)
