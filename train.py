@@ -35,7 +35,7 @@ from common.cli import Parser, parse_args
 from common.data import load_splits
 from common.env import current_memory_mb, default_device, environment, peak_memory
 from common.errors import UserError, run_cli
-from common.generation import extract_code, generate
+from common.generation import extract_code, generate, stops_for_template
 from common.lora import attach_lora, parameter_counts, validate_lora_args
 from common.models import DEFAULT_MODEL
 from common.prompts import choose_template, encode_examples, render_prompt
@@ -125,8 +125,11 @@ class StopFlag:
 
     def __init__(self):
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
@@ -229,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
                             splits.validation, template, progress, total_steps, device, dtype, world, rank,
                             tracker, stop, started)
     except BaseException as e:
+        stop.restore()
         if tracker:
             interrupted = isinstance(e, KeyboardInterrupt)
             tracker.finish_run(run_id, "interrupted" if interrupted else "failed",
                                error=None if interrupted else f"{type(e).__name__}: {e}",
                                wall_seconds=time.perf_counter() - started)
         raise
+    stop.restore()
     wall = time.perf_counter() - started
     if status == "interrupted":
         if is_main:
@@ -395,7 +400,8 @@ def generation_quality(model, tokenizer, examples, template, device, dtype) -> d
     from common.metrics import chrf, syntax_error_category
     prompts = [render_prompt(tokenizer, ex.prompt, template, ex.input) for ex in examples]
     with autocast(device, dtype):
-        outputs = generate(model, tokenizer, prompts, template, max_new_tokens=128, batch_size=len(prompts))
+        outputs = generate(model, tokenizer, prompts, template, max_new_tokens=128, batch_size=len(prompts),
+                           stop=stops_for_template(template))
     codes = [o.text if ex.style == "completion" else extract_code(o.text) for ex, o in zip(examples, outputs)]
     programs = [ex.prompt + c if ex.style == "completion" else c for ex, c in zip(examples, codes)]
     syntax_ok = sum(syntax_error_category(p) is None for p in programs) / len(programs)

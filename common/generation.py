@@ -6,17 +6,19 @@ EOS or at any stop sequence (HumanEval-style function completion); the text is
 cut before the stop sequence. Chat-style answers have their code pulled out of
 fenced blocks by `extract_code`.
 """
+import functools
 import re
 import time
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList, StopStringCriteria
 
 from common.prompts import encode_prompt
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n```")
+ALPACA_STOPS = ("\n### Instruction:", "\n### Input:", "\n### Response:")
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -27,9 +29,35 @@ class Generation:
     seconds: float     # wall time of the batch it was in, shared out by tokens
 
 
+def stops_for_template(template: str) -> tuple[str, ...]:
+    """Function-completion stops for plain prompts; chat answers end at EOS; Alpaca at its next header."""
+    return STOP_SEQUENCES if template == "plain" else ALPACA_STOPS if template == "alpaca" else ()
+
+
 def truncate_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> str:
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
     return text[:cut]
+
+
+def cut_completion(prompt: str, text: str, stops: tuple[str, ...]) -> str:
+    """Cut at the first stop sequence, counting one that begins in the prompt's tail.
+
+    Generation stops on the whole sequence, so a prompt ending in a newline and a
+    completion starting with "```" already matched a newline plus three backticks; the completion is then empty.
+    """
+    tail = prompt[-max((len(s) for s in stops), default=0):] if stops else ""
+    joined, cut = tail + text, len(tail) + len(text)
+    for s in stops:
+        found = joined.find(s, max(0, len(tail) - len(s) + 1))  # must end inside the generated text
+        if found >= 0:
+            cut = min(cut, found)
+    return joined[len(tail):cut]
+
+
+@functools.lru_cache(maxsize=16)
+def stop_criteria(tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...]) -> StoppingCriteriaList | None:
+    """Built once per tokenizer and stop set: construction scans the whole vocabulary (~1 s)."""
+    return StoppingCriteriaList([StopStringCriteria(tokenizer, list(stops))]) if stops else None
 
 
 def extract_code(text: str) -> str:
@@ -51,7 +79,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    stop = list(stop or [])
+    stop = tuple(stop or ())
+    criteria = stop_criteria(tokenizer, stop)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
@@ -65,14 +94,14 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         began = time.perf_counter()
         out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                              pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-                             stop_strings=stop or None, tokenizer=tokenizer if stop else None, **sampling)
+                             stopping_criteria=criteria, **sampling)
         seconds = time.perf_counter() - began
         new = out[:, width:]
         counts = [int(_generated_length(row, tokenizer.eos_token_id, pad_id)) for row in new]
         total = max(sum(counts), 1)
         for row, i, n in zip(new, batch, counts):
             text = tokenizer.decode(row[:n], skip_special_tokens=True)
-            results[i] = Generation(truncate_at_stop(text, stop), n, seconds * n / total)
+            results[i] = Generation(cut_completion(prompts[i], text, stop), n, seconds * n / total)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)

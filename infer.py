@@ -1,0 +1,673 @@
+"""Try a base model or a trained LoRA adapter: streamed generation, base-vs-adapter comparison, merge, push.
+
+    python infer.py --prompt "def fibonacci(n):"                     # base model (embedded SmolLM2-135M)
+    python infer.py --run-id 3 --prompt "Write a function that reverses a string."
+    python infer.py --adapter runs/demo --compare --prompt "def is_prime(n):"   # base, then adapter
+    python infer.py --run-id 3 --demo                                # 4 fixed prompts, base vs adapter
+    python infer.py --run-id 3                                       # interactive session (below)
+    python infer.py --run-id 3 --merge-to merged/                    # standalone transformers model
+    python infer.py --run-id 3 --push-to-hub you/name [--merge-to merged/]
+
+Adapter: `--run-id N` takes the output directory of completed train run N in `--db`;
+`--adapter DIR` takes a directory with adapter_config.json (a train.py output dir or its
+best/). `--model` and `--quant` default to what the adapter was trained with (run_config.json,
+else adapter_config.json's base_model_name_or_path), else the embedded model at 16bit.
+
+Prompt template (`--template auto`): the template recorded with the adapter's training run
+(or with a model merged by this script), so prompts look exactly as in training. Without one,
+a prompt that starts with code (`def `, `async def `, `class `, `import `, `from `, `@`, `#`)
+is completed as plain text; anything else is an instruction and goes through the tokenizer's
+chat template (the Alpaca template when it has none). An explicit --template wins.
+Plain completions stop at the HumanEval stop sequences (common.generation.STOP_SEQUENCES);
+chat/Alpaca answers run to EOS and the code is pulled out of their fenced block. `--stop`
+replaces the stop sequences for every template (backslash escapes \\n \\t; `--stop ''` for none).
+After each generation one line says `syntax ok` or `syntax error: <category>` for the prompt +
+completion (plain) or the extracted code (chat/Alpaca); nothing generated is ever run.
+
+Interactive session (no --prompt): type or pipe a prompt of any number of lines, blank lines
+included, and end it with a line holding only `.`; end of input (Ctrl-D, or the end of a
+pipe) runs what is pending and quits. A line starting with `/` before a prompt is a command:
+    /temp 0.7          sampling temperature (0 = greedy)
+    /max 256           max new tokens
+    /adapter on|off    generate with the adapter or with the base model alone
+    /compare on|off    every prompt through the base model, then the adapter
+    /template auto|plain|chat|alpaca
+    /help, /quit
+Prompt decorations (`>>>`) are shown only when stdin is a terminal. Ctrl-C stops a generation.
+
+`--merge-to DIR` loads the base at 16-bit (or fp32 for a 32bit-trained adapter, and on CPUs
+without native bf16), never 4/8-bit: an adapter trained with QLoRA merges into the
+dequantized 16-bit base. It writes a standard transformers directory (weights, tokenizer,
+generation config, lora_merge.json recording the template) that AutoModelForCausalLM loads.
+`--push-to-hub REPO` uploads the adapter, or the merged model with --merge-to; it needs a
+token (`hf auth login` or HF_TOKEN) and the network.
+"""
+import json
+import re
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from common.cli import Parser, parse_args
+from common.errors import UserError, run_cli
+from common.generation import extract_code, stops_for_template, truncate_at_stop
+from common.metrics import syntax_error_category
+from common.models import DEFAULT_MODEL, EMBEDDED
+from common.paths import cache_dir
+from common.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
+from common.quant import QUANT_MODES
+
+CODE_STARTS = ("def ", "async def ", "class ", "import ", "from ", "@", "#")
+MERGE_RECORD = "lora_merge.json"  # written next to a merged model: where it came from, its template
+
+DEMO_PROMPTS = [
+    ("is_palindrome", 'def is_palindrome(text: str) -> bool:\n    """Return True if text reads the same forwards and '
+                      'backwards, ignoring case.\n    >>> is_palindrome("Level")\n    True\n    """\n'),
+    ("running_max", 'from typing import List\n\n\ndef running_max(numbers: List[int]) -> List[int]:\n    """Return the '
+                    'largest value seen so far at each position.\n    >>> running_max([1, 3, 2, 5])\n    [1, 3, 3, 5]\n'
+                    '    """\n'),
+    ("count_vowels", 'def count_vowels(word: str) -> int:\n    """Count the vowels (a, e, i, o, u) in word, in either '
+                     'case.\n    >>> count_vowels("Banana")\n    3\n    """\n'),
+    ("fizzbuzz", 'def fizzbuzz(n: int) -> list:\n    """Return the strings for 1..n: "Fizz" for multiples of 3, "Buzz" '
+                 'for multiples of 5,\n    "FizzBuzz" for both, else the number itself.\n    >>> fizzbuzz(5)\n'
+                 '    [\'1\', \'2\', \'Fizz\', \'4\', \'Buzz\']\n    """\n'),
+]
+
+HELP = """commands (on their own line, before a prompt):
+  /temp X            sampling temperature, 0 = greedy
+  /max N             max new tokens
+  /adapter on|off    use the adapter, or the base model alone
+  /compare on|off    each prompt through the base model, then the adapter
+  /template T        auto, plain, chat or alpaca
+  /help, /quit
+a prompt may span several lines; end it with a line holding only '.'"""
+
+
+def build_parser() -> Parser:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", default=None, help="generate once for this prompt (None: interactive session)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run-id", type=int, default=None, help="use the adapter of this completed train run in --db")
+    source.add_argument("--adapter", default=None, metavar="DIR", help="use the PEFT adapter in this directory")
+    p.add_argument("--db", default="experiments.db", help="run tracker SQLite file (for --run-id)")
+    p.add_argument("--model", default=None,
+                   help=f"base model (None: the adapter's training model, else {DEFAULT_MODEL})")
+    p.add_argument("--quant", default=None, choices=QUANT_MODES,
+                   help="base weights (None: the adapter's training quant, else 16bit)")
+    p.add_argument("--template", default="auto", choices=("auto", *TEMPLATES),
+                   help="prompt template; auto = the adapter's training template, else by the prompt (see top)")
+    p.add_argument("--compare", action="store_true", help="generate with the base model, then with the adapter")
+    p.add_argument("--demo", action="store_true", help="fixed code prompts, base vs adapter (base only without one)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0 = off)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest generation in tokens")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i; both sides of a "
+                                                        "comparison use the same)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop sequence, repeatable (\\n escapes; '' = none); None: the HumanEval stops for plain "
+                        "prompts")
+    p.add_argument("--merge-to", default=None, metavar="DIR", help="merge the adapter into a 16/32-bit base, save here")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload the adapter (or the --merge-to model) to this Hugging Face repo")
+    p.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
+    p.add_argument("--verbose", action="store_true", help="print time to first token and tokens/s")
+    return p
+
+
+# ---------------------------------------------------------------------------- adapter and settings
+
+@dataclass
+class Adapter:
+    path: Path
+    label: str                 # "run 3" or the directory, for headers
+    model: str | None = None   # the base model it was trained on, when known
+    quant: str | None = None
+    template: str | None = None
+
+
+def find_adapter(args) -> Adapter | None:
+    if args.run_id is not None:
+        return read_adapter_dir(adapter_dir_of_run(args.db, args.run_id), f"run {args.run_id}")
+    if args.adapter is not None:
+        return read_adapter_dir(Path(args.adapter).expanduser(), args.adapter)
+    return None
+
+
+def adapter_dir_of_run(db: str, run_id: int) -> Path:
+    from common.tracker import Tracker
+    if not Path(db).is_file():
+        raise UserError(f"no run tracker database {db}; pass --db, or --adapter DIR")
+    tracker = Tracker(db)
+    try:
+        run = tracker.run(run_id)
+    finally:
+        tracker.close()
+    if run is None:
+        raise UserError(f"no run {run_id} in {db}; pass the id of a completed train run, or --adapter DIR")
+    if run["kind"] != "train":
+        raise UserError(f"run {run_id} is an {run['kind']} run, not a train run; pass the id of the train run")
+    if run["status"] != "completed":
+        raise UserError(f"run {run_id} is not a completed train run (status: {run['status']}); finish it "
+                        "(re-run its train.py command) or pick another run")
+    if not run["output_dir"]:
+        raise UserError(f"run {run_id} recorded no output directory; pass --adapter DIR")
+    path = Path(run["output_dir"])
+    if not path.is_absolute() and not path.exists():  # recorded relative to where train.py ran
+        beside_db = Path(db).resolve().parent / path
+        path = beside_db if beside_db.exists() else path
+    if not path.is_dir():
+        raise UserError(f"run {run_id}'s adapter directory {run['output_dir']} does not exist (moved or deleted?); "
+                        "pass --adapter DIR")
+    return path
+
+
+def read_adapter_dir(path: Path, label: str) -> Adapter:
+    if not path.is_dir():
+        raise UserError(f"adapter directory {path} does not exist")
+    adapter_config = path / "adapter_config.json"
+    if not adapter_config.is_file():
+        hint = " (training not finished? resume it first)" if (path / "checkpoint").is_dir() else ""
+        raise UserError(f"{path} has no adapter_config.json{hint}; pass a train.py output directory or a PEFT "
+                        "adapter directory")
+    adapter = Adapter(path, label, model=_read_json(adapter_config).get("base_model_name_or_path") or None)
+    # best/ holds only the adapter; its run_config.json is one level up.
+    for run_config in (path / "run_config.json", path.parent / "run_config.json"):
+        if run_config.is_file() and (run_config.parent == path or path.name == "best"):
+            config = _read_json(run_config).get("config", {})
+            adapter.model = config.get("model") or adapter.model
+            adapter.quant = config.get("quant") if config.get("quant") in QUANT_MODES else None
+            adapter.template = config.get("template") if config.get("template") in TEMPLATES else None
+            break
+    return adapter
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({' '.join(str(e).split())[:120]})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def model_identity(name: str) -> str:
+    """A comparable name: embedded names (also their prepared cache dirs) stay names, paths resolve."""
+    if name in EMBEDDED:
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    path = path.resolve()
+    if path.parent == (cache_dir() / "models").resolve():
+        for embedded in EMBEDDED:
+            if path.name.startswith(embedded + "-"):
+                return embedded
+    return str(path)
+
+
+def merged_template(model: str) -> str | None:
+    """The template recorded by --merge-to in a merged model's directory, if any."""
+    record = Path(model).expanduser() / MERGE_RECORD
+    if model in EMBEDDED or not record.is_file():
+        return None
+    template = _read_json(record).get("template")
+    return template if template in TEMPLATES else None
+
+
+def unescape(text: str) -> str:
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
+
+
+def validate(args, adapter: Adapter | None) -> None:
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("empty --prompt; pass some text, or leave --prompt out for an interactive session")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.demo and args.prompt is not None:
+        raise UserError("--demo uses its own prompts; drop --prompt")
+    if (args.merge_to or args.push_to_hub) and (args.prompt is not None or args.demo or args.compare):
+        raise UserError("--merge-to and --push-to-hub only merge and upload; drop --prompt/--demo/--compare "
+                        "(try a merged model with --model DIR)")
+    if args.compare and adapter is None:
+        raise UserError("--compare needs an adapter: pass --run-id N or --adapter DIR")
+    if (args.merge_to or args.push_to_hub) and adapter is None:
+        raise UserError(f"{'--merge-to' if args.merge_to else '--push-to-hub'} needs an adapter: "
+                        "pass --run-id N or --adapter DIR")
+    if args.private and not args.push_to_hub:
+        raise UserError("--private only applies to --push-to-hub")
+    if adapter and args.model and adapter.model and model_identity(args.model) != model_identity(adapter.model):
+        raise UserError(f"{adapter.label} was trained on {adapter.model}, not {args.model}; drop --model to use "
+                        "its base model")
+    if args.merge_to:
+        target = Path(args.merge_to)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise UserError(f"--merge-to {target} exists and is not an empty directory; pass a new directory")
+
+
+# ---------------------------------------------------------------------------- generation
+
+class StopAwareStreamer:
+    """transformers streamer that prints a completion as it grows, never past a stop sequence.
+
+    The text after the last point that could still begin a stop sequence (or a multi-byte
+    character still being decoded) is held back until the next token settles it, so what is
+    printed is exactly the final completion, cut at its first stop sequence.
+    """
+
+    def __init__(self, tokenizer, stops: list[str], write):
+        self.tokenizer, self.stops, self.write = tokenizer, stops, write
+        self.ids: list[int] = []
+        self.shown = ""
+        self.prompt_seen = False
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.ids.extend(value.reshape(-1).tolist())
+        self._show(final=False)
+
+    def end(self) -> None:
+        self._show(final=True)
+
+    def text(self) -> str:
+        return truncate_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+
+    def _show(self, final: bool) -> None:
+        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = truncate_at_stop(full, self.stops)
+        if not final and len(text) == len(full):
+            held = max([k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
+            if text.endswith("\ufffd"):
+                held = max(held, len(text) - len(text.rstrip("\ufffd")))
+            text = text[:len(text) - held]
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self.write(text[len(self.shown):])
+            self.shown = text
+
+
+@dataclass
+class Result:
+    template: str
+    completion: str        # the generated text, cut at the stop sequence
+    code: str              # what was syntax-checked
+    syntax: str | None     # None = ok, else the error category
+    new_tokens: int
+    seconds: float
+    first_token_s: float | None
+
+
+@dataclass
+class Session:
+    model: Any
+    tokenizer: Any
+    adapter: Adapter | None
+    device: torch.device
+    dtype: torch.dtype
+    template: str = "auto"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    stop: list[str] | None = None      # None: the default for the template
+    seed: int = 0
+    verbose: bool = False
+    use_adapter: bool = True
+    compare: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    recorded_template: str | None = None
+    prompts_done: int = 0
+    _stop_criteria: dict = field(default_factory=dict)
+
+    def print(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    def template_for(self, prompt: str) -> tuple[str, str]:
+        """(template, why) for this prompt."""
+        if self.template != "auto":
+            return self.template, "--template"
+        if self.recorded_template:
+            return self.recorded_template, "as in training"
+        if prompt.lstrip().startswith(CODE_STARTS):
+            return "plain", "auto: prompt starts with code"
+        return choose_template(self.tokenizer, "instruction"), "auto: prompt is an instruction"
+
+    def run(self, prompt: str) -> list[tuple[str, Result]]:
+        """Generate for one prompt (with base and adapter when comparing); returns (side, result) pairs."""
+        seed = self.seed + self.prompts_done
+        self.prompts_done += 1
+        if self.compare and self.adapter:
+            sides = ["base", "adapter"]
+        else:
+            sides = ["adapter" if self.adapter and self.use_adapter else "base"]
+        results = []
+        for side in sides:
+            if len(sides) > 1:
+                label = "base model" if side == "base" else f"adapter ({self.adapter.label})"
+                self.print(f"=== {label} ===")
+            results.append((side, self.generate(prompt, side == "adapter", seed)))
+        return results
+
+    def generate(self, prompt: str, with_adapter: bool, seed: int) -> Result:
+        from transformers import set_seed
+
+        from common.training import autocast
+        template, why = self.template_for(prompt)
+        if template != "plain":
+            prompt = prompt.strip()  # instructions were trained without trailing newlines
+        stops = list(self.stop) if self.stop is not None else list(stops_for_template(template))
+        tokenizer = self.tokenizer
+        ids = encode_prompt(tokenizer, render_prompt(tokenizer, prompt, template), template)
+        if self.verbose:
+            self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens")
+        if template == "plain":
+            self.print(prompt, end="")
+        streamer = StopAwareStreamer(tokenizer, stops, lambda s: self.print(s, end=""))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+                    if self.temperature > 0 else
+                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+        base_only = self.adapter is not None and not with_adapter
+        criteria = self.stop_criteria(stops)
+        set_seed(seed)
+        self.model.eval()
+        began = time.perf_counter()
+        with torch.inference_mode(), autocast(self.device, self.dtype), \
+                (self.model.disable_adapter() if base_only else nullcontext()):
+            out = self.model.generate(
+                input_ids=torch.tensor([ids], device=self.device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                use_cache=True, stopping_criteria=criteria, streamer=streamer, **sampling)
+        seconds = time.perf_counter() - began
+        completion = streamer.text()
+        if not ((prompt if template == "plain" else "") + completion).endswith("\n"):
+            self.print()
+        if template == "plain":
+            code = prompt + completion
+        else:
+            code = extract_code(completion)
+            if code != completion:
+                self.print("--- extracted code:")
+                self.print(code, end="" if code.endswith("\n") else "\n")
+        result = Result(template, completion, code, syntax_error_category(code), out.shape[1] - len(ids), seconds,
+                        None if streamer.first_token_at is None else streamer.first_token_at - began)
+        self.print(f"--- {describe_syntax(result.syntax)}")
+        if self.verbose:
+            self.print(f"--- {speed_line(result)}")
+        return result
+
+    def stop_criteria(self, stops: list[str]):
+        """generate()'s stop_strings, built once per set of stops: building them scans the whole vocabulary
+        (~1 s for 49k tokens), which would otherwise delay every prompt's first token."""
+        from transformers import StoppingCriteriaList, StopStringCriteria
+        if not stops:
+            return None
+        if tuple(stops) not in self._stop_criteria:
+            self._stop_criteria[tuple(stops)] = StoppingCriteriaList([StopStringCriteria(self.tokenizer, stops)])
+        return self._stop_criteria[tuple(stops)]
+
+    def command(self, line: str) -> bool:
+        """Apply an interactive /command; False when it asks to quit."""
+        name, _, value = line.strip().partition(" ")
+        value = value.strip()
+        try:
+            if name in ("/quit", "/exit"):
+                return False
+            if name == "/help":
+                self.print(HELP)
+            elif name == "/temp":
+                number = float(value)
+                if number < 0:
+                    raise ValueError
+                self.temperature = number
+                self.print(f"temperature {number:g}" + (" (greedy)" if number == 0 else ""))
+            elif name == "/max":
+                number = int(value)
+                if number <= 0:
+                    raise ValueError
+                self.max_new_tokens = number
+                self.print(f"max new tokens {number}")
+            elif name in ("/adapter", "/compare"):
+                if value not in ("on", "off"):
+                    raise ValueError
+                if self.adapter is None:
+                    self.print("no adapter loaded (start with --run-id N or --adapter DIR); using the base model")
+                elif name == "/adapter":
+                    self.use_adapter = value == "on"
+                    self.print(f"adapter {value}" + ("" if self.use_adapter else ": base model only"))
+                else:
+                    self.compare = value == "on"
+                    self.print(f"compare {value}")
+            elif name == "/template":
+                if value not in ("auto", *TEMPLATES):
+                    raise ValueError
+                self.template = value
+                self.print(f"template {value}")
+            else:
+                self.print(f"unknown command {name}; /help lists them")
+        except ValueError:
+            usage = {"/temp": "/temp X (X >= 0)", "/max": "/max N (N > 0)", "/adapter": "/adapter on|off",
+                     "/compare": "/compare on|off", "/template": "/template auto|plain|chat|alpaca"}
+            self.print(f"usage: {usage[name]}")
+        return True
+
+
+def describe_syntax(category: str | None) -> str:
+    return "syntax ok" if category is None else f"syntax error: {category}"
+
+
+def speed_line(result: Result) -> str:
+    line = f"{result.new_tokens} tokens in {result.seconds:.2f} s"
+    if result.first_token_s is not None:
+        line += f"; time to first token {result.first_token_s:.3f} s"
+        if result.new_tokens > 1 and result.seconds > result.first_token_s:
+            line += f", then {(result.new_tokens - 1) / (result.seconds - result.first_token_s):.1f} tokens/s"
+    return line + f" ({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s overall)"
+
+
+def interactive(session: Session, stdin: TextIO) -> None:
+    tty = stdin.isatty()
+    if tty:
+        session.print("end a prompt with a line holding only '.'; /help for commands, /quit or Ctrl-D to leave")
+    lines: list[str] = []
+    while True:
+        if tty:
+            session.print("... " if lines else ">>> ", end="")
+        line = stdin.readline()
+        if not line:  # end of input: run what is pending, then leave
+            if "".join(lines).strip():
+                _run_interactive(session, "".join(lines))
+            if tty:
+                session.print()
+            return
+        if not lines and line.startswith("/"):
+            if not session.command(line):
+                return
+            continue
+        if line.strip() == ".":
+            prompt, lines = "".join(lines), []
+            if prompt.strip():
+                _run_interactive(session, prompt)
+            else:
+                session.print("empty prompt: type some text first, then a line holding only '.'")
+            continue
+        lines.append(line if line.endswith("\n") else line + "\n")
+
+
+def _run_interactive(session: Session, prompt: str) -> None:
+    try:
+        session.run(prompt)
+    except KeyboardInterrupt:
+        session.print("\n(generation interrupted)")
+
+
+def demo(session: Session) -> None:
+    rows = []
+    for name, prompt in DEMO_PROMPTS:
+        session.print(f"##### {name}")
+        rows.append((name, session.run(prompt)))
+        session.print()
+    sides = [side for side, _ in rows[0][1]]
+    width = max(len(name) for name, _ in rows) + 2
+    session.print(("summary".ljust(width) + "".join(side.ljust(28) for side in sides)).rstrip())
+    for name, results in rows:
+        session.print((name.ljust(width) + "".join(
+            f"{describe_syntax(r.syntax)}, {r.new_tokens} tok".ljust(28) for _, r in results)).rstrip())
+
+
+# ---------------------------------------------------------------------------- merge and push
+
+def merge(args, adapter: Adapter, model_name: str, tokenizer, device: torch.device) -> Path:
+    """Base at 16/32-bit + adapter -> merge_and_unload -> a standard transformers directory."""
+    from common.quant import compute_dtype, load_model
+    quant = "32bit" if (args.quant or adapter.quant) == "32bit" else "16bit"
+    if args.quant in ("4bit", "8bit"):
+        print(f"note: --merge-to merges into the 16-bit base, not a {args.quant} one", file=sys.stderr)
+    base = load_model(model_name, quant, device)
+    model = load_adapter(base, adapter)
+    model.eval()
+    probe = torch.tensor([tokenizer("def add(a, b):\n    return a + b\n")["input_ids"]], device=device)
+    with torch.inference_mode():
+        before = model(input_ids=probe).logits.float()
+        merged = model.merge_and_unload()
+        after = merged(input_ids=probe).logits.float()
+    target = Path(args.merge_to)
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    dtype = str(compute_dtype(quant, device)).replace("torch.", "")
+    (target / MERGE_RECORD).write_text(json.dumps(
+        {"base_model": model_name, "adapter": str(adapter.path.resolve()), "source": adapter.label,
+         "trained_quant": adapter.quant, "template": adapter.template, "dtype": dtype}, indent=2) + "\n")
+    diff = (before - after).abs().max().item()
+    print(f"merged {adapter.label} into {model_name} ({dtype}) and saved it to {target}; max logit difference "
+          f"from base+adapter {diff:.2e}. Load it with AutoModelForCausalLM.from_pretrained({str(target)!r}) "
+          f"or: python infer.py --model {target}")
+    return target
+
+
+def load_adapter(model, adapter: Adapter):
+    from peft import PeftModel
+    with warnings.catch_warnings():  # peft probes a transformers attribute that warns it is deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(model, str(adapter.path))
+
+
+def push_to_hub(repo: str, folder: Path, private: bool) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    api = HfApi(token=hub_token())
+    try:
+        api.create_repo(repo, exist_ok=True, private=private)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="Upload from infer.py",
+                                 ignore_patterns=["best/**", "checkpoint/**", "*.pt"])
+    except HFValidationError as e:
+        raise UserError(f"--push-to-hub {repo!r} is not a valid repo id ({_first_line(e)}); use owner/name") from e
+    except HfHubHTTPError as e:
+        raise UserError(f"the Hugging Face hub refused the upload to {repo}: {_first_line(e)}") from e
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise UserError(f"could not reach the Hugging Face hub (offline?): {_first_line(e)}") from e
+    url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
+    print(f"uploaded {folder} to {url}")
+    return url
+
+
+def hub_token() -> str:
+    from huggingface_hub import get_token
+    token = get_token()
+    if not token:
+        raise UserError("no Hugging Face token: run `hf auth login` (older huggingface_hub: `huggingface-cli login`) "
+                        "or set HF_TOKEN")
+    return token
+
+
+def _is_network_error(e: Exception) -> bool:
+    """Connection failures from any HTTP stack huggingface_hub uses (requests, httpx), and its offline mode."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return isinstance(e, (ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException", "NetworkError"})
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+# ---------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    adapter = find_adapter(args)
+    validate(args, adapter)
+    if args.push_to_hub:
+        hub_token()  # fail before any long load or merge
+    model_name = args.model or (adapter.model if adapter and adapter.model else DEFAULT_MODEL)
+
+    from transformers.utils import logging as hf_logging
+
+    from common.env import default_device
+    from common.quant import compute_dtype, load_model, load_tokenizer
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the output
+    device = default_device()
+    if args.push_to_hub and not args.merge_to:
+        push_to_hub(args.push_to_hub, adapter.path, args.private)
+        return 0
+    tokenizer = load_tokenizer(model_name)
+    if args.merge_to:
+        folder = merge(args, adapter, model_name, tokenizer, device)
+        if args.push_to_hub:
+            push_to_hub(args.push_to_hub, folder, args.private)
+        return 0
+
+    quant = args.quant or (adapter.quant if adapter and adapter.quant else "16bit")
+    began = time.perf_counter()
+    model = load_model(model_name, quant, device)
+    if adapter:
+        try:
+            model = load_adapter(model, adapter)
+        except RuntimeError as e:  # shape mismatches: an adapter made for another architecture
+            raise UserError(f"{adapter.label} does not fit {model_name} ({_first_line(e)[:160]}); pass the model "
+                            "it was trained on with --model") from e
+    recorded = adapter.template if adapter else merged_template(model_name)
+    if args.template != "auto" and recorded and args.template != recorded:
+        print(f"note: --template {args.template} differs from the training template {recorded}", file=sys.stderr)
+    dtype = compute_dtype(quant, device)
+    print(f"model {model_name} ({quant}, {str(dtype).replace('torch.', '')} on {device.type})"
+          + (f" + adapter {adapter.label}" if adapter else "")
+          + (f", template {recorded} (as in training)" if recorded and args.template == "auto" else "")
+          + (f", loaded in {time.perf_counter() - began:.1f} s" if args.verbose else ""), file=sys.stderr)
+    stop = None if args.stop is None else [unescape(s) for s in args.stop if s]
+    session = Session(model, tokenizer, adapter, device, dtype, template=args.template,
+                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                      max_new_tokens=args.max_new_tokens, stop=stop, seed=args.seed, verbose=args.verbose,
+                      compare=args.compare or args.demo, recorded_template=recorded)
+    if args.demo:
+        demo(session)
+    elif args.prompt is not None:
+        session.run(args.prompt)
+    else:
+        interactive(session, stdin or sys.stdin)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
