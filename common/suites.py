@@ -1,0 +1,324 @@
+"""Sweep suites: which train/eval flags each run of a study gets, and how suites expand into runs.
+
+A suite is a mapping (built in below, or a YAML/JSON `--suite-file`):
+
+    name: lr-vs-rank                  # recorded as the runs' suite label
+    base:                             # flags every run gets
+      quant: 16bit
+      max_steps: 200
+      eval_limit: 40
+    axes:                             # list-valued flags: the cartesian product of them
+      rank: [8, 16]
+      lr: [1e-4, 2e-4]
+    groups:                           # optional; each group is a list of alternatives, and one
+      - - {quant: 4bit, optim: paged_adamw_8bit}     # alternative sets several flags together
+        - {quant: 16bit, optim: adamw}
+
+expands to |rank| x |lr| x (alternatives of group 1) x (group 2) ... runs, in that order
+(axes in file order, the last axis varying fastest, then the groups). A flag may appear
+in `base` and be overridden by an axis or a group, but not in two axes/groups at once.
+
+Flag names are train.py's (`max_steps`, `rank`, ...; dashes or underscores) plus the
+evaluation flags in EVAL_FLAGS (`eval_limit` becomes evaluate.py's `--limit`). Flags in
+SHARED_FLAGS (model, quant, dataset, seed) go to both scripts, and max_seq_len is in both tables. Values are converted to each flag's type, so `lr: 2e-4`
+(a string to YAML) and `rank: "16"` both work; a value of null leaves the script's default.
+
+Every run has a deterministic name, `r16-qkvo-16bit-s0-<hash>`, where the hash covers the
+train flags that differ from train.py's defaults. The name does not contain the suite: the
+same config in two suites (rank 16, qkvo, 16bit is in `rank`, `modules` and `quant`) is one
+run, trained and evaluated once, and recorded as a member of each suite (see sweep.py).
+The evaluation's name is `<run name>-eval-<hash of the eval flags>`, so changing only the
+evaluation settings re-evaluates without retraining.
+"""
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from common.cli import read_config_file
+from common.errors import UserError
+from common.tracker import config_hash
+
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Flag:
+    type: Callable[[Any], Any]
+    default: Any
+    option: str = ""          # the script's option, when it differs from --<key with dashes>
+
+    def cli(self, key: str) -> str:
+        return self.option or "--" + key.replace("_", "-")
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return int(str(value).strip())
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    return float(str(value).strip()) if isinstance(value, str) else float(value)
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, (list, tuple)):  # benchmark: [humaneval, heldout] -> "humaneval,heldout"
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# train.py's flags that a sweep may set, with train.py's defaults (tests/test_sweep.py checks they
+# agree with train.build_parser()). Left out: what the sweep itself manages per run (name,
+# output_dir, db, suite, resume, quiet, config, tensorboard).
+TRAIN_FLAGS: dict[str, Flag] = {
+    "model": Flag(_str, "smollm2-135m"),
+    "dataset": Flag(_str, "stdlib"),
+    "limit": Flag(_int, None),
+    "rank": Flag(_int, 16),
+    "alpha": Flag(_float, None),
+    "dropout": Flag(_float, 0.05),
+    "modules": Flag(_str, "qkvo"),
+    "quant": Flag(_str, "16bit"),
+    "epochs": Flag(_float, 1.0),
+    "max_steps": Flag(_int, None),
+    "batch_size": Flag(_int, 4),
+    "grad_accum": Flag(_int, 1),
+    "lr": Flag(_float, 2e-4),
+    "warmup": Flag(_float, 0.05),
+    "scheduler": Flag(_str, "cosine"),
+    "weight_decay": Flag(_float, 0.0),
+    "max_grad_norm": Flag(_float, 1.0),
+    "optim": Flag(_str, "adamw"),
+    "max_seq_len": Flag(_int, 512),
+    "truncate": Flag(_bool, False),
+    "seed": Flag(_int, 0),
+    "grad_checkpointing": Flag(_bool, False),
+    "packing": Flag(_bool, False),
+    "eval_every": Flag(_int, 50),
+    "val_limit": Flag(_int, 100),
+    "eval_gen": Flag(_int, 4),
+    "save_every": Flag(_int, 50),
+}
+
+# evaluate.py's flags a sweep may set. Defaults are only used to drop a value equal to the
+# default before hashing, so `eval_limit: null` and an unset eval_limit name the same run;
+# anything not set is left to evaluate.py.
+EVAL_FLAGS: dict[str, Flag] = {
+    "benchmark": Flag(_str, "humaneval,heldout"),
+    "eval_limit": Flag(_int, None, "--limit"),
+    "n_samples": Flag(_int, 1),
+    "k": Flag(_str, "1"),
+    "temperature": Flag(_float, 0.0),
+    "max_new_tokens": Flag(_int, 256),
+    "eval_batch_size": Flag(_int, 8, "--batch-size"),
+    "timeout": Flag(_float, 10.0),
+    "eval_workers": Flag(_int, _NO_DEFAULT, "--workers"),
+    "top_p": Flag(_float, 0.95),
+    "memory_mb": Flag(_int, 2048),
+    "isolation": Flag(_str, "auto"),
+    "merge": Flag(_bool, False),
+    # Both scripts read it (evaluate.py: the longest held-out reference for perplexity); every
+    # evaluation gets it, so a run's evaluation and the base model's stay comparable.
+    "max_seq_len": TRAIN_FLAGS["max_seq_len"],
+}
+
+# Flags of both scripts. A trained run's evaluation takes them from the train run
+# (`evaluate.py --run-id`); the base-model evaluation of a suite gets them explicitly.
+SHARED_FLAGS = ("model", "quant", "dataset", "seed")
+
+KNOWN_KEYS = tuple(sorted(set(TRAIN_FLAGS) | set(EVAL_FLAGS)))
+
+
+def flag(key: str) -> Flag:
+    return TRAIN_FLAGS[key] if key in TRAIN_FLAGS else EVAL_FLAGS[key]
+
+
+def normalize_key(key: Any, where: str) -> str:
+    name = str(key).strip().replace("-", "_")
+    if name not in TRAIN_FLAGS and name not in EVAL_FLAGS:
+        raise UserError(f"{where}: unknown key {key!r}; known keys: {', '.join(KNOWN_KEYS)}")
+    return name
+
+
+def coerce(key: str, value: Any, where: str) -> Any:
+    """`value` as the flag's type; None means 'the script's default'."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    try:
+        return flag(key).type(value)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: bad value {value!r} for {key} ({e})") from e
+
+
+def normalize_flags(values: dict[Any, Any], where: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping of flag names to values, got {type(values).__name__}")
+    out = {}
+    for key, value in values.items():
+        name = normalize_key(key, where)
+        out[name] = coerce(name, value, f"{where}.{name}")
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` strings as typed flags (last one wins)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set max_steps=50; "
+                            f"known keys: {', '.join(KNOWN_KEYS)}")
+        name = normalize_key(key, f"--set {item}")
+        out[name] = coerce(name, value, f"--set {item}")
+    return out
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    base: dict[str, Any] = field(default_factory=dict)
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    groups: list[list[dict[str, Any]]] = field(default_factory=list)
+    parts: tuple[str, ...] = ()     # a composite suite (like `all`) is the union of these suites
+
+
+BUILTIN: dict[str, Suite] = {
+    "rank": Suite("rank", base={"modules": "qkvo", "quant": "16bit"}, axes={"rank": [4, 8, 16, 32, 64]}),
+    "modules": Suite("modules", base={"rank": 16, "quant": "16bit"}, axes={"modules": ["qv", "qkv", "qkvo", "all"]}),
+    "quant": Suite("quant", base={"rank": 16, "modules": "qkvo"}, axes={"quant": ["4bit", "8bit", "16bit"]}),
+    # Two tiny runs to check the whole pipeline (minutes on a CPU with the embedded model;
+    # seconds with `--set model=<tiny model dir>`).
+    "smoke": Suite("smoke", base={"modules": "qkvo", "quant": "16bit", "max_steps": 2, "limit": 16, "val_limit": 8,
+                                  "eval_gen": 1, "eval_every": 0, "eval_limit": 2, "max_new_tokens": 16},
+                   axes={"rank": [4, 8]}),
+    "all": Suite("all", parts=("rank", "modules", "quant")),
+}
+
+
+def load_suite_file(path: str) -> Suite:
+    data = read_config_file(path)
+    where = Path(path).name
+    unknown = sorted(set(data) - {"name", "base", "axes", "groups"})
+    if unknown:
+        raise UserError(f"suite file {path}: unknown section(s) {', '.join(unknown)}; "
+                        "expected name, base, axes, groups")
+    name = str(data.get("name") or Path(path).stem).strip()
+    if not name or any(c.isspace() for c in name) or "," in name:
+        raise UserError(f"suite file {path}: name {name!r} must be non-empty, without spaces or commas")
+    if name in BUILTIN:
+        raise UserError(f"suite file {path}: name {name!r} is a built-in suite; choose another name")
+    base = normalize_flags(data.get("base") or {}, f"{where}: base")
+    axes_raw = data.get("axes") or {}
+    if not isinstance(axes_raw, dict):
+        raise UserError(f"suite file {path}: axes must map flag names to lists of values")
+    axes = {}
+    for key, values in axes_raw.items():
+        name_ = normalize_key(key, f"{where}: axes")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"suite file {path}: axes.{key} must be a non-empty list of values")
+        axes[name_] = [coerce(name_, v, f"{where}: axes.{name_}") for v in values]
+    groups_raw = data.get("groups") or []
+    if not isinstance(groups_raw, list) or not all(isinstance(g, list) and g for g in groups_raw):
+        raise UserError(f"suite file {path}: groups must be a list of groups, each a non-empty list of "
+                        "mappings, e.g. groups: [[{quant: 4bit, optim: paged_adamw_8bit}, {quant: 16bit}]]")
+    groups = [[normalize_flags(alt, f"{where}: groups[{i}][{j}]") for j, alt in enumerate(g)]
+              for i, g in enumerate(groups_raw)]
+    suite = Suite(name, base, axes, groups)
+    expand(suite)  # reject conflicts now, with the file's name in the message
+    return suite
+
+
+def expand(suite: Suite) -> list[dict[str, Any]]:
+    """The flag sets of a (non-composite) suite: base + each combination of axes and group alternatives."""
+    owners: dict[str, str] = {}
+    for key in suite.axes:
+        owners[key] = f"axes.{key}"
+    for i, group in enumerate(suite.groups):
+        for key in sorted({k for alt in group for k in alt}):
+            if key in owners:
+                raise UserError(f"suite {suite.name}: {key} is set by both {owners[key]} and groups[{i}]; "
+                                "a flag may vary in only one place")
+            owners[key] = f"groups[{i}]"
+    axis_items = [[(key, v) for v in values] for key, values in suite.axes.items()]
+    runs = []
+    for combo in itertools.product(*axis_items, *suite.groups):
+        flags = dict(suite.base)
+        for part in combo:
+            flags.update(part if isinstance(part, dict) else [part])
+        runs.append(flags)
+    return runs
+
+
+def canonical(flags: dict[str, Any], table: dict[str, Flag]) -> dict[str, Any]:
+    """The flags of `table` that differ from the script's default (None = default), sorted."""
+    return {k: flags[k] for k in sorted(flags)
+            if k in table and flags[k] is not None and flags[k] != table[k].default}
+
+
+def train_name(flags: dict[str, Any]) -> str:
+    """`r16-qkvo-16bit-s0-<hash of the non-default train flags>`: same config, same name."""
+    get = lambda k: flags.get(k) if flags.get(k) is not None else TRAIN_FLAGS[k].default  # noqa: E731
+    modules = str(get("modules")).replace(",", "+").replace("_proj", "")
+    return f"r{get('rank')}-{modules}-{get('quant')}-s{get('seed')}-{config_hash(canonical(flags, TRAIN_FLAGS))[:6]}"
+
+
+def eval_name(prefix: str, flags: dict[str, Any]) -> str:
+    return f"{prefix}-eval-{config_hash(canonical(flags, EVAL_FLAGS))[:6]}"
+
+
+def base_eval_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags of a base-model evaluation: eval flags plus the shared ones (model, quant, ...)."""
+    return {k: v for k, v in flags.items() if k in EVAL_FLAGS or k in SHARED_FLAGS}
+
+
+def base_eval_name(flags: dict[str, Any]) -> str:
+    shared = {k: flags[k] for k in SHARED_FLAGS if flags.get(k) is not None}
+    quant = shared.get("quant", TRAIN_FLAGS["quant"].default)
+    digest = config_hash({"shared": canonical(shared, TRAIN_FLAGS), "eval": canonical(flags, EVAL_FLAGS)})[:6]
+    return f"base-{quant}-eval-{digest}"
+
+
+def to_argv(flags: dict[str, Any], table: dict[str, Flag]) -> list[str]:
+    """Command-line arguments for the flags of `table` that are set (booleans as bare switches)."""
+    argv = []
+    for key in sorted(flags):
+        value = flags[key]
+        if key not in table or value is None:
+            continue
+        option = table[key].cli(key)
+        if isinstance(value, bool):
+            if value:
+                argv.append(option)
+            elif table[key].default:
+                raise UserError(f"{key}=false cannot be passed: the script has no --no-{key} switch")
+        else:
+            argv += [option, format_value(value)]
+    return argv
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def describe(flags: dict[str, Any], base: dict[str, Any]) -> str:
+    """The flags that differ from `base`, as `rank=16 quant=4bit` (or `base` when none)."""
+    diff = [f"{k}={format_value(flags[k])}" for k in sorted(flags) if flags[k] != base.get(k)]
+    return " ".join(diff) or "base"
