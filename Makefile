@@ -20,7 +20,7 @@ $(STAMP): requirements.txt
 
 demo: setup
 	$(PY) train.py --rank 16 --quant 16bit --max-steps 30 --name demo
-	$(PY) evaluate.py --adapter runs/demo --benchmark humaneval,heldout --limit 20
+	$(PY) evaluate.py --adapter runs/demo --benchmark humaneval,heldout --limit 10 --max-new-tokens 128
 
 test: setup
 	$(PY) -m pytest -q tests

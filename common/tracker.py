@@ -97,7 +97,6 @@ def config_hash(config: dict[str, Any]) -> str:
 class Tracker:
     def __init__(self, path: str | os.PathLike = "experiments.db"):
         self.path = Path(path)
-        self._check_file_is_ours()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE),
         # so a writer waits for the lock up front instead of failing mid-way.
@@ -110,16 +109,10 @@ class Tracker:
             self._ensure_schema()
         except sqlite3.DatabaseError as e:
             self.conn.close()
+            # SQLite itself recognises a non-database file; no header pre-check of ours, since opening
+            # and closing the file from Python would drop this process's SQLite locks on it.
             raise UserError(f"{self.path} is not a usable experiments database ({e}); "
                             "pass another --db or move the file away") from e
-
-    def _check_file_is_ours(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb") as f:
-            header = f.read(16)
-        if header != b"SQLite format 3\x00":
-            raise UserError(f"{self.path} is not an SQLite database; pass another --db or move the file away")
 
     def _ensure_schema(self) -> None:
         with self._write():
@@ -211,7 +204,7 @@ class Tracker:
         """A `running` row whose process (on this host) is gone was killed: say so."""
         host = socket.gethostname()
         orphans = [r["id"] for r in self.conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?",
-                                                      (host,)) if not _pid_alive(r["pid"])]
+                                                      (host,)) if not pid_alive(r["pid"])]
         with self._write():
             for run_id in orphans:
                 self.conn.execute("UPDATE runs SET status='interrupted', error='process gone (killed?)',"
@@ -333,7 +326,8 @@ def _num(value: Any) -> float | None:
     return value if value == value else None  # NaN is stored as NULL
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True while the process exists and is not a zombie (killed but not yet reaped)."""
     if not pid:
         return False
     try:
@@ -342,4 +336,8 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): trust kill(0)

@@ -9,7 +9,6 @@ normalise by tokens across micro-batches and processes.
 """
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +83,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, model: PeftModel, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, progress: dict[str, Any]) -> None:
-    """Adapter, optimizer, scheduler, RNG states and data position, replaced atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Adapter, optimizer, scheduler, RNG states and data position in one file, replaced atomically."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "state.pt.tmp"
     torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(), "progress": progress}, tmp / "state.pt")
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "progress": progress}, tmp)
+    os.replace(tmp, path / "state.pt")  # a kill at any moment leaves the old or the new checkpoint, never neither
 
 
 def load_checkpoint(path: Path, model: PeftModel, optimizer: torch.optim.Optimizer,

@@ -45,7 +45,7 @@ def test_a_running_row_whose_process_is_gone_is_marked_interrupted(tmp_path):
 def test_corrupt_file_is_refused(tmp_path):
     path = tmp_path / "e.db"
     path.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(UserError, match="not an SQLite database"):
+    with pytest.raises(UserError, match="not a usable experiments database"):
         Tracker(path)
 
 

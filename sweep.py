@@ -1,0 +1,554 @@
+"""Run a suite of LoRA/QLoRA configurations: train each, evaluate each, plus the base model once.
+
+    python sweep.py --suite rank                        # rank 4..64 at qkvo, 16bit (see common/suites.py)
+    python sweep.py --suite all --set max_steps=200 --set eval_limit=40
+    python sweep.py --suite quant --seeds 2              # every config over seeds 0 and 1
+    python sweep.py --suite-file my_suite.yaml --dry-run # what would run, and what is already done
+    python sweep.py --suite smoke --set model=/path/to/tiny-model --quiet
+    python sweep.py --suite modules --workers 2          # two runs at once, one GPU each
+
+Suites (common/suites.py): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
+qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
+2 problems: checks the pipeline in minutes) and `all` (= rank + modules + quant). The built-in
+suites keep train.py's defaults (one epoch); set the budget with e.g. `--set max_steps=200`.
+A `--suite-file` is YAML or JSON:
+
+    name: lr-rank                     # the runs' suite label
+    base: {max_steps: 200, eval_limit: 40}          # flags of every run
+    axes: {rank: [8, 16], lr: [1e-4, 2e-4]}         # cartesian product (last axis fastest)
+    groups:                           # optional: alternatives that set several flags together;
+      - - {quant: 4bit, optim: paged_adamw_8bit}    # each group multiplies the runs by its
+        - {quant: 16bit}                            # number of alternatives
+
+(2 x 2 x 2 = 8 runs). `--set key=value` overrides a flag for every run; train.py's flags go to
+train.py, the evaluation flags (benchmark, eval_limit -> --limit, n_samples, k, temperature,
+top_p, max_new_tokens, eval_batch_size -> --batch-size, timeout, memory_mb, isolation, merge,
+eval_workers -> --workers) to evaluate.py, max_seq_len to both, and model, quant, dataset and
+seed to both (the base-model evaluation gets them explicitly; a trained run's evaluation
+takes them from the train run). An unknown key is an error that lists the known ones.
+
+Each run is `train.py` then `evaluate.py --run-id <id>`, as child processes writing the same
+--db; adapters go to <runs-dir>/<name>, evaluation samples to <runs-dir>/evals/. Runs are named from their config (`r16-qkvo-16bit-s0-<hash>`), so re-running the same
+command resumes: a run trained and evaluated with the same config is skipped, an
+interrupted training resumes from its checkpoint, a failed one is tried again. A run that
+fails is recorded as failed and the sweep goes on; failures are listed at the end and the
+exit code is 1. Ctrl-C asks the running child to save a checkpoint and stops the sweep
+(exit 130); a second Ctrl-C stops the child at once.
+
+Shared configs: a config in several suites (rank 16 / qkvo / 16bit is in rank, modules and
+quant) is trained and evaluated once. Its runs carry the first suite as their `suite` label
+and are recorded as members of every suite they belong to, as score rows under the
+benchmark "suite" (name = the suite, value 1) on the train run and the eval run; report.py
+shows a run in each suite it is a member of. The same holds for the base-model
+evaluation, which every suite with the same evaluation settings shares.
+"""
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.cli import Parser, parse_args
+from common.errors import UserError, run_cli
+from common import suites as S
+from common.tracker import Tracker, pid_alive
+
+ROOT = Path(__file__).resolve().parent
+MEMBERSHIP = "suite"   # score benchmark that records suite membership (name = suite, value = 1)
+INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
+
+
+@dataclass
+class Planned:
+    kind: str                      # "adapter": train + eval; "base": evaluation of the base model only
+    suites: list[str]              # suites this run belongs to; the first is its label
+    flags: dict[str, Any]          # resolved flags (suite base, axes/groups, --set, seed)
+    diff: str                      # what differs from the suite's base, for display
+    name: str                      # train run name (adapter) or eval name (base)
+    eval_name: str
+    train_id: int | None = None
+    eval_id: int | None = None
+    outcome: str = "pending"       # done | skipped | failed | interrupted | running elsewhere | not started
+    error: str = ""
+    attempt_ids: list[int] = field(default_factory=list)
+
+
+def build_parser() -> Parser:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="YAML/JSON file of flag defaults (command line wins)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--suite", choices=sorted(S.BUILTIN), help="built-in suite to run")
+    which.add_argument("--suite-file", help="YAML/JSON suite: name, base, axes, groups (see common/suites.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a flag for every run (repeatable); keys: {', '.join(S.KNOWN_KEYS)}")
+    p.add_argument("--seeds", type=int, default=None, help="repeat every config over seeds 0..N-1")
+    p.add_argument("--db", default="experiments.db", help="run tracker SQLite file")
+    p.add_argument("--runs-dir", default="runs", help="adapters go to <runs-dir>/<run name>")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs and their state, run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars; children get --quiet")
+    return p
+
+
+# ---------------------------------------------------------------------------- planning
+
+def selected_suites(args) -> list[S.Suite]:
+    if args.suite_file:
+        return [S.load_suite_file(args.suite_file)]
+    if not args.suite:
+        raise UserError(f"pass --suite ({', '.join(sorted(S.BUILTIN))}) or --suite-file FILE")
+    suite = S.BUILTIN[args.suite]
+    return [S.BUILTIN[p] for p in suite.parts] if suite.parts else [suite]
+
+
+def plan(suites: list[S.Suite], overrides: dict[str, Any], seeds: int | None) -> list[Planned]:
+    """Base evaluations first, then every (config, seed) once, with all the suites it belongs to."""
+    bases: dict[str, Planned] = {}
+    runs: dict[str, Planned] = {}
+    for suite in suites:
+        combos = S.expand(suite)
+        varied = set(suite.axes) | {k for g in suite.groups for alt in g for k in alt}
+        clash = sorted(varied & set(overrides))
+        if clash:
+            raise UserError(f"--set {', '.join(clash)}: suite {suite.name} varies {', '.join(clash)}; "
+                            "overriding it would make its runs identical (use a --suite-file instead)")
+        if seeds is not None:
+            if "seed" in varied:
+                raise UserError(f"--seeds: suite {suite.name} already varies seed")
+            if "seed" in overrides:
+                raise UserError("pass either --seeds or --set seed=..., not both")
+        base = {**suite.base, **overrides}
+        base_flags = S.base_eval_flags(base)
+        name = S.base_eval_name(base_flags)
+        if name in bases:
+            bases[name].suites.append(suite.name)
+        else:
+            bases[name] = Planned("base", [suite.name], base_flags, "base model", name, name)
+        for combo in combos:
+            for seed in (range(seeds) if seeds is not None else [None]):
+                flags = {**combo, **overrides}
+                if seed is not None:
+                    flags["seed"] = seed
+                train_name = S.train_name(flags)
+                eval_name = S.eval_name(train_name, flags)
+                if eval_name in runs:
+                    if suite.name not in runs[eval_name].suites:
+                        runs[eval_name].suites.append(suite.name)
+                    continue
+                shown = {**base, "seed": base.get("seed")} if seed is not None else base
+                runs[eval_name] = Planned("adapter", [suite.name], flags, S.describe(flags, shown),
+                                          train_name, eval_name)
+    return list(bases.values()) + list(runs.values())
+
+
+# ---------------------------------------------------------------------------- database state
+
+def named_runs(tracker: Tracker, name: str, kind: str) -> list[dict[str, Any]]:
+    rows = tracker.conn.execute("SELECT id FROM runs WHERE name=? AND kind=? ORDER BY id", (name, kind)).fetchall()
+    return [tracker.run(r[0]) for r in rows]
+
+
+def completed_train(tracker: Tracker, p: Planned) -> dict[str, Any] | None:
+    done = [r for r in named_runs(tracker, p.name, "train") if r["status"] == "completed"]
+    return done[-1] if done else None
+
+
+def completed_eval(tracker: Tracker, p: Planned, train_id: int | None) -> dict[str, Any] | None:
+    done = [r for r in named_runs(tracker, p.eval_name, "eval")
+            if r["status"] == "completed" and r["parent_id"] == train_id]
+    return done[-1] if done else None
+
+
+def running_elsewhere(tracker: Tracker, name: str, kind: str) -> dict[str, Any] | None:
+    rows = named_runs(tracker, name, kind)
+    if rows and rows[-1]["status"] == "running" and rows[-1]["host"] == socket.gethostname() \
+            and pid_alive(rows[-1]["pid"]):
+        return rows[-1]
+    return None
+
+
+def describe_state(tracker: Tracker, p: Planned) -> str:
+    kinds = [("eval", p.eval_name)] if p.kind == "base" else [("train", p.name), ("eval", p.eval_name)]
+    train = completed_train(tracker, p) if p.kind == "adapter" else None
+    parts = []
+    for kind, name in kinds:
+        rows = named_runs(tracker, name, kind)
+        if kind == "eval":
+            parent = train["id"] if train else None
+            if p.kind == "adapter" and train is None:
+                parts.append("eval pending")
+                continue
+            rows = [r for r in rows if r["parent_id"] == parent]
+        done = [r for r in rows if r["status"] == "completed"]
+        if done:
+            parts.append(f"{kind} done (run {done[-1]['id']})")
+        elif rows:
+            last = rows[-1]
+            parts.append(f"{kind} {last['status']} (run {last['id']})")
+        else:
+            parts.append(f"{kind} pending")
+    return ", ".join(parts)
+
+
+def record_membership(tracker: Tracker, run_ids: list[int], suites: list[str]) -> None:
+    for run_id in sorted(set(i for i in run_ids if i is not None)):
+        tracker.log_scores(run_id, MEMBERSHIP, {s: 1 for s in suites})
+
+
+# ---------------------------------------------------------------------------- children
+
+class Sweep:
+    def __init__(self, args, planned: list[Planned]):
+        self.args = args
+        # Every database access runs on one thread with one Tracker: an sqlite connection belongs to
+        # the thread that opened it, and a second Tracker opened in this process while the first is
+        # in use would drop SQLite's file locks (POSIX locks are per process and go with any close()).
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._tracker = self._db.submit(Tracker, args.db).result()
+        self.out_lock = threading.RLock()   # re-entrant: the signal handler logs from the main thread
+        self.planned = planned
+        self.children: set[subprocess.Popen] = set()
+        self.stops = 0
+        self.gpus = self._gpu_slots()
+        self.label = planned[0].suites[0] if planned else ""
+
+    def call(self, fn, *args):
+        """fn(tracker, *args) on the database thread."""
+        return self._db.submit(lambda: fn(self._tracker, *args)).result()
+
+    def close(self) -> None:
+        self.call(lambda t: t.close())
+        self._db.shutdown()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stops > 0
+
+    def _gpu_slots(self) -> list[str | None]:
+        """One CUDA_VISIBLE_DEVICES value per worker slot (None: leave the environment alone)."""
+        if self.args.workers <= 1:
+            return [None]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            ids = [v for v in visible.split(",") if v.strip()]
+        else:
+            try:
+                import torch
+                ids = [str(i) for i in range(torch.cuda.device_count())]
+            except ImportError:
+                ids = []
+        if not ids:
+            return [None] * self.args.workers
+        if self.args.workers > len(ids):
+            self.log(f"note: {self.args.workers} workers share {len(ids)} GPU(s)")
+        return [ids[i % len(ids)] for i in range(self.args.workers)]
+
+    def log(self, message: str) -> None:
+        with self.out_lock:
+            from tqdm import tqdm
+            tqdm.write(message, file=sys.stderr)
+
+    def on_signal(self, signum, frame) -> None:
+        self.stops += 1
+        # Children share our process group, so a terminal Ctrl-C reached them already; SIGTERM
+        # asks train.py for the same graceful stop without counting as a second Ctrl-C.
+        forward = signal.SIGTERM if self.stops == 1 else signal.SIGINT
+        self.log(f"\n{signal.Signals(signum).name}: stopping the sweep"
+                 + (" after the running child saves its state" if self.stops == 1 else " now"))
+        for child in list(self.children):
+            try:
+                child.send_signal(forward)
+            except ProcessLookupError:
+                pass
+
+    def run_child(self, cmd: list[str], prefix: str, gpu: str | None) -> tuple[int, int, str]:
+        """Run a script, streaming its output; returns (exit code, pid, last lines of output)."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
+        self.children.add(proc)
+        tail = b""
+        pending = b""
+        raw = self.args.workers <= 1
+        try:
+            while True:
+                chunk = proc.stdout.read1(65536)
+                if not chunk:
+                    break
+                tail = (tail + chunk)[-4000:]
+                if raw:
+                    with self.out_lock:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.buffer.flush()
+                    continue
+                pending += chunk
+                *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self.log(f"[{prefix}] {line.decode(errors='replace')}")
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self.children.discard(proc)
+        if pending.strip() and not raw:
+            self.log(f"[{prefix}] {pending.decode(errors='replace')}")
+        return code, proc.pid, tail.decode(errors="replace")
+
+    def settle(self, pid: int, code: int, message: str) -> list[int]:
+        """Rows the child left `running` become failed/interrupted; returns the ids of its rows."""
+        def work(tracker: Tracker) -> list[int]:
+            rows = tracker.conn.execute("SELECT id, status FROM runs WHERE pid=? AND host=? ORDER BY id",
+                                        (pid, socket.gethostname())).fetchall()
+            for run_id, status in rows:
+                if status == "running":
+                    interrupted = code in INTERRUPTED_CODES
+                    tracker.finish_run(run_id, "interrupted" if interrupted else "failed",
+                                       error=None if interrupted else message)
+            return [r[0] for r in rows]
+        return self.call(work)
+
+    def record_failure(self, p: Planned, kind: str, name: str, message: str, parent_id: int | None) -> int:
+        """A child that failed before recording a run (bad flag, missing file): record it ourselves."""
+        def work(tracker: Tracker) -> int:
+            run_id = tracker.start_run(name, kind, config={"sweep_flags": p.flags, "name": name},
+                                       suite=p.suites[0], parent_id=parent_id)
+            tracker.finish_run(run_id, "failed", error=message)
+            return run_id
+        return self.call(work)
+
+    # ---- one planned run ---------------------------------------------------
+
+    def lock(self, name: str):
+        directory = Path(self.args.runs_dir) / ".locks"
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / f"{name}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log(f"{name}: another sweep is running it; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        return handle
+
+    def execute(self, p: Planned, gpu: str | None) -> None:
+        handle = self.lock(p.name)
+        try:
+            if p.kind == "base":
+                self._evaluate(p, None, gpu)
+            else:
+                self._train_and_evaluate(p, gpu)
+        finally:
+            self.call(record_membership, p.attempt_ids + [p.train_id, p.eval_id], p.suites)
+            handle.close()
+
+    def _train_and_evaluate(self, p: Planned, gpu: str | None) -> None:
+        train = self.call(completed_train, p)
+        busy = None if train else self.call(running_elsewhere, p.name, "train")
+        if busy:
+            p.outcome, p.error = "running elsewhere", f"train run {busy['id']} is running in process {busy['pid']}"
+            return
+        if train is None:
+            if self.stopping:
+                p.outcome = "not started"
+                return
+            train = self._train(p, gpu)
+            if train is None:
+                return
+        p.train_id = train["id"]
+        self._evaluate(p, train["id"], gpu)
+
+    def _train(self, p: Planned, gpu: str | None) -> dict[str, Any] | None:
+        out = Path(self.args.runs_dir).resolve() / p.name
+        cmd = [sys.executable, str(ROOT / "train.py"), *S.to_argv(p.flags, S.TRAIN_FLAGS), "--name", p.name,
+               "--output-dir", str(out), "--db", self.args.db, "--suite", p.suites[0]]
+        if self.args.quiet or self.args.workers > 1:
+            cmd.append("--quiet")
+        for attempt in range(2):
+            self.log(f"train {p.name} ({p.diff})")
+            code, pid, tail = self.run_child(cmd, p.name, gpu)
+            message = failure_message("train.py", code, tail)
+            p.attempt_ids += self.settle(pid, code, message)
+            train = self.call(completed_train, p)
+            if train is not None:
+                return train
+            if code == 0 and attempt == 0 and not self.stopping and self._stale_completion(out):
+                continue  # killed between writing run_config.json and recording completion: train again
+            break
+        if code == 0:
+            message = (f"train.py exited 0 but {self.args.db} has no completed run '{p.name}'; "
+                       f"{out} may hold a run recorded in another database: pass another --runs-dir")
+        if code in INTERRUPTED_CODES:
+            p.outcome = "interrupted"
+        else:
+            p.outcome, p.error = "failed", message
+            if not p.attempt_ids:
+                p.attempt_ids.append(self.record_failure(p, "train", p.name, message, None))
+        return None
+
+    def _stale_completion(self, out: Path) -> bool:
+        """run_config.json says completed for a run this db does not have completed: move it aside."""
+        import json
+        config = out / "run_config.json"
+        try:
+            info = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return False
+        if Path(info.get("db", "")).resolve() != Path(self.args.db).resolve():
+            return False
+        config.rename(out / "run_config.incomplete.json")
+        return True
+
+    def _evaluate(self, p: Planned, train_id: int | None, gpu: str | None) -> None:
+        done = self.call(completed_eval, p, train_id)
+        busy = None if done else self.call(running_elsewhere, p.eval_name, "eval")
+        if done:
+            p.eval_id, p.outcome = done["id"], "done"
+            return
+        if busy:
+            p.outcome, p.error = "running elsewhere", f"eval run {busy['id']} is running in process {busy['pid']}"
+            return
+        if self.stopping:
+            p.outcome = "not started"
+            return
+        cmd = [sys.executable, str(ROOT / "evaluate.py"), "--db", self.args.db, "--suite", p.suites[0],
+               "--name", p.eval_name, "--output-dir", str(Path(self.args.runs_dir).resolve() / "evals" / p.eval_name),
+               *S.to_argv(p.flags, S.EVAL_FLAGS)]
+        if train_id is None:
+            cmd += S.to_argv({k: v for k, v in p.flags.items() if k in S.SHARED_FLAGS}, S.TRAIN_FLAGS)
+        else:
+            cmd += ["--run-id", str(train_id)]
+        if self.args.quiet or self.args.workers > 1:
+            cmd.append("--quiet")
+        self.log(f"evaluate {p.eval_name}" + (f" (train run {train_id})" if train_id else " (base model)"))
+        code, pid, tail = self.run_child(cmd, p.eval_name, gpu)
+        message = failure_message("evaluate.py", code, tail)
+        p.attempt_ids += self.settle(pid, code, message)
+        done = self.call(completed_eval, p, train_id)
+        if done:
+            p.eval_id, p.outcome = done["id"], "done"
+        elif code in INTERRUPTED_CODES:
+            p.outcome = "interrupted"
+        else:
+            p.outcome, p.error = "failed", message
+            mine = [i for i in p.attempt_ids if self.call(Tracker.run, i)["name"] == p.eval_name]
+            if not mine:
+                p.attempt_ids.append(self.record_failure(p, "eval", p.eval_name, message, train_id))
+
+    # ---- the whole sweep ---------------------------------------------------
+
+    def run(self) -> None:
+        from tqdm import tqdm
+        tqdm.monitor_interval = 0  # no background redraws in the middle of a child's output
+        bar = tqdm(total=len(self.planned), desc="sweep", unit="run", disable=self.args.quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+        bases = [p for p in self.planned if p.kind == "base"]
+        adapters = [p for p in self.planned if p.kind == "adapter"]
+        try:
+            # Base evaluations first: an adapter's evaluation reuses the matching one.
+            for group in (bases, adapters):
+                if self.args.workers <= 1:
+                    for p in group:
+                        self.execute(p, self.gpus[0])
+                        bar.update(1)
+                    continue
+                slots = list(range(len(self.gpus)))
+                slot_lock = threading.Lock()
+
+                def work(p: Planned) -> None:
+                    with slot_lock:
+                        slot = slots.pop()
+                    try:
+                        self.execute(p, self.gpus[slot])
+                    finally:
+                        with slot_lock:
+                            slots.append(slot)
+                        bar.update(1)
+
+                with ThreadPoolExecutor(max_workers=self.args.workers) as pool:
+                    for future in [pool.submit(work, p) for p in group]:
+                        while not future.done():
+                            time.sleep(0.2)  # keeps the main thread free to take Ctrl-C
+                        future.result()
+        finally:
+            bar.close()
+
+
+def failure_message(script: str, code: int, tail: str) -> str:
+    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
+    last = (errors or lines or ["no output"])[-1]
+    return f"{script} exited with code {code}: {last[:300]}"
+
+
+def print_plan(tracker: Tracker, planned: list[Planned]) -> None:
+    from tabulate import tabulate
+    rows = [(i + 1, p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.diff,
+             describe_state(tracker, p)) for i, p in enumerate(planned)]
+    print(tabulate(rows, headers=("#", "run", "suites", "config (vs suite base)", "state"), tablefmt="github"))
+
+
+def print_summary(planned: list[Planned]) -> None:
+    from tabulate import tabulate
+    rows = [(p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.outcome,
+             p.train_id or "", p.eval_id or "", p.error) for p in planned]
+    print(tabulate(rows, headers=("run", "suites", "outcome", "train id", "eval id", "error"), tablefmt="github"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    suites = selected_suites(args)
+    planned = plan(suites, S.parse_set(args.set), args.seeds)
+    tracker = Tracker(args.db)
+    marked = tracker.mark_orphans_interrupted()
+    if marked:
+        print(f"{marked} run(s) left 'running' by a process that is gone are now marked interrupted",
+              file=sys.stderr)
+    label = args.suite or suites[0].name
+    if args.dry_run:
+        print(f"suite {label}: {len(planned)} run(s) in {args.db}")
+        print_plan(tracker, planned)
+        return 0
+    if not (ROOT / "evaluate.py").is_file():
+        raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")
+    tracker.close()  # the sweep opens its own, on its database thread
+    sweep = Sweep(args, planned)
+    previous = {sig: signal.signal(sig, sweep.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sweep.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sweep.close()
+    for p in planned:
+        if p.outcome == "pending":
+            p.outcome = "not started"
+    print_summary(planned)
+    bad = [p for p in planned if p.outcome != "done"]
+    if sweep.stopping:
+        print(f"sweep interrupted: {len(bad)} of {len(planned)} run(s) not done; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    if bad:
+        print(f"{len(bad)} of {len(planned)} run(s) did not complete: "
+              + "; ".join(f"{p.name}: {p.outcome}" + (f" ({p.error})" if p.error else "") for p in bad),
+              file=sys.stderr)
+        return 1
+    print(f"suite {label}: all {len(planned)} run(s) done; `python report.py --db {args.db}` writes the report")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,370 @@
+"""sweep.py and common/suites.py: suite expansion, --set, planning, and real sweeps with the tiny model.
+
+The end-to-end tests run the real train.py and evaluate.py as the sweep's children (tiny
+2-layer model, 2-40 steps, 2 HumanEval problems, 8 new tokens): two sweeps writing one
+database at once (then report.py on it), and a sweep killed with SIGKILL and run again.
+"""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sweep
+from common import suites as S
+from common.errors import UserError
+from common.tracker import Tracker
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- suites and --set
+
+def write_suite(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data, sort_keys=False) if path.suffix == ".yaml" else json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_suite_file_expands_axes_times_groups(tmp_path, suffix):
+    path = write_suite(tmp_path / f"s{suffix}", {
+        "name": "grid", "base": {"max-steps": 10, "eval_limit": 5},
+        "axes": {"rank": [8, 16], "lr": ["1e-4", 2e-4]},
+        "groups": [[{"quant": "4bit", "optim": "paged_adamw_8bit"}, {"quant": "16bit"}]]})
+    suite = S.load_suite_file(path)
+    runs = S.expand(suite)
+    assert len(runs) == 2 * 2 * 2
+    assert runs[0] == {"max_steps": 10, "eval_limit": 5, "rank": 8, "lr": 1e-4, "quant": "4bit",
+                       "optim": "paged_adamw_8bit"}
+    assert runs[1] == {"max_steps": 10, "eval_limit": 5, "rank": 8, "lr": 1e-4, "quant": "16bit"}
+    assert [r["lr"] for r in runs[:4]] == [1e-4, 1e-4, 2e-4, 2e-4]  # the last axis varies fastest, then groups
+    assert {(r["rank"], r["lr"], r["quant"]) for r in runs} == {
+        (rank, lr, q) for rank in (8, 16) for lr in (1e-4, 2e-4) for q in ("4bit", "16bit")}
+    names = {S.train_name(r) for r in runs}
+    assert len(names) == 8 and S.train_name(runs[0]).startswith("r8-qkvo-4bit-s0-")
+
+
+def test_suite_file_errors_are_one_line_user_errors(tmp_path):
+    cases = [
+        ({"axes": {"rnak": [4]}}, "unknown key 'rnak'; known keys: alpha"),
+        ({"axes": {"rank": 4}}, "axes.rank must be a non-empty list"),
+        ({"axes": {"rank": ["four"]}}, "bad value 'four' for rank"),
+        ({"axes": {"quant": ["4bit"]}, "groups": [[{"quant": "8bit"}]]}, "quant is set by both axes.quant"),
+        ({"groups": [{"quant": "8bit"}]}, "groups must be a list of groups"),
+        ({"name": "rank"}, "is a built-in suite"),
+        ({"bases": {}}, "unknown section(s) bases"),
+    ]
+    for i, (data, message) in enumerate(cases):
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            S.load_suite_file(write_suite(tmp_path / f"bad{i}.yaml", data))
+    (tmp_path / "broken.yaml").write_text("axes: [rank: 4\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        S.load_suite_file(str(tmp_path / "broken.yaml"))
+
+
+def test_set_parsing_types_and_errors():
+    values = S.parse_set(["max_steps=50", "lr=2e-4", "max-new-tokens=16", "packing=true", "model=/m/tiny",
+                          "eval_limit=none", "benchmark=humaneval"])
+    assert values == {"max_steps": 50, "lr": 2e-4, "max_new_tokens": 16, "packing": True, "model": "/m/tiny",
+                      "eval_limit": None, "benchmark": "humaneval"}
+    assert S.parse_set(["rank=8", "rank=16"]) == {"rank": 16}
+    with pytest.raises(UserError, match=r"unknown key 'foo'; known keys: alpha, batch_size, benchmark"):
+        S.parse_set(["foo=1"])
+    with pytest.raises(UserError, match="expected key=value"):
+        S.parse_set(["max_steps"])
+    with pytest.raises(UserError, match="bad value 'many' for max_steps"):
+        S.parse_set(["max_steps=many"])
+
+
+def test_flags_go_to_the_right_script():
+    flags = {"rank": 8, "packing": True, "truncate": False, "eval_limit": 2, "max_new_tokens": 8, "model": "m",
+             "eval_batch_size": 4, "max_seq_len": 256}
+    assert S.to_argv(flags, S.TRAIN_FLAGS) == ["--max-seq-len", "256", "--model", "m", "--packing", "--rank", "8"]
+    assert S.to_argv(flags, S.EVAL_FLAGS) == ["--batch-size", "4", "--limit", "2", "--max-new-tokens", "8",
+                                              "--max-seq-len", "256"]
+
+
+def test_script_flags_match_train_and_evaluate_parsers():
+    import evaluate
+    import train
+
+    train_actions = {a.dest: a for a in train.build_parser()._actions}
+    for key, flag in S.TRAIN_FLAGS.items():
+        assert key in train_actions, key
+        assert train_actions[key].default == flag.default, key
+        assert flag.cli(key) in train_actions[key].option_strings, key
+    eval_actions = {opt: a for a in evaluate.build_parser()._actions for opt in a.option_strings}
+    for key, flag in S.EVAL_FLAGS.items():
+        assert flag.cli(key) in eval_actions, key
+        if flag.default is not S._NO_DEFAULT and key != "benchmark":  # evaluate.py resolves benchmark=None itself
+            assert eval_actions[flag.cli(key)].default == flag.default, key
+    for key in S.SHARED_FLAGS:
+        assert S.TRAIN_FLAGS[key].cli(key) in eval_actions, key
+
+
+def test_all_runs_shared_configs_once_with_every_suite():
+    planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["all"].parts], {"max_steps": 5}, None)
+    bases = [p for p in planned if p.kind == "base"]
+    runs = [p for p in planned if p.kind == "adapter"]
+    assert len(bases) == 1 and bases[0].suites == ["rank", "modules", "quant"]
+    assert len(runs) == 5 + 4 + 3 - 2
+    assert len({p.name for p in runs}) == len(runs)
+    shared = [p for p in runs if p.suites == ["rank", "modules", "quant"]]
+    assert len(shared) == 1 and shared[0].name.startswith("r16-qkvo-16bit-s0-")
+    assert planned[0].kind == "base"  # base model first: adapter evaluations reuse it
+
+
+def test_seeds_and_set_conflicts():
+    planned = sweep.plan([S.BUILTIN["quant"]], {}, 2)
+    runs = [p for p in planned if p.kind == "adapter"]
+    assert len(runs) == 6 and {p.flags["seed"] for p in runs} == {0, 1}
+    assert sum(p.kind == "base" for p in planned) == 1
+    assert any("-s1-" in p.name for p in runs)
+    with pytest.raises(UserError, match="suite rank varies rank"):
+        sweep.plan([S.BUILTIN["rank"]], {"rank": 8}, None)
+    with pytest.raises(UserError, match="either --seeds or --set seed"):
+        sweep.plan([S.BUILTIN["rank"]], {"seed": 1}, 2)
+
+
+def test_names_are_deterministic_and_ignore_default_values():
+    assert S.train_name({"rank": 16, "quant": "16bit"}) == S.train_name({})
+    assert S.train_name({"rank": 16, "lr": 1e-4}) != S.train_name({"rank": 16})
+    assert S.eval_name("x", {"eval_limit": None}) == S.eval_name("x", {"rank": 4})
+    assert S.eval_name("x", {"eval_limit": 2}) != S.eval_name("x", {})
+
+
+def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
+    db = tmp_path / "d.db"
+    assert sweep.main(["--suite", "all", "--dry-run", "--db", str(db), "--set", "max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "suite all: 11 run(s)" in out
+    assert "rank,modules,quant" in out and "modules=qv" in out and "quant=4bit" in out
+    assert out.count("train pending, eval pending") == 10
+    # A completed train run of one of them shows up as done.
+    planned = sweep.plan([S.BUILTIN["rank"]], {"max_steps": 3}, None)
+    r4 = next(p for p in planned if p.flags.get("rank") == 4)
+    t = Tracker(db)
+    run = t.start_run(r4.name, "train", {"rank": 4})
+    t.finish_run(run, "completed")
+    crashed = t.start_run(next(p for p in planned if p.flags.get("rank") == 8).name, "train", {"rank": 8})
+    t.conn.execute("UPDATE runs SET pid=999999999 WHERE id=?", (crashed,))
+    t.close()
+    assert sweep.main(["--suite", "rank", "--dry-run", "--db", str(db), "--set", "max_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert f"train done (run {run}), eval pending" in out
+    assert f"train interrupted (run {crashed})" in out  # the dead process's row was marked interrupted
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"SQLite format 3\x00" + os.urandom(4080), None])
+def test_corrupt_or_foreign_db_is_a_one_line_error(tmp_path, content):
+    db = tmp_path / "x.db"
+    if content is None:  # someone else's SQLite database
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE users (id INTEGER)")
+        conn.commit()
+        conn.close()
+    else:
+        db.write_bytes(content)
+    for script in ("sweep.py", "report.py"):
+        args = ["--suite", "smoke", "--dry-run"] if script == "sweep.py" else []
+        done = subprocess.run([sys.executable, str(ROOT / script), "--db", str(db), *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (script, done.stderr)
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert "Traceback" not in done.stderr and str(db) in done.stderr
+
+
+# ---------------------------------------------------------------------------- real sweeps
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("sweeps")
+    with open(root / "data.jsonl", "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"prompt": f"def add_{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n",
+                                "completion": f"    return x + {i}\n"}) + "\n")
+    return root
+
+
+def common_sets(workdir: Path, tiny_model: str) -> list[str]:
+    sets = {"model": tiny_model, "dataset": str(workdir / "data.jsonl"), "benchmark": "humaneval",
+            "max_new_tokens": 8, "eval_gen": 0, "eval_workers": 2}
+    return [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+
+
+def sweep_cmd(workdir: Path, tiny_model: str, db: Path, *which: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), *which, "--db", str(db), "--runs-dir", str(workdir / "runs"),
+            "--quiet", *common_sets(workdir, tiny_model)]
+
+
+def child_env(workdir: Path) -> dict:
+    return dict(os.environ, LORA_STUDY_CACHE=str(workdir / "cache"), PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def two_sweeps(workdir, tiny_model):
+    """The smoke suite (two runs at a time) and a suite file, started together on one database.
+
+    The suite file shares the smoke suite's rank-4 config (one run, member of both suites),
+    adds a qv run, and a run that fails (max_seq_len 0) to show the sweep goes on.
+    """
+    db = workdir / "shared.db"
+    suite_file = write_suite(workdir / "pair.yaml", {
+        "name": "pair", "base": dict(S.BUILTIN["smoke"].base), "axes": {"rank": [4]},
+        "groups": [[{"modules": "qkvo"}, {"modules": "qv"}, {"modules": "qkv", "max_seq_len": 0}]]})
+    procs = {}
+    began = time.monotonic()
+    # The smoke sweep runs two at a time (worker threads), the suite file one at a time.
+    for label, which in (("smoke", ["--suite", "smoke", "--workers", "2"]), ("pair", ["--suite-file", suite_file])):
+        log = open(workdir / f"{label}.log", "w")
+        procs[label] = (subprocess.Popen(sweep_cmd(workdir, tiny_model, db, *which), stdout=log,
+                                         stderr=subprocess.STDOUT, env=child_env(workdir), cwd=workdir), log)
+    codes = {}
+    for label, (proc, log) in procs.items():
+        codes[label] = proc.wait(timeout=600)
+        log.close()
+    logs = {label: (workdir / f"{label}.log").read_text() for label in procs}
+    return {"db": db, "codes": codes, "logs": logs, "seconds": time.monotonic() - began, "suite_file": suite_file}
+
+
+def rows(db: Path, query: str, args=()) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_two_sweeps_on_one_db_lose_nothing(two_sweeps):
+    db, codes, logs = two_sweeps["db"], two_sweeps["codes"], two_sweeps["logs"]
+    assert codes["smoke"] == 0, logs["smoke"][-3000:]
+    assert codes["pair"] == 1, logs["pair"][-3000:]  # one run of the suite file fails on purpose
+    for log in logs.values():
+        assert "database is locked" not in log and "Traceback" not in log
+    assert "max-seq-len must be positive" in logs["pair"]
+    assert rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'") == [(0,)]
+    trains = rows(db, "SELECT name, status FROM runs WHERE kind='train' ORDER BY id")
+    completed = [name for name, status in trains if status == "completed"]
+    assert len(completed) == len(set(completed)) == 3          # r4-qkvo (shared), r8-qkvo, r4-qv
+    assert sum(1 for name, _ in trains if name.startswith("r4-qkvo-16bit-s0-")) == 1
+    failed = [name for name, status in trains if status == "failed"]
+    assert len(failed) == 1 and failed[0].startswith("r4-qkv-16bit-s0-")
+    evals = rows(db, "SELECT parent_id FROM runs WHERE kind='eval' AND status='completed'")
+    train_ids = {i for (i,) in rows(db, "SELECT id FROM runs WHERE kind='train' AND status='completed'")}
+    assert {p for (p,) in evals if p is not None} == train_ids  # every trained run evaluated
+    assert sum(1 for (p,) in evals if p is None) == 1           # one base-model evaluation, shared
+    for run_id in train_ids:  # every step's metrics arrived
+        steps = rows(db, "SELECT step FROM metrics WHERE run_id=? AND name='loss' ORDER BY step", (run_id,))
+        assert steps == [(1,), (2,)]
+    # The shared config and the base evaluation are members of both suites.
+    shared = rows(db, "SELECT id FROM runs WHERE kind='train' AND name LIKE 'r4-qkvo-16bit-s0-%'")[0][0]
+    members = {name for (name,) in rows(db, "SELECT name FROM scores WHERE run_id=? AND benchmark='suite'",
+                                        (shared,))}
+    assert members == {"smoke", "pair"}
+
+
+def test_rerun_of_a_finished_sweep_runs_nothing(two_sweeps, workdir, tiny_model):
+    db = two_sweeps["db"]
+    before = rows(db, "SELECT COUNT(*) FROM runs")
+    done = subprocess.run(sweep_cmd(workdir, tiny_model, db, "--suite", "smoke"), capture_output=True, text=True,
+                          env=child_env(workdir), cwd=workdir, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "all 3 run(s) done" in done.stdout
+    assert rows(db, "SELECT COUNT(*) FROM runs") == before
+    dry = subprocess.run(sweep_cmd(workdir, tiny_model, db, "--suite-file", two_sweeps["suite_file"]) + ["--dry-run"],
+                         capture_output=True, text=True, env=child_env(workdir), cwd=workdir, timeout=300)
+    assert dry.returncode == 0 and "train failed" in dry.stdout and dry.stdout.count("eval done") == 3
+
+
+def test_report_of_the_sweeps(two_sweeps, tmp_path):
+    import matplotlib.image
+
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, str(ROOT / "report.py"), "--db", str(two_sweeps["db"]), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = (out / "RESULTS.md").read_text()
+    smoke = text[text.index("## Suite `smoke`"):]
+    assert "| rank=4 " in smoke and "| rank=8 " in smoke and "| base model " in smoke
+    pair = text[text.index("## Suite `pair`"):text.index("## Suite `smoke`")]
+    assert "| modules=qkvo " in pair and "| modules=qv " in pair       # the shared run is in both suites
+    assert "r4-qkv-16bit-s0-" in pair and "max-seq-len must be positive" in pair  # the failed run is listed
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} >= {"smoke_loss.png", "smoke_quality.png", "smoke_frontier.png",
+                                      "smoke_rank.png", "pair_loss.png"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        assert matplotlib.image.imread(png).shape[0] > 100
+    rows_json = json.loads((out / "model_comparison.json").read_text())
+    assert {(r["suite"], r["config"]) for r in rows_json} >= {("smoke", "rank=4"), ("smoke", "rank=8"),
+                                                            ("smoke", "base model"), ("pair", "modules=qv")}
+    again = subprocess.run([sys.executable, str(ROOT / "report.py"), "--db", str(two_sweeps["db"]), "--out",
+                            str(tmp_path / "again")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "again" / "RESULTS.md").read_text() == text
+
+
+def wait_for(condition, proc, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.05)
+
+
+def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
+    """SIGINT stops the sweep after the child saves a checkpoint; SIGKILL of the sweep and its child
+    leaves a `running` row; the same command then finishes the suite with one completed row per run."""
+    db = workdir / "killed.db"
+    base = {**S.BUILTIN["smoke"].base, "max_steps": 24, "save_every": 3}
+    suite_file = write_suite(workdir / "killme.yaml", {"name": "killme", "base": base, "axes": {"rank": [4]}})
+    cmd = sweep_cmd(workdir, tiny_model, db, "--suite-file", suite_file)
+    planned = sweep.plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
+    name = planned[1].name
+    checkpoint = workdir / "runs" / name / "checkpoint" / "state.pt"
+    finished = workdir / "runs" / name / "run_config.json"
+
+    def start(log_name: str) -> subprocess.Popen:
+        return subprocess.Popen(cmd, stdout=open(workdir / log_name, "w"), stderr=subprocess.STDOUT,
+                                env=child_env(workdir), cwd=workdir, start_new_session=True)
+
+    # 1. Ctrl-C (SIGINT to the sweep alone): the child is asked to stop, saves a checkpoint, exit 130.
+    proc = start("interrupted.log")
+    wait_for(lambda: checkpoint.exists() or finished.exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130, (workdir / "interrupted.log").read_text()[-2000:]
+    assert rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'") == [(0,)]
+    interrupted_after_finish = finished.exists()  # the training was done before the signal (a very fast machine)
+    if not interrupted_after_finish:
+        assert rows(db, "SELECT status FROM runs WHERE kind='train' AND name=?", (name,)) == [("interrupted",)]
+        assert checkpoint.exists()
+        assert "re-run the same command to resume" in (workdir / "interrupted.log").read_text()
+
+    # 2. kill -9 of the sweep and its child while the training resumes (or, if it is done, while evaluating).
+    proc = start("killed.log")
+    wait_for(lambda: rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'")[0][0] > 0, proc)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (workdir / "killed.log").read_text()[-2000:]
+    assert rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'")[0][0] == 1  # left behind by the kill
+
+    # 3. The same command again completes the suite.
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(workdir), cwd=workdir, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "marked interrupted" in done.stderr
+    assert rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'") == [(0,)]
+    trains = rows(db, "SELECT id, status FROM runs WHERE kind='train' AND name=?", (name,))
+    statuses = [s for _, s in trains]
+    assert statuses.count("completed") == 1 and set(statuses) <= {"completed", "interrupted"}
+    if not interrupted_after_finish:
+        assert "resuming at step" in (workdir / "killed.log").read_text()  # went on from the checkpoint
+    train_id = next(i for i, s in trains if s == "completed")
+    assert rows(db, "SELECT value FROM scores WHERE run_id=? AND name='steps'", (train_id,)) == [(24.0,)]
+    evals = rows(db, "SELECT status FROM runs WHERE kind='eval' AND parent_id=?", (train_id,))
+    assert [s for (s,) in evals].count("completed") == 1
+    assert rows(db, "SELECT COUNT(*) FROM runs WHERE kind='eval' AND parent_id IS NULL AND status='completed'") == [(1,)]
