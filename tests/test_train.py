@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import train
-from common.errors import UserError
+from common.errors import UserError, run_cli
 from common.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,13 +156,22 @@ def test_a_crash_marks_the_run_failed_and_keeps_its_records(tiny_model, tmp_path
     (["--output-dir", "/proc/nope"], "not writable"),
     (["--resume"], "--resume: no checkpoint"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path, flags, message):
-    result = run_script("--model", tiny_model, "--db", str(tmp_path / "e.db"), "--output-dir", str(tmp_path / "r"),
-                        "--max-steps", "1", *flags, cwd=tmp_path)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path, flags, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train.main(["--model", tiny_model, "--db", str(tmp_path / "e.db"), "--output-dir",
+                                    str(tmp_path / "r"), "--max-steps", "1", *flags]))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "e.db").exists() or Tracker(tmp_path / "e.db").runs() == []  # nothing half-recorded
+
+
+def test_bad_input_in_a_real_process_prints_no_traceback(tiny_model, tmp_path):
+    result = run_script("--model", tiny_model, "--db", str(tmp_path / "e.db"), "--rank", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --rank must be a positive integer, got 0"
 
 
 def test_ddp_two_processes_keep_identical_weights_and_only_rank0_writes(tiny_model, tmp_path):
