@@ -38,7 +38,6 @@ Generated code never runs in this process: programs go through common.sandbox (b
 usable). Every sample is stored in the tracker and in <output-dir>/samples.json (prompt, output,
 result, and the base model's output next to it when compared).
 """
-import hashlib
 import json
 import os
 import signal
@@ -54,6 +53,7 @@ import numpy as np
 
 from common.cli import Parser, parse_args
 from common.errors import UserError, run_cli
+from common.paths import check_writable, read_json_object, sha256_file
 
 BUILTIN_BENCHMARKS = ("humaneval", "heldout")
 FAIL_STATUSES = ("failed", "error", "timeout", "memory", "syntax_error")
@@ -176,16 +176,6 @@ class Adapter:
     parent_id: int | None      # its train run in this --db
 
 
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({' '.join(str(e).split())[:160]})") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return data
-
-
 def train_run_adapter(run: dict, db: str, label: str) -> Adapter:
     if run["kind"] != "train" or run["status"] != "completed":
         raise UserError(f"{label} is a {run['status']} {run['kind']} run, not a completed train run; "
@@ -197,7 +187,7 @@ def train_run_adapter(run: dict, db: str, label: str) -> Adapter:
     if not run["output_dir"] or not (path / "adapter_config.json").is_file():
         raise UserError(f"{label}: its adapter {run['output_dir']} is missing (no adapter_config.json); "
                         "was the directory moved? pass --adapter DIR")
-    adapter_config = read_json(path / "adapter_config.json")
+    adapter_config = read_json_object(path / "adapter_config.json")
     return Adapter(path, str(path), run["config"],
                    run["config"].get("model") or adapter_config.get("base_model_name_or_path"), run["id"])
 
@@ -221,11 +211,11 @@ def resolve_adapter(args, tracker) -> Adapter | None:
     if not (path / "adapter_config.json").is_file():
         raise UserError(f"{args.adapter} has no adapter_config.json; pass a PEFT adapter directory "
                         "(train.py's output dir)")
-    adapter_config = read_json(path / "adapter_config.json")
+    adapter_config = read_json_object(path / "adapter_config.json")
     # train.py writes run_config.json next to the final adapter; its best checkpoint is the subdirectory best/.
     found = [d / "run_config.json" for d in ([path, path.parent] if path.name == "best" else [path])
              if (d / "run_config.json").is_file()]
-    run_config = read_json(found[0]) if found else {}
+    run_config = read_json_object(found[0]) if found else {}
     train_config = run_config.get("config") or {}
     parent = None
     run_id, run_db = run_config.get("run_id"), run_config.get("db")
@@ -247,14 +237,6 @@ class Benchmark:
     templates: dict = field(default_factory=dict)   # problem id -> prompt template
     encoded: list = field(default_factory=list)     # heldout: tokenized references for perplexity
     too_long: int = 0                    # heldout references longer than --max-seq-len
-
-
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_benchmarks(spec: str) -> list[str]:
@@ -279,7 +261,7 @@ def load_benchmark(spec: str, limit: int | None, dataset: str, seed: int) -> Ben
         return Benchmark("heldout", splits.test[:limit], {"source": splits.source, "split_seed": seed})
     name = Path(spec).name if Path(spec).name not in BUILTIN_BENCHMARKS else spec
     return Benchmark(name, read_benchmark_file(spec)[:limit],
-                     {"source": str(Path(spec).resolve()), "sha256": file_digest(spec)})
+                     {"source": str(Path(spec).resolve()), "sha256": sha256_file(spec)})
 
 
 def template_for(tokenizer, style: str, train_template: str | None) -> str:
@@ -615,16 +597,6 @@ def write_samples_json(output_dir: Path, run_id: int, name: str, config: dict, b
     os.replace(tmp, output_dir / "samples.json")
 
 
-def check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output dir {directory} is not writable ({e.strerror}); pass another --output-dir") from e
-
-
 def print_summary(result: RunResult, name: str) -> None:
     from tabulate import tabulate
 
@@ -691,7 +663,7 @@ def score_samples_file(args, ks: list[int], names: list[str]) -> int:
     output_dir = Path(args.output_dir or Path("evals") / name)
     check_writable(output_dir)
     config = {"model": None, "adapter": None, "samples": str(Path(args.samples).resolve()),
-              "samples_sha256": file_digest(args.samples), "benchmarks": [bench.name],
+              "samples_sha256": sha256_file(args.samples), "benchmarks": [bench.name],
               "benchmark_keys": {bench.name: bench.key}, "limit": None,
               "n_samples": max(len(c) for c in completions.values()), "k": ks, "isolation": isolation,
               "timeout": args.timeout, "memory_mb": args.memory_mb}

@@ -59,7 +59,7 @@ from common.errors import UserError, run_cli
 from common.generation import extract_code, stops_for_template, truncate_at_stop
 from common.metrics import syntax_error_category
 from common.models import DEFAULT_MODEL, EMBEDDED
-from common.paths import cache_dir
+from common.paths import cache_dir, read_json_object
 from common.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
 from common.quant import QUANT_MODES
 
@@ -176,26 +176,16 @@ def read_adapter_dir(path: Path, label: str) -> Adapter:
         hint = " (training not finished? resume it first)" if (path / "checkpoint").is_dir() else ""
         raise UserError(f"{path} has no adapter_config.json{hint}; pass a train.py output directory or a PEFT "
                         "adapter directory")
-    adapter = Adapter(path, label, model=_read_json(adapter_config).get("base_model_name_or_path") or None)
+    adapter = Adapter(path, label, model=read_json_object(adapter_config).get("base_model_name_or_path") or None)
     # best/ holds only the adapter; its run_config.json is one level up.
     for run_config in (path / "run_config.json", path.parent / "run_config.json"):
         if run_config.is_file() and (run_config.parent == path or path.name == "best"):
-            config = _read_json(run_config).get("config", {})
+            config = read_json_object(run_config).get("config", {})
             adapter.model = config.get("model") or adapter.model
             adapter.quant = config.get("quant") if config.get("quant") in QUANT_MODES else None
             adapter.template = config.get("template") if config.get("template") in TEMPLATES else None
             break
     return adapter
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({' '.join(str(e).split())[:120]})") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return data
 
 
 def model_identity(name: str) -> str:
@@ -218,7 +208,7 @@ def merged_template(model: str) -> str | None:
     record = Path(model).expanduser() / MERGE_RECORD
     if model in EMBEDDED or not record.is_file():
         return None
-    template = _read_json(record).get("template")
+    template = read_json_object(record).get("template")
     return template if template in TEMPLATES else None
 
 

