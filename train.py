@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     tracker = Tracker(args.db) if is_main else None
     run_id = progress["run_id"]
     if tracker:
-        if run_id is not None and tracker.run(run_id) and tracker.run(run_id)["name"] == args.name:
+        previous = tracker.run(run_id) if run_id is not None else None
+        if previous and previous["name"] == args.name:
             tracker.resume_run(run_id)
         else:
             run_id = tracker.start_run(args.name, "train", config, suite=args.suite, output_dir=str(out),
