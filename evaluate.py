@@ -52,8 +52,9 @@ from typing import Any, Callable
 import numpy as np
 
 from common.cli import Parser, parse_args
+from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.errors import UserError, run_cli
-from common.paths import check_writable, read_json_object, sha256_file
+from common.paths import check_writable, sha256_file
 
 BUILTIN_BENCHMARKS = ("humaneval", "heldout")
 FAIL_STATUSES = ("failed", "error", "timeout", "memory", "syntax_error")
@@ -167,64 +168,23 @@ def canonical_model(model: str) -> str:
 
 # ---------------------------------------------------------------------------- adapters
 
-@dataclass
-class Adapter:
-    path: Path
-    label: str                 # how the user named it, for messages
-    train_config: dict         # the train run's config (run_config.json or the tracker), {} if unknown
-    base_model: str | None     # the model it was trained on, if known
-    parent_id: int | None      # its train run in this --db
-
-
-def train_run_adapter(run: dict, db: str, label: str) -> Adapter:
-    if run["kind"] != "train" or run["status"] != "completed":
-        raise UserError(f"{label} is a {run['status']} {run['kind']} run, not a completed train run; "
-                        "pass the id of a completed train run (report.py lists them)")
-    path = Path(run["output_dir"] or "")
-    if not path.is_absolute() and not (path / "adapter_config.json").is_file():
-        beside_db = Path(db).resolve().parent / path  # output dirs are recorded relative to the cwd of train.py
-        path = beside_db if (beside_db / "adapter_config.json").is_file() else path
-    if not run["output_dir"] or not (path / "adapter_config.json").is_file():
-        raise UserError(f"{label}: its adapter {run['output_dir']} is missing (no adapter_config.json); "
-                        "was the directory moved? pass --adapter DIR")
-    adapter_config = read_json_object(path / "adapter_config.json")
-    return Adapter(path, str(path), run["config"],
-                   run["config"].get("model") or adapter_config.get("base_model_name_or_path"), run["id"])
-
-
 def resolve_adapter(args, tracker) -> Adapter | None:
+    """The adapter to evaluate; its train run becomes the eval run's parent when it is in this --db."""
     if args.run_id is not None:
-        run = tracker.run(args.run_id)
-        if run is None:
-            raise UserError(f"unknown --run-id {args.run_id}: {args.db} has no such run")
-        return train_run_adapter(run, args.db, f"run {args.run_id}")
+        return adapter_from_run(tracker, args.db, args.run_id)
     if args.run_name is not None:
         runs = [r for r in tracker.runs(kind="train", status="completed") if r["name"] == args.run_name]
         if not runs:
             raise UserError(f"no completed train run named {args.run_name!r} in {args.db}")
-        return train_run_adapter(runs[-1], args.db, f"run {runs[-1]['id']} ({args.run_name})")
+        return adapter_from_run(tracker, args.db, runs[-1]["id"])
     if args.adapter is None:
         return None
-    path = Path(args.adapter)
-    if not path.is_dir():
-        raise UserError(f"adapter directory {args.adapter} not found")
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"{args.adapter} has no adapter_config.json; pass a PEFT adapter directory "
-                        "(train.py's output dir)")
-    adapter_config = read_json_object(path / "adapter_config.json")
-    # train.py writes run_config.json next to the final adapter; its best checkpoint is the subdirectory best/.
-    found = [d / "run_config.json" for d in ([path, path.parent] if path.name == "best" else [path])
-             if (d / "run_config.json").is_file()]
-    run_config = read_json_object(found[0]) if found else {}
-    train_config = run_config.get("config") or {}
-    parent = None
-    run_id, run_db = run_config.get("run_id"), run_config.get("db")
-    if isinstance(run_id, int) and run_db and Path(run_db).resolve() == Path(args.db).resolve():
-        run = tracker.run(run_id)
-        if run and run["kind"] == "train":
-            parent = run_id
-    return Adapter(path, args.adapter, train_config,
-                   train_config.get("model") or adapter_config.get("base_model_name_or_path"), parent)
+    adapter = adapter_from_dir(Path(args.adapter), args.adapter)
+    in_this_db = adapter.db and Path(adapter.db).resolve() == Path(args.db).resolve()
+    run = tracker.run(adapter.run_id) if in_this_db and adapter.run_id is not None else None
+    if not (run and run["kind"] == "train"):
+        adapter.run_id = None
+    return adapter
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -696,10 +656,8 @@ def evaluate_models(args, ks: list[int], names: list[str]) -> int:
     adapter = resolve_adapter(args, tracker)
     train = adapter.train_config if adapter else {}
     model_name = args.model or (adapter.base_model if adapter else None) or DEFAULT_MODEL
-    if adapter and args.model and adapter.base_model \
-            and canonical_model(args.model) != canonical_model(adapter.base_model):
-        raise UserError(f"adapter {adapter.label} was trained on {adapter.base_model}, not {args.model}; "
-                        f"pass --model {adapter.base_model}")
+    if adapter:
+        check_base_model(adapter, args.model)
     args.quant = args.quant or train.get("quant") or "16bit"
     args.dataset = args.dataset or train.get("dataset") or "stdlib"
     args.seed = args.seed if args.seed is not None else int(train.get("seed", 0))
@@ -778,7 +736,7 @@ def evaluate_models(args, ks: list[int], names: list[str]) -> int:
         model = model.merge_and_unload()
         model.eval()
     result = run_evaluation(tracker, args, ks, name=name, config=config,
-                            parent_id=adapter.parent_id if adapter else None, output_dir=output_dir,
+                            parent_id=adapter.run_id if adapter else None, output_dir=output_dir,
                             benchmarks=benchmarks, produce=produce, base_runs=base_runs, device=device)
     print_summary(result, name)
     if base_runs:

@@ -54,14 +54,16 @@ from typing import Any, TextIO
 
 import torch
 
+from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.cli import Parser, parse_args
 from common.errors import UserError, run_cli
 from common.generation import extract_code, stops_for_template, truncate_at_stop
 from common.metrics import syntax_error_category
 from common.models import DEFAULT_MODEL, EMBEDDED
-from common.paths import cache_dir, read_json_object
+from common.paths import read_json_object
 from common.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
 from common.quant import QUANT_MODES
+from common.tracker import Tracker
 
 CODE_STARTS = ("def ", "async def ", "class ", "import ", "from ", "@", "#")
 MERGE_RECORD = "lora_merge.json"  # written next to a merged model: where it came from, its template
@@ -123,84 +125,18 @@ def build_parser() -> Parser:
 
 # ---------------------------------------------------------------------------- adapter and settings
 
-@dataclass
-class Adapter:
-    path: Path
-    label: str                 # "run 3" or the directory, for headers
-    model: str | None = None   # the base model it was trained on, when known
-    quant: str | None = None
-    template: str | None = None
-
-
 def find_adapter(args) -> Adapter | None:
     if args.run_id is not None:
-        return read_adapter_dir(adapter_dir_of_run(args.db, args.run_id), f"run {args.run_id}")
+        if not Path(args.db).is_file():  # a Tracker would create an empty one
+            raise UserError(f"no run tracker database {args.db}; pass --db, or --adapter DIR")
+        tracker = Tracker(args.db)
+        try:
+            return adapter_from_run(tracker, args.db, args.run_id)
+        finally:
+            tracker.close()
     if args.adapter is not None:
-        return read_adapter_dir(Path(args.adapter).expanduser(), args.adapter)
+        return adapter_from_dir(Path(args.adapter), args.adapter)
     return None
-
-
-def adapter_dir_of_run(db: str, run_id: int) -> Path:
-    from common.tracker import Tracker
-    if not Path(db).is_file():
-        raise UserError(f"no run tracker database {db}; pass --db, or --adapter DIR")
-    tracker = Tracker(db)
-    try:
-        run = tracker.run(run_id)
-    finally:
-        tracker.close()
-    if run is None:
-        raise UserError(f"no run {run_id} in {db}; pass the id of a completed train run, or --adapter DIR")
-    if run["kind"] != "train":
-        raise UserError(f"run {run_id} is an {run['kind']} run, not a train run; pass the id of the train run")
-    if run["status"] != "completed":
-        raise UserError(f"run {run_id} is not a completed train run (status: {run['status']}); finish it "
-                        "(re-run its train.py command) or pick another run")
-    if not run["output_dir"]:
-        raise UserError(f"run {run_id} recorded no output directory; pass --adapter DIR")
-    path = Path(run["output_dir"])
-    if not path.is_absolute() and not path.exists():  # recorded relative to where train.py ran
-        beside_db = Path(db).resolve().parent / path
-        path = beside_db if beside_db.exists() else path
-    if not path.is_dir():
-        raise UserError(f"run {run_id}'s adapter directory {run['output_dir']} does not exist (moved or deleted?); "
-                        "pass --adapter DIR")
-    return path
-
-
-def read_adapter_dir(path: Path, label: str) -> Adapter:
-    if not path.is_dir():
-        raise UserError(f"adapter directory {path} does not exist")
-    adapter_config = path / "adapter_config.json"
-    if not adapter_config.is_file():
-        hint = " (training not finished? resume it first)" if (path / "checkpoint").is_dir() else ""
-        raise UserError(f"{path} has no adapter_config.json{hint}; pass a train.py output directory or a PEFT "
-                        "adapter directory")
-    adapter = Adapter(path, label, model=read_json_object(adapter_config).get("base_model_name_or_path") or None)
-    # best/ holds only the adapter; its run_config.json is one level up.
-    for run_config in (path / "run_config.json", path.parent / "run_config.json"):
-        if run_config.is_file() and (run_config.parent == path or path.name == "best"):
-            config = read_json_object(run_config).get("config", {})
-            adapter.model = config.get("model") or adapter.model
-            adapter.quant = config.get("quant") if config.get("quant") in QUANT_MODES else None
-            adapter.template = config.get("template") if config.get("template") in TEMPLATES else None
-            break
-    return adapter
-
-
-def model_identity(name: str) -> str:
-    """A comparable name: embedded names (also their prepared cache dirs) stay names, paths resolve."""
-    if name in EMBEDDED:
-        return name
-    path = Path(name).expanduser()
-    if not path.exists():
-        return name
-    path = path.resolve()
-    if path.parent == (cache_dir() / "models").resolve():
-        for embedded in EMBEDDED:
-            if path.name.startswith(embedded + "-"):
-                return embedded
-    return str(path)
 
 
 def merged_template(model: str) -> str | None:
@@ -239,9 +175,8 @@ def validate(args, adapter: Adapter | None) -> None:
                         "pass --run-id N or --adapter DIR")
     if args.private and not args.push_to_hub:
         raise UserError("--private only applies to --push-to-hub")
-    if adapter and args.model and adapter.model and model_identity(args.model) != model_identity(adapter.model):
-        raise UserError(f"{adapter.label} was trained on {adapter.model}, not {args.model}; drop --model to use "
-                        "its base model")
+    if adapter:
+        check_base_model(adapter, args.model)
     if args.merge_to:
         target = Path(args.merge_to)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -610,7 +545,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     validate(args, adapter)
     if args.push_to_hub:
         hub_token()  # fail before any long load or merge
-    model_name = args.model or (adapter.model if adapter and adapter.model else DEFAULT_MODEL)
+    model_name = args.model or (adapter.base_model if adapter and adapter.base_model else DEFAULT_MODEL)
 
     from transformers.utils import logging as hf_logging
 

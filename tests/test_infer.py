@@ -310,8 +310,8 @@ def test_bad_inputs_are_one_line_errors(run32, tiny_model, tiny_gpt2, workdir, c
     cases = [
         (["--run-id", "999", *db], "no run 999"),
         (["--run-id", "1", "--db", str(workdir / "missing.db")], "no run tracker database"),
-        (["--run-id", str(eval_id), *db], "not a train run"),
-        (["--run-id", str(failed_id), *db], "not a completed train run (status: failed)"),
+        (["--run-id", str(eval_id), *db], "is a completed eval run, not a completed train run"),
+        (["--run-id", str(failed_id), *db], "is a failed train run, not a completed train run"),
         (["--adapter", str(workdir / "nowhere")], "does not exist"),
         (["--adapter", str(no_adapter)], "has no adapter_config.json"),
         (["--adapter", run32["dir"], "--model", tiny_gpt2], f"was trained on {tiny_model}, not {tiny_gpt2}"),
