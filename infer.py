@@ -57,7 +57,7 @@ import torch
 from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.cli import Parser, parse_args
 from common.errors import UserError, run_cli
-from common.generation import extract_code, stops_for_template, truncate_at_stop
+from common.generation import cut_completion, extract_code, stop_criteria, stops_for_template
 from common.metrics import syntax_error_category
 from common.models import DEFAULT_MODEL, EMBEDDED
 from common.paths import read_json_object
@@ -193,8 +193,8 @@ class StopAwareStreamer:
     printed is exactly the final completion, cut at its first stop sequence.
     """
 
-    def __init__(self, tokenizer, stops: list[str], write):
-        self.tokenizer, self.stops, self.write = tokenizer, stops, write
+    def __init__(self, tokenizer, stops: list[str], write, prompt: str):
+        self.tokenizer, self.stops, self.write, self.prompt = tokenizer, tuple(stops), write, prompt
         self.ids: list[int] = []
         self.shown = ""
         self.prompt_seen = False
@@ -213,11 +213,11 @@ class StopAwareStreamer:
         self._show(final=True)
 
     def text(self) -> str:
-        return truncate_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+        return cut_completion(self.prompt, self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
 
     def _show(self, final: bool) -> None:
         full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        text = truncate_at_stop(full, self.stops)
+        text = cut_completion(self.prompt, full, self.stops)
         if not final and len(text) == len(full):
             held = max([k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
             if text.endswith("\ufffd"):
@@ -259,7 +259,6 @@ class Session:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     recorded_template: str | None = None
     prompts_done: int = 0
-    _stop_criteria: dict = field(default_factory=dict)
 
     def print(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -300,18 +299,19 @@ class Session:
             prompt = prompt.strip()  # instructions were trained without trailing newlines
         stops = list(self.stop) if self.stop is not None else list(stops_for_template(template))
         tokenizer = self.tokenizer
-        ids = encode_prompt(tokenizer, render_prompt(tokenizer, prompt, template), template)
+        rendered = render_prompt(tokenizer, prompt, template)
+        ids = encode_prompt(tokenizer, rendered, template)
         if self.verbose:
             self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens")
         if template == "plain":
             self.print(prompt, end="")
-        streamer = StopAwareStreamer(tokenizer, stops, lambda s: self.print(s, end=""))
+        streamer = StopAwareStreamer(tokenizer, stops, lambda s: self.print(s, end=""), rendered)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
                     if self.temperature > 0 else
                     {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
         base_only = self.adapter is not None and not with_adapter
-        criteria = self.stop_criteria(stops)
+        criteria = stop_criteria(tokenizer, tuple(stops))
         set_seed(seed)
         self.model.eval()
         began = time.perf_counter()
@@ -339,16 +339,6 @@ class Session:
         if self.verbose:
             self.print(f"--- {speed_line(result)}")
         return result
-
-    def stop_criteria(self, stops: list[str]):
-        """generate()'s stop_strings, built once per set of stops: building them scans the whole vocabulary
-        (~1 s for 49k tokens), which would otherwise delay every prompt's first token."""
-        from transformers import StoppingCriteriaList, StopStringCriteria
-        if not stops:
-            return None
-        if tuple(stops) not in self._stop_criteria:
-            self._stop_criteria[tuple(stops)] = StoppingCriteriaList([StopStringCriteria(self.tokenizer, stops)])
-        return self._stop_criteria[tuple(stops)]
 
     def command(self, line: str) -> bool:
         """Apply an interactive /command; False when it asks to quit."""

@@ -129,13 +129,25 @@ def test_streamer_never_prints_past_a_stop_sequence(tiny_model):
     from common.quant import load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     written = []
-    streamer = infer.StopAwareStreamer(tokenizer, ["\ndef", "\n#"], written.append)
+    streamer = infer.StopAwareStreamer(tokenizer, ["\ndef", "\n#"], written.append, "def f():\n")
     streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt, skipped
     for token in tokenizer("    return 1\n\ndef other():\n    pass", add_special_tokens=False)["input_ids"]:
         streamer.put(torch.tensor([token]))
     streamer.end()
     assert "".join(written) == "    return 1\n" == streamer.text()
     assert streamer.first_token_at is not None
+
+
+def test_streamer_counts_a_stop_that_begins_in_the_prompt(tiny_model):
+    from common.quant import load_tokenizer
+    tokenizer = load_tokenizer(tiny_model)
+    written = []
+    streamer = infer.StopAwareStreamer(tokenizer, ["\n```"], written.append, "def f():\n")
+    streamer.put(torch.tensor([[1, 2, 3]]))
+    for token in tokenizer("```python", add_special_tokens=False)["input_ids"]:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(written) == "" == streamer.text()  # as evaluate.py scores it
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_model, capsys):
