@@ -156,10 +156,6 @@ def validate(args) -> list[int]:
     return ks
 
 
-def short_model(model: str) -> str:
-    return Path(model).name if os.sep in model else model.replace("/", "--")
-
-
 def canonical_model(model: str) -> str:
     """A local directory as its absolute path (so two spellings compare equal), anything else as given."""
     path = Path(model).expanduser()
@@ -623,7 +619,7 @@ def evaluate_models(args, ks: list[int], names: list[str]) -> int:
     from peft import PeftModel
 
     from common.env import default_device
-    from common.models import DEFAULT_MODEL
+    from common.models import DEFAULT_MODEL, model_slug
     from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
     from common.sandbox import isolation_name
     from common.tracker import Tracker
@@ -661,7 +657,7 @@ def evaluate_models(args, ks: list[int], names: list[str]) -> int:
         label = adapter.path.resolve()
         name = args.name or f"eval-{label.parent.name + '-best' if label.name == 'best' else label.name}"
     else:
-        name = args.name or f"eval-base:{short_model(model_name)}"
+        name = args.name or f"eval-base:{model_slug(model_name)}"
     output_dir = Path(args.output_dir or Path("evals") / name)
     check_writable(output_dir)
 
@@ -697,7 +693,7 @@ def evaluate_models(args, ks: list[int], names: list[str]) -> int:
         return records, extra
 
     if missing:
-        base_name = f"eval-base:{short_model(model_name)}"
+        base_name = f"eval-base:{model_slug(model_name)}"
         base_dir = Path(args.output_dir) / "base" if args.output_dir else Path("evals") / base_name
         base_config = {**config, "adapter": None, "merge": False, "benchmarks": [b.name for b in missing],
                        "benchmark_keys": {b.name: b.key for b in missing}}

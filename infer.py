@@ -56,7 +56,7 @@ import torch
 
 from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.cli import Parser, parse_args
-from common.errors import UserError, run_cli
+from common.errors import UserError, first_line, run_cli
 from common.generation import cut_completion, extract_code, stop_criteria, stops_for_template
 from common.metrics import syntax_error_category
 from common.models import DEFAULT_MODEL, EMBEDDED
@@ -495,13 +495,13 @@ def push_to_hub(repo: str, folder: Path, private: bool) -> str:
         info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="Upload from infer.py",
                                  ignore_patterns=["best/**", "checkpoint/**", "*.pt"])
     except HFValidationError as e:
-        raise UserError(f"--push-to-hub {repo!r} is not a valid repo id ({_first_line(e)}); use owner/name") from e
+        raise UserError(f"--push-to-hub {repo!r} is not a valid repo id ({first_line(e)}); use owner/name") from e
     except HfHubHTTPError as e:
-        raise UserError(f"the Hugging Face hub refused the upload to {repo}: {_first_line(e)}") from e
+        raise UserError(f"the Hugging Face hub refused the upload to {repo}: {first_line(e)}") from e
     except Exception as e:
         if not _is_network_error(e):
             raise
-        raise UserError(f"could not reach the Hugging Face hub (offline?): {_first_line(e)}") from e
+        raise UserError(f"could not reach the Hugging Face hub (offline?): {first_line(e)}") from e
     url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
     print(f"uploaded {folder} to {url}")
     return url
@@ -521,10 +521,6 @@ def _is_network_error(e: Exception) -> bool:
     names = {c.__name__ for c in type(e).__mro__}
     return isinstance(e, (ConnectionError, TimeoutError)) or bool(
         names & {"TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException", "NetworkError"})
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 # ---------------------------------------------------------------------------- main
@@ -560,7 +556,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
         try:
             model = load_adapter(model, adapter)
         except RuntimeError as e:  # shape mismatches: an adapter made for another architecture
-            raise UserError(f"{adapter.label} does not fit {model_name} ({_first_line(e)[:160]}); pass the model "
+            raise UserError(f"{adapter.label} does not fit {model_name} ({first_line(e)[:160]}); pass the model "
                             "it was trained on with --model") from e
     recorded = adapter.template if adapter else merged_template(model_name)
     if args.template != "auto" and recorded and args.template != recorded:

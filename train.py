@@ -37,7 +37,8 @@ from common.env import current_memory_mb, default_device, environment, peak_memo
 from common.errors import UserError, run_cli
 from common.generation import extract_code, generate, stops_for_template
 from common.lora import attach_lora, parameter_counts, validate_lora_args
-from common.models import DEFAULT_MODEL
+from common.metrics import chrf, perplexity, syntax_error_category
+from common.models import DEFAULT_MODEL, model_slug
 from common.paths import check_writable
 from common.prompts import choose_template, encode_examples, render_prompt
 from common.quant import QUANT_MODES, check_quant, compute_dtype, load_model, load_tokenizer
@@ -107,8 +108,7 @@ def validate(args) -> None:
 
 
 def default_name(args) -> str:
-    model = Path(args.model).name if os.sep in args.model else args.model.replace("/", "--")
-    return f"{model}-r{args.rank}-{args.modules.replace(',', '+')}-{args.quant}-s{args.seed}"
+    return f"{model_slug(args.model)}-r{args.rank}-{args.modules.replace(',', '+')}-{args.quant}-s{args.seed}"
 
 
 class StopFlag:
@@ -370,7 +370,7 @@ def run_validation(args, model, loss_fn, tokenizer, val_set, val_examples, templ
     """Held-out loss/perplexity and a few generations scored for chrF and syntax; best adapter kept."""
     if rank == 0 and val_set:
         val_loss, _ = mean_nll(loss_fn, val_set, args.batch_size * 2, tokenizer.pad_token_id, device, dtype)
-        values = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+        values = {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
         if args.eval_gen:
             values.update(generation_quality(model, tokenizer, val_examples[:args.eval_gen], template, device, dtype))
         step = progress["step"]
@@ -389,7 +389,6 @@ def run_validation(args, model, loss_fn, tokenizer, val_set, val_examples, templ
 
 
 def generation_quality(model, tokenizer, examples, template, device, dtype) -> dict[str, float]:
-    from common.metrics import chrf, syntax_error_category
     prompts = [render_prompt(tokenizer, ex.prompt, template, ex.input) for ex in examples]
     with autocast(device, dtype):
         outputs = generate(model, tokenizer, prompts, template, max_new_tokens=128, batch_size=len(prompts),

@@ -12,6 +12,11 @@ class UserError(Exception):
     """Bad input the user can fix; the message is shown as a single line."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line, for one-line messages that quote a library's error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

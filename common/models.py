@@ -53,6 +53,11 @@ def resolve_model(name: str) -> str:
     return name  # a hub id: from_pretrained fetches it, or fails with a clear error when offline
 
 
+def model_slug(model: str) -> str:
+    """A short, file-name-safe name for a model: a directory's name, or a hub id with '/' as '--'."""
+    return Path(model).name if os.sep in model else model.replace("/", "--")
+
+
 def embedded_gguf(name: str) -> Path:
     spec = EMBEDDED[name]
     found = importlib.util.find_spec(spec.module)  # finds the files without importing the package's own deps

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.models import resolve_model
 
 QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
@@ -65,7 +65,7 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise UserError(f"cannot load tokenizer for {model!r} ({_first_line(e)}); check the name, or the "
+        raise UserError(f"cannot load tokenizer for {model!r} ({first_line(e)}); check the name, or the "
                         "network for hub ids (HF_HUB_OFFLINE)") from e
     if tokenizer.pad_token_id is None:
         # Padding positions are masked explicitly everywhere, so reusing EOS is safe here.
@@ -90,7 +90,7 @@ def load_model(model: str, quant: str, device: torch.device) -> PreTrainedModel:
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise UserError(f"cannot load model {model!r} ({_first_line(e)}); check the name, or the network "
+        raise UserError(f"cannot load model {model!r} ({first_line(e)}); check the name, or the network "
                         "for hub ids (HF_HUB_OFFLINE)") from e
     if "device_map" not in kwargs:
         lm.to(device)
@@ -117,7 +117,3 @@ def weight_memory_mb(model: torch.nn.Module) -> float:
     total = sum(t.numel() * t.element_size() for t in model.parameters())
     total += sum(t.numel() * t.element_size() for t in model.buffers())
     return total / 2**20
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
