@@ -169,7 +169,7 @@ def resolve_adapter(args, tracker) -> Adapter | None:
     if args.run_id is not None:
         return adapter_from_run(tracker, args.db, args.run_id)
     if args.run_name is not None:
-        runs = [r for r in tracker.runs(kind="train", status="completed") if r["name"] == args.run_name]
+        runs = tracker.runs(kind="train", status="completed", name=args.run_name)
         if not runs:
             raise UserError(f"no completed train run named {args.run_name!r} in {args.db}")
         return adapter_from_run(tracker, args.db, runs[-1]["id"])

@@ -150,24 +150,19 @@ def plan(suites: list[S.Suite], overrides: dict[str, Any], seeds: int | None) ->
 
 # ---------------------------------------------------------------------------- database state
 
-def named_runs(tracker: Tracker, name: str, kind: str) -> list[dict[str, Any]]:
-    rows = tracker.conn.execute("SELECT id FROM runs WHERE name=? AND kind=? ORDER BY id", (name, kind)).fetchall()
-    return [tracker.run(r[0]) for r in rows]
-
-
 def completed_train(tracker: Tracker, p: Planned) -> dict[str, Any] | None:
-    done = [r for r in named_runs(tracker, p.name, "train") if r["status"] == "completed"]
+    done = [r for r in tracker.runs(name=p.name, kind="train") if r["status"] == "completed"]
     return done[-1] if done else None
 
 
 def completed_eval(tracker: Tracker, p: Planned, train_id: int | None) -> dict[str, Any] | None:
-    done = [r for r in named_runs(tracker, p.eval_name, "eval")
+    done = [r for r in tracker.runs(name=p.eval_name, kind="eval")
             if r["status"] == "completed" and r["parent_id"] == train_id]
     return done[-1] if done else None
 
 
 def running_elsewhere(tracker: Tracker, name: str, kind: str) -> dict[str, Any] | None:
-    rows = named_runs(tracker, name, kind)
+    rows = tracker.runs(name=name, kind=kind)
     if rows and rows[-1]["status"] == "running" and rows[-1]["host"] == socket.gethostname() \
             and pid_alive(rows[-1]["pid"]):
         return rows[-1]
@@ -179,7 +174,7 @@ def describe_state(tracker: Tracker, p: Planned) -> str:
     train = completed_train(tracker, p) if p.kind == "adapter" else None
     parts = []
     for kind, name in kinds:
-        rows = named_runs(tracker, name, kind)
+        rows = tracker.runs(name=name, kind=kind)
         if kind == "eval":
             parent = train["id"] if train else None
             if p.kind == "adapter" and train is None:

@@ -186,9 +186,10 @@ class Tracker:
         row = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return _run_dict(row) if row else None
 
-    def runs(self, suite: str | None = None, status: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, suite: str | None = None, status: str | None = None, kind: str | None = None,
+             name: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM runs WHERE 1=1", []
-        for column, value in (("suite", suite), ("status", status), ("kind", kind)):
+        for column, value in (("suite", suite), ("status", status), ("kind", kind), ("name", name)):
             if value is not None:
                 query += f" AND {column}=?"
                 args.append(value)
