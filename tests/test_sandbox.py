@@ -44,6 +44,20 @@ def _processes_with(marker: str) -> list[int]:
     return pids
 
 
+def _children() -> list[int]:
+    """Pids of this process's children."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            # The parent pid is the 2nd field after the command, which sits in parentheses.
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split() if entry.isdigit() else []
+            if fields and int(fields[1]) == os.getpid():
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
 @pytest.fixture
 def outside_dir():
     """A world-readable directory outside the sandbox, and outside /tmp so bubblewrap shows it read-only."""
@@ -317,6 +331,93 @@ def test_guard_refuses_process_and_native_escapes(isolation, guard):
     ]:
         result = check_program(attack + "\n", timeout_s=10, isolation=isolation)
         assert (result.status, result.error_type) == ("error", "PermissionError"), (attack, result)
+
+
+# --- one server, many programs ----------------------------------------------
+# check_many runs each worker's programs through one long-lived server: nothing
+# a program leaves behind may reach the next program of the same worker.
+
+
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+def test_a_program_left_running_is_gone_before_the_next_one():
+    marker = f"lingerer-{uuid.uuid4().hex}"
+    haunt = "import time\nwhile True:\n    open('/tmp/haunted', 'w').close()\n    time.sleep(0.01)\n"
+    lingerer = (
+        "import os, sys\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execv(sys.executable, [sys.executable, '-c', {haunt!r}, {marker!r}])\n"
+    )
+    alone = (
+        "import os, time\n"
+        "time.sleep(0.3)\n"
+        "assert not os.path.exists('/tmp/haunted')\n"
+        "assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, os.getpid()]\n"
+    )
+    results = check_many([lingerer, alone], timeout_s=10, workers=1, isolation="bwrap", guard=False)
+    assert [r.status for r in results] == ["passed", "passed"], results
+    assert _processes_with(marker) == []
+
+
+@pytest.mark.parametrize("isolation, guard", BOTH_AND_BWRAP_ALONE)
+def test_files_a_program_leaves_are_gone_for_the_next_one(isolation, guard):
+    name = f"left-{uuid.uuid4().hex}"
+    writer = (
+        "import os\n"
+        "for place in [os.getcwd(), '/tmp', '/run', '/dev/shm']:\n"
+        "    try:\n"
+        f"        open(os.path.join(place, {name!r}), 'w').close()\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    reader = (
+        "import os\n"
+        "parent = os.path.dirname(os.getcwd())\n"
+        "places = ['/tmp', '/run', '/dev/shm'] + [os.path.join(parent, d) for d in os.listdir(parent)]\n"
+        f"assert not [p for p in places if os.path.exists(os.path.join(p, {name!r}))]\n"
+    )
+    results = check_many([writer, reader], timeout_s=10, workers=1, isolation=isolation, guard=guard)
+    assert [r.status for r in results] == ["passed", "passed"], results
+
+
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+def test_ipc_objects_do_not_outlive_their_program():
+    # SysV shared memory outlives its creator; the server cannot remove it, so it makes way for a fresh one.
+    creator = "import ctypes\nassert ctypes.CDLL(None).shmget(0x5A5A, 4096, 0o1666) >= 0\n"
+    checker = "assert len(open('/proc/sysvipc/shm').readlines()) == 1\n"
+    results = check_many([creator, checker], timeout_s=10, workers=1, isolation="bwrap", guard=False)
+    assert [r.status for r in results] == ["passed", "passed"], results
+
+
+@pytest.mark.parametrize("isolation, guard", BOTH + [_mode("bwrap", guard=False), _mode("none", guard=False)])
+@pytest.mark.parametrize("attack", ["os.kill(os.getppid(), signal.SIGKILL)",
+                                    "os.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
+                                    "os.kill(os.getppid(), signal.SIGINT)",
+                                    "os.kill(os.getppid(), signal.SIGSTOP)"])
+def test_attacking_the_server_passes_nothing(isolation, guard, attack):
+    # In bubblewrap the server is pid 1 of its namespace, which signals from inside cannot reach;
+    # in the fallback it dies or stops, and the harness replaces it and removes the workdir.
+    marker = f"attacker-{uuid.uuid4().hex}"
+    attacker = (
+        f"import os, signal\nopen({marker!r}, 'w').close()\ntry:\n    {attack}\nexcept OSError:\n    pass\n"
+        "assert False\n"
+    )
+    results = check_many([attacker, "assert False\n", "assert True\n"], timeout_s=1, workers=1,
+                         isolation=isolation, guard=guard)
+    assert [r.status for r in results][1:] == ["failed", "passed"], results
+    assert not results[0].passed
+    if guard or isolation == "bwrap":
+        assert results[0].status == "failed", results[0]
+    assert list(Path(tempfile.gettempdir()).glob(f"*/{marker}")) == []
+
+
+@pytest.mark.parametrize("isolation, guard", BOTH)
+def test_servers_are_stopped_when_done(isolation, guard):
+    before = set(_children())
+    check_many(["assert True\n", "assert False\n"] * 3, timeout_s=10, workers=2, isolation=isolation)
+    check_program("assert True\n", isolation=isolation)
+    check_stdio("print(input())\n", ["1", "2"], ["1", "2"], isolation=isolation)
+    assert set(_children()) <= before
 
 
 # --- stdin/stdout judging --------------------------------------------------
