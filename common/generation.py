@@ -5,6 +5,14 @@ outputs), then returned in the caller's order. Generation stops per sequence at
 EOS or at any stop sequence (HumanEval-style function completion); the text is
 cut before the stop sequence. Chat-style answers have their code pulled out of
 fenced blocks by `extract_code`.
+
+The decode loop is our own rather than `model.generate` for one reason: a row
+that has finished leaves the batch (its KV cache rows are dropped), so a batch
+costs what its live rows cost, not what its longest completion costs. With
+completions of 10 to 256 tokens in one batch, `generate` keeps computing every
+finished row until the last one stops. Greedy output is the same as
+`model.generate` one prompt at a time (tests/test_generation.py checks it);
+sampling uses transformers' own temperature/top-k/top-p warpers.
 """
 import functools
 import re
@@ -13,7 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList, StopStringCriteria
+from transformers import (DynamicCache, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+                          StoppingCriteriaList, StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
 
 from common.prompts import encode_prompt
 
@@ -72,49 +82,85 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              batch_size: int = 8, stop: tuple[str, ...] | list[str] | None = STOP_SEQUENCES,
              progress: bool = False) -> list[Generation]:
     """Complete each prompt (already rendered with its template); greedy when temperature is 0."""
-    device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p, template) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0 \
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    warpers = _sampling_warpers(temperature, top_p, top_k)
     stop = tuple(stop or ())
-    criteria = stop_criteria(tokenizer, stop)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        # Left padding keeps every prompt's last token adjacent to its first generated one.
-        input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
-        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
-                                 device=device)
         began = time.perf_counter()
-        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-                             stopping_criteria=criteria, **sampling)
+        rows = _decode_batch(model, tokenizer, [encoded[i] for i in batch], [prompts[i] for i in batch],
+                             max_new_tokens, pad_id, warpers, stop)
         seconds = time.perf_counter() - began
-        new = out[:, width:]
-        counts = [int(_generated_length(row, tokenizer.eos_token_id, pad_id)) for row in new]
-        total = max(sum(counts), 1)
-        for row, i, n in zip(new, batch, counts):
-            text = tokenizer.decode(row[:n], skip_special_tokens=True)
-            results[i] = Generation(cut_completion(prompts[i], text, stop), n, seconds * n / total)
+        total = max(sum(len(tokens) for tokens, _ in rows), 1)
+        for (tokens, text), i in zip(rows, batch):
+            results[i] = Generation(text, len(tokens), seconds * len(tokens) / total)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
     return results  # type: ignore[return-value]
 
 
-def _generated_length(row: torch.Tensor, eos_id: int, pad_id: int) -> int:
-    """Tokens up to and including the first EOS; a finished row is padded after it."""
-    hits = (row == eos_id).nonzero()
-    if len(hits):
-        return int(hits[0]) + 1
-    if pad_id != eos_id:
-        pads = (row == pad_id).nonzero()
-        if len(pads):
-            return int(pads[0])
-    return len(row)
+def _sampling_warpers(temperature: float, top_p: float, top_k: int) -> LogitsProcessorList | None:
+    """transformers' warpers in `generate`'s order; None means greedy."""
+    if temperature <= 0:
+        return None
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]],
+                  prompts: list[str], max_new_tokens: int, pad_id: int, warpers: LogitsProcessorList | None,
+                  stops: tuple[str, ...]) -> list[tuple[list[int], str]]:
+    """Generate for one batch, dropping each row from the batch as soon as it ends.
+
+    Returns, per prompt, the tokens generated (EOS included) and the decoded
+    completion cut at the first stop sequence.
+    """
+    device = next(model.parameters()).device
+    width = max(len(e) for e in encoded)
+    # Left padding keeps every prompt's last token adjacent to its first generated one.
+    input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    tokens: list[list[int]] = [[] for _ in encoded]
+    texts = [""] * len(encoded)
+    live = list(range(len(encoded)))  # batch row -> prompt index
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        if warpers is None:
+            chosen = logits.argmax(-1)
+        else:
+            history = torch.tensor([tokens[i] for i in live], device=device)  # warpers take (ids, scores)
+            chosen = torch.multinomial(warpers(history, logits).softmax(-1), 1)[:, 0]
+        keep = []
+        for row, (i, token) in enumerate(zip(live, chosen.tolist())):
+            tokens[i].append(token)
+            if token == tokenizer.eos_token_id:
+                continue
+            text = tokenizer.decode(tokens[i], skip_special_tokens=True)
+            texts[i] = cut_completion(prompts[i], text, stops)
+            if len(texts[i]) == len(text):  # no stop sequence yet
+                keep.append(row)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            chosen, mask, positions = chosen[index], mask[index], positions[index]
+            live = [live[row] for row in keep]
+        input_ids = chosen[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+    return list(zip(tokens, texts))

@@ -2,7 +2,8 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.generation import STOP_SEQUENCES, cut_completion, extract_code, generate
+from common.generation import STOP_SEQUENCES, cut_completion, extract_code, generate, stop_criteria
+from common.prompts import encode_prompt
 from common.quant import load_tokenizer
 
 
@@ -19,13 +20,52 @@ def test_code_is_extracted_from_fenced_chat_answers():
     assert extract_code("def f(): pass") == "def f(): pass"
 
 
-def test_batched_greedy_equals_one_prompt_at_a_time(tiny_model):
-    tokenizer = load_tokenizer(tiny_model)
+def _usual_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:
+    """What evaluation scripts usually do: model.generate one prompt at a time, then cut at the stop."""
+    texts = []
+    for prompt in prompts:
+        ids = torch.tensor([encode_prompt(tokenizer, prompt, "plain")])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             stopping_criteria=stop_criteria(tokenizer, stops))
+        texts.append(cut_completion(prompt, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), stops))
+    return texts
+
+
+def _varied_model(path: str):
+    """The tiny model with larger random weights: its greedy output varies instead of repeating one token."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def test_batched_greedy_equals_model_generate_one_prompt_at_a_time(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    model = _varied_model(tiny_model)
     prompts = ["def add(a, b):\n", "import os\n\ndef list_files(path):\n    \"\"\"List files.\"\"\"\n", "x = 1\n",
                "class Stack:\n    def push(self, item):\n"]
-    batched = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=4)
-    single = [generate(model, tokenizer, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
-    assert [g.text for g in batched] == [g.text for g in single]
-    assert all(g.new_tokens > 0 for g in batched)
+    unstopped = _usual_loop(model, tokenizer, prompts, 12, ())
+    # A stop string from the middle of one completion makes that row leave the batch early while the rest go on.
+    stops = (unstopped[1][len(unstopped[1]) // 2:][:3],)
+    for stop in ((), stops):
+        expected = _usual_loop(model, tokenizer, prompts, 12, stop)
+        batched = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=4, stop=stop)
+        assert [g.text for g in batched] == expected
+    assert len(expected[1]) < len(unstopped[1])
+    assert [g.new_tokens for g in generate(model, tokenizer, prompts, max_new_tokens=12, stop=())] == [12] * 4
+
+
+def test_sampling_is_seeded_and_bounded(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    model = _varied_model(tiny_model)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(generate(model, tokenizer, ["def f(x):\n"] * 3, max_new_tokens=8, temperature=0.8, top_p=0.9,
+                             top_k=50, stop=()))
+    assert [g.text for g in runs[0]] == [g.text for g in runs[1]]
+    assert all(0 < g.new_tokens <= 8 for g in runs[0])
+    assert len({g.text for g in runs[0]}) > 1  # three samples of one prompt differ
