@@ -142,7 +142,7 @@ def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, en
         if warpers is None:
             chosen = logits.argmax(-1)
         else:
-            history = torch.tensor([tokens[i] for i in live], device=device)  # warpers take (ids, scores)
+            history = torch.tensor([tokens[i] for i in live], dtype=torch.long, device=device)  # (ids, scores)
             chosen = torch.multinomial(warpers(history, logits).softmax(-1), 1)[:, 0]
         keep = []
         for row, (i, token) in enumerate(zip(live, chosen.tolist())):
