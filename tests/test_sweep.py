@@ -316,6 +316,25 @@ def wait_for(condition, proc, seconds: float = 300) -> None:
         time.sleep(0.05)
 
 
+def kill_while_a_run_is_running(proc: subprocess.Popen, db: Path) -> None:
+    """SIGKILL the sweep's process group at a moment when a run is `running`. A run can finish between
+    a check and a kill on a fast machine, so the group is frozen (SIGSTOP) before the check: the
+    database cannot change between the check and the kill."""
+    def running() -> int:
+        return rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'")[0][0]
+
+    while proc.poll() is None:
+        wait_for(lambda: running() > 0, proc)
+        time.sleep(0.5)  # let the resumed training get going
+        os.killpg(proc.pid, signal.SIGSTOP)
+        if running() > 0:
+            os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+            proc.wait()
+            return
+        os.killpg(proc.pid, signal.SIGCONT)
+    raise AssertionError("the sweep finished before a run could be killed")
+
+
 def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     """SIGINT stops the sweep after the child saves a checkpoint; SIGKILL of the sweep and its child
     leaves a `running` row; the same command then finishes the suite with one completed row per run."""
@@ -346,10 +365,7 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
 
     # 2. kill -9 of the sweep and its child while the training resumes (or, if it is done, while evaluating).
     proc = start("killed.log")
-    wait_for(lambda: rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'")[0][0] > 0, proc)
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
-    proc.wait()
+    kill_while_a_run_is_running(proc, db)
     assert proc.returncode == -signal.SIGKILL, (workdir / "killed.log").read_text()[-2000:]
     assert rows(db, "SELECT COUNT(*) FROM runs WHERE status='running'")[0][0] == 1  # left behind by the kill
 
