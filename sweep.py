@@ -9,7 +9,9 @@
 
 Suites (common/suites.py): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
 qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
-2 problems: checks the pipeline in minutes) and `all` (= rank + modules + quant). The built-in
+2 problems: checks the pipeline in minutes), `all` (= rank + modules + quant), `seeds` (r16,
+qkvo, 16bit at seeds 0 and 1: run-to-run spread) and `study` (= all + seeds; the reference
+study in results/, see the README for its command). The built-in
 suites keep train.py's defaults (one epoch); set the budget with e.g. `--set max_steps=200`.
 A `--suite-file` is YAML or JSON:
 

@@ -207,7 +207,11 @@ BUILTIN: dict[str, Suite] = {
     "smoke": Suite("smoke", base={"modules": "qkvo", "quant": "16bit", "max_steps": 2, "limit": 16, "val_limit": 8,
                                   "eval_gen": 1, "eval_every": 0, "eval_limit": 2, "max_new_tokens": 16},
                    axes={"rank": [4, 8]}),
+    # Run-to-run spread of the central config: the same run with another seed.
+    "seeds": Suite("seeds", base={"rank": 16, "modules": "qkvo", "quant": "16bit"}, axes={"seed": [0, 1]}),
     "all": Suite("all", parts=("rank", "modules", "quant")),
+    # The reference study (results/): every axis plus the spread it has to be read against.
+    "study": Suite("study", parts=("rank", "modules", "quant", "seeds")),
 }
 
 

@@ -121,6 +121,18 @@ def test_all_runs_shared_configs_once_with_every_suite():
     assert planned[0].kind == "base"  # base model first: adapter evaluations reuse it
 
 
+def test_study_adds_a_second_seed_of_the_central_config_only():
+    planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {"max_steps": 5}, None)
+    runs = [p for p in planned if p.kind == "adapter"]
+    assert len(runs) == 5 + 4 + 3 - 2 + 1
+    central = [p for p in runs if p.name.startswith("r16-qkvo-16bit-")]
+    assert [(p.flags.get("seed", 0), p.suites) for p in central] == [(0, ["rank", "modules", "quant", "seeds"]),
+                                                                     (1, ["seeds"])]
+    assert sum(p.kind == "base" for p in planned) == 1
+    with pytest.raises(UserError, match="suite seeds already varies seed"):
+        sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, 2)
+
+
 def test_seeds_and_set_conflicts():
     planned = sweep.plan([S.BUILTIN["quant"]], {}, 2)
     runs = [p for p in planned if p.kind == "adapter"]
