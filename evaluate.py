@@ -25,7 +25,9 @@ Scores recorded per benchmark in the tracker (`scores` table, value with n and a
     error.<Type>      counts by exception (or signal) name; syntax.<category> counts of compile errors
     tokens_per_s, seconds_per_problem, gen_seconds, exec_seconds, peak_rss_mb (peak_gpu_*_mb on CUDA)
     delta.pass@1, delta.syntax_ok, delta.chrf   adapter minus base, paired bootstrap over the same
-                      problems; delta.nll, delta.perplexity (no CI); base_run_id: the base run compared
+                      problems (delta.chrf is the mean per-problem sentence chrF difference, so it
+                      differs from the difference of the corpus chrF scores); delta.nll,
+                      delta.perplexity (no CI); base_run_id: the base run compared
 
 Comparison with the base model (adapters, unless --no-compare): the newest completed eval run in the
 same --db with no adapter and the same model, quant, dtype, limit, n_samples, temperature,
