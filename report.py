@@ -446,7 +446,10 @@ def best_lines(rows: list[Row], bases: list[Row]) -> list[str]:
         d = delta_key(key)
         if d and best.get(d):
             cell = best.get(d)
-            verdict = "a real difference (95% CI excludes 0)" if cell.excludes_zero() else "within noise"
+            if any(lo is None or hi is None for _, lo, hi in cell.values):
+                verdict = "no CI recorded, so whether it is beyond noise is not judged here"
+            else:
+                verdict = "a real difference (95% CI excludes 0)" if cell.excludes_zero() else "within noise"
             text += (f"; vs the base model {fmt_cell(cell, _metric_for(d), star=False)}"
                      f"{_metric_for(d).unit() and ' pp'}: {verdict}")
         lines.append(text)
@@ -643,7 +646,8 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
                                                             f"across seeds)" if n_seeds > 1 else "")
                   + f", {len(bases)} base-model evaluation(s). Values in brackets are 95% CIs; "
                   "Δ columns are paired differences against the base model, marked * only when the CI excludes 0 "
-                  "(otherwise the difference is within noise).", ""]
+                  "(otherwise the difference is within noise). Δ chrF is the mean per-problem (sentence) chrF difference, "
+                  "so it need not equal the difference of the corpus chrF columns; Δ perplexity has no CI.", ""]
         lines += ["### Cost", "", cost_table(rows, bases), "",
                   "Peak memory: torch max allocated on GPU runs, peak process RSS on CPU runs. "
                   "Train time is wall-clock including evaluation during training.", ""]

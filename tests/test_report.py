@@ -54,7 +54,10 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, pass1: tupl
         scores["delta.chrf"] = (1.0, 3, -2.0, 4.0)
         scores["base_run_id"] = 1
     db.log_scores(run, "humaneval", scores)
-    db.log_scores(run, "heldout", {"perplexity": 3.0 + chrf / 100, "nll": 1.1, "chrf": chrf + 1})
+    heldout = {"perplexity": 3.0 + chrf / 100, "nll": 1.1, "chrf": chrf + 1}
+    if delta:
+        heldout["delta.perplexity"] = -0.5  # evaluate.py records it without a CI
+    db.log_scores(run, "heldout", heldout)
     outputs = outputs or {}
     db.log_samples(run, "humaneval", [
         {"task_id": f"HumanEval/{i}", "prompt": f"def f{i}(x):\n    \"\"\"Doc {i}.\"\"\"\n",
@@ -146,6 +149,8 @@ def test_deltas_are_marked_only_when_the_ci_excludes_zero(written):
     assert "runner-up rank=16" in pass_line and "within noise" in pass_line
     chrf_line = next(line for line in best.splitlines() if line.startswith("- **chrF**"))
     assert "within noise" in chrf_line and "real difference" not in chrf_line
+    ppl_line = next(line for line in best.splitlines() if line.startswith("- **perplexity (heldout)**"))
+    assert "-0.50: no CI recorded" in ppl_line and "within noise" not in ppl_line
 
 
 def test_pareto_front_and_memory_budget_recommendation(written):
