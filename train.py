@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common  # noqa: F401  before transformers: it silences log lines bitsandbytes prints on import
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
