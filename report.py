@@ -36,8 +36,9 @@ from common.tracker import STATUSES, Tracker
 
 MEMBERSHIP = "suite"          # score benchmark recording suite membership (see sweep.py)
 NO_SUITE = "unassigned"
-# Train-config keys that name or place a run rather than define what was trained.
-_IDENTITY_KEYS = {"name", "output_dir", "suite", "seed"}
+# Train-config keys that name or place a run rather than define what was trained, and the sizes the
+# seed's data split produced: runs differing only in these are seeds of one config.
+_IDENTITY_KEYS = {"name", "output_dir", "suite", "seed", "train_examples", "val_examples"}
 _LABEL_SKIP = {"alpha", "target_modules", "dtype", "train_examples", "val_examples", "template",
                "dataset_source", "world_size", "device"}
 _MODULE_ORDER = ["qv", "qkv", "qkvo", "mlp", "all"]
@@ -281,6 +282,8 @@ def _short(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, str) and "/" in value:
         return value.rstrip("/").rsplit("/", 1)[-1]
+    if isinstance(value, (list, tuple)):
+        return "+".join(_short(v) for v in value)
     return str(value)
 
 
@@ -327,7 +330,7 @@ def build_rows(study: Study, suite: str) -> tuple[list[Row], list[Row]]:
                    if len({json.dumps(r.config.get(k), default=str) for r in base_rows}) > 1
                    and k not in ("adapter",)]
         for r in base_rows:
-            shown = [f"{k}={_short(r.config.get(k))}" for k in varying if k in ("quant", "model", "limit", "benchmarks")]
+            shown = [f"{k}={_short(r.config.get(k))}" for k in varying if k in ("quant", "model", "limit", "benchmarks", "seed")]
             r.label = "base model" + (f" ({' '.join(shown)})" if shown else f" (run {r.eval_ids[0]})")
     return adapters, base_rows
 

@@ -20,7 +20,8 @@ def train_run(db: Tracker, suite: str, rank: int, quant: str, seed: int, *, peak
               status: str = "completed", error: str | None = None) -> int:
     name = f"r{rank}-qkvo-{quant}-s{seed}"
     config = {"model": "tiny", "rank": rank, "modules": "qkvo", "quant": quant, "seed": seed, "alpha": 2 * rank,
-              "max_steps": 4, "name": name, "output_dir": f"runs/{name}", "suite": suite}
+              "max_steps": 4, "name": name, "output_dir": f"runs/{name}", "suite": suite,
+              "train_examples": 100 - seed, "val_examples": 10 + seed}  # train.py records the split's sizes
     run = db.start_run(name, "train", config, suite=suite, output_dir=f"runs/{name}",
                        environment={"git_commit": "abc123", "versions": {"torch": "2.13.0", "peft": "0.21.2"},
                                     "hardware": {"cpu": "Test CPU", "cpu_count": 2, "memory_gb": 24.0}})
