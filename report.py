@@ -570,18 +570,30 @@ def examples_section(study: Study, rows: list[Row], bases: list[Row], quality: s
     def passed(s):
         return str(s.get("result") or "").lower().startswith("pass")
 
-    priority = sorted(common, key=lambda k: (0 if passed(adapter[k]) and not passed(base[k]) else
-                                             1 if passed(base[k]) and not passed(adapter[k]) else
-                                             2 if adapter[k]["generation"] != base[k]["generation"] else 3))
+    def kind(k) -> int:
+        a, b = adapter[k], base[k]
+        if passed(a) != passed(b):
+            return 0 if passed(a) else 1
+        return 2 if a["generation"] != b["generation"] else 3
+
+    # Outcomes that differ first (fixed, then broken), then one HumanEval problem both fail on, which
+    # shows what the adapter typically gets wrong, then one held-out example next to its reference.
+    ranked = sorted(common, key=kind)
+    picked = [k for k in ranked if kind(k) < 2][:n]
+    picked += [k for k in ranked if kind(k) == 2 and k[0] == "humaneval"][:1]
+    picked += [k for k in ranked if k[0] != "humaneval" and k not in picked][:1]
     out = [f"Base model (eval run {base_eval}) against the best configuration by {metric.title}, "
-           f"{best.label} (eval run {adapter_eval}); problems where the outcome differs come first.", ""]
-    for key in priority[:n]:
+           f"{best.label} (eval run {adapter_eval}): up to {n} problems where the outcome differs, one HumanEval "
+           "problem both fail, one held-out example.", ""]
+    for key in picked:
         a, b = adapter[key], base[key]
         out += [f"#### {key[0]} {key[1]}", "",
                 f"Result: base **{b.get('result') or '—'}**, adapter **{a.get('result') or '—'}**", "",
                 "Prompt:", "", _block(a.get("prompt") or b.get("prompt") or "", tail=True), "",
                 "Base model output:", "", _block(b.get("generation") or ""), "",
                 f"Adapter output ({best.label}):", "", _block(a.get("generation") or ""), ""]
+        if a.get("reference") and not passed(a):
+            out += ["Reference:", "", _block(a["reference"]), ""]
     return out
 
 

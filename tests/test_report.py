@@ -64,6 +64,9 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, pass1: tupl
         {"task_id": f"HumanEval/{i}", "prompt": f"def f{i}(x):\n    \"\"\"Doc {i}.\"\"\"\n",
          "generation": outputs.get(i, ("    return x\n", "failed"))[0], "reference": "    return x + 1\n",
          "result": outputs.get(i, ("", "failed"))[1]} for i in range(3)])
+    db.log_samples(run, "heldout", [{"task_id": "stdlib/textwrap.indent", "prompt": "def indent(text):\n",
+                                     "generation": "" if parent is None else "    return '  ' + text\n",
+                                     "reference": "    return ''.join('  ' + line for line in text)\n"}])
     db.finish_run(run, status)
     return run
 
@@ -78,7 +81,7 @@ def build_study(path: Path) -> dict:
     eval_run(db, "rank", r4, "r4-eval", (0.10, 0.05, 0.15), 30.0, delta=(0.02, -0.03, 0.07))
     r8 = train_run(db, "rank", 8, "16bit", 0, peak=1100, seconds=110)
     eval_run(db, "rank", r8, "r8-eval", (0.20, 0.16, 0.24), 35.0, delta=(0.12, 0.06, 0.18),
-             outputs={0: ("    return x + 1\n", "passed")})
+             outputs={0: ("    return x + 1\n", "passed"), 2: ("    return x - 1\n", "failed")})
     r16 = [train_run(db, "rank", 16, "16bit", s, peak=1500 + 20 * s, seconds=150 + 10 * s) for s in (0, 1)]
     r16_evals = [eval_run(db, "rank", r, f"r16-s{s}-eval", (p, p - 0.05, p + 0.05), 34.0 + s,
                           delta=(p - 0.08, p - 0.08 - 0.06, p - 0.08 + 0.06))
@@ -190,9 +193,17 @@ def test_before_after_examples_and_environment(written):
     examples = rank[rank.index("### Before and after"):]
     # The problem the best adapter solves and the base does not comes first.
     first = examples.index("#### humaneval HumanEval/0")
-    assert first < examples.index("#### humaneval HumanEval/1")
+    assert first < examples.index("#### humaneval HumanEval/2")
     assert "Result: base **failed**, adapter **passed**" in examples
     assert "return x + 1" in examples
+    # Then a problem both fail with different outputs (with the reference), not one where nothing changed.
+    assert "#### humaneval HumanEval/2" in examples and "return x - 1" in examples
+    assert "#### humaneval HumanEval/1" not in examples
+    failed_both = examples[examples.index("#### humaneval HumanEval/2"):examples.index("#### heldout")]
+    assert "Reference:" in failed_both
+    # Then a held-out example, the adapter's output next to the reference.
+    heldout = examples[examples.index("#### heldout stdlib/textwrap.indent"):]
+    assert "return '  ' + text" in heldout and "Reference:" in heldout and "''.join(" in heldout
     assert "git abc123" in rank and "Test CPU" in rank and "torch 2.13.0" in rank
 
 
