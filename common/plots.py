@@ -64,8 +64,8 @@ def metric_bars(path: Path, title: str, labels: Sequence[str],
         ax.set_visible(False)
     x = list(range(len(labels)))
     for ax, (name, (unit, values, errors)) in zip(axes.flat, metrics.items()):
-        low = [e[0] if e else 0.0 for e in errors]
-        high = [e[1] if e else 0.0 for e in errors]
+        low = [e[0] if e else math.nan for e in errors]  # nan: no bar, where no CI was recorded
+        high = [e[1] if e else math.nan for e in errors]
         ax.bar(x, [_nan(v) for v in values], yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
         if baseline and baseline.get(name) is not None:
             ax.axhline(baseline[name], color="tab:red", linestyle="--", linewidth=1.2, label="base model")
