@@ -39,8 +39,7 @@ NO_SUITE = "unassigned"
 # Train-config keys that name or place a run rather than define what was trained, and the sizes the
 # seed's data split produced: runs differing only in these are seeds of one config.
 _IDENTITY_KEYS = {"name", "output_dir", "suite", "seed", "train_examples", "val_examples"}
-_LABEL_SKIP = {"alpha", "target_modules", "dtype", "train_examples", "val_examples", "template",
-               "dataset_source", "world_size", "device"}
+_LABEL_SKIP = {"alpha", "target_modules", "dtype", "template", "dataset_source", "world_size", "device"}
 _MODULE_ORDER = ["qv", "qkv", "qkvo", "mlp", "all"]
 
 
@@ -121,8 +120,13 @@ class Cell:
             return self.mean - self.std, self.mean + self.std
         return None
 
+    @property
+    def has_ci(self) -> bool:
+        """Every seed's value came with a CI (perplexity, for one, never does)."""
+        return bool(self.values) and all(lo is not None and hi is not None for _, lo, hi in self.values)
+
     def excludes_zero(self) -> bool:
-        if not self.values or any(lo is None or hi is None for _, lo, hi in self.values):
+        if not self.has_ci:
             return False
         return all(lo > 0 for _, lo, _ in self.values) or all(hi < 0 for _, _, hi in self.values)
 
@@ -449,7 +453,7 @@ def best_lines(rows: list[Row], bases: list[Row]) -> list[str]:
         d = delta_key(key)
         if d and best.get(d):
             cell = best.get(d)
-            if any(lo is None or hi is None for _, lo, hi in cell.values):
+            if not cell.has_ci:
                 verdict = "no CI recorded, so whether it is beyond noise is not judged here"
             else:
                 verdict = "a real difference (95% CI excludes 0)" if cell.excludes_zero() else "within noise"
