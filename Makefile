@@ -1,6 +1,7 @@
 # Two commands for a fresh machine:
 #   make demo   set up .venv, fine-tune the embedded model briefly, evaluate it
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv, lint, run the whole test suite
+# and for development: make test-fast (the suite without tests marked slow, under a minute), make lint.
 # and the reference study behind README's results (about 50 min to 2 h on 2 CPU cores):
 #   make study  rank + modules + quant suites, a second seed, base-model baselines -> results/
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test study clean
+.PHONY: setup demo lint test test-fast study clean
 setup: $(STAMP)
 
 # Re-installs only when requirements.txt changes; the stamp makes a second `make` instant.
@@ -22,15 +23,21 @@ $(STAMP): requirements.txt
 
 demo: setup
 	$(PY) train.py --rank 16 --quant 16bit --max-steps 30 --name demo
-	$(PY) evaluate.py --adapter runs/demo --benchmark humaneval,heldout --limit 10 --max-new-tokens 128
+	$(PY) evaluate.py --run-name demo --benchmark humaneval,heldout --eval-limit 10 --max-new-tokens 128
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Resumable: run it again after an interruption. results/ is rebuilt from experiments.db.
 study: setup
 	$(PY) sweep.py --suite study --set max_steps=100 --set eval_limit=40 --set eval_batch_size=16
-	$(PY) report.py --out results
+	$(PY) report.py --output-dir results
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,7 +4,7 @@
     python evaluate.py --run-id 3                       # the adapter of train run 3 (its output dir, from --db)
     python evaluate.py --run-name NAME                  # the newest completed train run called NAME
     python evaluate.py --adapter runs/NAME              # a PEFT adapter directory (run_config.json read if there)
-    python evaluate.py --benchmark humaneval --limit 20 --n-samples 10 --temperature 0.8 --k 1,5,10
+    python evaluate.py --benchmark humaneval --eval-limit 20 --n-samples 10 --temperature 0.8 --k 1,5,10
     python evaluate.py --benchmark my_problems.jsonl    # HumanEval-format or stdin/stdout-format problems
     python evaluate.py --samples completions.jsonl      # score completions made elsewhere; no model loaded
 
@@ -30,7 +30,7 @@ Scores recorded per benchmark in the tracker (`scores` table, value with n and a
                       delta.perplexity (no CI); base_run_id: the base run compared
 
 Comparison with the base model (adapters, unless --no-compare): the newest completed eval run in the
-same --db with no adapter and the same model, quant, dtype, limit, n_samples, temperature,
+same --db with no adapter and the same model, quant, dtype, eval_limit, n_samples, temperature,
 max_new_tokens, timeout, memory_mb (top_p and seed too when sampling) whose benchmarks include this
 one with the same benchmark identity (file hash / dataset, split seed, template, max_seq_len) is
 reused. Benchmarks without one are evaluated first on the base model in this process (adapter
@@ -40,79 +40,28 @@ Generated code never runs in this process: programs go through common.sandbox (b
 usable). Every sample is stored in the tracker and in <output-dir>/samples.json (prompt, output,
 result, and the base model's output next to it when compared).
 """
-import json
-import os
 import signal
 import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from common.cli import Parser, parse_args
 from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
+from common.benchmarks import Benchmark, load_benchmark, parse_benchmarks, prepare_benchmark
+from common.config import EvalConfig
 from common.errors import UserError, run_cli
+from common.judge import Sample, judge_samples
+from common.options import parse_config
 from common.paths import check_writable, sha256_file
+from common.samples import read_samples_file, samples_for_json, write_samples_json
+from common.scoring import delta_aggregates, paired_deltas, score_records
 
-BUILTIN_BENCHMARKS = ("humaneval", "heldout")
-FAIL_STATUSES = ("failed", "error", "timeout", "memory", "syntax_error")
 # Generation settings two evaluations must share for their samples to be compared.
-MATCH_SETTINGS = ("model", "quant", "dtype", "limit", "n_samples", "temperature", "max_new_tokens",
+MATCH_SETTINGS = ("model", "quant", "dtype", "eval_limit", "n_samples", "temperature", "max_new_tokens",
                   "timeout", "memory_mb")
 SAMPLING_SETTINGS = ("top_p", "seed")  # matched too when temperature > 0
 SUMMARY_METRICS = ("syntax_ok", "bleu", "chrf", "perplexity", "nll", "tokens_per_s", "seconds_per_problem")
-
-
-def build_parser() -> Parser:
-    from common.quant import QUANT_MODES
-
-    p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML/JSON file of flag defaults (command line wins)")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--run-id", type=int, default=None,
-                      help="evaluate the adapter of this completed train run in --db")
-    what.add_argument("--run-name", default=None,
-                      help="evaluate the adapter of the newest completed train run with this name in --db")
-    what.add_argument("--adapter", default=None, help="evaluate this PEFT adapter directory")
-    what.add_argument("--samples", default=None, metavar="FILE.jsonl",
-                      help="score completions made elsewhere (task_id, completion per line; several lines per "
-                           "task_id are several samples); no model loaded, generation flags and --limit unused")
-    p.add_argument("--model", default=None,
-                   help="base model (default: the adapter's training model, else the embedded smollm2-135m)")
-    p.add_argument("--quant", default=None, choices=QUANT_MODES,
-                   help="base weights (default: the adapter's training quant, else 16bit)")
-    p.add_argument("--dataset", default=None, help="dataset whose test split is 'heldout' (default: the adapter's, "
-                                                   "else stdlib)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="split and sampling seed (default: the adapter's training seed, else 0)")
-    p.add_argument("--benchmark", default=None,
-                   help="comma list of humaneval | heldout | FILE.jsonl (default: humaneval,heldout; "
-                        "humaneval with --samples)")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    p.add_argument("--n-samples", type=int, default=1, help="samples per problem")
-    p.add_argument("--k", default="1", help="comma list of k for pass@k (each <= --n-samples)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (when sampling)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generated tokens per sample at most")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation / NLL batch")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds each program may run")
-    p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit of each program")
-    p.add_argument("--workers", type=int, default=None, help="programs run at once (default: CPU count)")
-    p.add_argument("--isolation", default="auto", choices=("auto", "bwrap", "none"),
-                   help="sandbox: bubblewrap when usable (auto), required (bwrap), or rlimits+guard only (none)")
-    p.add_argument("--merge", action="store_true", help="merge the adapter into the base weights before generating")
-    p.add_argument("--max-seq-len", type=int, default=512, help="longest heldout example for perplexity, in tokens")
-    p.add_argument("--db", default="experiments.db", help="run tracker SQLite file")
-    p.add_argument("--name", default=None, help="eval run name (default: eval-<adapter dir> or eval-base:<model>)")
-    p.add_argument("--suite", default=None, help="suite label recorded with the run (sweep.py sets it)")
-    p.add_argument("--output-dir", default=None, help="where samples.json goes (default: evals/<name>)")
-    p.add_argument("--no-compare", action="store_true", help="skip the paired comparison with the base model")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -127,141 +76,61 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
-def validate(args) -> list[int]:
-    ks = parse_ks(args.k)
-    positive = {"n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-                "max_seq_len": args.max_seq_len, "timeout": args.timeout}
-    if args.limit is not None:
-        positive["limit"] = args.limit
-    if args.workers is not None:
-        positive["workers"] = args.workers
+def validate(cfg: EvalConfig) -> list[int]:
+    ks = parse_ks(cfg.k)
+    positive = {"n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens,
+                "eval_batch_size": cfg.eval_batch_size, "max_seq_len": cfg.max_seq_len, "timeout": cfg.timeout}
+    if cfg.eval_limit is not None:
+        positive["eval_limit"] = cfg.eval_limit
+    if cfg.exec_workers is not None:
+        positive["exec_workers"] = cfg.exec_workers
     for flag, value in positive.items():
         if not value > 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if args.memory_mb < 64:
-        raise UserError(f"--memory-mb must be at least 64 (the interpreter itself needs it), got {args.memory_mb}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.samples is None:
-        if args.n_samples < ks[-1]:
-            raise UserError(f"--n-samples {args.n_samples} < k={ks[-1]}: pass@{ks[-1]} needs at least "
+    if cfg.memory_mb < 64:
+        raise UserError(f"--memory-mb must be at least 64 (the interpreter itself needs it), got {cfg.memory_mb}")
+    if cfg.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.samples is None:
+        if cfg.n_samples < ks[-1]:
+            raise UserError(f"--n-samples {cfg.n_samples} < k={ks[-1]}: pass@{ks[-1]} needs at least "
                             f"{ks[-1]} samples per problem; raise --n-samples (with --temperature > 0) or lower --k")
-        if args.n_samples > 1 and args.temperature == 0:
-            raise UserError(f"--n-samples {args.n_samples} with --temperature 0 repeats one greedy answer; "
+        if cfg.n_samples > 1 and cfg.temperature == 0:
+            raise UserError(f"--n-samples {cfg.n_samples} with --temperature 0 repeats one greedy answer; "
                             "pass --temperature > 0 (e.g. 0.8) to sample")
-    elif args.merge:
+    elif cfg.merge:
         raise UserError("--merge needs an adapter; --samples scores completions without a model")
-    if args.merge and args.run_id is None and args.run_name is None and args.adapter is None:
+    if cfg.merge and cfg.run_id is None and cfg.run_name is None and cfg.adapter is None:
         raise UserError("--merge needs an adapter: pass --adapter DIR, --run-id or --run-name")
     return ks
 
 
-def canonical_model(model: str) -> str:
-    """A local directory as its absolute path (so two spellings compare equal), anything else as given."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
 # ---------------------------------------------------------------------------- adapters
 
-def resolve_adapter(args, tracker) -> Adapter | None:
+def resolve_adapter(cfg: EvalConfig, tracker) -> Adapter | None:
     """The adapter to evaluate; its train run becomes the eval run's parent when it is in this --db."""
-    if args.run_id is not None:
-        return adapter_from_run(tracker, args.db, args.run_id)
-    if args.run_name is not None:
-        runs = tracker.runs(kind="train", status="completed", name=args.run_name)
+    if cfg.run_id is not None:
+        return adapter_from_run(tracker, cfg.db, cfg.run_id)
+    if cfg.run_name is not None:
+        runs = tracker.runs(kind="train", status="completed", name=cfg.run_name)
         if not runs:
-            raise UserError(f"no completed train run named {args.run_name!r} in {args.db}")
-        return adapter_from_run(tracker, args.db, runs[-1]["id"])
-    if args.adapter is None:
+            raise UserError(f"no completed train run named {cfg.run_name!r} in {cfg.db}")
+        return adapter_from_run(tracker, cfg.db, runs[-1]["id"])
+    if cfg.adapter is None:
         return None
-    adapter = adapter_from_dir(Path(args.adapter), args.adapter)
-    in_this_db = adapter.db and Path(adapter.db).resolve() == Path(args.db).resolve()
+    adapter = adapter_from_dir(Path(cfg.adapter), cfg.adapter)
+    in_this_db = adapter.db and Path(adapter.db).resolve() == Path(cfg.db).resolve()
     run = tracker.run(adapter.run_id) if in_this_db and adapter.run_id is not None else None
     if not (run and run["kind"] == "train"):
         adapter.run_id = None
     return adapter
 
 
-# ---------------------------------------------------------------------------- benchmarks
-
-@dataclass
-class Benchmark:
-    name: str
-    problems: list                       # common.data.Example
-    key: dict                            # what makes results on it comparable across runs
-    templates: dict = field(default_factory=dict)   # problem id -> prompt template
-    encoded: list = field(default_factory=list)     # heldout: tokenized references for perplexity
-    too_long: int = 0                    # heldout references longer than --max-seq-len
-
-
-def parse_benchmarks(spec: str) -> list[str]:
-    names = [part.strip() for part in spec.split(",") if part.strip()]
-    if not names:
-        raise UserError("--benchmark is empty; use humaneval, heldout or a .jsonl file (comma-separated)")
-    for name in names:
-        if name not in BUILTIN_BENCHMARKS and not Path(name).is_file():
-            raise UserError(f"unknown benchmark {name!r}: use humaneval, heldout, or an existing .jsonl file")
-    if len(set(names)) != len(names):
-        raise UserError(f"--benchmark {spec} names a benchmark twice")
-    return names
-
-
-def load_benchmark(spec: str, limit: int | None, dataset: str, seed: int) -> Benchmark:
-    from common.data import load_humaneval, load_splits, read_benchmark_file
-
-    if spec == "humaneval":
-        return Benchmark("humaneval", load_humaneval()[:limit], {"source": "humaneval"})
-    if spec == "heldout":
-        splits = load_splits(dataset, seed=seed)
-        return Benchmark("heldout", splits.test[:limit], {"source": splits.source, "split_seed": seed})
-    name = Path(spec).name if Path(spec).name not in BUILTIN_BENCHMARKS else spec
-    return Benchmark(name, read_benchmark_file(spec)[:limit],
-                     {"source": str(Path(spec).resolve()), "sha256": sha256_file(spec)})
-
-
-def template_for(tokenizer, style: str, train_template: str | None) -> str:
-    """Completion-style problems are plain continuations; instructions use the adapter's training template."""
-    from common.prompts import choose_template
-
-    if style == "completion":
-        return "plain"
-    if train_template in ("chat", "alpaca"):
-        return train_template
-    return choose_template(tokenizer, style)
-
-
-def prepare_benchmark(bench: Benchmark, tokenizer, train_template: str | None, max_seq_len: int) -> None:
-    """Choose prompt templates; for heldout, tokenize the references for perplexity."""
-    from common.prompts import encode_examples
-
-    bench.templates = {p.id: template_for(tokenizer, p.style, train_template) for p in bench.problems}
-    bench.key["templates"] = sorted(set(bench.templates.values()))
-    if bench.name != "heldout":
-        return
-    bench.key["max_seq_len"] = max_seq_len
-    for template in bench.key["templates"]:
-        group = [p for p in bench.problems if bench.templates[p.id] == template]
-        encoded, dropped = encode_examples(tokenizer, group, template, max_seq_len)
-        bench.encoded += encoded
-        bench.too_long += dropped
-
-
 # ---------------------------------------------------------------------------- generating and judging
 
-@dataclass
-class Sample:
-    problem: Any           # common.data.Example
-    index: int             # sample index within its problem
-    prompt: str            # the text the model saw
-    generation: str        # the model's output, cut at the stop sequences
-    new_tokens: int = 0
-    seconds: float = 0.0
-
-
-def generate_samples(model, tokenizer, bench: Benchmark, args, device, dtype) -> list[Sample]:
+def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device, dtype) -> list[Sample]:
     """n_samples generations per problem, grouped by prompt template (one generate() call per template)."""
     import torch
 
@@ -270,167 +139,27 @@ def generate_samples(model, tokenizer, bench: Benchmark, args, device, dtype) ->
     from common.training import autocast
 
     samples = [Sample(p, j, render_prompt(tokenizer, p.prompt, bench.templates[p.id], p.input), "")
-               for p in bench.problems for j in range(args.n_samples)]
-    torch.manual_seed(args.seed)
+               for p in bench.problems for j in range(cfg.n_samples)]
+    torch.manual_seed(cfg.seed)
     for template in bench.key["templates"]:
         group = [s for s in samples if bench.templates[s.problem.id] == template]
         with autocast(device, dtype):
             outputs = generate(model, tokenizer, [s.prompt for s in group], template,
-                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                               batch_size=args.batch_size, stop=stops_for_template(template), progress=not args.quiet)
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               batch_size=cfg.eval_batch_size, stop=stops_for_template(template),
+                               progress=not cfg.quiet)
         for s, out in zip(group, outputs):
             s.generation, s.new_tokens, s.seconds = out.text, out.new_tokens, out.seconds
     return samples
 
 
-def code_of(problem, text: str) -> str:
-    """The code a sample contributes: a completion as is, the fenced block of an instruction answer."""
-    from common.generation import extract_code
-
-    return text if problem.style == "completion" else extract_code(text)
-
-
-def execute(samples: list[Sample], codes: list[str], args) -> list:
-    """Run every sample whose problem has tests in the sandbox; None for the others."""
-    from tqdm import tqdm
-
-    from common.sandbox import check_many, check_stdio, humaneval_program
-
-    results: list = [None] * len(samples)
-    unit = [i for i, s in enumerate(samples) if s.problem.tests and "test" in s.problem.tests]
-    if unit:
-        programs = []
-        for i in unit:
-            p = samples[i].problem
-            prefix = p.prompt if p.style == "completion" else ""
-            programs.append(humaneval_program(prefix, codes[i], p.tests["test"], p.tests["entry_point"]))
-        for i, result in zip(unit, check_many(programs, args.timeout, args.memory_mb, args.workers,
-                                              args.isolation, progress=not args.quiet)):
-            results[i] = result
-    stdio = [i for i, s in enumerate(samples) if s.problem.tests and "inputs" in s.problem.tests]
-    if stdio:
-        def judge(i):
-            tests = samples[i].problem.tests
-            return check_stdio(codes[i], tests["inputs"], tests["outputs"], args.timeout, args.memory_mb,
-                               args.isolation)
-        with ThreadPoolExecutor(max_workers=args.workers or os.cpu_count() or 1) as pool:
-            done = tqdm(pool.map(judge, stdio), total=len(stdio), desc="executing", unit="program",
-                        disable=args.quiet)
-            for i, result in zip(stdio, done):
-                results[i] = result
-    return results
-
-
-def judge_samples(samples: list[Sample], args) -> tuple[list[dict], float]:
-    """Execute, syntax-check and chrF-score samples; returns tracker sample rows and execution seconds."""
-    from common.generation import extract_code
-    from common.metrics import sentence_chrf, syntax_error_category
-
-    codes = [code_of(s.problem, s.generation) for s in samples]
-    began = time.perf_counter()
-    results = execute(samples, codes, args)
-    exec_seconds = time.perf_counter() - began
-    records = []
-    for s, code, result in zip(samples, codes, results):
-        p = s.problem
-        # What has to compile: the whole function for a completion, the answer's code otherwise.
-        category = syntax_error_category(p.prompt + code if p.style == "completion" else code)
-        reference = (p.completion if p.style == "completion" else extract_code(p.completion)) or None
-        records.append({
-            "task_id": p.id, "sample_index": s.index, "prompt": s.prompt, "generation": s.generation,
-            "reference": reference, "result": result.status if result else None,
-            "details": {"error_type": result.error_type if result else None,
-                        "detail": result.detail if result else None, "code": code,
-                        "syntax": category, "chrf": sentence_chrf(code, reference) if reference else None,
-                        "new_tokens": s.new_tokens},
-        })
-    return records, exec_seconds
-
-
-# ---------------------------------------------------------------------------- scoring
-
-def by_problem(records: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault(r["task_id"], []).append(r)
-    return groups
-
-
-def problem_values(rows: list[dict]) -> dict[str, float | None]:
-    """Per-problem pass@1 (None without tests), compile rate and mean sentence chrF (None without reference)."""
-    tested = [r for r in rows if r["result"] is not None]
-    chrfs = [r["details"]["chrf"] for r in rows if r["details"].get("chrf") is not None]
-    return {"pass@1": sum(r["result"] == "passed" for r in tested) / len(tested) if tested else None,
-            "syntax_ok": float(np.mean([r["details"]["syntax"] is None for r in rows])),
-            "chrf": float(np.mean(chrfs)) if chrfs else None}
-
-
-def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
-    """Scores of one benchmark as name -> (value, n, ci_low, ci_high)."""
-    from common.metrics import bootstrap_ci, pass_at_k
-
-    scores: dict[str, tuple] = {}
-    groups = by_problem(records)
-    tested = {t: rows for t, rows in groups.items() if rows[0]["result"] is not None}
-    if tested:
-        per_problem = [(len(rows), sum(r["result"] == "passed" for r in rows)) for rows in tested.values()]
-        for k in ks:
-            mean, low, high = bootstrap_ci([pass_at_k(n, c, k) for n, c in per_problem])
-            scores[f"pass@{k}"] = (mean, len(per_problem), low, high)
-        programs = [r for rows in tested.values() for r in rows]
-        statuses = Counter(r["result"] for r in programs)
-        for status in FAIL_STATUSES:
-            scores[f"fail.{status}"] = (statuses[status], len(programs), None, None)
-        errors = Counter(r["details"]["error_type"] for r in programs
-                         if r["result"] != "passed" and r["details"].get("error_type"))
-        for error_type, count in sorted(errors.items()):
-            scores[f"error.{error_type}"] = (count, len(programs), None, None)
-    mean, low, high = bootstrap_ci([problem_values(rows)["syntax_ok"] for rows in groups.values()])
-    scores["syntax_ok"] = (mean, len(groups), low, high)
-    categories = Counter(r["details"]["syntax"] for r in records if r["details"]["syntax"])
-    for category, count in sorted(categories.items()):
-        scores[f"syntax.{category.replace(' ', '_')}"] = (count, len(records), None, None)
-    pairs = [(r["details"]["code"], r["reference"]) for r in records if r["reference"]]
-    if pairs:
-        from common.metrics import sacrebleu_corpus_ci
-        hypotheses, references = [h for h, _ in pairs], [ref for _, ref in pairs]
-        for metric_name in ("bleu", "chrf"):
-            value, low, high = sacrebleu_corpus_ci(hypotheses, references, metric_name)
-            scores[metric_name] = (value, len(pairs), low, high)
-    return scores
-
-
-def paired_deltas(records: list[dict], base_records: list[dict]) -> dict[str, tuple]:
-    """Adapter minus base on the problems both answered (matched by task_id), paired bootstrap CIs."""
-    from common.metrics import paired_difference
-
-    mine = {t: problem_values(rows) for t, rows in by_problem(records).items()}
-    base = {t: problem_values(rows) for t, rows in by_problem(base_records).items()}
-    deltas: dict[str, tuple] = {}
-    for metric in ("pass@1", "syntax_ok", "chrf"):
-        pairs = [(base[t][metric], mine[t][metric]) for t in mine
-                 if t in base and base[t][metric] is not None and mine[t][metric] is not None]
-        if pairs:
-            mean, low, high = paired_difference([b for b, _ in pairs], [a for _, a in pairs])
-            deltas[f"delta.{metric}"] = (mean, len(pairs), low, high)
-    return deltas
-
-
-def delta_aggregates(scores: dict[str, tuple], base_scores: dict[str, dict]) -> dict[str, tuple]:
-    out = {}
-    for metric in ("nll", "perplexity"):
-        if metric in scores and metric in base_scores and base_scores[metric]["value"] is not None:
-            out[f"delta.{metric}"] = (scores[metric][0] - base_scores[metric]["value"], scores[metric][1], None, None)
-    return out
-
-
-def heldout_perplexity(model, tokenizer, bench: Benchmark, args, device, dtype) -> dict[str, tuple]:
+def heldout_perplexity(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device, dtype) -> dict[str, tuple]:
     from common.metrics import perplexity
     from common.training import CompletionLoss, mean_nll
 
     scores = {"nll_dropped_too_long": (bench.too_long, len(bench.problems), None, None)}
     if bench.encoded:
-        nll, tokens = mean_nll(CompletionLoss(model), bench.encoded, args.batch_size, tokenizer.pad_token_id,
+        nll, tokens = mean_nll(CompletionLoss(model), bench.encoded, cfg.eval_batch_size, tokenizer.pad_token_id,
                                device, dtype)
         scores.update(nll=(nll, tokens, None, None), perplexity=(perplexity(nll), tokens, None, None))
     return scores
@@ -462,20 +191,19 @@ class RunResult:
     scores: dict[str, dict[str, tuple]]      # benchmark -> name -> (value, n, low, high)
 
 
-def run_evaluation(tracker, args, ks, *, name: str, config: dict, parent_id: int | None, output_dir: Path,
+def run_evaluation(tracker, cfg: EvalConfig, ks, *, name: str, config: dict, parent_id: int | None, output_dir: Path,
                    benchmarks: list[Benchmark], produce: Callable[[Benchmark], tuple[list[dict], dict]],
                    base_runs: dict[str, int] | None = None, device=None) -> RunResult:
     """One eval run in the tracker: produce each benchmark's samples, score, compare, record, write samples.json."""
     from common.env import environment, peak_memory
 
-    run_id = tracker.start_run(name, "eval", config, suite=args.suite, parent_id=parent_id,
+    run_id = tracker.start_run(name, "eval", config, suite=cfg.suite, parent_id=parent_id,
                                output_dir=str(output_dir), environment=environment())
-    began = time.perf_counter()
     all_scores: dict[str, dict[str, tuple]] = {}
     dump: dict[str, list] = {}
-    try:
+    with tracker.recording(run_id) as began:
         for bench in benchmarks:
-            if not args.quiet:
+            if not cfg.quiet:
                 print(f"run {run_id} '{name}': {bench.name}, {len(bench.problems)} problems", flush=True)
             records, extra = produce(bench)
             scores = {**score_records(records, ks), **extra}
@@ -494,41 +222,7 @@ def run_evaluation(tracker, args, ks, *, name: str, config: dict, parent_id: int
             dump[bench.name] = samples_for_json(records, base_records)
         write_samples_json(output_dir, run_id, name, config, base_runs or {}, all_scores, dump)
         tracker.finish_run(run_id, "completed", wall_seconds=time.perf_counter() - began)
-    except BaseException as e:
-        interrupted = isinstance(e, KeyboardInterrupt)
-        tracker.finish_run(run_id, "interrupted" if interrupted else "failed",
-                           error=None if interrupted else f"{type(e).__name__}: {e}",
-                           wall_seconds=time.perf_counter() - began)
-        raise
     return RunResult(run_id, all_scores)
-
-
-def samples_for_json(records: list[dict], base_records: list[dict] | None) -> list[dict]:
-    def outcome(r):
-        return {"generation": r["generation"], "result": r["result"], **(r["details"] or {})}
-
-    base = {(r["task_id"], r["sample_index"]): r for r in base_records or []}
-    rows = []
-    for r in records:
-        row = {"task_id": r["task_id"], "sample_index": r["sample_index"], "prompt": r["prompt"],
-               "reference": r["reference"], "output": outcome(r)}
-        if base_records is not None:
-            b = base.get((r["task_id"], r["sample_index"]))
-            row["base"] = outcome(b) if b else None
-        rows.append(row)
-    return rows
-
-
-def write_samples_json(output_dir: Path, run_id: int, name: str, config: dict, base_runs: dict,
-                       scores: dict, samples: dict) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"run_id": run_id, "name": name, "config": config, "base_runs": base_runs,
-               "scores": {b: {k: dict(zip(("value", "n", "ci_low", "ci_high"), v)) for k, v in s.items()}
-                          for b, s in scores.items()},
-               "samples": samples}
-    tmp = output_dir / "samples.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    os.replace(tmp, output_dir / "samples.json")
 
 
 def print_summary(result: RunResult, name: str) -> None:
@@ -556,28 +250,7 @@ def print_summary(result: RunResult, name: str) -> None:
 
 # ---------------------------------------------------------------------------- --samples
 
-def read_samples_file(path: str, problems: dict, bench_name: str) -> dict[str, list[str]]:
-    """task_id -> completions, in file order; every task_id must be a problem of the benchmark."""
-    from common.data import iter_jsonl
-
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"samples file {path} not found")
-    completions: dict[str, list[str]] = {}
-    for lineno, row in iter_jsonl(file, path):
-        where = f"{path} line {lineno}"
-        if not isinstance(row, dict) or not isinstance(row.get("task_id"), str) \
-                or not isinstance(row.get("completion"), str):
-            raise UserError(f"{where}: expected an object with string fields task_id and completion")
-        if row["task_id"] not in problems:
-            raise UserError(f"{where}: task_id {row['task_id']!r} is not a problem of {bench_name}")
-        completions.setdefault(row["task_id"], []).append(row["completion"])
-    if not completions:
-        raise UserError(f"samples file {path} has no samples")
-    return completions
-
-
-def score_samples_file(args, ks: list[int], names: list[str]) -> int:
+def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     from common.sandbox import isolation_name
     from common.tracker import Tracker
 
@@ -585,31 +258,31 @@ def score_samples_file(args, ks: list[int], names: list[str]) -> int:
         raise UserError("--samples scores one benchmark with tests: humaneval or a benchmark .jsonl file")
     bench = load_benchmark(names[0], None, "stdlib", 0)
     problems = {p.id: p for p in bench.problems}
-    completions = read_samples_file(args.samples, problems, bench.name)
+    completions = read_samples_file(cfg.samples, problems, bench.name)
     fewest = min(len(c) for c in completions.values())
     if fewest < ks[-1]:
         raise UserError(f"--samples has {fewest} sample(s) for some problem, n-samples < k={ks[-1]}; "
                         f"lower --k or add samples")
     bench.problems = [problems[t] for t in completions]
     bench.key["templates"] = []
-    isolation = isolation_name(args.isolation)
-    name = args.name or f"eval-samples:{Path(args.samples).name}"
-    output_dir = Path(args.output_dir or Path("evals") / name)
+    isolation = isolation_name(cfg.isolation)
+    name = cfg.name or f"eval-samples:{Path(cfg.samples).name}"
+    tracker = Tracker(cfg.db)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else tracker.run_dir("eval", name)
     check_writable(output_dir)
-    config = {"model": None, "adapter": None, "samples": str(Path(args.samples).resolve()),
-              "samples_sha256": sha256_file(args.samples), "benchmarks": [bench.name],
-              "benchmark_keys": {bench.name: bench.key}, "limit": None,
+    config = {"model": None, "adapter": None, "samples": str(Path(cfg.samples).resolve()),
+              "samples_sha256": sha256_file(cfg.samples), "benchmarks": [bench.name],
+              "benchmark_keys": {bench.name: bench.key}, "eval_limit": None,
               "n_samples": max(len(c) for c in completions.values()), "k": ks, "isolation": isolation,
-              "timeout": args.timeout, "memory_mb": args.memory_mb}
+              "timeout": cfg.timeout, "memory_mb": cfg.memory_mb}
 
     def produce(b: Benchmark):
         samples = [Sample(problems[t], j, problems[t].prompt, text)
                    for t, texts in completions.items() for j, text in enumerate(texts)]
-        records, exec_seconds = judge_samples(samples, args)
+        records, exec_seconds = judge_samples(samples, cfg)
         return records, {"exec_seconds": (exec_seconds, len(records), None, None)}
 
-    tracker = Tracker(args.db)
-    result = run_evaluation(tracker, args, ks, name=name, config=config, parent_id=None, output_dir=output_dir,
+    result = run_evaluation(tracker, cfg, ks, name=name, config=config, parent_id=None, output_dir=output_dir,
                             benchmarks=[bench], produce=produce)
     print_summary(result, name)
     return 0
@@ -617,99 +290,56 @@ def score_samples_file(args, ks: list[int], names: list[str]) -> int:
 
 # ---------------------------------------------------------------------------- main
 
-def evaluate_models(args, ks: list[int], names: list[str]) -> int:
-    from peft import PeftModel
-
+def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
+    """Evaluate the base model or an adapter (and the base model first when no comparable base run exists)."""
     from common.env import default_device
     from common.models import DEFAULT_MODEL, model_slug
-    from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
-    from common.sandbox import isolation_name
+    from common.quant import check_quant, compute_dtype, load_tokenizer
     from common.tracker import Tracker
 
-    tracker = Tracker(args.db)
-    adapter = resolve_adapter(args, tracker)
+    tracker = Tracker(cfg.db)
+    adapter = resolve_adapter(cfg, tracker)
     train = adapter.train_config if adapter else {}
-    model_name = args.model or (adapter.base_model if adapter else None) or DEFAULT_MODEL
-    if adapter:
-        check_base_model(adapter, args.model)
-    args.quant = args.quant or train.get("quant") or "16bit"
-    args.dataset = args.dataset or train.get("dataset") or "stdlib"
-    args.seed = args.seed if args.seed is not None else int(train.get("seed", 0))
-    if args.merge and args.quant in ("4bit", "8bit"):
-        raise UserError(f"--merge into a {args.quant} base loses precision; pass --quant 16bit (an adapter trained "
-                        "on a quantized base merges cleanly into a 16-bit one)")
-    isolation = isolation_name(args.isolation)
+    model_name = cfg.model or (adapter.base_model if adapter else None) or DEFAULT_MODEL
+    inherit_settings(cfg, adapter)
     device = default_device()
-    check_quant(args.quant, device)
-    dtype = compute_dtype(args.quant, device)
-    benchmarks = [load_benchmark(n, args.limit, args.dataset, args.seed) for n in names]
+    check_quant(cfg.quant, device)
+    dtype = compute_dtype(cfg.quant, device)
+    benchmarks = [load_benchmark(n, cfg.eval_limit, cfg.dataset, cfg.seed) for n in names]
     tokenizer = load_tokenizer(model_name)
     for bench in benchmarks:
-        prepare_benchmark(bench, tokenizer, train.get("template"), args.max_seq_len)
-
-    model_id = canonical_model(model_name)
-    config = {"model": model_id, "adapter": str(adapter.path.resolve()) if adapter else None, "quant": args.quant,
-              "dtype": str(dtype).replace("torch.", ""), "benchmarks": [b.name for b in benchmarks],
-              "benchmark_keys": {b.name: b.key for b in benchmarks}, "limit": args.limit,
-              "n_samples": args.n_samples, "k": ks, "temperature": args.temperature, "top_p": args.top_p,
-              "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
-              "dataset": args.dataset, "max_seq_len": args.max_seq_len, "merge": args.merge,
-              "isolation": isolation, "timeout": args.timeout, "memory_mb": args.memory_mb}
+        prepare_benchmark(bench, tokenizer, train.get("template"), cfg.max_seq_len)
+    config = eval_record(cfg, ks, model_name, adapter, str(dtype).replace("torch.", ""), benchmarks)
     if adapter:
         label = adapter.path.resolve()
-        name = args.name or f"eval-{label.parent.name + '-best' if label.name == 'best' else label.name}"
+        name = cfg.name or f"eval-{label.parent.name + '-best' if label.name == 'best' else label.name}"
     else:
-        name = args.name or f"eval-base:{model_slug(model_name)}"
-    output_dir = Path(args.output_dir or Path("evals") / name)
+        name = cfg.name or f"eval-base:{model_slug(model_name)}"
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else tracker.run_dir("eval", name)
     check_writable(output_dir)
-
     base_runs: dict[str, int] = {}
-    if adapter and not args.no_compare:
-        for bench in benchmarks:
-            found = find_base_run(tracker, config, bench.name)
-            if found is not None:
-                base_runs[bench.name] = found
-    missing = [b for b in benchmarks if adapter and not args.no_compare and b.name not in base_runs]
+    if adapter and cfg.compare:
+        base_runs = {b.name: run for b in benchmarks if (run := find_base_run(tracker, config, b.name)) is not None}
+    missing = [b for b in benchmarks if adapter and cfg.compare and b.name not in base_runs]
 
-    model = load_model(model_name, args.quant, device)
-    if adapter:
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"cannot load adapter {adapter.label} onto {model_name} "
-                            f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from e
-    model.eval()
-
-    def produce(bench: Benchmark):
-        samples = generate_samples(model, tokenizer, bench, args, device, dtype)
-        records, exec_seconds = judge_samples(samples, args)
-        gen_seconds = sum(s.seconds for s in samples)
-        tokens = sum(s.new_tokens for s in samples)
-        extra = {"gen_seconds": (gen_seconds, len(samples), None, None),
-                 "exec_seconds": (exec_seconds, len(samples), None, None),
-                 "tokens_per_s": (tokens / max(gen_seconds, 1e-9), tokens, None, None),
-                 "seconds_per_problem": ((gen_seconds + exec_seconds) / len(bench.problems), len(bench.problems),
-                                         None, None)}
-        if bench.name == "heldout":
-            extra.update(heldout_perplexity(model, tokenizer, bench, args, device, dtype))
-        return records, extra
-
+    model = load_eval_model(model_name, cfg.quant, adapter, device)
+    produce = producer(model, tokenizer, cfg, device, dtype)
     if missing:
         base_name = f"eval-base:{model_slug(model_name)}"
-        base_dir = Path(args.output_dir) / "base" if args.output_dir else Path("evals") / base_name
+        base_dir = Path(cfg.output_dir) / "base" if cfg.output_dir else tracker.run_dir("eval", base_name)
         base_config = {**config, "adapter": None, "merge": False, "benchmarks": [b.name for b in missing],
                        "benchmark_keys": {b.name: b.key for b in missing}}
-        if not args.quiet:
-            print(f"no comparable base-model evaluation of {', '.join(b.name for b in missing)} in {args.db}: "
+        if not cfg.quiet:
+            print(f"no comparable base-model evaluation of {', '.join(b.name for b in missing)} in {cfg.db}: "
                   "evaluating the base model first (adapter disabled)", flush=True)
         with model.disable_adapter():
-            base = run_evaluation(tracker, args, ks, name=base_name, config=base_config, parent_id=None,
+            base = run_evaluation(tracker, cfg, ks, name=base_name, config=base_config, parent_id=None,
                                   output_dir=base_dir, benchmarks=missing, produce=produce, device=device)
         base_runs.update({b.name: base.run_id for b in missing})
-    if args.merge:
+    if cfg.merge:
         model = model.merge_and_unload()
         model.eval()
-    result = run_evaluation(tracker, args, ks, name=name, config=config,
+    result = run_evaluation(tracker, cfg, ks, name=name, config=config,
                             parent_id=adapter.run_id if adapter else None, output_dir=output_dir,
                             benchmarks=benchmarks, produce=produce, base_runs=base_runs, device=device)
     print_summary(result, name)
@@ -719,16 +349,78 @@ def evaluate_models(args, ks: list[int], names: list[str]) -> int:
     return 0
 
 
+def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
+    """Options left at None take the adapter's training values, else the defaults."""
+    train = adapter.train_config if adapter else {}
+    if adapter:
+        check_base_model(adapter, cfg.model)
+    cfg.quant = cfg.quant or train.get("quant") or "16bit"
+    cfg.dataset = cfg.dataset or train.get("dataset") or "stdlib"
+    cfg.seed = cfg.seed if cfg.seed is not None else int(train.get("seed", 0))
+    if cfg.merge and cfg.quant in ("4bit", "8bit"):
+        raise UserError(f"--merge into a {cfg.quant} base loses precision; pass --quant 16bit (an adapter trained "
+                        "on a quantized base merges cleanly into a 16-bit one)")
+
+
+def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapter | None, dtype: str,
+                benchmarks: list[Benchmark]) -> dict[str, Any]:
+    """The config recorded with the eval run: what decides whether two evaluations are comparable."""
+    from common.models import model_identity
+    from common.sandbox import isolation_name
+
+    return {"model": model_identity(model_name), "adapter": str(adapter.path.resolve()) if adapter else None,
+            "quant": cfg.quant, "dtype": dtype, "benchmarks": [b.name for b in benchmarks],
+            "benchmark_keys": {b.name: b.key for b in benchmarks}, "eval_limit": cfg.eval_limit,
+            "n_samples": cfg.n_samples, "k": ks, "temperature": cfg.temperature, "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens, "eval_batch_size": cfg.eval_batch_size, "seed": cfg.seed,
+            "dataset": cfg.dataset, "max_seq_len": cfg.max_seq_len, "merge": cfg.merge,
+            "isolation": isolation_name(cfg.isolation), "timeout": cfg.timeout, "memory_mb": cfg.memory_mb}
+
+
+def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device):
+    from peft import PeftModel
+
+    from common.errors import first_line
+    from common.quant import load_model
+
+    model = load_model(model_name, quant, device)
+    if adapter:
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"cannot load adapter {adapter.label} onto {model_name} ({first_line(e)})") from e
+    model.eval()
+    return model
+
+
+def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benchmark], tuple[list[dict], dict]]:
+    """bench -> (sample records, timing and perplexity scores): generate, then judge in the sandbox."""
+    def produce(bench: Benchmark) -> tuple[list[dict], dict]:
+        samples = generate_samples(model, tokenizer, bench, cfg, device, dtype)
+        records, exec_seconds = judge_samples(samples, cfg)
+        gen_seconds = sum(s.seconds for s in samples)
+        tokens = sum(s.new_tokens for s in samples)
+        extra = {"gen_seconds": (gen_seconds, len(samples), None, None),
+                 "exec_seconds": (exec_seconds, len(samples), None, None),
+                 "tokens_per_s": (tokens / max(gen_seconds, 1e-9), tokens, None, None),
+                 "seconds_per_problem": ((gen_seconds + exec_seconds) / len(bench.problems), len(bench.problems),
+                                         None, None)}
+        if bench.name == "heldout":
+            extra.update(heldout_perplexity(model, tokenizer, bench, cfg, device, dtype))
+        return records, extra
+    return produce
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
-    ks = validate(args)
+    cfg = parse_config(EvalConfig, argv, __doc__.split("\n\n")[0])
+    ks = validate(cfg)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a sweep stopping, a batch system) ends the run like Ctrl-C: marked interrupted.
         previous = signal.signal(signal.SIGTERM, _interrupt)
-    names = parse_benchmarks(args.benchmark or ("humaneval" if args.samples else "humaneval,heldout"))
+    names = parse_benchmarks(cfg.benchmark or ("humaneval" if cfg.samples else "humaneval,heldout"))
     try:
-        return score_samples_file(args, ks, names) if args.samples else evaluate_models(args, ks, names)
+        return score_samples_file(cfg, ks, names) if cfg.samples else evaluate_models(cfg, ks, names)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

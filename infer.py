@@ -42,11 +42,9 @@ generation config, lora_merge.json recording the template) that AutoModelForCaus
 `--push-to-hub REPO` uploads the adapter, or the merged model with --merge-to; it needs a
 token (`hf auth login` or HF_TOKEN) and the network.
 """
-import json
 import re
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,18 +53,18 @@ from typing import Any, TextIO
 import torch
 
 from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
-from common.cli import Parser, parse_args
+from common.config import InferConfig
 from common.errors import UserError, first_line, run_cli
-from common.generation import cut_completion, extract_code, stop_criteria, stops_for_template
+from common.export import hub_token, load_adapter, merge, merged_template, push_to_hub
+from common.generation import extract_code, stop_criteria, stops_for_template
 from common.metrics import syntax_error_category
-from common.models import DEFAULT_MODEL, EMBEDDED
-from common.paths import read_json_object
+from common.models import DEFAULT_MODEL
+from common.options import parse_config
 from common.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
-from common.quant import QUANT_MODES
+from common.streaming import StopAwareStreamer
 from common.tracker import Tracker
 
 CODE_STARTS = ("def ", "async def ", "class ", "import ", "from ", "@", "#")
-MERGE_RECORD = "lora_merge.json"  # written next to a merged model: where it came from, its template
 
 DEMO_PROMPTS = [
     ("is_palindrome", 'def is_palindrome(text: str) -> bool:\n    """Return True if text reads the same forwards and '
@@ -91,142 +89,58 @@ HELP = """commands (on their own line, before a prompt):
 a prompt may span several lines; end it with a line holding only '.'"""
 
 
-def build_parser() -> Parser:
-    p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompt", default=None, help="generate once for this prompt (None: interactive session)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--run-id", type=int, default=None, help="use the adapter of this completed train run in --db")
-    source.add_argument("--adapter", default=None, metavar="DIR", help="use the PEFT adapter in this directory")
-    p.add_argument("--db", default="experiments.db", help="run tracker SQLite file (for --run-id)")
-    p.add_argument("--model", default=None,
-                   help=f"base model (None: the adapter's training model, else {DEFAULT_MODEL})")
-    p.add_argument("--quant", default=None, choices=QUANT_MODES,
-                   help="base weights (None: the adapter's training quant, else 16bit)")
-    p.add_argument("--template", default="auto", choices=("auto", *TEMPLATES),
-                   help="prompt template; auto = the adapter's training template, else by the prompt (see top)")
-    p.add_argument("--compare", action="store_true", help="generate with the base model, then with the adapter")
-    p.add_argument("--demo", action="store_true", help="fixed code prompts, base vs adapter (base only without one)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0 = off)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest generation in tokens")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i; both sides of a "
-                                                        "comparison use the same)")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop sequence, repeatable (\\n escapes; '' = none); None: the HumanEval stops for plain "
-                        "prompts")
-    p.add_argument("--merge-to", default=None, metavar="DIR", help="merge the adapter into a 16/32-bit base, save here")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO",
-                   help="upload the adapter (or the --merge-to model) to this Hugging Face repo")
-    p.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
-    p.add_argument("--verbose", action="store_true", help="print time to first token and tokens/s")
-    return p
-
-
 # ---------------------------------------------------------------------------- adapter and settings
 
-def find_adapter(args) -> Adapter | None:
-    if args.run_id is not None:
-        if not Path(args.db).is_file():  # a Tracker would create an empty one
-            raise UserError(f"no run tracker database {args.db}; pass --db, or --adapter DIR")
-        tracker = Tracker(args.db)
+def find_adapter(cfg) -> Adapter | None:
+    if cfg.run_id is not None:
+        if not Path(cfg.db).is_file():  # a Tracker would create an empty one
+            raise UserError(f"no run tracker database {cfg.db}; pass --db, or --adapter DIR")
+        tracker = Tracker(cfg.db)
         try:
-            return adapter_from_run(tracker, args.db, args.run_id)
+            return adapter_from_run(tracker, cfg.db, cfg.run_id)
         finally:
             tracker.close()
-    if args.adapter is not None:
-        return adapter_from_dir(Path(args.adapter), args.adapter)
+    if cfg.adapter is not None:
+        return adapter_from_dir(Path(cfg.adapter), cfg.adapter)
     return None
-
-
-def merged_template(model: str) -> str | None:
-    """The template recorded by --merge-to in a merged model's directory, if any."""
-    record = Path(model).expanduser() / MERGE_RECORD
-    if model in EMBEDDED or not record.is_file():
-        return None
-    template = read_json_object(record).get("template")
-    return template if template in TEMPLATES else None
 
 
 def unescape(text: str) -> str:
     return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
 
 
-def validate(args, adapter: Adapter | None) -> None:
-    if args.prompt is not None and not args.prompt.strip():
+def validate(cfg, adapter: Adapter | None) -> None:
+    if cfg.prompt is not None and not cfg.prompt.strip():
         raise UserError("empty --prompt; pass some text, or leave --prompt out for an interactive session")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    if args.demo and args.prompt is not None:
+    if cfg.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {cfg.top_k}")
+    if cfg.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be positive, got {cfg.max_new_tokens}")
+    if cfg.demo and cfg.prompt is not None:
         raise UserError("--demo uses its own prompts; drop --prompt")
-    if (args.merge_to or args.push_to_hub) and (args.prompt is not None or args.demo or args.compare):
+    if (cfg.merge_to or cfg.push_to_hub) and (cfg.prompt is not None or cfg.demo or cfg.compare):
         raise UserError("--merge-to and --push-to-hub only merge and upload; drop --prompt/--demo/--compare "
                         "(try a merged model with --model DIR)")
-    if args.compare and adapter is None:
+    if cfg.compare and adapter is None:
         raise UserError("--compare needs an adapter: pass --run-id N or --adapter DIR")
-    if (args.merge_to or args.push_to_hub) and adapter is None:
-        raise UserError(f"{'--merge-to' if args.merge_to else '--push-to-hub'} needs an adapter: "
+    if (cfg.merge_to or cfg.push_to_hub) and adapter is None:
+        raise UserError(f"{'--merge-to' if cfg.merge_to else '--push-to-hub'} needs an adapter: "
                         "pass --run-id N or --adapter DIR")
-    if args.private and not args.push_to_hub:
+    if cfg.private and not cfg.push_to_hub:
         raise UserError("--private only applies to --push-to-hub")
     if adapter:
-        check_base_model(adapter, args.model)
-    if args.merge_to:
-        target = Path(args.merge_to)
+        check_base_model(adapter, cfg.model)
+    if cfg.merge_to:
+        target = Path(cfg.merge_to)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise UserError(f"--merge-to {target} exists and is not an empty directory; pass a new directory")
 
 
 # ---------------------------------------------------------------------------- generation
-
-class StopAwareStreamer:
-    """transformers streamer that prints a completion as it grows, never past a stop sequence.
-
-    The text after the last point that could still begin a stop sequence (or a multi-byte
-    character still being decoded) is held back until the next token settles it, so what is
-    printed is exactly the final completion, cut at its first stop sequence.
-    """
-
-    def __init__(self, tokenizer, stops: list[str], write, prompt: str):
-        self.tokenizer, self.stops, self.write, self.prompt = tokenizer, tuple(stops), write, prompt
-        self.ids: list[int] = []
-        self.shown = ""
-        self.prompt_seen = False
-        self.first_token_at: float | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.ids.extend(value.reshape(-1).tolist())
-        self._show(final=False)
-
-    def end(self) -> None:
-        self._show(final=True)
-
-    def text(self) -> str:
-        return cut_completion(self.prompt, self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
-
-    def _show(self, final: bool) -> None:
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        text = cut_completion(self.prompt, full, self.stops)
-        if not final and len(text) == len(full):
-            held = max([k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
-            if text.endswith("\ufffd"):
-                held = max(held, len(text) - len(text.rstrip("\ufffd")))
-            text = text[:len(text) - held]
-        if text.startswith(self.shown) and len(text) > len(self.shown):
-            self.write(text[len(self.shown):])
-            self.shown = text
-
 
 @dataclass
 class Result:
@@ -248,12 +162,12 @@ class Session:
     dtype: torch.dtype
     template: str = "auto"
     temperature: float = 0.0
-    top_p: float = 1.0
+    top_p: float = 0.95
     top_k: int = 0
     max_new_tokens: int = 256
     stop: list[str] | None = None      # None: the default for the template
     seed: int = 0
-    verbose: bool = False
+    show_speed: bool = True            # time to first token and tokens/s after each generation
     use_adapter: bool = True
     compare: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
@@ -301,7 +215,7 @@ class Session:
         tokenizer = self.tokenizer
         rendered = render_prompt(tokenizer, prompt, template)
         ids = encode_prompt(tokenizer, rendered, template)
-        if self.verbose:
+        if self.show_speed:
             self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens")
         if template == "plain":
             self.print(prompt, end="")
@@ -336,7 +250,7 @@ class Session:
         result = Result(template, completion, code, syntax_error_category(code), out.shape[1] - len(ids), seconds,
                         None if streamer.first_token_at is None else streamer.first_token_at - began)
         self.print(f"--- {describe_syntax(result.syntax)}")
-        if self.verbose:
+        if self.show_speed:
             self.print(f"--- {speed_line(result)}")
         return result
 
@@ -449,89 +363,16 @@ def demo(session: Session) -> None:
             f"{describe_syntax(r.syntax)}, {r.new_tokens} tok".ljust(28) for _, r in results)).rstrip())
 
 
-# ---------------------------------------------------------------------------- merge and push
-
-def merge(args, adapter: Adapter, model_name: str, tokenizer, device: torch.device) -> Path:
-    """Base at 16/32-bit + adapter -> merge_and_unload -> a standard transformers directory."""
-    from common.quant import compute_dtype, load_model
-    quant = "32bit" if (args.quant or adapter.quant) == "32bit" else "16bit"
-    if args.quant in ("4bit", "8bit"):
-        print(f"note: --merge-to merges into the 16-bit base, not a {args.quant} one", file=sys.stderr)
-    base = load_model(model_name, quant, device)
-    model = load_adapter(base, adapter)
-    model.eval()
-    probe = torch.tensor([tokenizer("def add(a, b):\n    return a + b\n")["input_ids"]], device=device)
-    with torch.inference_mode():
-        before = model(input_ids=probe).logits.float()
-        merged = model.merge_and_unload()
-        after = merged(input_ids=probe).logits.float()
-    target = Path(args.merge_to)
-    merged.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    dtype = str(compute_dtype(quant, device)).replace("torch.", "")
-    (target / MERGE_RECORD).write_text(json.dumps(
-        {"base_model": model_name, "adapter": str(adapter.path.resolve()), "source": adapter.label,
-         "trained_quant": adapter.quant, "template": adapter.template, "dtype": dtype}, indent=2) + "\n")
-    diff = (before - after).abs().max().item()
-    print(f"merged {adapter.label} into {model_name} ({dtype}) and saved it to {target}; max logit difference "
-          f"from base+adapter {diff:.2e}. Load it with AutoModelForCausalLM.from_pretrained({str(target)!r}) "
-          f"or: python infer.py --model {target}")
-    return target
-
-
-def load_adapter(model, adapter: Adapter):
-    from peft import PeftModel
-    with warnings.catch_warnings():  # peft probes a transformers attribute that warns it is deprecated
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return PeftModel.from_pretrained(model, str(adapter.path))
-
-
-def push_to_hub(repo: str, folder: Path, private: bool) -> str:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    api = HfApi(token=hub_token())
-    try:
-        api.create_repo(repo, exist_ok=True, private=private)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="Upload from infer.py",
-                                 ignore_patterns=["best/**", "checkpoint/**", "*.pt"])
-    except HFValidationError as e:
-        raise UserError(f"--push-to-hub {repo!r} is not a valid repo id ({first_line(e)}); use owner/name") from e
-    except HfHubHTTPError as e:
-        raise UserError(f"the Hugging Face hub refused the upload to {repo}: {first_line(e)}") from e
-    except Exception as e:
-        if not _is_network_error(e):
-            raise
-        raise UserError(f"could not reach the Hugging Face hub (offline?): {first_line(e)}") from e
-    url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
-    print(f"uploaded {folder} to {url}")
-    return url
-
-
-def hub_token() -> str:
-    from huggingface_hub import get_token
-    token = get_token()
-    if not token:
-        raise UserError("no Hugging Face token: run `hf auth login` (older huggingface_hub: `huggingface-cli login`) "
-                        "or set HF_TOKEN")
-    return token
-
-
-def _is_network_error(e: Exception) -> bool:
-    """Connection failures from any HTTP stack huggingface_hub uses (requests, httpx), and its offline mode."""
-    names = {c.__name__ for c in type(e).__mro__}
-    return isinstance(e, (ConnectionError, TimeoutError)) or bool(
-        names & {"TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException", "NetworkError"})
-
-
 # ---------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
-    args = parse_args(build_parser(), argv)
-    adapter = find_adapter(args)
-    validate(args, adapter)
-    if args.push_to_hub:
+    cfg = parse_config(InferConfig, argv, __doc__.split("\n\n")[0],
+                       removed={"--verbose": "the speed line is shown by default now; --quiet hides it"})
+    adapter = find_adapter(cfg)
+    validate(cfg, adapter)
+    if cfg.push_to_hub:
         hub_token()  # fail before any long load or merge
-    model_name = args.model or (adapter.base_model if adapter and adapter.base_model else DEFAULT_MODEL)
+    model_name = cfg.model or (adapter.base_model if adapter and adapter.base_model else DEFAULT_MODEL)
 
     from transformers.utils import logging as hf_logging
 
@@ -539,17 +380,17 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     from common.quant import compute_dtype, load_model, load_tokenizer
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the output
     device = default_device()
-    if args.push_to_hub and not args.merge_to:
-        push_to_hub(args.push_to_hub, adapter.path, args.private)
+    if cfg.push_to_hub and not cfg.merge_to:
+        push_to_hub(cfg.push_to_hub, adapter.path, cfg.private)
         return 0
     tokenizer = load_tokenizer(model_name)
-    if args.merge_to:
-        folder = merge(args, adapter, model_name, tokenizer, device)
-        if args.push_to_hub:
-            push_to_hub(args.push_to_hub, folder, args.private)
+    if cfg.merge_to:
+        folder = merge(cfg, adapter, model_name, tokenizer, device)
+        if cfg.push_to_hub:
+            push_to_hub(cfg.push_to_hub, folder, cfg.private)
         return 0
 
-    quant = args.quant or (adapter.quant if adapter and adapter.quant else "16bit")
+    quant = cfg.quant or (adapter.quant if adapter and adapter.quant else "16bit")
     began = time.perf_counter()
     model = load_model(model_name, quant, device)
     if adapter:
@@ -559,22 +400,22 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
             raise UserError(f"{adapter.label} does not fit {model_name} ({first_line(e)[:160]}); pass the model "
                             "it was trained on with --model") from e
     recorded = adapter.template if adapter else merged_template(model_name)
-    if args.template != "auto" and recorded and args.template != recorded:
-        print(f"note: --template {args.template} differs from the training template {recorded}", file=sys.stderr)
+    if cfg.template != "auto" and recorded and cfg.template != recorded:
+        print(f"note: --template {cfg.template} differs from the training template {recorded}", file=sys.stderr)
     dtype = compute_dtype(quant, device)
     print(f"model {model_name} ({quant}, {str(dtype).replace('torch.', '')} on {device.type})"
           + (f" + adapter {adapter.label}" if adapter else "")
-          + (f", template {recorded} (as in training)" if recorded and args.template == "auto" else "")
-          + (f", loaded in {time.perf_counter() - began:.1f} s" if args.verbose else ""), file=sys.stderr)
-    stop = None if args.stop is None else [unescape(s) for s in args.stop if s]
-    session = Session(model, tokenizer, adapter, device, dtype, template=args.template,
-                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                      max_new_tokens=args.max_new_tokens, stop=stop, seed=args.seed, verbose=args.verbose,
-                      compare=args.compare or args.demo, recorded_template=recorded)
-    if args.demo:
+          + (f", template {recorded} (as in training)" if recorded and cfg.template == "auto" else "")
+          + (f", loaded in {time.perf_counter() - began:.1f} s" if not cfg.quiet else ""), file=sys.stderr)
+    stop = None if cfg.stop is None else [unescape(s) for s in cfg.stop if s]
+    session = Session(model, tokenizer, adapter, device, dtype, template=cfg.template,
+                      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                      max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed, show_speed=not cfg.quiet,
+                      compare=cfg.compare or cfg.demo, recorded_template=recorded)
+    if cfg.demo:
         demo(session)
-    elif args.prompt is not None:
-        session.run(args.prompt)
+    elif cfg.prompt is not None:
+        session.run(cfg.prompt)
     else:
         interactive(session, stdin or sys.stdin)
     return 0

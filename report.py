@@ -30,9 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.cli import Parser, parse_args
+from common.config import ReportConfig
 from common.errors import UserError, run_cli
-from common.tracker import STATUSES, Tracker
+from common.options import parse_config
+from common.tracker import Tracker
 
 MEMBERSHIP = "suite"          # score benchmark recording suite membership (see sweep.py)
 NO_SUITE = "unassigned"
@@ -887,22 +888,8 @@ def list_runs(study: Study, suite: str | None, status: str | None) -> str:
                     tablefmt="github")
 
 
-def build_parser() -> Parser:
-    p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML/JSON file of flag defaults (command line wins)")
-    p.add_argument("--db", default="experiments.db", help="run tracker SQLite file")
-    p.add_argument("--suite", default=None, help="only this suite (all suites in the database when not given)")
-    p.add_argument("--out", default=None, help="report directory (reports/ when not given); with --export, the output file "
-                                                  "(reports/runs.json or .csv when not given)")
-    p.add_argument("--list", action="store_true", help="print the runs as a table instead of writing a report")
-    p.add_argument("--status", choices=STATUSES, default=None, help="with --list: only runs with this status")
-    p.add_argument("--export", choices=("json", "csv"), default=None, help="write all runs (with scores) to a file")
-    p.add_argument("--no-figures", action="store_true", help="tables only")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    args = parse_config(ReportConfig, argv, __doc__.split("\n\n")[0])
     if not Path(args.db).is_file():
         raise UserError(f"no database at {args.db}; run sweep.py (or train.py/evaluate.py) first, or pass --db")
     study = Study(Tracker(args.db))
@@ -911,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs in suite {args.suite!r} in {args.db} (suites: {known})", file=sys.stderr)
         return 1
     if args.export:
-        out = Path(args.out or f"reports/runs.{args.export}")
+        out = Path(args.output_dir or f"reports/runs.{args.export}")
         if out.suffix != f".{args.export}":
             out = out / f"runs.{args.export}"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -929,8 +916,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs in {args.db} yet: run sweep.py (or train.py and evaluate.py) first", file=sys.stderr)
         return 1
     suites = [args.suite] if args.suite else study.suites()
-    out = Path(args.out or "reports")
-    summary = write_report(study, suites, out, Path(args.db).name, figures=not args.no_figures)
+    out = Path(args.output_dir or "reports")
+    summary = write_report(study, suites, out, Path(args.db).name, figures=args.figures)
     if summary["configs"] == 0 and summary["rows"] == 0:
         print(f"no completed runs in {', '.join(suites)}; {out / 'RESULTS.md'} lists the failed and interrupted ones",
               file=sys.stderr)

@@ -22,15 +22,16 @@ A `--suite-file` is YAML or JSON:
       - - {quant: 4bit, optim: paged_adamw_8bit}    # each group multiplies the runs by its
         - {quant: 16bit}                            # number of alternatives
 
-(2 x 2 x 2 = 8 runs). `--set key=value` overrides a flag for every run; train.py's flags go to
-train.py, the evaluation flags (benchmark, eval_limit -> --limit, n_samples, k, temperature,
-top_p, max_new_tokens, eval_batch_size -> --batch-size, timeout, memory_mb, isolation, merge,
-eval_workers -> --workers) to evaluate.py, max_seq_len to both, and model, quant, dataset and
-seed to both (the base-model evaluation gets them explicitly; a trained run's evaluation
-takes them from the train run). An unknown key is an error that lists the known ones.
+(2 x 2 x 2 = 8 runs). `--set key=value` overrides an option for every run: the keys are the
+train.py and evaluate.py options marked for sweeps in common/config.py, spelled as there
+(`eval_limit` is evaluate.py's `--eval-limit`); model, quant, dataset and seed go to both (the
+base-model evaluation gets them explicitly; a trained run's evaluation takes them from the
+train run). An unknown key is an error that lists the known ones.
 
 Each run is `train.py` then `evaluate.py --run-id <id>`, as child processes writing the same
---db; adapters go to <runs-dir>/<name>, evaluation samples to <runs-dir>/evals/. Runs are named from their config (`r16-qkvo-16bit-s0-<hash>`), so re-running the same
+--db; adapters go to <root>/train/<name>, evaluation samples to <root>/eval/<name>, where the
+root is the database's run directory (runs/<db>-<db id>/ beside it; --output-dir names another).
+Runs are named from their config (`r16-qkvo-16bit-s0-<hash>`), so re-running the same
 command resumes: a run trained and evaluated with the same config is skipped, an
 interrupted training resumes from its checkpoint, a failed one is tried again. A run that
 fails is recorded as failed and the sweep goes on; failures are listed at the end and the
@@ -47,178 +48,56 @@ evaluation, which every suite with the same evaluation settings shares.
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.cli import Parser, parse_args
-from common.errors import UserError, run_cli
 from common import suites as S
-from common.tracker import Tracker, pid_alive
+from common.config import SweepConfig
+from common.errors import UserError, run_cli
+from common.options import parse_config
+from common.plan import (
+    Planned,
+    completed_eval,
+    completed_train,
+    plan,
+    print_plan,
+    print_summary,
+    record_membership,
+    running_elsewhere,
+    selected_suites,
+)
+from common.tracker import Tracker, runs_root
 
 ROOT = Path(__file__).resolve().parent
-MEMBERSHIP = "suite"   # score benchmark that records suite membership (name = suite, value = 1)
 INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
-
-
-@dataclass
-class Planned:
-    kind: str                      # "adapter": train + eval; "base": evaluation of the base model only
-    suites: list[str]              # suites this run belongs to; the first is its label
-    flags: dict[str, Any]          # resolved flags (suite base, axes/groups, --set, seed)
-    diff: str                      # what differs from the suite's base, for display
-    name: str                      # train run name (adapter) or eval name (base)
-    eval_name: str
-    train_id: int | None = None
-    eval_id: int | None = None
-    outcome: str = "pending"       # done | skipped | failed | interrupted | running elsewhere | not started
-    error: str = ""
-    attempt_ids: list[int] = field(default_factory=list)
-
-
-def build_parser() -> Parser:
-    p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML/JSON file of flag defaults (command line wins)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--suite", choices=sorted(S.BUILTIN), help="built-in suite to run")
-    which.add_argument("--suite-file", help="YAML/JSON suite: name, base, axes, groups (see common/suites.py)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a flag for every run (repeatable); keys: {', '.join(S.KNOWN_KEYS)}")
-    p.add_argument("--seeds", type=int, default=None, help="repeat every config over seeds 0..N-1")
-    p.add_argument("--db", default="experiments.db", help="run tracker SQLite file")
-    p.add_argument("--runs-dir", default="runs", help="adapters go to <runs-dir>/<run name>")
-    p.add_argument("--workers", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
-    p.add_argument("--dry-run", action="store_true", help="print the planned runs and their state, run nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars; children get --quiet")
-    return p
-
-
-# ---------------------------------------------------------------------------- planning
-
-def selected_suites(args) -> list[S.Suite]:
-    if args.suite_file:
-        return [S.load_suite_file(args.suite_file)]
-    if not args.suite:
-        raise UserError(f"pass --suite ({', '.join(sorted(S.BUILTIN))}) or --suite-file FILE")
-    suite = S.BUILTIN[args.suite]
-    return [S.BUILTIN[p] for p in suite.parts] if suite.parts else [suite]
-
-
-def plan(suites: list[S.Suite], overrides: dict[str, Any], seeds: int | None) -> list[Planned]:
-    """Base evaluations first, then every (config, seed) once, with all the suites it belongs to."""
-    bases: dict[str, Planned] = {}
-    runs: dict[str, Planned] = {}
-    for suite in suites:
-        combos = S.expand(suite)
-        varied = set(suite.axes) | {k for g in suite.groups for alt in g for k in alt}
-        clash = sorted(varied & set(overrides))
-        if clash:
-            raise UserError(f"--set {', '.join(clash)}: suite {suite.name} varies {', '.join(clash)}; "
-                            "overriding it would make its runs identical (use a --suite-file instead)")
-        if seeds is not None:
-            if "seed" in varied:
-                raise UserError(f"--seeds: suite {suite.name} already varies seed")
-            if "seed" in overrides:
-                raise UserError("pass either --seeds or --set seed=..., not both")
-        base = {**suite.base, **overrides}
-        base_flags = S.base_eval_flags(base)
-        name = S.base_eval_name(base_flags)
-        if name in bases:
-            bases[name].suites.append(suite.name)
-        else:
-            bases[name] = Planned("base", [suite.name], base_flags, "base model", name, name)
-        for combo in combos:
-            for seed in (range(seeds) if seeds is not None else [None]):
-                flags = {**combo, **overrides}
-                if seed is not None:
-                    flags["seed"] = seed
-                train_name = S.train_name(flags)
-                eval_name = S.eval_name(train_name, flags)
-                if eval_name in runs:
-                    if suite.name not in runs[eval_name].suites:
-                        runs[eval_name].suites.append(suite.name)
-                    continue
-                shown = {**base, "seed": base.get("seed")} if seed is not None else base
-                runs[eval_name] = Planned("adapter", [suite.name], flags, S.describe(flags, shown),
-                                          train_name, eval_name)
-    return list(bases.values()) + list(runs.values())
-
-
-# ---------------------------------------------------------------------------- database state
-
-def completed_train(tracker: Tracker, p: Planned) -> dict[str, Any] | None:
-    done = [r for r in tracker.runs(name=p.name, kind="train") if r["status"] == "completed"]
-    return done[-1] if done else None
-
-
-def completed_eval(tracker: Tracker, p: Planned, train_id: int | None) -> dict[str, Any] | None:
-    done = [r for r in tracker.runs(name=p.eval_name, kind="eval")
-            if r["status"] == "completed" and r["parent_id"] == train_id]
-    return done[-1] if done else None
-
-
-def running_elsewhere(tracker: Tracker, name: str, kind: str) -> dict[str, Any] | None:
-    rows = tracker.runs(name=name, kind=kind)
-    if rows and rows[-1]["status"] == "running" and rows[-1]["host"] == socket.gethostname() \
-            and pid_alive(rows[-1]["pid"]):
-        return rows[-1]
-    return None
-
-
-def describe_state(tracker: Tracker, p: Planned) -> str:
-    kinds = [("eval", p.eval_name)] if p.kind == "base" else [("train", p.name), ("eval", p.eval_name)]
-    train = completed_train(tracker, p) if p.kind == "adapter" else None
-    parts = []
-    for kind, name in kinds:
-        rows = tracker.runs(name=name, kind=kind)
-        if kind == "eval":
-            parent = train["id"] if train else None
-            if p.kind == "adapter" and train is None:
-                parts.append("eval pending")
-                continue
-            rows = [r for r in rows if r["parent_id"] == parent]
-        done = [r for r in rows if r["status"] == "completed"]
-        if done:
-            parts.append(f"{kind} done (run {done[-1]['id']})")
-        elif rows:
-            last = rows[-1]
-            parts.append(f"{kind} {last['status']} (run {last['id']})")
-        else:
-            parts.append(f"{kind} pending")
-    return ", ".join(parts)
-
-
-def record_membership(tracker: Tracker, run_ids: list[int], suites: list[str]) -> None:
-    for run_id in sorted(set(i for i in run_ids if i is not None)):
-        tracker.log_scores(run_id, MEMBERSHIP, {s: 1 for s in suites})
 
 
 # ---------------------------------------------------------------------------- children
 
 class Sweep:
-    def __init__(self, args, planned: list[Planned]):
-        self.args = args
+    def __init__(self, cfg, planned: list[Planned]):
+        self.cfg = cfg
         # Every database access runs on one thread with one Tracker: an sqlite connection belongs to
         # the thread that opened it, and a second Tracker opened in this process while the first is
         # in use would drop SQLite's file locks (POSIX locks are per process and go with any close()).
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
-        self._tracker = self._db.submit(Tracker, args.db).result()
+        self._tracker = self._db.submit(Tracker, cfg.db).result()
+        # Run directories follow the database unless --output-dir names a root.
+        self.root = Path(cfg.output_dir).resolve() if cfg.output_dir else self.call(runs_root)
         self.out_lock = threading.RLock()   # re-entrant: the signal handler logs from the main thread
         self.planned = planned
         self.children: set[subprocess.Popen] = set()
         self.stops = 0
         self.gpus = self._gpu_slots()
-        self.label = planned[0].suites[0] if planned else ""
 
-    def call(self, fn, *args):
-        """fn(tracker, *args) on the database thread."""
-        return self._db.submit(lambda: fn(self._tracker, *args)).result()
+    def call(self, fn, *cfg):
+        """fn(tracker, *cfg) on the database thread."""
+        return self._db.submit(lambda: fn(self._tracker, *cfg)).result()
 
     def close(self) -> None:
         self.call(lambda t: t.close())
@@ -230,7 +109,7 @@ class Sweep:
 
     def _gpu_slots(self) -> list[str | None]:
         """One CUDA_VISIBLE_DEVICES value per worker slot (None: leave the environment alone)."""
-        if self.args.workers <= 1:
+        if self.cfg.workers <= 1:
             return [None]
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
@@ -242,10 +121,10 @@ class Sweep:
             except ImportError:
                 ids = []
         if not ids:
-            return [None] * self.args.workers
-        if self.args.workers > len(ids):
-            self.log(f"note: {self.args.workers} workers share {len(ids)} GPU(s)")
-        return [ids[i % len(ids)] for i in range(self.args.workers)]
+            return [None] * self.cfg.workers
+        if self.cfg.workers > len(ids):
+            self.log(f"note: {self.cfg.workers} workers share {len(ids)} GPU(s)")
+        return [ids[i % len(ids)] for i in range(self.cfg.workers)]
 
     def log(self, message: str) -> None:
         with self.out_lock:
@@ -274,7 +153,7 @@ class Sweep:
         self.children.add(proc)
         tail = b""
         pending = b""
-        raw = self.args.workers <= 1
+        raw = self.cfg.workers <= 1
         try:
             while True:
                 chunk = proc.stdout.read1(65536)
@@ -304,14 +183,13 @@ class Sweep:
     def settle(self, pid: int, code: int, message: str) -> list[int]:
         """Rows the child left `running` become failed/interrupted; returns the ids of its rows."""
         def work(tracker: Tracker) -> list[int]:
-            rows = tracker.conn.execute("SELECT id, status FROM runs WHERE pid=? AND host=? ORDER BY id",
-                                        (pid, socket.gethostname())).fetchall()
-            for run_id, status in rows:
-                if status == "running":
+            runs = tracker.runs_of_process(pid)
+            for run in runs:
+                if run["status"] == "running":
                     interrupted = code in INTERRUPTED_CODES
-                    tracker.finish_run(run_id, "interrupted" if interrupted else "failed",
+                    tracker.finish_run(run["id"], "interrupted" if interrupted else "failed",
                                        error=None if interrupted else message)
-            return [r[0] for r in rows]
+            return [run["id"] for run in runs]
         return self.call(work)
 
     def record_failure(self, p: Planned, kind: str, name: str, message: str, parent_id: int | None) -> int:
@@ -326,7 +204,7 @@ class Sweep:
     # ---- one planned run ---------------------------------------------------
 
     def lock(self, name: str):
-        directory = Path(self.args.runs_dir) / ".locks"
+        directory = self.root / ".locks"
         directory.mkdir(parents=True, exist_ok=True)
         handle = open(directory / f"{name}.lock", "w")
         try:
@@ -364,10 +242,10 @@ class Sweep:
         self._evaluate(p, train["id"], gpu)
 
     def _train(self, p: Planned, gpu: str | None) -> dict[str, Any] | None:
-        out = Path(self.args.runs_dir).resolve() / p.name
+        out = self.root / "train" / p.name
         cmd = [sys.executable, str(ROOT / "train.py"), *S.to_argv(p.flags, S.TRAIN_FLAGS), "--name", p.name,
-               "--output-dir", str(out), "--db", self.args.db, "--suite", p.suites[0]]
-        if self.args.quiet or self.args.workers > 1:
+               "--output-dir", str(out), "--db", self.cfg.db, "--suite", p.suites[0]]
+        if self.cfg.quiet or self.cfg.workers > 1:
             cmd.append("--quiet")
         for attempt in range(2):
             self.log(f"train {p.name} ({p.diff})")
@@ -381,8 +259,8 @@ class Sweep:
                 continue  # killed between writing run_config.json and recording completion: train again
             break
         if code == 0:
-            message = (f"train.py exited 0 but {self.args.db} has no completed run '{p.name}'; "
-                       f"{out} may hold a run recorded in another database: pass another --runs-dir")
+            message = (f"train.py exited 0 but {self.cfg.db} has no completed run '{p.name}'; "
+                       f"{out} may hold a run recorded in another database: pass another --output-dir")
         if code in INTERRUPTED_CODES:
             p.outcome = "interrupted"
         else:
@@ -399,7 +277,7 @@ class Sweep:
             info = json.loads(config.read_text())
         except (OSError, ValueError):
             return False
-        if Path(info.get("db", "")).resolve() != Path(self.args.db).resolve():
+        if Path(info.get("db", "")).resolve() != Path(self.cfg.db).resolve():
             return False
         config.rename(out / "run_config.incomplete.json")
         return True
@@ -416,14 +294,14 @@ class Sweep:
         if self.stopping:
             p.outcome = "not started"
             return
-        cmd = [sys.executable, str(ROOT / "evaluate.py"), "--db", self.args.db, "--suite", p.suites[0],
-               "--name", p.eval_name, "--output-dir", str(Path(self.args.runs_dir).resolve() / "evals" / p.eval_name),
+        cmd = [sys.executable, str(ROOT / "evaluate.py"), "--db", self.cfg.db, "--suite", p.suites[0],
+               "--name", p.eval_name, "--output-dir", str(self.root / "eval" / p.eval_name),
                *S.to_argv(p.flags, S.EVAL_FLAGS)]
         if train_id is None:
             cmd += S.to_argv({k: v for k, v in p.flags.items() if k in S.SHARED_FLAGS}, S.TRAIN_FLAGS)
         else:
             cmd += ["--run-id", str(train_id)]
-        if self.args.quiet or self.args.workers > 1:
+        if self.cfg.quiet or self.cfg.workers > 1:
             cmd.append("--quiet")
         self.log(f"evaluate {p.eval_name}" + (f" (train run {train_id})" if train_id else " (base model)"))
         code, pid, tail = self.run_child(cmd, p.eval_name, gpu)
@@ -445,32 +323,32 @@ class Sweep:
     def run(self) -> None:
         from tqdm import tqdm
         tqdm.monitor_interval = 0  # no background redraws in the middle of a child's output
-        bar = tqdm(total=len(self.planned), desc="sweep", unit="run", disable=self.args.quiet, file=sys.stderr,
+        bar = tqdm(total=len(self.planned), desc="sweep", unit="run", disable=self.cfg.quiet, file=sys.stderr,
                    dynamic_ncols=True)
         bases = [p for p in self.planned if p.kind == "base"]
         adapters = [p for p in self.planned if p.kind == "adapter"]
+        slots = list(range(len(self.gpus)))   # GPU slots free right now; every run gives its slot back
+        slot_lock = threading.Lock()
+
+        def work(p: Planned) -> None:
+            with slot_lock:
+                slot = slots.pop()
+            try:
+                self.execute(p, self.gpus[slot])
+            finally:
+                with slot_lock:
+                    slots.append(slot)
+                bar.update(1)
+
         try:
             # Base evaluations first: an adapter's evaluation reuses the matching one.
             for group in (bases, adapters):
-                if self.args.workers <= 1:
+                if self.cfg.workers <= 1:
                     for p in group:
                         self.execute(p, self.gpus[0])
                         bar.update(1)
                     continue
-                slots = list(range(len(self.gpus)))
-                slot_lock = threading.Lock()
-
-                def work(p: Planned) -> None:
-                    with slot_lock:
-                        slot = slots.pop()
-                    try:
-                        self.execute(p, self.gpus[slot])
-                    finally:
-                        with slot_lock:
-                            slots.append(slot)
-                        bar.update(1)
-
-                with ThreadPoolExecutor(max_workers=self.args.workers) as pool:
+                with ThreadPoolExecutor(max_workers=self.cfg.workers) as pool:
                     for future in [pool.submit(work, p) for p in group]:
                         while not future.done():
                             time.sleep(0.2)  # keeps the main thread free to take Ctrl-C
@@ -486,42 +364,28 @@ def failure_message(script: str, code: int, tail: str) -> str:
     return f"{script} exited with code {code}: {last[:300]}"
 
 
-def print_plan(tracker: Tracker, planned: list[Planned]) -> None:
-    from tabulate import tabulate
-    rows = [(i + 1, p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.diff,
-             describe_state(tracker, p)) for i, p in enumerate(planned)]
-    print(tabulate(rows, headers=("#", "run", "suites", "config (vs suite base)", "state"), tablefmt="github"))
-
-
-def print_summary(planned: list[Planned]) -> None:
-    from tabulate import tabulate
-    rows = [(p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.outcome,
-             p.train_id or "", p.eval_id or "", p.error) for p in planned]
-    print(tabulate(rows, headers=("run", "suites", "outcome", "train id", "eval id", "error"), tablefmt="github"))
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    if args.seeds is not None and args.seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    suites = selected_suites(args)
-    planned = plan(suites, S.parse_set(args.set), args.seeds)
-    tracker = Tracker(args.db)
+    cfg = parse_config(SweepConfig, argv, __doc__.split("\n\n")[0])
+    if cfg.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.seeds is not None and cfg.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    suites = selected_suites(cfg)
+    planned = plan(suites, S.parse_set(cfg.set), cfg.seeds)
+    tracker = Tracker(cfg.db)
     marked = tracker.mark_orphans_interrupted()
     if marked:
         print(f"{marked} run(s) left 'running' by a process that is gone are now marked interrupted",
               file=sys.stderr)
-    label = args.suite or suites[0].name
-    if args.dry_run:
-        print(f"suite {label}: {len(planned)} run(s) in {args.db}")
+    label = cfg.suite or suites[0].name
+    if cfg.dry_run:
+        print(f"suite {label}: {len(planned)} run(s) in {cfg.db}")
         print_plan(tracker, planned)
         return 0
     if not (ROOT / "evaluate.py").is_file():
         raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")
     tracker.close()  # the sweep opens its own, on its database thread
-    sweep = Sweep(args, planned)
+    sweep = Sweep(cfg, planned)
     previous = {sig: signal.signal(sig, sweep.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         sweep.run()
@@ -543,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{p.name}: {p.outcome}" + (f" ({p.error})" if p.error else "") for p in bad),
               file=sys.stderr)
         return 1
-    print(f"suite {label}: all {len(planned)} run(s) done; `python report.py --db {args.db}` writes the report")
+    print(f"suite {label}: all {len(planned)} run(s) done; `python report.py --db {cfg.db}` writes the report")
     return 0
 
 

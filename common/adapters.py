@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import UserError
-from common.models import EMBEDDED
-from common.paths import cache_dir, read_json_object
+from common.models import model_identity
+from common.paths import read_json_object
 from common.tracker import Tracker
 
 
@@ -74,21 +74,6 @@ def adapter_from_run(tracker: Tracker, db: str, run_id: int) -> Adapter:
     adapter.train_config, adapter.run_id, adapter.db = run["config"], run_id, db
     adapter.base_model = run["config"].get("model") or adapter.base_model
     return adapter
-
-
-def model_identity(name: str) -> str:
-    """A comparable name: embedded names (also their prepared cache dirs) stay names, paths resolve."""
-    if name in EMBEDDED:
-        return name
-    path = Path(name).expanduser()
-    if not path.exists():
-        return name
-    path = path.resolve()
-    if path.parent == (cache_dir() / "models").resolve():
-        for embedded in EMBEDDED:
-            if path.name.startswith(embedded + "-"):
-                return embedded
-    return str(path)
 
 
 def check_base_model(adapter: Adapter, model: str | None) -> None:

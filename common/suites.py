@@ -18,10 +18,11 @@ expands to |rank| x |lr| x (alternatives of group 1) x (group 2) ... runs, in th
 (axes in file order, the last axis varying fastest, then the groups). A flag may appear
 in `base` and be overridden by an axis or a group, but not in two axes/groups at once.
 
-Flag names are train.py's (`max_steps`, `rank`, ...; dashes or underscores) plus the
-evaluation flags in EVAL_FLAGS (`eval_limit` becomes evaluate.py's `--limit`). Flags in
-SHARED_FLAGS (model, quant, dataset, seed) go to both scripts, and max_seq_len is in both tables. Values are converted to each flag's type, so `lr: 2e-4`
-(a string to YAML) and `rank: "16"` both work; a value of null leaves the script's default.
+Keys are the options marked sweep=True in common/config.py (dashes or underscores), each the
+name of the script's own option (`eval_limit` is evaluate.py's `--eval-limit`). Options of
+both scripts (model, quant, dataset, seed) go to both; a trained run's evaluation inherits
+them from its train run. Values are converted to each option's type, so `lr: 2e-4` (a string
+to YAML) and `rank: "16"` both work; a value of null leaves the script's default.
 
 Every run has a deterministic name, `r16-qkvo-16bit-s0-<hash>`, where the hash covers the
 train flags that differ from train.py's defaults. The name does not contain the suite: the
@@ -33,120 +34,26 @@ evaluation settings re-evaluates without retraining.
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from common.cli import read_config_file
+from common.config import EvalConfig, TrainConfig
 from common.errors import UserError
+from common.options import CONVERTERS, flag_name, read_config_file, sweepable
 from common.tracker import config_hash
 
-_NO_DEFAULT = object()
-
-
-@dataclass(frozen=True)
-class Flag:
-    type: Callable[[Any], Any]
-    default: Any
-    option: str = ""          # the script's option, when it differs from --<key with dashes>
-
-    def cli(self, key: str) -> str:
-        return self.option or "--" + key.replace("_", "-")
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return int(str(value).strip())
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    return float(str(value).strip()) if isinstance(value, str) else float(value)
-
-
-def _str(value: Any) -> str:
-    if isinstance(value, (list, tuple)):  # benchmark: [humaneval, heldout] -> "humaneval,heldout"
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-# train.py's flags that a sweep may set, with train.py's defaults (tests/test_sweep.py checks they
-# agree with train.build_parser()). Left out: what the sweep itself manages per run (name,
-# output_dir, db, suite, resume, quiet, config, tensorboard).
-TRAIN_FLAGS: dict[str, Flag] = {
-    "model": Flag(_str, "smollm2-135m"),
-    "dataset": Flag(_str, "stdlib"),
-    "limit": Flag(_int, None),
-    "rank": Flag(_int, 16),
-    "alpha": Flag(_float, None),
-    "dropout": Flag(_float, 0.05),
-    "modules": Flag(_str, "qkvo"),
-    "quant": Flag(_str, "16bit"),
-    "epochs": Flag(_float, 1.0),
-    "max_steps": Flag(_int, None),
-    "batch_size": Flag(_int, 4),
-    "grad_accum": Flag(_int, 1),
-    "lr": Flag(_float, 2e-4),
-    "warmup": Flag(_float, 0.05),
-    "scheduler": Flag(_str, "cosine"),
-    "weight_decay": Flag(_float, 0.0),
-    "max_grad_norm": Flag(_float, 1.0),
-    "optim": Flag(_str, "adamw"),
-    "max_seq_len": Flag(_int, 512),
-    "truncate": Flag(_bool, False),
-    "seed": Flag(_int, 0),
-    "grad_checkpointing": Flag(_bool, False),
-    "packing": Flag(_bool, False),
-    "eval_every": Flag(_int, 50),
-    "val_limit": Flag(_int, 100),
-    "eval_gen": Flag(_int, 4),
-    "save_every": Flag(_int, 50),
-}
-
-# evaluate.py's flags a sweep may set. Defaults are only used to drop a value equal to the
-# default before hashing, so `eval_limit: null` and an unset eval_limit name the same run;
-# anything not set is left to evaluate.py.
-EVAL_FLAGS: dict[str, Flag] = {
-    "benchmark": Flag(_str, "humaneval,heldout"),
-    "eval_limit": Flag(_int, None, "--limit"),
-    "n_samples": Flag(_int, 1),
-    "k": Flag(_str, "1"),
-    "temperature": Flag(_float, 0.0),
-    "max_new_tokens": Flag(_int, 256),
-    "eval_batch_size": Flag(_int, 8, "--batch-size"),
-    "timeout": Flag(_float, 10.0),
-    "eval_workers": Flag(_int, _NO_DEFAULT, "--workers"),
-    "top_p": Flag(_float, 0.95),
-    "memory_mb": Flag(_int, 2048),
-    "isolation": Flag(_str, "auto"),
-    "merge": Flag(_bool, False),
-    # Both scripts read it (evaluate.py: the longest held-out reference for perplexity); every
-    # evaluation gets it, so a run's evaluation and the base model's stay comparable.
-    "max_seq_len": TRAIN_FLAGS["max_seq_len"],
-}
-
-# Flags of both scripts. A trained run's evaluation takes them from the train run
-# (`evaluate.py --run-id`); the base-model evaluation of a suite gets them explicitly.
-SHARED_FLAGS = ("model", "quant", "dataset", "seed")
+# name -> (type, default) of the options a sweep may set, straight from the config classes.
+TRAIN_FLAGS: dict[str, tuple[type, Any]] = sweepable(TrainConfig)
+_EVAL_OPTIONS = sweepable(EvalConfig)
+# Options of both scripts whose evaluate.py default is None ("the adapter's"): a trained run's
+# evaluation inherits them from its train run; the base-model evaluation gets them explicitly.
+SHARED_FLAGS = tuple(k for k, (_, default) in _EVAL_OPTIONS.items() if k in TRAIN_FLAGS and default is None)
+EVAL_FLAGS: dict[str, tuple[type, Any]] = {k: v for k, v in _EVAL_OPTIONS.items() if k not in SHARED_FLAGS}
 
 KNOWN_KEYS = tuple(sorted(set(TRAIN_FLAGS) | set(EVAL_FLAGS)))
 
 
-def flag(key: str) -> Flag:
-    return TRAIN_FLAGS[key] if key in TRAIN_FLAGS else EVAL_FLAGS[key]
+def flag_type(key: str) -> type:
+    return (TRAIN_FLAGS[key] if key in TRAIN_FLAGS else EVAL_FLAGS[key])[0]
 
 
 def normalize_key(key: Any, where: str) -> str:
@@ -161,7 +68,7 @@ def coerce(key: str, value: Any, where: str) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
     try:
-        return flag(key).type(value)
+        return CONVERTERS[flag_type(key)](value)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: bad value {value!r} for {key} ({e})") from e
 
@@ -204,8 +111,9 @@ BUILTIN: dict[str, Suite] = {
     "quant": Suite("quant", base={"rank": 16, "modules": "qkvo"}, axes={"quant": ["4bit", "8bit", "16bit"]}),
     # Two tiny runs to check the whole pipeline (minutes on a CPU with the embedded model;
     # seconds with `--set model=<tiny model dir>`).
-    "smoke": Suite("smoke", base={"modules": "qkvo", "quant": "16bit", "max_steps": 2, "limit": 16, "val_limit": 8,
-                                  "eval_gen": 1, "eval_every": 0, "eval_limit": 2, "max_new_tokens": 16},
+    "smoke": Suite("smoke", base={"modules": "qkvo", "quant": "16bit", "max_steps": 2, "train_limit": 16,
+                                  "val_limit": 8, "eval_gen": 1, "eval_every": 0, "eval_limit": 2,
+                                  "max_new_tokens": 16},
                    axes={"rank": [4, 8]}),
     # Run-to-run spread of the central config: the same run with another seed.
     "seeds": Suite("seeds", base={"rank": 16, "modules": "qkvo", "quant": "16bit"}, axes={"seed": [0, 1]}),
@@ -269,15 +177,17 @@ def expand(suite: Suite) -> list[dict[str, Any]]:
     return runs
 
 
-def canonical(flags: dict[str, Any], table: dict[str, Flag]) -> dict[str, Any]:
+def canonical(flags: dict[str, Any], table: dict[str, tuple[type, Any]]) -> dict[str, Any]:
     """The flags of `table` that differ from the script's default (None = default), sorted."""
     return {k: flags[k] for k in sorted(flags)
-            if k in table and flags[k] is not None and flags[k] != table[k].default}
+            if k in table and flags[k] is not None and flags[k] != table[k][1]}
 
 
 def train_name(flags: dict[str, Any]) -> str:
     """`r16-qkvo-16bit-s0-<hash of the non-default train flags>`: same config, same name."""
-    get = lambda k: flags.get(k) if flags.get(k) is not None else TRAIN_FLAGS[k].default  # noqa: E731
+    def get(key: str) -> Any:
+        return flags[key] if flags.get(key) is not None else TRAIN_FLAGS[key][1]
+
     modules = str(get("modules")).replace(",", "+").replace("_proj", "")
     return f"r{get('rank')}-{modules}-{get('quant')}-s{get('seed')}-{config_hash(canonical(flags, TRAIN_FLAGS))[:6]}"
 
@@ -293,24 +203,22 @@ def base_eval_flags(flags: dict[str, Any]) -> dict[str, Any]:
 
 def base_eval_name(flags: dict[str, Any]) -> str:
     shared = {k: flags[k] for k in SHARED_FLAGS if flags.get(k) is not None}
-    quant = shared.get("quant", TRAIN_FLAGS["quant"].default)
+    quant = shared.get("quant", TRAIN_FLAGS["quant"][1])
     digest = config_hash({"shared": canonical(shared, TRAIN_FLAGS), "eval": canonical(flags, EVAL_FLAGS)})[:6]
     return f"base-{quant}-eval-{digest}"
 
 
-def to_argv(flags: dict[str, Any], table: dict[str, Flag]) -> list[str]:
-    """Command-line arguments for the flags of `table` that are set (booleans as bare switches)."""
+def to_argv(flags: dict[str, Any], table: dict[str, tuple[type, Any]]) -> list[str]:
+    """Command-line arguments for the flags of `table` that are set (booleans as --x / --no-x)."""
     argv = []
     for key in sorted(flags):
         value = flags[key]
         if key not in table or value is None:
             continue
-        option = table[key].cli(key)
+        option = flag_name(key)
         if isinstance(value, bool):
-            if value:
-                argv.append(option)
-            elif table[key].default:
-                raise UserError(f"{key}=false cannot be passed: the script has no --no-{key} switch")
+            if value or table[key][1]:  # --no-x only where x defaults to on
+                argv.append(option if value else "--no-" + option[2:])
         else:
             argv += [option, format_value(value)]
     return argv

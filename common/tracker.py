@@ -11,21 +11,34 @@ migrated in place, a newer or foreign file is refused rather than misread.
     db.log_metrics(run, step=10, values={"loss": 1.2, "lr": 2e-4})
     db.log_scores(run, "train", {"best_val_loss": 1.1})
     db.finish_run(run, "completed")
+
+    with db.recording(run) as began:   # failed / interrupted on any exception, with its wall time
+        ...
+
+A run's files (adapter, checkpoints, samples.json) live in `run_dir(db, kind, name)`:
+`runs/<db stem>-<db id>/<kind>/<name>` beside the database file, where the id is drawn
+once when the database is created. A fresh database therefore starts with fresh
+directories, and an old one (renamed or moved with its runs/ folder) finds its own.
 """
+import contextlib
 import csv
 import json
 import os
 import socket
 import sqlite3
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from common.errors import UserError
 
 SCHEMA_VERSION = 1
 APPLICATION = "lora-code-study"
 STATUSES = ("running", "completed", "failed", "interrupted")
+# Suite membership is a score row: benchmark MEMBERSHIP, name = the suite, value 1. A run shared by
+# several suites (r16 qkvo 16bit is in rank, modules and quant) is recorded once and is a member of each.
+MEMBERSHIP = "suite"
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,13 +136,15 @@ class Tracker:
                         self.conn.execute(statement)
                 self.conn.execute("INSERT INTO meta VALUES ('application', ?), ('schema_version', ?)",
                                   (APPLICATION, str(SCHEMA_VERSION)))
+                self.conn.execute("INSERT INTO meta VALUES ('database_id', ?)", (uuid.uuid4().hex,))
                 return
             if "meta" not in tables:
                 raise UserError(f"{self.path} is an SQLite database of another program "
                                 f"(tables: {', '.join(sorted(tables))}); pass another --db")
             meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("application") != APPLICATION:
-                raise UserError(f"{self.path} belongs to {meta.get('application')!r}, not {APPLICATION}; pass another --db")
+                raise UserError(f"{self.path} belongs to {meta.get('application')!r}, not {APPLICATION}; "
+                                "pass another --db")
             version = int(meta.get("schema_version", 0))
             if version > SCHEMA_VERSION:
                 raise UserError(f"{self.path} has schema version {version}, newer than this toolkit's "
@@ -143,6 +158,16 @@ class Tracker:
                         self.conn.execute(statement)
                 version += 1
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+            # Databases made before run directories followed their database get their id now.
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('database_id', ?)", (uuid.uuid4().hex,))
+
+    @property
+    def database_id(self) -> str:
+        return self.conn.execute("SELECT value FROM meta WHERE key='database_id'").fetchone()[0]
+
+    def run_dir(self, kind: str, name: str) -> Path:
+        """Where run `name` of `kind` (train | eval) keeps its files: beside the database, keyed by its id."""
+        return runs_root(self) / kind / name
 
     def _write(self):
         return _Transaction(self.conn)
@@ -195,11 +220,28 @@ class Tracker:
                 args.append(value)
         return [_run_dict(r) for r in self.conn.execute(query + " ORDER BY id", args)]
 
-    def find_runs(self, config: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-        """Runs with exactly this resolved config, newest first."""
-        rows = self.conn.execute("SELECT * FROM runs WHERE config_hash=? AND kind=? ORDER BY id DESC",
-                                 (config_hash(config), kind))
+    def runs_of_process(self, pid: int, host: str | None = None) -> list[dict[str, Any]]:
+        """Runs started by process `pid` on `host` (default: this one), oldest first."""
+        rows = self.conn.execute("SELECT * FROM runs WHERE pid=? AND host=? ORDER BY id",
+                                 (pid, host or socket.gethostname()))
         return [_run_dict(r) for r in rows]
+
+    @contextlib.contextmanager
+    def recording(self, run_id: int, began: float | None = None) -> Iterator[float]:
+        """Finish `run_id` as interrupted (Ctrl-C, SIGTERM) or failed (any other exception) if the body raises.
+
+        Yields the start time (time.perf_counter()) the wall time is measured from; the
+        exception propagates. Completing the run stays the body's job.
+        """
+        began = time.perf_counter() if began is None else began
+        try:
+            yield began
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            self.finish_run(run_id, "interrupted" if interrupted else "failed",
+                            error=None if interrupted else f"{type(e).__name__}: {e}",
+                            wall_seconds=time.perf_counter() - began)
+            raise
 
     def mark_orphans_interrupted(self) -> int:
         """A `running` row whose process (on this host) is gone was killed: say so."""
@@ -262,6 +304,18 @@ class Tracker:
             r["details"] = json.loads(r["details"]) if r["details"] else None
         return rows
 
+    def record_membership(self, run_ids: list[int], suites: list[str]) -> None:
+        for run_id in sorted(set(run_ids)):
+            self.log_scores(run_id, MEMBERSHIP, {s: 1 for s in suites})
+
+    def memberships(self) -> dict[str, set[int]]:
+        """suite -> ids of its member runs."""
+        rows = self.conn.execute("SELECT run_id, name FROM scores WHERE benchmark=?", (MEMBERSHIP,))
+        members: dict[str, set[int]] = {}
+        for run_id, suite in rows:
+            members.setdefault(suite, set()).add(run_id)
+        return members
+
     # ---- export -----------------------------------------------------------
 
     def export(self, path: str | os.PathLike, run_ids: list[int] | None = None) -> Path:
@@ -284,6 +338,11 @@ class Tracker:
         else:
             raise UserError(f"cannot export to {path}: use a .json or .csv file name")
         return path
+
+
+def runs_root(tracker: Tracker) -> Path:
+    """`runs/<db stem>-<first 8 hex of the database id>` in the database's folder."""
+    return tracker.path.resolve().parent / "runs" / f"{tracker.path.stem}-{tracker.database_id[:8]}"
 
 
 def flatten_run(run: dict[str, Any]) -> dict[str, Any]:

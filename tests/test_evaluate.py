@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 import evaluate
+from common.scoring import FAIL_STATUSES, paired_deltas
 from common.data import load_humaneval
 from common.errors import run_cli
 from common.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-FAST = ["--limit", "3", "--max-new-tokens", "16", "--quiet"]
+FAST = ["--eval-limit", "3", "--max-new-tokens", "16", "--quiet"]
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
@@ -88,7 +89,7 @@ def test_paired_deltas_match_by_task_id():
 
     base = [rec("b", False), rec("a", False, "unexpected EOF", 10.0)]
     mine = [rec("a", True, None, 30.0), rec("b", False), rec("c", True)]  # "c" has no base sample: left out
-    deltas = evaluate.paired_deltas(mine, base)
+    deltas = paired_deltas(mine, base)
     assert deltas["delta.pass@1"][:2] == (0.5, 2)
     assert deltas["delta.syntax_ok"][:2] == (0.5, 2)
     assert deltas["delta.chrf"][:2] == (10.0, 2)
@@ -163,19 +164,19 @@ def test_base_model_evaluation(tiny_model, tmp_path):
     assert run["name"] == "eval-base:" + Path(tiny_model).name
     config = run["config"]
     assert config["adapter"] is None and config["benchmarks"] == ["humaneval", "heldout"]
-    assert config["limit"] == 3 and config["isolation"] in ("bubblewrap", "rlimits+guard") and config["seed"] == 0
+    assert config["eval_limit"] == 3 and config["isolation"] in ("bubblewrap", "rlimits+guard") and config["seed"] == 0
     he = scores_of(db, run["id"], "humaneval")
     assert 0.0 <= he["pass@1"]["value"] <= 1.0 and he["pass@1"]["n"] == 3
     assert 0.0 <= he["syntax_ok"]["value"] <= 1.0
     assert {"bleu", "chrf", "tokens_per_s", "gen_seconds", "exec_seconds", "peak_rss_mb"} <= set(he)
-    assert sum(he[f"fail.{s}"]["value"] for s in evaluate.FAIL_STATUSES) == 3 - 3 * he["pass@1"]["value"]
+    assert sum(he[f"fail.{s}"]["value"] for s in FAIL_STATUSES) == 3 - 3 * he["pass@1"]["value"]
     held = scores_of(db, run["id"], "heldout")
     assert math.isfinite(held["perplexity"]["value"]) and held["perplexity"]["value"] > 1
     assert held["nll"]["n"] > 0 and 0.0 <= held["syntax_ok"]["value"] <= 1.0
     assert "pass@1" not in held  # no tests in the stdlib split: reference-based scores only
     samples = Tracker(db).samples(run["id"], "humaneval")
     assert [s["task_id"] for s in samples] == [p.id for p in load_humaneval()[:3]]
-    assert all(s["result"] in ("passed", *evaluate.FAIL_STATUSES) for s in samples)
+    assert all(s["result"] in ("passed", *FAIL_STATUSES) for s in samples)
     assert len(Tracker(db).samples(run["id"], "heldout")) == 3
     dumped = json.loads((out / "samples.json").read_text())
     assert set(dumped["samples"]) == {"humaneval", "heldout"} and "base" not in dumped["samples"]["humaneval"][0]

@@ -17,6 +17,7 @@ import torch
 
 import infer
 from common.errors import run_cli
+from common.export import MERGE_RECORD
 from common.quant import half_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def _train(tiny_model: str, workdir: Path, quant: str) -> dict:
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         assert train.main(["--model", tiny_model, "--dataset", str(data), "--max-steps", "2", "--eval-every", "0",
-                           "--eval-gen", "0", "--db", str(db), "--output-dir", str(out), "--limit", "16",
+                           "--eval-gen", "0", "--db", str(db), "--output-dir", str(out), "--train-limit", "16",
                            "--quiet", "--quant", quant, "--batch-size", "2", "--max-seq-len", "128"]) == 0
     finally:
         for s, h in handlers.items():  # train.main installs its own Ctrl-C handler
@@ -69,8 +70,9 @@ def run4(tiny_model, workdir) -> dict:
     return _train(tiny_model, workdir, "4bit")
 
 
-def run_main(argv, capsys, stdin=None) -> tuple[str, str]:
-    assert infer.main(argv, stdin=stdin) == 0
+def run_main(argv, capsys, stdin=None, speed=False) -> tuple[str, str]:
+    """infer.py's output; without the timing line (it differs run to run) unless speed=True."""
+    assert infer.main(argv + ([] if speed else ["--quiet"]), stdin=stdin) == 0
     captured = capsys.readouterr()
     return captured.out, captured.err
 
@@ -97,7 +99,7 @@ def greedy(model, tokenizer, prompt: str, n: int = 12) -> str:
 
 def test_single_prompt_streams_and_reports_syntax(tiny_model, capsys):
     out, err = run_main(["--model", tiny_model, "--prompt", "def add(a, b):", "--max-new-tokens", "8",
-                         "--quant", "32bit", "--verbose"], capsys)
+                         "--quant", "32bit"], capsys, speed=True)
     assert out.startswith("--- template plain (auto: prompt starts with code)")
     assert "def add(a, b):" in out
     status = [line for line in out.splitlines() if line.startswith("--- syntax")]
@@ -109,8 +111,8 @@ def test_single_prompt_streams_and_reports_syntax(tiny_model, capsys):
 def test_streamed_text_equals_batch_generate(tiny_model):
     """What is streamed and checked is exactly what common.generation.generate (evaluation) produces."""
     from common.generation import STOP_SEQUENCES, generate
-    from common.quant import load_model, load_tokenizer
     from common.prompts import render_prompt
+    from common.quant import load_model, load_tokenizer
     tokenizer, model = load_tokenizer(tiny_model), load_model(tiny_model, "32bit", torch.device("cpu"))
     printed = io.StringIO()
     session = infer.Session(model, tokenizer, None, torch.device("cpu"), torch.float32, max_new_tokens=12,
@@ -247,7 +249,7 @@ def _merge_matches(adapter: dict, merged: Path, tiny_model: str, base_quant: str
     with reference.disable_adapter():
         assert greedy(loaded, tokenizer, prompt) != greedy(reference, tokenizer, prompt)  # the adapter is in there
     assert {"generation_config.json", "tokenizer.json", "config.json"} <= {p.name for p in merged.iterdir()}
-    assert json.loads((merged / infer.MERGE_RECORD).read_text())["template"] == "plain"
+    assert json.loads((merged / MERGE_RECORD).read_text())["template"] == "plain"
 
 
 def test_merge_round_trip(run32, tiny_model, workdir, capsys):

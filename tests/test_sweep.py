@@ -87,26 +87,11 @@ def test_flags_go_to_the_right_script():
     flags = {"rank": 8, "packing": True, "truncate": False, "eval_limit": 2, "max_new_tokens": 8, "model": "m",
              "eval_batch_size": 4, "max_seq_len": 256}
     assert S.to_argv(flags, S.TRAIN_FLAGS) == ["--max-seq-len", "256", "--model", "m", "--packing", "--rank", "8"]
-    assert S.to_argv(flags, S.EVAL_FLAGS) == ["--batch-size", "4", "--limit", "2", "--max-new-tokens", "8",
+    assert S.to_argv(flags, S.EVAL_FLAGS) == ["--eval-batch-size", "4", "--eval-limit", "2", "--max-new-tokens", "8",
                                               "--max-seq-len", "256"]
-
-
-def test_script_flags_match_train_and_evaluate_parsers():
-    import evaluate
-    import train
-
-    train_actions = {a.dest: a for a in train.build_parser()._actions}
-    for key, flag in S.TRAIN_FLAGS.items():
-        assert key in train_actions, key
-        assert train_actions[key].default == flag.default, key
-        assert flag.cli(key) in train_actions[key].option_strings, key
-    eval_actions = {opt: a for a in evaluate.build_parser()._actions for opt in a.option_strings}
-    for key, flag in S.EVAL_FLAGS.items():
-        assert flag.cli(key) in eval_actions, key
-        if flag.default is not S._NO_DEFAULT and key != "benchmark":  # evaluate.py resolves benchmark=None itself
-            assert eval_actions[flag.cli(key)].default == flag.default, key
-    for key in S.SHARED_FLAGS:
-        assert S.TRAIN_FLAGS[key].cli(key) in eval_actions, key
+    both = {**S.TRAIN_FLAGS, **S.EVAL_FLAGS}
+    assert S.to_argv({"merge": False, "truncate": True}, both) == ["--truncate"]
+    assert S.to_argv({"truncate": False}, {"truncate": (bool, True)}) == ["--no-truncate"]
 
 
 def test_all_runs_shared_configs_once_with_every_suite():
@@ -207,12 +192,12 @@ def workdir(tmp_path_factory, tiny_model):
 
 def common_sets(workdir: Path, tiny_model: str) -> list[str]:
     sets = {"model": tiny_model, "dataset": str(workdir / "data.jsonl"), "benchmark": "humaneval",
-            "max_new_tokens": 8, "eval_gen": 0, "eval_workers": 2}
+            "max_new_tokens": 8, "eval_gen": 0, "exec_workers": 2}
     return [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
 
 
 def sweep_cmd(workdir: Path, tiny_model: str, db: Path, *which: str) -> list[str]:
-    return [sys.executable, str(ROOT / "sweep.py"), *which, "--db", str(db), "--runs-dir", str(workdir / "runs"),
+    return [sys.executable, str(ROOT / "sweep.py"), *which, "--db", str(db), "--output-dir", str(workdir / "runs"),
             "--quiet", *common_sets(workdir, tiny_model)]
 
 
@@ -358,8 +343,8 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     cmd = sweep_cmd(workdir, tiny_model, db, "--suite-file", suite_file)
     planned = sweep.plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
     name = planned[1].name
-    checkpoint = workdir / "runs" / name / "checkpoint" / "state.pt"
-    finished = workdir / "runs" / name / "run_config.json"
+    checkpoint = workdir / "runs" / "train" / name / "checkpoint" / "state.pt"
+    finished = workdir / "runs" / "train" / name / "run_config.json"
 
     def start(log_name: str) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=open(workdir / log_name, "w"), stderr=subprocess.STDOUT,
@@ -397,4 +382,5 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     assert rows(db, "SELECT value FROM scores WHERE run_id=? AND name='steps'", (train_id,)) == [(24.0,)]
     evals = rows(db, "SELECT status FROM runs WHERE kind='eval' AND parent_id=?", (train_id,))
     assert [s for (s,) in evals].count("completed") == 1
-    assert rows(db, "SELECT COUNT(*) FROM runs WHERE kind='eval' AND parent_id IS NULL AND status='completed'") == [(1,)]
+    base_evals = "SELECT COUNT(*) FROM runs WHERE kind='eval' AND parent_id IS NULL AND status='completed'"
+    assert rows(db, base_evals) == [(1,)]

@@ -1,5 +1,6 @@
 """The run tracker: schema versioning, refusal of foreign files, orphan detection, export."""
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def test_records_a_run_with_metrics_scores_and_samples(tmp_path):
     scores = {s["name"]: s for s in again.scores(run, "humaneval")}
     assert scores["pass@1"]["ci_low"] == 0.2 and scores["nan"]["value"] is None
     assert again.samples(run)[0]["details"] == {"error_type": None}
-    assert again.find_runs({"lr": 1e-4, "rank": 8}, "train")[0]["id"] == run
+    assert [r["id"] for r in again.runs_of_process(os.getpid())] == [run]
     assert sqlite3.connect(tmp_path / "e.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -81,3 +82,34 @@ def test_export_json_and_csv(tmp_path):
     assert "config.rank" in header and "train.adapter_mb" in header
     with pytest.raises(UserError, match=".json or .csv"):
         db.export(tmp_path / "runs.xlsx")
+
+
+def test_run_directories_follow_their_database(tmp_path):
+    """A fresh database never meets another database's adapters; reopening one finds its own."""
+    first = Tracker(tmp_path / "experiments.db")
+    adapter_dir = first.run_dir("train", "demo")
+    assert adapter_dir.parent.parent.parent == tmp_path / "runs" and adapter_dir.name == "demo"
+    first.close()
+    again = Tracker(tmp_path / "experiments.db")
+    assert again.run_dir("train", "demo") == adapter_dir
+    again.close()  # a closed WAL database is one file, safe to rename
+    (tmp_path / "experiments.db").rename(tmp_path / "old.db")
+    fresh = Tracker(tmp_path / "experiments.db")
+    assert fresh.run_dir("train", "demo") != adapter_dir
+    assert Tracker(tmp_path / "old.db").database_id != fresh.database_id
+
+
+def test_recording_finishes_the_run_as_failed_or_interrupted(tmp_path):
+    db = Tracker(tmp_path / "e.db")
+    for error, status in ((ValueError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")):
+        run = db.start_run("r", "eval", {})
+        with pytest.raises(type(error)):
+            with db.recording(run):
+                raise error
+        row = db.run(run)
+        assert row["status"] == status and row["wall_seconds"] is not None
+        assert (row["error"] == "ValueError: boom") if status == "failed" else row["error"] is None
+    run = db.start_run("r", "eval", {})
+    with db.recording(run):
+        db.finish_run(run, "completed")
+    assert db.run(run)["status"] == "completed"

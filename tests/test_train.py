@@ -18,7 +18,8 @@ from common.errors import UserError, run_cli
 from common.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--limit", "24", "--max-seq-len", "256", "--batch-size", "4", "--eval-gen", "0", "--val-limit", "8", "--quiet"]
+FAST = ["--train-limit", "24", "--max-seq-len", "256", "--batch-size", "4", "--eval-gen", "0", "--val-limit", "8",
+        "--quiet"]
 
 
 def train_args(tiny_model, tmp_path, *extra) -> list[str]:
@@ -187,3 +188,19 @@ def test_ddp_two_processes_keep_identical_weights_and_only_rank0_writes(tiny_mod
     assert scores["ddp_weight_drift"] == 0.0 and run["config"]["world_size"] == 2
     assert len(db.metrics(run["id"], "loss")) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.db", "e.db-shm", "e.db-wal", "run"]
+
+
+def test_a_new_database_trains_afresh_beside_it(tiny_model, tmp_path):
+    """Same run name, new --db: the run lives in the new database's directory, not in the old adapters."""
+    args = ["--model", tiny_model, *FAST, "--max-steps", "1", "--eval-every", "0", "--name", "demo"]
+    assert train.main([*args, "--db", str(tmp_path / "experiments.db")]) == 0
+    old = Tracker(tmp_path / "experiments.db")
+    (first,) = old.runs()
+    assert Path(first["output_dir"]) == old.run_dir("train", "demo") and first["status"] == "completed"
+    old.close()
+    (tmp_path / "experiments.db").rename(tmp_path / "first.db")   # the user starts over
+    assert train.main([*args, "--db", str(tmp_path / "experiments.db")]) == 0
+    (second,) = Tracker(tmp_path / "experiments.db").runs()
+    assert second["status"] == "completed" and second["output_dir"] != first["output_dir"]
+    assert (Path(first["output_dir"]) / "adapter_model.safetensors").is_file()  # the old adapter is untouched
+    assert json.loads((Path(first["output_dir"]) / "run_config.json").read_text())["db"].endswith("experiments.db")

@@ -1,0 +1,75 @@
+"""The benchmarks evaluate.py scores: HumanEval, the held-out split of the training data, problem files.
+
+A Benchmark holds its problems (common.data.Example), the prompt template of each, and a `key`:
+what makes results on it comparable across runs (source, file hash, split seed, templates,
+max_seq_len). Two evaluations are paired only when their keys are equal.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import UserError
+from common.paths import sha256_file
+
+BUILTIN_BENCHMARKS = ("humaneval", "heldout")
+
+
+@dataclass
+class Benchmark:
+    name: str
+    problems: list                       # common.data.Example
+    key: dict                            # what makes results on it comparable across runs
+    templates: dict = field(default_factory=dict)   # problem id -> prompt template
+    encoded: list = field(default_factory=list)     # heldout: tokenized references for perplexity
+    too_long: int = 0                    # heldout references longer than --max-seq-len
+
+
+def parse_benchmarks(spec: str) -> list[str]:
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise UserError("--benchmark is empty; use humaneval, heldout or a .jsonl file (comma-separated)")
+    for name in names:
+        if name not in BUILTIN_BENCHMARKS and not Path(name).is_file():
+            raise UserError(f"unknown benchmark {name!r}: use humaneval, heldout, or an existing .jsonl file")
+    if len(set(names)) != len(names):
+        raise UserError(f"--benchmark {spec} names a benchmark twice")
+    return names
+
+
+def load_benchmark(spec: str, limit: int | None, dataset: str, seed: int) -> Benchmark:
+    from common.data import load_humaneval, load_splits, read_benchmark_file
+
+    if spec == "humaneval":
+        return Benchmark("humaneval", load_humaneval()[:limit], {"source": "humaneval"})
+    if spec == "heldout":
+        splits = load_splits(dataset, seed=seed)
+        return Benchmark("heldout", splits.test[:limit], {"source": splits.source, "split_seed": seed})
+    name = Path(spec).name if Path(spec).name not in BUILTIN_BENCHMARKS else spec
+    return Benchmark(name, read_benchmark_file(spec)[:limit],
+                     {"source": str(Path(spec).resolve()), "sha256": sha256_file(spec)})
+
+
+def template_for(tokenizer, style: str, train_template: str | None) -> str:
+    """Completion-style problems are plain continuations; instructions use the adapter's training template."""
+    from common.prompts import choose_template
+
+    if style == "completion":
+        return "plain"
+    if train_template in ("chat", "alpaca"):
+        return train_template
+    return choose_template(tokenizer, style)
+
+
+def prepare_benchmark(bench: Benchmark, tokenizer, train_template: str | None, max_seq_len: int) -> None:
+    """Choose prompt templates; for heldout, tokenize the references for perplexity."""
+    from common.prompts import encode_examples
+
+    bench.templates = {p.id: template_for(tokenizer, p.style, train_template) for p in bench.problems}
+    bench.key["templates"] = sorted(set(bench.templates.values()))
+    if bench.name != "heldout":
+        return
+    bench.key["max_seq_len"] = max_seq_len
+    for template in bench.key["templates"]:
+        group = [p for p in bench.problems if bench.templates[p.id] == template]
+        encoded, dropped = encode_examples(tokenizer, group, template, max_seq_len)
+        bench.encoded += encoded
+        bench.too_long += dropped

@@ -1,0 +1,173 @@
+"""Every option of the five scripts, declared once: one typed dataclass per script.
+
+Each field's default is its command-line default and its help string is its --help text
+(common/options.py derives the parser, `--config` files, the recorded config and the
+sweep's `--set` keys from these classes). One word means one thing in every script:
+
+    --output-dir   where a script writes (train: the adapter; evaluate: samples.json;
+                   sweep: the root of its runs; report: the report)
+    --db           the run tracker SQLite file; runs live beside it (common/tracker.py run_dir)
+    --train-limit  training examples used;  --eval-limit  problems per benchmark
+    --batch-size   training examples per micro-batch;  --eval-batch-size  prompts per generation
+    --workers      sweep runs at once;  --exec-workers  sandboxed programs at once
+    --quiet        no progress bars;  --seed  the run's seed (init, order, sampling);
+    --split-seed   which examples are train / validation / test (fixed across --seed)
+
+sweep=True marks the options a sweep may set per run (`--set key=value`, suite files);
+record=False marks what does not change a run's result (where it is logged, verbosity).
+"""
+from dataclasses import dataclass
+
+from common.options import option
+
+DEFAULT_MODEL = "smollm2-135m"   # the embedded SmolLM2-135M-Instruct (common/models.py)
+QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
+TEMPLATES = ("plain", "chat", "alpaca")
+ISOLATION_MODES = ("auto", "bwrap", "none")
+DEFAULT_DB = "experiments.db"
+
+
+@dataclass
+class TrainConfig:
+    """train.py: fine-tune with LoRA / QLoRA and save a PEFT adapter."""
+    model: str = option(DEFAULT_MODEL, "embedded name, local model directory, or hub id", sweep=True)
+    dataset: str = option("stdlib", "stdlib | data.jsonl/.json/.csv | hf:owner/name | apps:path", sweep=True)
+    train_limit: int | None = option(None, "use at most this many training examples", sweep=True,
+                                     deprecated=("--limit",))
+    rank: int = option(16, "LoRA rank r", sweep=True)
+    alpha: float | None = option(None, "LoRA alpha (None: 2 x rank, so alpha/r stays 2)", sweep=True)
+    dropout: float = option(0.05, "LoRA dropout", sweep=True)
+    modules: str = option("qkvo", "preset qv|qkv|qkvo|mlp|all, or a comma list of module names", sweep=True)
+    quant: str = option("16bit", "base weights: 4bit NF4 (QLoRA), 8bit int8, 16bit bf16/fp16, 32bit fp32",
+                        choices=QUANT_MODES, sweep=True)
+    epochs: float = option(1.0, "passes over the training split (ignored with --max-steps)", sweep=True)
+    max_steps: int | None = option(None, "optimizer steps to run (overrides --epochs)", sweep=True)
+    batch_size: int = option(4, "examples (or packed rows) per micro-batch per process", sweep=True)
+    grad_accum: int = option(1, "micro-batches per optimizer step", sweep=True)
+    lr: float = option(2e-4, "peak learning rate", sweep=True)
+    warmup: float = option(0.05, "warm-up steps, or a fraction of all steps when < 1", sweep=True)
+    scheduler: str = option("cosine", "LR schedule after warm-up", choices=("cosine", "linear", "constant"),
+                            sweep=True)
+    weight_decay: float = option(0.0, "AdamW weight decay", sweep=True)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", sweep=True)
+    optim: str = option("adamw", "optimizer; paged_adamw_8bit (bitsandbytes) needs CUDA",
+                        choices=("adamw", "paged_adamw_8bit"), sweep=True)
+    max_seq_len: int = option(512, "longest example in tokens", sweep=True)
+    truncate: bool = option(False, "truncate over-long examples instead of dropping them", sweep=True)
+    seed: int = option(0, "seed of initialisation and batch order", sweep=True)
+    grad_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower", sweep=True)
+    packing: bool = option(False, "pack examples into max-seq-len rows (no cross-example attention or loss)",
+                           sweep=True)
+    eval_every: int = option(50, "validation every N steps (0: only at the end)", sweep=True)
+    val_limit: int = option(100, "validation examples used for periodic evaluation", sweep=True)
+    eval_gen: int = option(4, "validation prompts generated at each evaluation (0: none)", sweep=True)
+    save_every: int = option(50, "checkpoint every N steps (0: only on interrupt)", sweep=True)
+    name: str | None = option(None, "run name (None: derived from the config, as sweep.py names it)")
+    suite: str | None = option(None, "suite label recorded with the run (sweep.py sets it)")
+    output_dir: str | None = option(None, "where the adapter goes (None: the run directory beside --db)")
+    db: str = option(DEFAULT_DB, "run tracker SQLite file", record=False)
+    resume: bool = option(False, "continue from <output-dir>/checkpoint (error if none)", record=False)
+    tensorboard: str | None = option(None, "also write TensorBoard event files here", record=False, metavar="DIR")
+    quiet: bool = option(False, "no progress bar; a log line every 10 steps", record=False)
+
+
+@dataclass
+class EvalConfig:
+    """evaluate.py: score the base model or an adapter (see evaluate.py's docstring)."""
+    run_id: int | None = option(None, "evaluate the adapter of this completed train run in --db", group="what")
+    run_name: str | None = option(None, "evaluate the adapter of the newest completed train run with this name",
+                                  group="what")
+    adapter: str | None = option(None, "evaluate this PEFT adapter directory", group="what", metavar="DIR")
+    samples: str | None = option(None, "score completions made elsewhere (task_id, completion per line); no "
+                                       "model loaded", group="what", metavar="FILE.jsonl")
+    model: str | None = option(None, f"base model (None: the adapter's training model, else {DEFAULT_MODEL})",
+                               sweep=True)
+    quant: str | None = option(None, "base weights (None: the adapter's training quant, else 16bit)",
+                               choices=QUANT_MODES, sweep=True)
+    dataset: str | None = option(None, "dataset whose test split is 'heldout' (None: the adapter's, else stdlib)",
+                                 sweep=True)
+    seed: int | None = option(None, "split and sampling seed (None: the adapter's training seed, else 0)",
+                              sweep=True)
+    benchmark: str | None = option(None, "comma list of humaneval | heldout | FILE.jsonl (None: humaneval,heldout;"
+                                         " humaneval with --samples)", sweep=True)
+    eval_limit: int | None = option(None, "first N problems of each benchmark", sweep=True,
+                                    deprecated=("--limit",))
+    n_samples: int = option(1, "samples per problem", sweep=True)
+    k: str = option("1", "comma list of k for pass@k (each <= --n-samples)", sweep=True)
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)", sweep=True)
+    top_p: float = option(0.95, "nucleus sampling mass (when sampling)", sweep=True)
+    max_new_tokens: int = option(256, "generated tokens per sample at most", sweep=True)
+    eval_batch_size: int = option(8, "prompts per generation / NLL batch", sweep=True, deprecated=("--batch-size",))
+    timeout: float = option(10.0, "seconds each program may run", sweep=True)
+    memory_mb: int = option(2048, "address-space limit of each program", sweep=True)
+    exec_workers: int | None = option(None, "programs run at once (None: CPU count)", sweep=True,
+                                      deprecated=("--workers",))
+    isolation: str = option("auto", "sandbox: bubblewrap when usable (auto), required (bwrap), or rlimits+guard "
+                                    "only (none)", choices=ISOLATION_MODES, sweep=True)
+    merge: bool = option(False, "merge the adapter into the base weights before generating", sweep=True)
+    max_seq_len: int = option(512, "longest heldout example for perplexity, in tokens", sweep=True)
+    compare: bool = option(True, "paired comparison with the base model (adapters)")
+    name: str | None = option(None, "eval run name (None: eval-<adapter dir> or eval-base:<model>)")
+    suite: str | None = option(None, "suite label recorded with the run (sweep.py sets it)")
+    output_dir: str | None = option(None, "where samples.json goes (None: the eval directory beside --db)")
+    db: str = option(DEFAULT_DB, "run tracker SQLite file", record=False)
+    quiet: bool = option(False, "no progress bars", record=False)
+
+
+@dataclass
+class SweepConfig:
+    """sweep.py: run a suite of configurations, resumably."""
+    suite: str | None = option(None, "built-in suite to run (common/suites.py)", group="which")
+    suite_file: str | None = option(None, "YAML/JSON suite: name, base, axes, groups (see common/suites.py)",
+                                    group="which")
+    set: list[str] = option([], "override an option for every run, KEY=VALUE (repeatable; any train.py or "
+                                "evaluate.py option marked for sweeps, e.g. max_steps=50)", metavar="KEY=VALUE")
+    seeds: int | None = option(None, "repeat every config over seeds 0..N-1")
+    db: str = option(DEFAULT_DB, "run tracker SQLite file")
+    output_dir: str | None = option(None, "root of the runs' directories (None: beside --db)",
+                                    deprecated=("--runs-dir",))
+    workers: int = option(1, "runs at once (one GPU each when there are GPUs)")
+    dry_run: bool = option(False, "print the planned runs and their state, run nothing")
+    quiet: bool = option(False, "no progress bars; children get --quiet")
+
+
+@dataclass
+class ReportConfig:
+    """report.py: tables, plots and a results document from the database."""
+    db: str = option(DEFAULT_DB, "run tracker SQLite file")
+    suite: str | None = option(None, "only this suite (None: every suite in the database)")
+    output_dir: str | None = option(None, "report directory (None: reports/); with --export, the output file "
+                                          "(None: reports/runs.json or .csv)", deprecated=("--out",))
+    list: bool = option(False, "print the runs as a table instead of writing a report")
+    status: str | None = option(None, "with --list: only runs with this status",
+                                choices=("running", "completed", "failed", "interrupted"))
+    export: str | None = option(None, "write all runs (with scores) to a file", choices=("json", "csv"))
+    figures: bool = option(True, "draw the PNG figures (--no-figures: tables only)")
+
+
+@dataclass
+class InferConfig:
+    """infer.py: generate with or without an adapter; merge and upload."""
+    prompt: str | None = option(None, "generate once for this prompt (None: interactive session)")
+    run_id: int | None = option(None, "use the adapter of this completed train run in --db", group="source")
+    adapter: str | None = option(None, "use the PEFT adapter in this directory", group="source", metavar="DIR")
+    db: str = option(DEFAULT_DB, "run tracker SQLite file (for --run-id)")
+    model: str | None = option(None, f"base model (None: the adapter's training model, else {DEFAULT_MODEL})")
+    quant: str | None = option(None, "base weights (None: the adapter's training quant, else 16bit)",
+                               choices=QUANT_MODES)
+    template: str = option("auto", "prompt template; auto = the adapter's training template, else by the prompt",
+                           choices=("auto", *TEMPLATES))
+    compare: bool = option(False, "generate with the base model, then with the adapter")
+    demo: bool = option(False, "fixed code prompts, base vs adapter (base only without one)")
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(0.95, "nucleus sampling mass (when sampling)")
+    top_k: int = option(0, "sample from the k likeliest tokens (0 = off)")
+    max_new_tokens: int = option(256, "generated tokens per sample at most")
+    seed: int = option(0, "sampling seed (prompt i uses seed + i; both sides of a comparison use the same)")
+    stop: list[str] | None = option(None, "stop sequence, repeatable (\\n escapes; '' = none); None: the "
+                                          "HumanEval stops for plain prompts", metavar="TEXT")
+    merge_to: str | None = option(None, "merge the adapter into a 16/32-bit base, save here", metavar="DIR")
+    push_to_hub: str | None = option(None, "upload the adapter (or the --merge-to model) to this Hugging Face repo",
+                                     metavar="REPO")
+    private: bool = option(False, "create the --push-to-hub repo as private")
+    quiet: bool = option(False, "no speed line (time to first token, tokens/s) after each generation")

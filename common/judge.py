@@ -1,0 +1,87 @@
+"""Judge generated samples: run them in the sandbox, check their syntax, score them against references.
+
+Generated code never runs in the process that holds the model or the database: every program
+goes to common.sandbox (a separate server process under the chosen isolation, with time,
+memory and process limits).
+"""
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from common.config import EvalConfig
+
+
+@dataclass
+class Sample:
+    problem: Any           # common.data.Example
+    index: int             # sample index within its problem
+    prompt: str            # the text the model saw
+    generation: str        # the model's output, cut at the stop sequences
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+
+def code_of(problem, text: str) -> str:
+    """The code a sample contributes: a completion as is, the fenced block of an instruction answer."""
+    from common.generation import extract_code
+
+    return text if problem.style == "completion" else extract_code(text)
+
+
+def execute(samples: list[Sample], codes: list[str], cfg: EvalConfig) -> list:
+    """Run every sample whose problem has tests in the sandbox; None for the others."""
+    from tqdm import tqdm
+
+    from common.sandbox import check_many, check_stdio, humaneval_program
+
+    results: list = [None] * len(samples)
+    unit = [i for i, s in enumerate(samples) if s.problem.tests and "test" in s.problem.tests]
+    if unit:
+        programs = []
+        for i in unit:
+            p = samples[i].problem
+            prefix = p.prompt if p.style == "completion" else ""
+            programs.append(humaneval_program(prefix, codes[i], p.tests["test"], p.tests["entry_point"]))
+        for i, result in zip(unit, check_many(programs, cfg.timeout, cfg.memory_mb, cfg.exec_workers,
+                                              cfg.isolation, progress=not cfg.quiet)):
+            results[i] = result
+    stdio = [i for i, s in enumerate(samples) if s.problem.tests and "inputs" in s.problem.tests]
+    if stdio:
+        def judge(i):
+            tests = samples[i].problem.tests
+            return check_stdio(codes[i], tests["inputs"], tests["outputs"], cfg.timeout, cfg.memory_mb,
+                               cfg.isolation)
+        with ThreadPoolExecutor(max_workers=cfg.exec_workers or os.cpu_count() or 1) as pool:
+            done = tqdm(pool.map(judge, stdio), total=len(stdio), desc="executing", unit="program",
+                        disable=cfg.quiet)
+            for i, result in zip(stdio, done):
+                results[i] = result
+    return results
+
+
+def judge_samples(samples: list[Sample], cfg: EvalConfig) -> tuple[list[dict], float]:
+    """Execute, syntax-check and chrF-score samples; returns tracker sample rows and execution seconds."""
+    from common.generation import extract_code
+    from common.metrics import sentence_chrf, syntax_error_category
+
+    codes = [code_of(s.problem, s.generation) for s in samples]
+    began = time.perf_counter()
+    results = execute(samples, codes, cfg)
+    exec_seconds = time.perf_counter() - began
+    records = []
+    for s, code, result in zip(samples, codes, results):
+        p = s.problem
+        # What has to compile: the whole function for a completion, the answer's code otherwise.
+        category = syntax_error_category(p.prompt + code if p.style == "completion" else code)
+        reference = (p.completion if p.style == "completion" else extract_code(p.completion)) or None
+        records.append({
+            "task_id": p.id, "sample_index": s.index, "prompt": s.prompt, "generation": s.generation,
+            "reference": reference, "result": result.status if result else None,
+            "details": {"error_type": result.error_type if result else None,
+                        "detail": result.detail if result else None, "code": code,
+                        "syntax": category, "chrf": sentence_chrf(code, reference) if reference else None,
+                        "new_tokens": s.new_tokens},
+        })
+    return records, exec_seconds

@@ -1,0 +1,142 @@
+"""A sweep's plan: the runs a suite expands to, and what the database says about each of them.
+
+Each planned run is a train + eval pair (kind "adapter") or one base-model evaluation (kind
+"base"), named from its config (common/suites.py), so re-planning the same suite finds the
+runs already done, running elsewhere, interrupted or failed.
+"""
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import suites as S
+from common.config import SweepConfig
+from common.errors import UserError
+from common.tracker import Tracker, pid_alive
+
+
+@dataclass
+class Planned:
+    kind: str                      # "adapter": train + eval; "base": evaluation of the base model only
+    suites: list[str]              # suites this run belongs to; the first is its label
+    flags: dict[str, Any]          # resolved flags (suite base, axes/groups, --set, seed)
+    diff: str                      # what differs from the suite's base, for display
+    name: str                      # train run name (adapter) or eval name (base)
+    eval_name: str
+    train_id: int | None = None
+    eval_id: int | None = None
+    outcome: str = "pending"       # done | skipped | failed | interrupted | running elsewhere | not started
+    error: str = ""
+    attempt_ids: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- planning
+
+def selected_suites(cfg: SweepConfig) -> list[S.Suite]:
+    if cfg.suite_file:
+        return [S.load_suite_file(cfg.suite_file)]
+    if not cfg.suite:
+        raise UserError(f"pass --suite ({', '.join(sorted(S.BUILTIN))}) or --suite-file FILE")
+    suite = S.BUILTIN[cfg.suite]
+    return [S.BUILTIN[p] for p in suite.parts] if suite.parts else [suite]
+
+
+def plan(suites: list[S.Suite], overrides: dict[str, Any], seeds: int | None) -> list[Planned]:
+    """Base evaluations first, then every (config, seed) once, with all the suites it belongs to."""
+    bases: dict[str, Planned] = {}
+    runs: dict[str, Planned] = {}
+    for suite in suites:
+        combos = S.expand(suite)
+        varied = set(suite.axes) | {k for g in suite.groups for alt in g for k in alt}
+        clash = sorted(varied & set(overrides))
+        if clash:
+            raise UserError(f"--set {', '.join(clash)}: suite {suite.name} varies {', '.join(clash)}; "
+                            "overriding it would make its runs identical (use a --suite-file instead)")
+        if seeds is not None:
+            if "seed" in varied:
+                raise UserError(f"--seeds: suite {suite.name} already varies seed")
+            if "seed" in overrides:
+                raise UserError("pass either --seeds or --set seed=..., not both")
+        base = {**suite.base, **overrides}
+        base_flags = S.base_eval_flags(base)
+        name = S.base_eval_name(base_flags)
+        if name in bases:
+            bases[name].suites.append(suite.name)
+        else:
+            bases[name] = Planned("base", [suite.name], base_flags, "base model", name, name)
+        for combo in combos:
+            for seed in (range(seeds) if seeds is not None else [None]):
+                flags = {**combo, **overrides}
+                if seed is not None:
+                    flags["seed"] = seed
+                train_name = S.train_name(flags)
+                eval_name = S.eval_name(train_name, flags)
+                if eval_name in runs:
+                    if suite.name not in runs[eval_name].suites:
+                        runs[eval_name].suites.append(suite.name)
+                    continue
+                shown = {**base, "seed": base.get("seed")} if seed is not None else base
+                runs[eval_name] = Planned("adapter", [suite.name], flags, S.describe(flags, shown),
+                                          train_name, eval_name)
+    return list(bases.values()) + list(runs.values())
+
+
+# ---------------------------------------------------------------------------- database state
+
+def completed_train(tracker: Tracker, p: Planned) -> dict[str, Any] | None:
+    done = [r for r in tracker.runs(name=p.name, kind="train") if r["status"] == "completed"]
+    return done[-1] if done else None
+
+
+def completed_eval(tracker: Tracker, p: Planned, train_id: int | None) -> dict[str, Any] | None:
+    done = [r for r in tracker.runs(name=p.eval_name, kind="eval")
+            if r["status"] == "completed" and r["parent_id"] == train_id]
+    return done[-1] if done else None
+
+
+def running_elsewhere(tracker: Tracker, name: str, kind: str) -> dict[str, Any] | None:
+    rows = tracker.runs(name=name, kind=kind)
+    if rows and rows[-1]["status"] == "running" and rows[-1]["host"] == socket.gethostname() \
+            and pid_alive(rows[-1]["pid"]):
+        return rows[-1]
+    return None
+
+
+def describe_state(tracker: Tracker, p: Planned) -> str:
+    kinds = [("eval", p.eval_name)] if p.kind == "base" else [("train", p.name), ("eval", p.eval_name)]
+    train = completed_train(tracker, p) if p.kind == "adapter" else None
+    parts = []
+    for kind, name in kinds:
+        rows = tracker.runs(name=name, kind=kind)
+        if kind == "eval":
+            parent = train["id"] if train else None
+            if p.kind == "adapter" and train is None:
+                parts.append("eval pending")
+                continue
+            rows = [r for r in rows if r["parent_id"] == parent]
+        done = [r for r in rows if r["status"] == "completed"]
+        if done:
+            parts.append(f"{kind} done (run {done[-1]['id']})")
+        elif rows:
+            last = rows[-1]
+            parts.append(f"{kind} {last['status']} (run {last['id']})")
+        else:
+            parts.append(f"{kind} pending")
+    return ", ".join(parts)
+
+
+def record_membership(tracker: Tracker, run_ids: list[int], suites: list[str]) -> None:
+    tracker.record_membership([i for i in run_ids if i is not None], suites)
+
+
+def print_plan(tracker: Tracker, planned: list[Planned]) -> None:
+    from tabulate import tabulate
+    rows = [(i + 1, p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.diff,
+             describe_state(tracker, p)) for i, p in enumerate(planned)]
+    print(tabulate(rows, headers=("#", "run", "suites", "config (vs suite base)", "state"), tablefmt="github"))
+
+
+def print_summary(planned: list[Planned]) -> None:
+    from tabulate import tabulate
+    rows = [(p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.outcome,
+             p.train_id or "", p.eval_id or "", p.error) for p in planned]
+    print(tabulate(rows, headers=("run", "suites", "outcome", "train id", "eval id", "error"), tablefmt="github"))

@@ -1,0 +1,93 @@
+"""Scores of one evaluation from its per-sample records, and paired differences against the base model.
+
+A record is one generated sample as the tracker stores it (task_id, sample_index, result,
+reference, details with code, syntax category and sentence chrF). Scores are
+name -> (value, n, ci_low, ci_high):
+
+    pass@K            unbiased pass@k (Chen et al. 2021) over problems with tests, bootstrap CI
+    fail.<status>     counts of failed/error/timeout/memory/syntax_error programs (n = programs)
+    error.<Type>      counts by exception or signal name; syntax.<category> counts of compile errors
+    syntax_ok         share of programs that compile, bootstrap CI over problems
+    bleu, chrf        corpus scores of the code against the references, bootstrap CI
+    delta.<metric>    adapter minus base on the same problems, paired bootstrap CI
+"""
+from collections import Counter
+
+import numpy as np
+
+FAIL_STATUSES = ("failed", "error", "timeout", "memory", "syntax_error")
+
+
+def by_problem(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["task_id"], []).append(r)
+    return groups
+
+
+def problem_values(rows: list[dict]) -> dict[str, float | None]:
+    """Per-problem pass@1 (None without tests), compile rate and mean sentence chrF (None without reference)."""
+    tested = [r for r in rows if r["result"] is not None]
+    chrfs = [r["details"]["chrf"] for r in rows if r["details"].get("chrf") is not None]
+    return {"pass@1": sum(r["result"] == "passed" for r in tested) / len(tested) if tested else None,
+            "syntax_ok": float(np.mean([r["details"]["syntax"] is None for r in rows])),
+            "chrf": float(np.mean(chrfs)) if chrfs else None}
+
+
+def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
+    """Scores of one benchmark as name -> (value, n, ci_low, ci_high)."""
+    from common.metrics import bootstrap_ci, pass_at_k
+
+    scores: dict[str, tuple] = {}
+    groups = by_problem(records)
+    tested = {t: rows for t, rows in groups.items() if rows[0]["result"] is not None}
+    if tested:
+        per_problem = [(len(rows), sum(r["result"] == "passed" for r in rows)) for rows in tested.values()]
+        for k in ks:
+            mean, low, high = bootstrap_ci([pass_at_k(n, c, k) for n, c in per_problem])
+            scores[f"pass@{k}"] = (mean, len(per_problem), low, high)
+        programs = [r for rows in tested.values() for r in rows]
+        statuses = Counter(r["result"] for r in programs)
+        for status in FAIL_STATUSES:
+            scores[f"fail.{status}"] = (statuses[status], len(programs), None, None)
+        errors = Counter(r["details"]["error_type"] for r in programs
+                         if r["result"] != "passed" and r["details"].get("error_type"))
+        for error_type, count in sorted(errors.items()):
+            scores[f"error.{error_type}"] = (count, len(programs), None, None)
+    mean, low, high = bootstrap_ci([problem_values(rows)["syntax_ok"] for rows in groups.values()])
+    scores["syntax_ok"] = (mean, len(groups), low, high)
+    categories = Counter(r["details"]["syntax"] for r in records if r["details"]["syntax"])
+    for category, count in sorted(categories.items()):
+        scores[f"syntax.{category.replace(' ', '_')}"] = (count, len(records), None, None)
+    pairs = [(r["details"]["code"], r["reference"]) for r in records if r["reference"]]
+    if pairs:
+        from common.metrics import sacrebleu_corpus_ci
+        hypotheses, references = [h for h, _ in pairs], [ref for _, ref in pairs]
+        for metric_name in ("bleu", "chrf"):
+            value, low, high = sacrebleu_corpus_ci(hypotheses, references, metric_name)
+            scores[metric_name] = (value, len(pairs), low, high)
+    return scores
+
+
+def paired_deltas(records: list[dict], base_records: list[dict]) -> dict[str, tuple]:
+    """Adapter minus base on the problems both answered (matched by task_id), paired bootstrap CIs."""
+    from common.metrics import paired_difference
+
+    mine = {t: problem_values(rows) for t, rows in by_problem(records).items()}
+    base = {t: problem_values(rows) for t, rows in by_problem(base_records).items()}
+    deltas: dict[str, tuple] = {}
+    for metric in ("pass@1", "syntax_ok", "chrf"):
+        pairs = [(base[t][metric], mine[t][metric]) for t in mine
+                 if t in base and base[t][metric] is not None and mine[t][metric] is not None]
+        if pairs:
+            mean, low, high = paired_difference([b for b, _ in pairs], [a for _, a in pairs])
+            deltas[f"delta.{metric}"] = (mean, len(pairs), low, high)
+    return deltas
+
+
+def delta_aggregates(scores: dict[str, tuple], base_scores: dict[str, dict]) -> dict[str, tuple]:
+    out = {}
+    for metric in ("nll", "perplexity"):
+        if metric in scores and metric in base_scores and base_scores[metric]["value"] is not None:
+            out[f"delta.{metric}"] = (scores[metric][0] - base_scores[metric]["value"], scores[metric][1], None, None)
+    return out
