@@ -34,9 +34,10 @@ import importlib.util
 import json
 import random
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from common.dedup import near_duplicates
 from common.errors import UserError
@@ -204,8 +205,7 @@ def assign_splits(given: dict[str, list[Example]], dropped: dict[str, int], seed
     validation = given.get("validation") or []
     held_groups = {group_of(e) for e in test + validation}
     pool = [e for e in given.get("train", []) if group_of(e) not in held_groups]
-    if len(pool) < len(given.get("train", [])):
-        dropped["heldout_group"] = len(given["train"]) - len(pool)
+    dropped["heldout_group"] = len(given.get("train", [])) - len(pool)
     members: dict[str, list[Example]] = {}
     for example in pool:  # in id order (clean_splits sorted them)
         members.setdefault(group_of(example), []).append(example)

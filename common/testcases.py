@@ -180,7 +180,8 @@ def graded_program(prompt: str, completion: str, test: str, entry_point: str,
     try:
         module = ast.parse(test)
     except SyntaxError as e:
-        raise UserError(f"the problem's test code does not parse ({e.msg}, line {e.lineno}); fix the benchmark") from None
+        raise UserError(f"the problem's test code does not parse ({e.msg}, line {e.lineno}); "
+                        "fix the benchmark") from None
     checks = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
     if len(checks) != 1:
         raise UserError(f"the problem's test code defines check {len(checks)} times; it needs one def check(candidate)")

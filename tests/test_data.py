@@ -66,7 +66,8 @@ def test_stdlib_is_decontaminated_against_humaneval(stdlib_splits):
 def test_stdlib_splits_are_disjoint_and_seeded(stdlib_splits):
     train, val, test = (set(ids(s)) for s in (stdlib_splits.train, stdlib_splits.validation, stdlib_splits.test))
     assert not train & val and not train & test and not val & test
-    assert len(val) == len(test) == round(0.05 * (len(train) + len(val) + len(test)))
+    target = round(0.05 * (len(train) + len(val) + len(test)))
+    assert 0.9 * target <= len(val) <= target and 0.9 * target <= len(test) <= target  # whole files, first-fit
     again = load_splits("stdlib")
     assert again == stdlib_splits
     other = load_splits("stdlib", split_seed=1)
@@ -249,7 +250,8 @@ def test_duplicates_and_humaneval_copies_are_dropped_and_counted(tmp_path):
     splits = load_splits(str(path))
     assert len(splits.train + splits.validation + splits.test) == 4
     assert splits.dropped == {"duplicate": 1, "humaneval_ngram": 1, "humaneval_entry_point": 1,
-                              "benchmark_near_duplicate": 0, "normalised_duplicate": 0, "near_duplicate": 0}
+                              "benchmark_near_duplicate": 0, "normalised_duplicate": 0, "near_duplicate": 0,
+                              "heldout_group": 0}
 
 
 def grouped_rows(groups: int, per_group: int) -> list[dict]:
@@ -294,7 +296,8 @@ def test_group_key_errors(tmp_path):
 
 def test_near_copies_of_a_benchmark_file_are_dropped(tmp_path):
     rows = grouped_rows(3, 2)
-    rows[0]["output"] = "def add_one(values):\n    out = []\n    for v in values:\n        out.append(v + 1)\n    return out\n"
+    rows[0]["output"] = ("def add_one(values):\n    out = []\n    for v in values:\n"
+                         "        out.append(v + 1)\n    return out\n")
     write_jsonl(tmp_path / "d.jsonl", rows)
     bench = {"prompt": "Add 2 to each value.", "inputs": ["1"], "outputs": ["3"],
              "solution": "def plus(xs):\n    res = []\n    for x in xs:\n        res.append(x + 2)\n    return res\n"}

@@ -69,7 +69,8 @@ EDITED = '''def parse_header(line, default="utf-8"):
 
 DIFFERENT = [
     "def total(xs):\n    t = 0\n    for x in xs:\n        t += x\n    return t\n",
-    "def largest(xs):\n    best = xs[0]\n    for x in xs[1:]:\n        if x > best:\n            best = x\n    return best\n",
+    ("def largest(xs):\n    best = xs[0]\n    for x in xs[1:]:\n        if x > best:\n"
+     "            best = x\n    return best\n"),
     "def turtles(self):\n    return self._turtles\n",
     "def blocked_domains(self):\n    return self._blocked_domains\n",
     "def path_of(name):\n    return os.path.join(BASE, name)\n",

@@ -47,7 +47,9 @@ def check(candidate):
 def run(program: str, timeout: float = 60) -> str:
     """Run a trusted program; its stdout, also when it had to be killed."""
     try:
-        return subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=timeout).stdout
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        return done.stdout
     except subprocess.TimeoutExpired as e:
         out = e.stdout or b""
         return out.decode() if isinstance(out, bytes) else out
