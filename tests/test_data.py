@@ -66,12 +66,38 @@ def test_stdlib_is_decontaminated_against_humaneval(stdlib_splits):
 def test_stdlib_splits_are_disjoint_and_seeded(stdlib_splits):
     train, val, test = (set(ids(s)) for s in (stdlib_splits.train, stdlib_splits.validation, stdlib_splits.test))
     assert not train & val and not train & test and not val & test
-    assert len(val) == len(test) == round(0.05 * (len(train) + len(val) + len(test)))
+    target = round(0.05 * (len(train) + len(val) + len(test)))
+    assert 0.9 * target <= len(val) <= target and 0.9 * target <= len(test) <= target  # whole files, first-fit
     again = load_splits("stdlib")
     assert again == stdlib_splits
-    other = load_splits("stdlib", seed=1)
+    other = load_splits("stdlib", split_seed=1)
     assert set(ids(other.test)) != test
     assert set(ids(other.train + other.validation + other.test)) == train | val | test
+
+
+def sides_of_groups(splits) -> dict[str, set[str]]:
+    sides: dict[str, set[str]] = {}
+    for side in ("train", "validation", "test"):
+        for e in getattr(splits, side):
+            sides.setdefault(e.group, set()).add(side)
+    return sides
+
+
+def test_stdlib_split_by_file_leaves_no_file_on_two_sides(stdlib_splits):
+    assert stdlib_splits.group_key == "file" and stdlib_splits.split_seed == 0
+    examples = stdlib_splits.train + stdlib_splits.validation + stdlib_splits.test
+    assert all(e.group == e.id.split(":")[1] for e in examples)
+    sides = sides_of_groups(stdlib_splits)
+    assert len(sides) > 100 and all(len(s) == 1 for s in sides.values())
+    assert sum(s == {"test"} for s in sides.values()) > 5  # many files, not one big one
+
+
+def test_stdlib_near_duplicates_are_dropped(stdlib_splits):
+    dropped = stdlib_splits.dropped
+    assert dropped["normalised_duplicate"] > 50 and dropped["near_duplicate"] > 20
+    calls = [e for e in stdlib_splits.train + stdlib_splits.validation + stdlib_splits.test
+             if e.completion.strip().startswith("self.tk.call(self._w, 'wm_")]
+    assert len(calls) <= 1  # tkinter's dozens of wm_* wrappers differ only in literals and names
 
 
 def test_stdlib_cache_is_reused_and_complete(stdlib_splits, stdlib_cache, monkeypatch):
@@ -213,7 +239,9 @@ def test_bad_specs_raise_user_errors(tmp_path):
 
 def test_duplicates_and_humaneval_copies_are_dropped_and_counted(tmp_path):
     problem = load_humaneval()[0]
-    rows = [{"instruction": f"Task {i}", "input": "", "output": f"print({i})\n"} for i in range(4)]
+    outputs = ["print(0)\n", "s = input()\nprint(s[::-1])\n", "import math\nprint(math.pi * 2)\n",
+               "for i in range(3):\n    print(i * i, end=' ')\n"]
+    rows = [{"instruction": f"Task {i}", "input": "", "output": output} for i, output in enumerate(outputs)]
     rows.append(dict(rows[0]))  # exact duplicate
     rows.append({"instruction": "Check for close elements.", "input": "", "output": problem.prompt + problem.completion})
     rows.append({"prompt": f"def {problem.tests['entry_point']}(numbers, threshold):\n", "completion": "    return False\n"})
@@ -221,7 +249,62 @@ def test_duplicates_and_humaneval_copies_are_dropped_and_counted(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     splits = load_splits(str(path))
     assert len(splits.train + splits.validation + splits.test) == 4
-    assert splits.dropped == {"duplicate": 1, "humaneval_ngram": 1, "humaneval_entry_point": 1}
+    assert splits.dropped == {"duplicate": 1, "humaneval_ngram": 1, "humaneval_entry_point": 1,
+                              "benchmark_near_duplicate": 0, "normalised_duplicate": 0, "near_duplicate": 0,
+                              "heldout_group": 0}
+
+
+def grouped_rows(groups: int, per_group: int) -> list[dict]:
+    """Rows whose outputs are not near-duplicates (each calls its own helper), `per_group` to a repo."""
+    return [{"instruction": f"Task {g}.{i}", "input": "", "repo": f"repo{g}", "output": f"x = helper_{g}_{i}()\n"}
+            for g in range(groups) for i in range(per_group)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_user_dataset_split_by_group_key(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", grouped_rows(8, 3))
+    splits = load_splits(str(tmp_path / "d.jsonl"), group_key="repo", val_fraction=0.25, test_fraction=0.25)
+    assert splits.group_key == "repo" and sum(splits.dropped.values()) == 0
+    sides = sides_of_groups(splits)
+    assert len(sides) == 8 and all(len(s) == 1 for s in sides.values())
+    assert len(splits.test) == len(splits.validation) == 6  # two whole groups of three each
+    ungrouped = load_splits(str(tmp_path / "d.jsonl"), val_fraction=0.25, test_fraction=0.25)
+    assert ungrouped.group_key is None and {e.group for e in ungrouped.test} == {""}
+    assert len(ungrouped.test) == len(ungrouped.validation) == 6
+
+
+def test_split_seed_alone_draws_the_split(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", grouped_rows(10, 2))
+    draw = lambda seed: load_splits(str(tmp_path / "d.jsonl"), split_seed=seed, group_key="repo",
+                                    val_fraction=0.2, test_fraction=0.2)
+    assert draw(3) == draw(3)
+    assert {e.group for e in draw(3).test} != {e.group for e in draw(4).test}
+
+
+def test_group_key_errors(tmp_path):
+    rows = grouped_rows(2, 2)
+    del rows[1]["repo"]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(UserError, match=r"d\.jsonl line 2: no value for the group key 'repo'"):
+        load_splits(str(tmp_path / "d.jsonl"), group_key="repo")
+    with pytest.raises(UserError, match="group key applies to .* not stdlib"):
+        load_splits("stdlib", group_key="repo")
+
+
+def test_near_copies_of_a_benchmark_file_are_dropped(tmp_path):
+    rows = grouped_rows(3, 2)
+    rows[0]["output"] = ("def add_one(values):\n    out = []\n    for v in values:\n"
+                         "        out.append(v + 1)\n    return out\n")
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    bench = {"prompt": "Add 2 to each value.", "inputs": ["1"], "outputs": ["3"],
+             "solution": "def plus(xs):\n    res = []\n    for x in xs:\n        res.append(x + 2)\n    return res\n"}
+    write_jsonl(tmp_path / "bench.jsonl", [bench])
+    splits = load_splits(str(tmp_path / "d.jsonl"), benchmark_files=[str(tmp_path / "bench.jsonl")])
+    assert splits.dropped["benchmark_near_duplicate"] == 1
+    assert "file:1" not in ids(splits.train + splits.validation + splits.test)
 
 
 # ---------------------------------------------------------------------------- hf:
@@ -235,6 +318,19 @@ def test_hf_spec_loads_a_local_dataset_dir_and_keeps_its_test_split(tmp_path, mo
     assert splits.test[0].input == "a, b = 1, 2" and splits.test[0].style == "instruction"
     assert len(splits.validation) == 1 and len(splits.train) == 3
     assert all(e.id.startswith("hf:train:") for e in splits.train + splits.validation)
+
+
+def test_hf_given_test_split_keeps_its_groups_out_of_train(tmp_path, monkeypatch):
+    import datasets
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    (tmp_path / "data").mkdir()
+    rows = grouped_rows(6, 2)
+    write_jsonl(tmp_path / "data" / "test.jsonl", rows[:1])
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows[1:])  # rows[1] is repo0's second row
+    splits = load_splits(f"hf:{tmp_path / 'data'}", group_key="repo")
+    assert splits.dropped["heldout_group"] == 1
+    assert ids(splits.test) == ["hf:test:0"]
+    assert all(len(s) == 1 for s in sides_of_groups(splits).values())
 
 
 def test_hf_spec_offline_is_a_user_error(monkeypatch):

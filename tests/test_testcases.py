@@ -1,0 +1,142 @@
+"""Tests for common/testcases.py: graded programs run for real (trusted, hand-made or HumanEval code)."""
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from common.data import load_humaneval
+from common.errors import UserError
+from common.testcases import GradedResult, graded_program, graded_stdio, parse_graded
+
+PROMPT = "def step(x):\n    \"\"\"x + 1, for x >= 0.\"\"\"\n"
+# Right except: 2 and 8 give -1, negatives raise, 99 loops forever.
+COMPLETION = """    if x < 0:
+        raise ValueError("negative")
+    if x == 99:
+        while True:
+            pass
+    if x in (2, 8):
+        return -1
+    print("computing", x)
+    return x + 1
+"""
+TEST = """
+import math
+
+def check(candidate):
+    assert candidate(1) == 2                     # 0 passes
+    assert candidate(2) == 3                     # 1 wrong answer
+    assert candidate(-1) == 0                    # 2 raises
+    assert candidate(99) == 100                  # 3 loops: the time limit stops it
+    assert True, "constant: not counted"
+    for x in range(3, 6):
+        assert candidate(x) == x + 1             # 4 holds on every iteration
+    for x in [7, 8]:
+        assert candidate(x) == x + 1, x          # 5 fails on the second iteration
+    value = candidate(10)
+    assert value == 11                           # 6 uses the setup line
+    for x in [1, -1]:
+        y = candidate(x)                         # raises on -1 and ends the loop
+        assert y == x + 1                        # 7 held once, but its loop did not finish
+    assert math.floor(candidate(4.5)) == 5       # 8 passes
+"""
+
+
+def run(program: str, timeout: float = 60) -> str:
+    """Run a trusted program; its stdout, also when it had to be killed."""
+    try:
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        return done.stdout
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout or b""
+        return out.decode() if isinstance(out, bytes) else out
+
+
+def test_partial_passes_are_counted_per_assertion():
+    program, total = graded_program(PROMPT, COMPLETION, TEST, "step", limit_s=0.5)
+    assert total == 9
+    stdout = run(program)
+    assert stdout.split() == [w for i, o in [(0, "pass"), (1, "fail"), (2, "fail"), (3, "fail"), (4, "pass"),
+                                             (5, "fail"), (6, "pass"), (7, "fail"), (8, "pass")]
+                              for w in ("#graded", str(i), o)]  # the candidate's print went to stderr
+    assert parse_graded(stdout, total) == GradedResult(4, 9)
+    assert parse_graded(stdout, total).fraction == pytest.approx(4 / 9)
+
+
+def test_a_program_killed_midway_still_reports_what_passed():
+    # This candidate swallows the time limit's exception and loops on: only the outer kill stops it.
+    stubborn = COMPLETION.replace("        while True:\n            pass\n",
+                                  "        while True:\n            try:\n                while True:\n"
+                                  "                    pass\n            except BaseException:\n                pass\n")
+    program, total = graded_program(PROMPT, stubborn, TEST, "step", limit_s=0.3)
+    stdout = run(program, timeout=3)
+    assert parse_graded(stdout, total) == GradedResult(1, 9)  # assert 0, before the endless loop
+
+
+def test_programs_that_never_reach_check_score_zero():
+    for completion in ("    return (x +\n", "    return x + 1\nraise SystemExit(3)\n"):
+        program, total = graded_program(PROMPT, completion, TEST, "step", limit_s=0.5)
+        assert parse_graded(run(program), total) == GradedResult(0, 9)
+
+
+def test_spoofed_and_out_of_range_markers_do_not_count():
+    assert parse_graded("#graded 0 pass\n#graded 0 fail\n#graded 7 pass\nx #graded 1 pass\n", 2) == GradedResult(0, 2)
+    with pytest.raises(ValueError):
+        parse_graded("", 0)
+
+
+def test_bad_tests_are_user_errors():
+    with pytest.raises(UserError, match="no assertion to grade"):
+        graded_program(PROMPT, COMPLETION, "def check(candidate):\n    assert True\n", "step")
+    with pytest.raises(UserError, match="defines check 0 times"):
+        graded_program(PROMPT, COMPLETION, "def test(candidate):\n    assert candidate(1)\n", "step")
+    with pytest.raises(UserError, match="does not parse"):
+        graded_program(PROMPT, COMPLETION, "def check(candidate:\n", "step")
+
+
+def score_all(problems, completions) -> list[GradedResult]:
+    def score(pair):
+        problem, completion = pair
+        program, total = graded_program(problem.prompt, completion, problem.tests["test"],
+                                        problem.tests["entry_point"])
+        return parse_graded(run(program), total)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(score, zip(problems, completions)))
+
+
+@pytest.mark.slow
+def test_humaneval_canonical_solutions_score_one_and_wrong_ones_less():
+    problems = load_humaneval()
+    began = time.perf_counter()
+    canonical = score_all(problems, [p.completion for p in problems])
+    print(f"164 canonical solutions graded in {time.perf_counter() - began:.1f} s")
+    assert [p.id for p, r in zip(problems, canonical) if r.passed != r.total] == []
+    assert sum(r.total for r in canonical) > 1000
+    # A wrong solution: the next problem's canonical body (mostly a NameError or a wrong answer).
+    shifted = score_all(problems, [problems[(i + 1) % 164].completion for i in range(164)])
+    assert all(r.passed < r.total for r in shifted)
+    assert any(r.passed > 0 for r in shifted)  # partial credit exists, which is the point
+
+
+def test_humaneval_sample_scores_one_and_an_off_by_one_scores_less():
+    problems = {p.id: p for p in load_humaneval()}
+    sample = [problems[f"HumanEval/{i}"] for i in (0, 2, 13, 32, 53, 150)]  # 32 and 150 loop in check
+    assert all(r.fraction == 1.0 for r in score_all(sample, [p.completion for p in sample]))
+    add = problems["HumanEval/53"]  # add(x, y), checked by 5 fixed asserts then a loop of 100 random ones
+    program, total = graded_program(add.prompt, "    return x + y if x != 0 else y + 1\n", add.tests["test"], "add")
+    result = parse_graded(run(program), total)
+    assert 0 < result.passed < result.total
+
+
+def test_graded_stdio_counts_every_case():
+    program = ("a, b = map(int, input().split())\n"
+               "while a == 7:\n    pass\n"
+               "print(a + b if a else b + 1)\n")
+    inputs = ["1 2\n", "3 4\n", "0 5\n", "7 1\n", "10 10\n"]
+    outputs = ["3\n", "7\n", "5\n", "8\n", "20\n"]
+    assert graded_stdio(program, inputs, outputs, timeout_s=1.0, isolation="none") == GradedResult(3, 5)
+    with pytest.raises(UserError, match="as many outputs as inputs"):
+        graded_stdio(program, inputs, outputs[:2], isolation="none")
