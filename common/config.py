@@ -55,6 +55,13 @@ class TrainConfig:
     max_seq_len: int = option(512, "longest example in tokens", sweep=True)
     truncate: bool = option(False, "truncate over-long examples instead of dropping them", sweep=True)
     seed: int = option(0, "seed of initialisation and batch order", sweep=True)
+    split_seed: int = option(0, "seed that draws the validation/test split, by group; kept apart from --seed so "
+                                "runs with different seeds share one split", sweep=True)
+    group_key: str | None = option(None, "field of a .jsonl/.json/.csv/hf: dataset whose value groups rows (e.g. "
+                                         "repo): a group never straddles train/validation/test (None: each row "
+                                         "its own group; stdlib is grouped by source file)", sweep=True)
+    decontaminate: str = option("", "comma list of benchmark .jsonl files, besides HumanEval, whose near-copies "
+                                    "are removed from the data", sweep=True)
     grad_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower", sweep=True)
     packing: bool = option(False, "pack examples into max-seq-len rows (no cross-example attention or loss)",
                            sweep=True)
@@ -86,8 +93,11 @@ class EvalConfig:
                                choices=QUANT_MODES, sweep=True)
     dataset: str | None = option(None, "dataset whose test split is 'heldout' (None: the adapter's, else stdlib)",
                                  sweep=True)
-    seed: int | None = option(None, "split and sampling seed (None: the adapter's training seed, else 0)",
-                              sweep=True)
+    seed: int | None = option(None, "sampling seed (None: the adapter's training seed, else 0)", sweep=True)
+    split_seed: int | None = option(None, "split seed of 'heldout' (None: the adapter's, else 0)", sweep=True)
+    group_key: str | None = option(None, "group key of the 'heldout' split (None: the adapter's)", sweep=True)
+    decontaminate: str | None = option(None, "benchmark files the 'heldout' data was cleaned against (None: the "
+                                             "adapter's, else none)", sweep=True)
     benchmark: str | None = option(None, "comma list of humaneval | heldout | FILE.jsonl (None: humaneval,heldout;"
                                          " humaneval with --samples)", sweep=True)
     eval_limit: int | None = option(None, "first N problems of each benchmark", sweep=True,

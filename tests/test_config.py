@@ -33,7 +33,7 @@ def test_one_declaration_reaches_parser_sweep_record_and_help(capsys):
 def test_sweep_tables_are_the_config_classes():
     assert set(S.TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["option"].sweep}
     assert S.TRAIN_FLAGS["rank"] == (int, 16) and S.EVAL_FLAGS["eval_limit"] == (int, None)
-    assert set(S.SHARED_FLAGS) == {"model", "quant", "dataset", "seed"}
+    assert set(S.SHARED_FLAGS) == {"model", "quant", "dataset", "seed", "split_seed", "group_key", "decontaminate"}
     assert "max_seq_len" in S.EVAL_FLAGS and "max_seq_len" in S.TRAIN_FLAGS
 
 
