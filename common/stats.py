@@ -238,6 +238,20 @@ def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]], per_seed_b: 
     return float(b.mean() - a.mean()), *_percentiles(estimates, confidence)
 
 
+def cluster_proportion_ci(per_seed: Sequence[Sequence[float]], n_resamples: int = 2000, confidence: float = 0.95,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(pass rate, low, high) of 0/1 outcomes over seeds x problems, never zero-width at 0 or 1.
+
+    The hull of the crossed cluster bootstrap (cluster_bootstrap_ci) and the Wilson interval of the
+    seed-averaged rate with n = the number of problems (the seeds add no new problems). The bootstrap
+    alone collapses to [0, 0] when no seed passes anything; Wilson alone ignores the seed spread.
+    """
+    mean, low, high = cluster_bootstrap_ci(per_seed, n_resamples, confidence, seed)
+    problems = len(per_seed[0])
+    w_low, w_high = wilson_interval(round(mean * problems), problems, confidence)
+    return mean, min(low, w_low), max(high, w_high)
+
+
 def seed_spread(per_seed_means: Sequence[float]) -> float | None:
     """Sample standard deviation (n - 1) of the per-seed means; None for fewer than two seeds."""
     x = np.asarray(per_seed_means, dtype=float)

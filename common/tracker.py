@@ -26,6 +26,9 @@ from common.errors import UserError
 SCHEMA_VERSION = 1
 APPLICATION = "lora-code-study"
 STATUSES = ("running", "completed", "failed", "interrupted")
+# Suite membership is recorded as score rows under this benchmark (name = suite, value = 1), so a run
+# shared by several suites belongs to each (sweep.py writes them, report.py reads them).
+MEMBERSHIP = "suite"
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -241,6 +244,26 @@ class Tracker:
             query += " AND benchmark=?"
             args.append(benchmark)
         return [dict(r) for r in self.conn.execute(query + " ORDER BY benchmark, name", args)]
+
+    def all_scores(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """Every score: run id -> "<benchmark>.<name>" -> {value, n, low, high} (membership rows excluded)."""
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        for r in self.conn.execute("SELECT run_id, benchmark, name, value, n, ci_low, ci_high FROM scores"
+                                   " WHERE benchmark != ? ORDER BY run_id, benchmark, name", (MEMBERSHIP,)):
+            out.setdefault(r[0], {})[f"{r[1]}.{r[2]}"] = dict(value=r[3], n=r[4], low=r[5], high=r[6])
+        return out
+
+    def log_membership(self, run_id: int, suites: list[str]) -> None:
+        """Record that a run belongs to these suites (besides the one it was started under)."""
+        self.log_scores(run_id, MEMBERSHIP, {s: 1 for s in suites})
+
+    def memberships(self) -> dict[str, set[int]]:
+        """suite -> run ids: runs started under the suite and runs recorded as its members."""
+        out: dict[str, set[int]] = {}
+        for suite, run_id in self.conn.execute("SELECT suite, id FROM runs WHERE suite IS NOT NULL UNION"
+                                               " SELECT name, run_id FROM scores WHERE benchmark = ?", (MEMBERSHIP,)):
+            out.setdefault(suite, set()).add(run_id)
+        return out
 
     def log_samples(self, run_id: int, benchmark: str, samples: Iterable[dict[str, Any]]) -> None:
         rows = [(run_id, benchmark, str(s["task_id"]), s.get("sample_index", 0), s.get("prompt"),

@@ -117,3 +117,11 @@ def test_cluster_bootstrap_on_two_seeds_carries_the_seed_spread():
     assert diff == pytest.approx((seed1.mean() - seed0.mean()) / 2) and d_low >= 0 and d_high > 0
     with pytest.raises(ValueError):
         stats.cluster_bootstrap_ci([seed0, seed1[:10]])
+
+
+def test_cluster_proportion_interval_is_never_zero_width():
+    zeros = [[0.0] * 40, [0.0] * 40]
+    mean, low, high = stats.cluster_proportion_ci(zeros)
+    assert mean == 0 and low == 0 and high == pytest.approx(stats.wilson_interval(0, 40)[1])
+    ones = [[1.0] * 40, [1.0] * 40]
+    assert stats.cluster_proportion_ci(ones)[1] == pytest.approx(stats.wilson_interval(40, 40)[0])
