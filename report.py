@@ -166,7 +166,9 @@ def differences_section(study: Study, suite: str, rows: list[Row], bases: list[R
 def power_lines(power: compare.Power | None) -> list[str]:
     if power is None:
         return []
-    pts = lambda x: f"{100 * x:.1f}"  # noqa: E731
+
+    def pts(x: float) -> str:
+        return f"{100 * x:.1f}"
     seen = (f"a difference of {pts(power.detectable)} points with 80% power" if power.detectable else
             "no difference within that discordance with 80% power")
     needed = "; ".join(f"{pts(t)} points needs about {n} problems" if n else f"{pts(t)} points needs over 5000"

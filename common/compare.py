@@ -61,13 +61,13 @@ def reference_row(rows: list[Row], suite: str) -> Row | None:
 
 
 def matching_base(study: Study, row: Row, bases: list[Row]) -> Row | None:
-    """The base evaluation whose settings best match the row's (newest eval) settings."""
+    """The base evaluation whose settings best match the row's (newest eval) settings; the newest on a tie."""
     if not bases or not row.eval_ids:
         return bases[0] if bases else None
     config = study.runs[row.eval_ids[-1]]["config"]
     keys = ("model", "quant", "benchmarks", "benchmark", "limit", "n_samples", "temperature", "max_new_tokens")
     return max(bases, key=lambda b: (sum(b.config.get(k) == config.get(k) for k in keys if k in config),
-                                     -b.eval_ids[0]))
+                                     b.eval_ids[0]))
 
 
 def _paired_grids(study: Study, a: Row, b: Row, bench: str) -> tuple[list, list] | None:
@@ -78,8 +78,7 @@ def _paired_grids(study: Study, a: Row, b: Row, bench: str) -> tuple[list, list]
     if len(identities) != 1 or not next(iter(identities))[3]:
         return None
     tasks = next(iter(identities))[3]
-    grid = lambda row: [[study.problems(e, bench)[t] for t in tasks] for e in row.eval_ids]  # noqa: E731
-    return grid(a), grid(b)
+    return tuple([[study.problems(e, bench)[t] for t in tasks] for e in row.eval_ids] for row in (a, b))
 
 
 def differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
@@ -230,8 +229,8 @@ def budgets(study: Study, rows: list[Row], quality: str) -> list[Budget]:
     out: list[Budget] = []
     for limit, text in sorted({nice_budget(r.mean("train.peak_mb")) for r in front}):
         fits = [r for r in front if r.mean("train.peak_mb") <= limit + 1e-9]
-        pick = sorted(fits, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality),
-                                           r.mean("train.peak_mb"), r.label))[0]
+        pick = min(fits, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality),
+                                        r.mean("train.peak_mb"), r.label))
         previous = out[-1].pick if out else None
         if previous is not pick:
             out.append(Budget(text, pick, previous, separated(study, previous, pick, quality) if previous else None))
@@ -255,8 +254,7 @@ def pick_examples(study: Study, rows: list[Row], bases: list[Row], quality: str 
     scored = [r for r in rows if r.mean(quality) is not None and r.eval_ids]
     if not scored:
         return None
-    best = sorted(scored, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality),
-                                         r.label))[0]
+    best = min(scored, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality), r.label))
     adapter_eval, base_eval = best.eval_ids[-1], matching_base(study, best, bases).eval_ids[0]
     adapter = {(s["benchmark"], s["task_id"]): s for s in study.tracker.samples(adapter_eval) if s["sample_index"] == 0}
     base = {(s["benchmark"], s["task_id"]): s for s in study.tracker.samples(base_eval) if s["sample_index"] == 0}

@@ -13,10 +13,11 @@ width at 0/n or n/n (a percentile bootstrap collapses to [0, 0] there). Paired p
 exact McNemar test; continuous per-problem scores get a paired bootstrap; perplexity, a ratio of sums,
 gets a token-weighted bootstrap over examples.
 """
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Sequence
 
 import numpy as np
 
@@ -212,10 +213,18 @@ def cluster_bootstrap_ci(per_seed: Sequence[Sequence[float]], n_resamples: int =
     """
     x = _seed_problem_matrix(per_seed)
     rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, x.shape[0], size=(n_resamples, x.shape[0]))
-    problems = rng.integers(0, x.shape[1], size=(n_resamples, x.shape[1]))
-    estimates = np.array([x[np.ix_(s, p)].mean() for s, p in zip(seeds, problems)])
-    return float(x.mean()), *_percentiles(estimates, confidence)
+    seeds, problems = _draw_counts(rng, x.shape[0], n_resamples), _draw_counts(rng, x.shape[1], n_resamples)
+    return float(x.mean()), *_percentiles(_resampled_means(x, seeds, problems), confidence)
+
+
+def _draw_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np.ndarray:
+    """How often each of `size` items is drawn in each resample of `size` draws with replacement."""
+    return rng.multinomial(size, np.full(size, 1 / size), size=n_resamples)
+
+
+def _resampled_means(x: np.ndarray, seed_counts: np.ndarray, problem_counts: np.ndarray) -> np.ndarray:
+    """Mean of each resampled sub-matrix: sum_ij c_i x_ij k_j / (S J), for seed counts c and problem counts k."""
+    return np.einsum("rs,sj,rj->r", seed_counts, x, problem_counts) / (x.shape[0] * x.shape[1])
 
 
 def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]], per_seed_b: Sequence[Sequence[float]],
@@ -230,11 +239,9 @@ def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]], per_seed_b: 
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired configs need the same problems, got {a.shape[1]} and {b.shape[1]}")
     rng = np.random.default_rng(seed)
-    estimates = np.empty(n_resamples)
-    for i in range(n_resamples):
-        p = rng.integers(0, a.shape[1], size=a.shape[1])
-        sa, sb = rng.integers(0, a.shape[0], size=a.shape[0]), rng.integers(0, b.shape[0], size=b.shape[0])
-        estimates[i] = b[np.ix_(sb, p)].mean() - a[np.ix_(sa, p)].mean()
+    problems = _draw_counts(rng, a.shape[1], n_resamples)
+    seeds_a, seeds_b = _draw_counts(rng, a.shape[0], n_resamples), _draw_counts(rng, b.shape[0], n_resamples)
+    estimates = _resampled_means(b, seeds_b, problems) - _resampled_means(a, seeds_a, problems)
     return float(b.mean() - a.mean()), *_percentiles(estimates, confidence)
 
 
@@ -296,6 +303,7 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return 1.0 if d == 0 else min(1.0, 2 * binomial_cdf(min(only_a, only_b), d, 0.5))
 
 
+@functools.lru_cache(maxsize=None)
 def _critical_count(d: int, alpha: float) -> int:
     """The largest k with 2 P(X <= k) <= alpha, X ~ Bin(d, 1/2): reject when min(only_a, only_b) <= k; -1 if none."""
     tails = 2 * np.cumsum(binomial_pmf(d, 0.5))[:d // 2 + 1]
@@ -355,8 +363,9 @@ def problems_needed(difference: float, discordance: float | None = None, alpha: 
                     power: float = POWER, max_n: int = 5000) -> int | None:
     """The fewest problems n for which mcnemar_power(n, difference, discordance) >= power (None above max_n).
 
-    Power of an exact test is not monotone in n (the critical counts jump), so this is the first n
-    that reaches it, found by doubling, then scanning the last interval.
+    Found by doubling, then bisection. Power of an exact test is not strictly monotone in n (the
+    critical counts jump), so the answer is an n that reaches the power where n - 1 does not: the
+    smallest such n up to a saw-tooth of a few problems.
     """
     discordance = difference if discordance is None else discordance
 
@@ -368,5 +377,8 @@ def problems_needed(difference: float, discordance: float | None = None, alpha: 
         if high >= max_n:
             return None
         high = min(max_n, high * 2)
-    low = max(1, high // 2)
-    return next(n for n in range(low, high + 1) if enough(n))
+    low = max(0, high // 2)      # not enough(low) holds, or low = 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high

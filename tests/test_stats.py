@@ -77,7 +77,7 @@ def test_perplexity_interval_covers_the_truth_about_95_percent_of_the_time():
 def test_perplexity_is_token_weighted():
     value, _, _ = stats.perplexity_ci([10.0, 2.0], [10, 1])
     assert value == pytest.approx(np.exp(12 / 11))
-    diff, low, high = stats.paired_perplexity_difference([10.0, 2.0], [5.0, 1.0], [10, 1])
+    diff, _, high = stats.paired_perplexity_difference([10.0, 2.0], [5.0, 1.0], [10, 1])
     assert diff == pytest.approx(np.exp(6 / 11) - np.exp(12 / 11)) and high < 0
 
 
