@@ -13,6 +13,11 @@ examples; failed runs; the environment), model_comparison.csv/.json (the rows as
 The numbers come from common/study.py (rows, cells, intervals) and common/compare.py (paired tests,
 power, fronts); this file only renders them. A value is bold only when it beats the runner-up beyond
 noise (see common/compare.py for the tests). The same database gives byte-identical markdown.
+
+Planning a study (common/stats.py): with 40 problems an exact McNemar test needs 6 one-way flips
+(15 points) for p < 0.05, and 80% power needs a ~20-point gain even if every flip goes one way; where
+configs disagree on 20% of problems, 80% power for a 10-point pass@1 gain needs ~168 problems
+(`python -c "from common.stats import problems_needed; print(problems_needed(0.10, 0.20))"`).
 """
 import json
 import sys
@@ -170,7 +175,7 @@ def power_lines(power: compare.Power | None) -> list[str]:
     def pts(x: float) -> str:
         return f"{100 * x:.1f}"
     seen = (f"a difference of {pts(power.detectable)} points with 80% power" if power.detectable else
-            "no difference within that discordance with 80% power")
+            "no difference up to that discordance with 80% power")
     needed = "; ".join(f"{pts(t)} points needs about {n} problems" if n else f"{pts(t)} points needs over 5000"
                        for t, n in power.needed.items())
     return ["### What this design can detect", "",

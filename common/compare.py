@@ -164,14 +164,13 @@ def better(metric: Metric, a: float, b: float) -> bool:
 
 def separated(study: Study, a: Row, b: Row, key: str) -> bool | None:
     """Whether rows a and b differ on `key` beyond noise: the paired test when there is one, else whether
-    their intervals (95% CI, or mean ± std over seeds) are disjoint; None with nothing to judge by."""
+    both have intervals (95% CI, or mean ± std over seeds) and they are disjoint; None when either has none."""
     diff = differences(study, a, b).get(key) if key.split(".", 1)[0] != "train" else None
     if diff is not None:
         return diff.beyond_noise
     ia, ib = (a.get(key) and a.get(key).interval()), (b.get(key) and b.get(key).interval())
-    if not ia and not ib:
+    if not ia or not ib:
         return None
-    ia, ib = ia or (a.mean(key),) * 2, ib or (b.mean(key),) * 2
     return ia[1] < ib[0] or ib[1] < ia[0]
 
 

@@ -353,9 +353,9 @@ def minimum_detectable_difference(n: int, discordance: float | None = None, alph
     reaches the power.
     """
     grid = np.arange(step, (discordance if discordance is not None else 1.0) + 1e-12, step)
-    for delta in grid:
-        if mcnemar_power(n, float(delta), float(delta) if discordance is None else discordance, alpha) >= power:
-            return float(delta)
+    for delta in (round(float(x), 10) for x in grid):  # no 0.04999999 from the float grid
+        if mcnemar_power(n, delta, delta if discordance is None else discordance, alpha) >= power:
+            return delta
     return None
 
 

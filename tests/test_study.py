@@ -137,3 +137,10 @@ def test_without_samples_the_stored_delta_decides(tmp_path):
     rows, bases = build_rows(s, "s")
     verdicts = [compare.differences(s, bases[0], r)["humaneval.pass@1"].beyond_noise for r in rows]
     assert verdicts == [True, False, None]
+
+
+def test_a_value_without_an_interval_is_never_called_separated(study):
+    s, rows, _, _ = study
+    # val loss: one seed, no CI, against a two-seed mean ± std: nothing to judge the single seed's noise by.
+    assert compare.separated(s, rows["rank=8"], rows["rank=16"], "train.final_val_loss") is None
+    assert compare.best_row(s, list(rows.values()), "train.final_val_loss") is None
