@@ -111,6 +111,11 @@ def _differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
 
 def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
     attr = {"pass@1": "passed", "syntax_ok": "compiled", "chrf": "chrf", "perplexity": "nll"}[key.split(".", 1)[1]]
+    if attr == "nll":  # examples dropped as too long carry no NLL on either side
+        kept = [j for j in range(len(grid_a[0])) if all(s[j].nll is not None for s in grid_a + grid_b)]
+        grid_a, grid_b = [[s[j] for j in kept] for s in grid_a], [[s[j] for j in kept] for s in grid_b]
+        if not kept:
+            return None
     values_a = [[getattr(p, attr) for p in seed] for seed in grid_a]
     values_b = [[getattr(p, attr) for p in seed] for seed in grid_b]
     if any(v is None for seed in values_a + values_b for v in seed):

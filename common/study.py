@@ -291,9 +291,10 @@ def add_record_intervals(study: Study, row: Row) -> None:
                 continue
             values = [(sum(g) / len(g), *stats.wilson_interval(round(sum(g)), len(g))) for g in grids]
             row.cells[f"{bench}.{name}"] = Cell(values, _pooled(per_seed, grids))
-        if all(p.nll is not None for s in per_seed for p in s.values()):
-            values = [stats.perplexity_ci([p.nll for p in s.values()], [p.tokens for p in s.values()])
-                      for s in per_seed]
+        # Examples too long for --max-seq-len carry no NLL; the stored perplexity leaves them out too.
+        scored = [[p for p in s.values() if p.nll is not None] for s in per_seed]
+        if all(scored):
+            values = [stats.perplexity_ci([p.nll for p in s], [p.tokens for p in s]) for s in scored]
             # Seeds of one config hold out different examples when their splits differ: no crossed
             # bootstrap; the hull of the per-seed intervals is the (conservative) interval.
             hull = (min(v[1] for v in values), max(v[2] for v in values)) if len(values) > 1 else None

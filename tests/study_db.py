@@ -46,7 +46,7 @@ def humaneval_sample(i: int, passed: bool, output: str | None = None, chrf: floa
 
 def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set[int], *, nll_per_token: float,
              quant: str = "16bit", outputs: dict[int, str] | None = None, status: str = "completed",
-             chrf: float = 30.0, protocol: str | None = None) -> int:
+             chrf: float = 30.0, protocol: str | None = None, too_long: int | None = None) -> int:
     config = {"model": "tiny", "adapter": None if parent is None else f"runs/{name}", "quant": quant,
               "benchmarks": ["humaneval", "heldout"], "limit": PROBLEMS, "n_samples": 1, "temperature": 0.0,
               "max_new_tokens": 8, "benchmark_keys": {"humaneval": "he-1", "heldout": "stdlib-split0"}}
@@ -66,8 +66,10 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set
                 "details": {"syntax": None, "chrf": chrf + j, "code": "    return '  ' + text\n",
                             "nll_sum": nll_per_token * (10 + j) * (1 + 0.05 * (j % 3)), "tokens": 10 + j}}
                for j in range(HELDOUT)]
-    tokens = sum(h["details"]["tokens"] for h in heldout)
-    nll = sum(h["details"]["nll_sum"] for h in heldout) / tokens
+    if too_long is not None:   # dropped for --max-seq-len: evaluate.py records no NLL for it
+        del heldout[too_long]["details"]["nll_sum"], heldout[too_long]["details"]["tokens"]
+    tokens = sum(h["details"].get("tokens", 0) for h in heldout)
+    nll = sum(h["details"].get("nll_sum", 0) for h in heldout) / tokens
     db.log_scores(run, "heldout", {"nll": (nll, tokens, None, None), "chrf": chrf + 1})
     db.log_samples(run, "humaneval", samples)
     db.log_samples(run, "heldout", heldout)

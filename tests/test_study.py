@@ -144,3 +144,28 @@ def test_a_value_without_an_interval_is_never_called_separated(study):
     # val loss: one seed, no CI, against a two-seed mean ± std: nothing to judge the single seed's noise by.
     assert compare.separated(s, rows["rank=8"], rows["rank=16"], "train.final_val_loss") is None
     assert compare.best_row(s, list(rows.values()), "train.final_val_loss") is None
+
+
+def test_examples_without_nll_are_left_out_of_perplexity_on_both_sides(tmp_path):
+    db = Tracker(tmp_path / "n.db")
+    eval_run(db, "n", None, "base", set(), nll_per_token=2.0, too_long=9)
+    r = train_run(db, "n", 4, "16bit", 0, peak=1, seconds=1)
+    eval_run(db, "n", r, "adapter", set(), nll_per_token=1.5)
+    db.close()
+    s = Study(Tracker(tmp_path / "n.db"))
+    rows, bases = build_rows(s, "n")
+    tokens = [10 + j for j in range(9)]
+    nll = [2.0 * t * (1 + 0.05 * (j % 3)) for j, t in enumerate(tokens)]
+    assert bases[0].mean("heldout.perplexity") == pytest.approx(math.exp(sum(nll) / sum(tokens)))
+    assert compare.differences(s, bases[0], rows[0])["heldout.perplexity"].n == 9
+
+
+def test_tracker_memberships_and_scores(tmp_path):
+    db = Tracker(tmp_path / "m.db")
+    run = db.start_run("r", "train", {}, suite="rank")
+    other = db.start_run("o", "train", {})
+    db.log_scores(run, "train", {"peak_rss_mb": 5.0})
+    db.log_membership(run, ["quant", "seeds"])
+    db.log_membership(other, ["quant"])
+    assert db.memberships() == {"rank": {run}, "quant": {run, other}, "seeds": {run}}
+    assert db.all_scores() == {run: {"train.peak_rss_mb": {"value": 5.0, "n": None, "low": None, "high": None}}}
