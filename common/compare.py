@@ -55,7 +55,8 @@ def reference_row(rows: list[Row], suite: str) -> Row | None:
     reference = BUILTIN[suite].reference if suite in BUILTIN else CENTRAL
     wanted = {k: v for k, v in reference.items() if k != "seed"}
     for row in rows:
-        if all(row.config.get(k) == v for k, v in wanted.items()) and reference.get("seed") in (row.seeds or [None]):
+        if all(row.config.get(k) == v for k, v in wanted.items()) and \
+                ("seed" not in reference or reference["seed"] in row.seeds):
             return row
     return None
 

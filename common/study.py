@@ -123,7 +123,7 @@ class Row:
 class Problem:
     """One problem of one evaluation, from its samples."""
     passed: float | None          # share of samples that passed (None: no tests)
-    compiled: float               # share of samples that compile
+    compiled: float | None        # share of samples that compile (None: not recorded)
     chrf: float | None            # mean sentence chrF against the reference
     nll: float | None = None      # summed NLL of the reference tokens (nats), when evaluate.py recorded it
     tokens: int | None = None
@@ -175,8 +175,8 @@ class Study:
     def benchmark_identity(self, eval_id: int, bench: str) -> tuple:
         """What must match for two evaluations to be paired: benchmark, its data key, protocol, problem ids."""
         config = self.runs[eval_id]["config"]
-        return (bench, (config.get("benchmark_keys") or {}).get(bench), config.get("protocol", DEFAULT_PROTOCOL),
-                tuple(sorted(self.problems(eval_id, bench))))
+        data_key = json.dumps((config.get("benchmark_keys") or {}).get(bench), sort_keys=True, default=str)
+        return (bench, data_key, config.get("protocol", DEFAULT_PROTOCOL), tuple(sorted(self.problems(eval_id, bench))))
 
     def benchmarks(self, eval_id: int) -> list[str]:
         return sorted({k.split(".", 1)[0] for k in self.scores.get(eval_id, {})} - {"train"})
@@ -188,7 +188,8 @@ def _problem(rows: list[dict]) -> Problem:
     chrfs = [d["chrf"] for d in details if d.get("chrf") is not None]
     nll = details[0].get("nll_sum")
     return Problem(passed=sum(r["result"] == "passed" for r in tested) / len(tested) if tested else None,
-                   compiled=sum(d.get("syntax") is None for d in details) / len(details),
+                   compiled=(sum(d["syntax"] is None for d in details) / len(details)
+                             if all("syntax" in d for d in details) else None),
                    chrf=sum(chrfs) / len(chrfs) if chrfs else None,
                    nll=nll, tokens=details[0].get("tokens") if nll is not None else None, n_samples=len(rows))
 

@@ -46,10 +46,12 @@ def humaneval_sample(i: int, passed: bool, output: str | None = None, chrf: floa
 
 def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set[int], *, nll_per_token: float,
              quant: str = "16bit", outputs: dict[int, str] | None = None, status: str = "completed",
-             chrf: float = 30.0, protocol: str | None = None, too_long: int | None = None) -> int:
+             chrf: float = 30.0, protocol: str | None = None, too_long: int | None = None,
+             split_seed: int = 0) -> int:
     config = {"model": "tiny", "adapter": None if parent is None else f"runs/{name}", "quant": quant,
               "benchmarks": ["humaneval", "heldout"], "limit": PROBLEMS, "n_samples": 1, "temperature": 0.0,
-              "max_new_tokens": 8, "benchmark_keys": {"humaneval": "he-1", "heldout": "stdlib-split0"}}
+              "max_new_tokens": 8, "benchmark_keys": {"humaneval": {"sha": "he-1", "templates": ["completion"]},
+                                                       "heldout": {"split_seed": split_seed, "max_seq_len": 512}}}
     if protocol:
         config["protocol"] = protocol
     run = db.start_run(name, "eval", config, suite=suite, parent_id=parent, environment=ENV)

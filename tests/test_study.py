@@ -73,10 +73,14 @@ def test_only_evaluations_with_the_same_benchmark_identity_are_paired(tmp_path):
     eval_run(db, "p", None, "base", set(), nll_per_token=2.0)
     r = train_run(db, "p", 4, "16bit", 0, peak=1, seconds=1)
     eval_run(db, "p", r, "chat", set(range(10)), nll_per_token=1.0, protocol="chat")
+    r2 = train_run(db, "p", 8, "16bit", 0, peak=1, seconds=1)
+    eval_run(db, "p", r2, "other-split", set(range(10)), nll_per_token=1.0, split_seed=1)
     db.close()
     s = Study(Tracker(tmp_path / "p.db"))
     rows, bases = build_rows(s, "p")
     assert compare.differences(s, bases[0], rows[0]) == {}          # completion vs chat: not the same benchmark
+    other_split = compare.differences(s, bases[0], rows[1])         # same HumanEval, another held-out split
+    assert "humaneval.pass@1" in other_split and not any(k.startswith("heldout.") for k in other_split)
 
 
 def test_power_of_the_design(study):
