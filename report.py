@@ -29,7 +29,7 @@ from typing import Any
 from common import compare
 from common.cli import Parser, parse_args
 from common.errors import UserError, run_cli
-from common.study import COST_KEYS, Cell, Metric, Row, Study, build_rows, metric_for, nice_budget  # noqa: F401
+from common.study import COST_KEYS, Cell, Metric, Row, Study, build_rows, metric_for
 from common.tracker import STATUSES, Tracker
 
 QUALITY_TABLES = [  # (title, columns)
@@ -205,8 +205,9 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
               f"{quality_name.split(' (')[0]} whose peak fits.", "",
               f"- below {budgets[0].text}: none of the measured configurations fits"]
     for b in budgets:
+        peak = fmt(b.pick.mean("train.peak_mb"), metric_for("train.peak_mb"))
         line = (f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
-                f"{'%' if metric.percent else ''}, peak {fmt(b.pick.mean('train.peak_mb'), metric_for('train.peak_mb'))} MB")
+                f"{'%' if metric.percent else ''}, peak {peak} MB")
         if b.previous is not None:
             line += {None: f"; no CI, so whether it beats {b.previous.label} beyond noise is unknown",
                      False: f"; within noise of {b.previous.label}, so the extra memory buys no measurable gain",

@@ -303,7 +303,7 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return 1.0 if d == 0 else min(1.0, 2 * binomial_cdf(min(only_a, only_b), d, 0.5))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _critical_count(d: int, alpha: float) -> int:
     """The largest k with 2 P(X <= k) <= alpha, X ~ Bin(d, 1/2): reject when min(only_a, only_b) <= k; -1 if none."""
     tails = 2 * np.cumsum(binomial_pmf(d, 0.5))[:d // 2 + 1]

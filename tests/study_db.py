@@ -58,7 +58,8 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set
     outputs = outputs or {}
     samples = [humaneval_sample(i, i in passes, outputs.get(i), chrf) for i in range(PROBLEMS)]
     k = len(passes)
-    db.log_scores(run, "humaneval", {"pass@1": (k / PROBLEMS, PROBLEMS, None, None), "chrf": (chrf, PROBLEMS, chrf - 5, chrf + 5),
+    db.log_scores(run, "humaneval", {"pass@1": (k / PROBLEMS, PROBLEMS, None, None),
+                                     "chrf": (chrf, PROBLEMS, chrf - 5, chrf + 5),
                                      "bleu": (chrf / 2, PROBLEMS, chrf / 2 - 3, chrf / 2 + 3),
                                      "syntax_ok": (1.0, PROBLEMS, 1.0, 1.0), "seconds_per_problem": 1.5,
                                      "tokens_per_s": 20.0})
