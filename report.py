@@ -280,7 +280,7 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
     else:
         n_seeds = max((len(r.seeds) for r in rows), default=0)
         lines += [f"{len(rows)} trained configuration(s)" + (f", up to {n_seeds} seeds each" if n_seeds > 1 else "")
-                  + f", {len(bases)} base-model evaluation(s). Brackets: 95% CIs (pass and compile rates: Wilson; "
+                  + f", {len(bases)} base-model evaluation(s). Brackets: 95% CIs (pass and compile rates from one sample per problem: Wilson; "
                   "several seeds: cluster bootstrap over seeds x problems); sd: the spread across seeds. "
                   "Bold: best in its column beyond noise.", "",
                   "### Cost", "", cost_table(rows, bases), "",
