@@ -153,15 +153,20 @@ def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device
     return samples
 
 
-def heldout_perplexity(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device, dtype) -> dict[str, tuple]:
-    from common.metrics import perplexity
-    from common.training import CompletionLoss, mean_nll
+def heldout_perplexity(model, tokenizer, bench: Benchmark, records: list[dict], device, dtype) -> dict[str, tuple]:
+    """Held-out NLL and perplexity with intervals; each record gets its reference's nll_sum and tokens."""
+    from common.example_nll import example_nlls
+    from common.scoring import heldout_nll
+    from common.training import CompletionLoss
 
     scores = {"nll_dropped_too_long": (bench.too_long, len(bench.problems), None, None)}
     if bench.encoded:
-        nll, tokens = mean_nll(CompletionLoss(model), bench.encoded, cfg.eval_batch_size, tokenizer.pad_token_id,
-                               device, dtype)
-        scores.update(nll=(nll, tokens, None, None), perplexity=(perplexity(nll), tokens, None, None))
+        per_example = example_nlls(CompletionLoss(model), bench.encoded, tokenizer.pad_token_id, device, dtype)
+        by_id = {ex["id"]: pair for ex, pair in zip(bench.encoded, per_example)}
+        for r in records:
+            if r["task_id"] in by_id:
+                r["details"]["nll_sum"], r["details"]["tokens"] = by_id[r["task_id"]]
+        scores.update(heldout_nll(per_example))
     return scores
 
 
@@ -411,7 +416,7 @@ def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benc
                  "seconds_per_problem": ((gen_seconds + exec_seconds) / len(bench.problems), len(bench.problems),
                                          None, None)}
         if bench.name == "heldout":
-            extra.update(heldout_perplexity(model, tokenizer, bench, cfg, device, dtype))
+            extra.update(heldout_perplexity(model, tokenizer, bench, records, device, dtype))
         return records, extra
     return produce
 

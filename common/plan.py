@@ -125,7 +125,8 @@ def describe_state(tracker: Tracker, p: Planned) -> str:
 
 
 def record_membership(tracker: Tracker, run_ids: list[int], suites: list[str]) -> None:
-    tracker.record_membership([i for i in run_ids if i is not None], suites)
+    for run_id in sorted({i for i in run_ids if i is not None}):
+        tracker.log_membership(run_id, suites)
 
 
 def print_plan(tracker: Tracker, planned: list[Planned]) -> None:

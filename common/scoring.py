@@ -4,12 +4,15 @@ A record is one generated sample as the tracker stores it (task_id, sample_index
 reference, details with code, syntax category and sentence chrF). Scores are
 name -> (value, n, ci_low, ci_high):
 
-    pass@K            unbiased pass@k (Chen et al. 2021) over problems with tests, bootstrap CI
+    pass@K            unbiased pass@k (Chen et al. 2021) over problems with tests; CI: Wilson when
+                      every problem has one sample (pass@1 is then a proportion), else bootstrap
     fail.<status>     counts of failed/error/timeout/memory/syntax_error programs (n = programs)
     error.<Type>      counts by exception or signal name; syntax.<category> counts of compile errors
-    syntax_ok         share of programs that compile, bootstrap CI over problems
+    syntax_ok         share of programs that compile; Wilson CI with one sample per problem, else bootstrap
+    nll, perplexity   held-out: token-weighted over the references; CI: bootstrap over examples
     bleu, chrf        corpus scores of the code against the references, bootstrap CI
-    delta.<metric>    adapter minus base on the same problems, paired bootstrap CI
+    delta.<metric>    adapter minus base on the same problems, paired bootstrap CI (perplexity: token-
+                      weighted, examples resampled jointly)
 """
 from collections import Counter
 
@@ -44,7 +47,10 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
     if tested:
         per_problem = [(len(rows), sum(r["result"] == "passed" for r in rows)) for rows in tested.values()]
         for k in ks:
-            mean, low, high = bootstrap_ci([pass_at_k(n, c, k) for n, c in per_problem])
+            if all(n == 1 for n, _ in per_problem):
+                mean, low, high = proportion(sum(c for _, c in per_problem), len(per_problem))
+            else:
+                mean, low, high = bootstrap_ci([pass_at_k(n, c, k) for n, c in per_problem])
             scores[f"pass@{k}"] = (mean, len(per_problem), low, high)
         programs = [r for rows in tested.values() for r in rows]
         statuses = Counter(r["result"] for r in programs)
@@ -54,7 +60,11 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
                          if r["result"] != "passed" and r["details"].get("error_type"))
         for error_type, count in sorted(errors.items()):
             scores[f"error.{error_type}"] = (count, len(programs), None, None)
-    mean, low, high = bootstrap_ci([problem_values(rows)["syntax_ok"] for rows in groups.values()])
+    compiled = [problem_values(rows)["syntax_ok"] for rows in groups.values()]
+    if all(len(rows) == 1 for rows in groups.values()):
+        mean, low, high = proportion(int(sum(compiled)), len(compiled))
+    else:
+        mean, low, high = bootstrap_ci(compiled)
     scores["syntax_ok"] = (mean, len(groups), low, high)
     categories = Counter(r["details"]["syntax"] for r in records if r["details"]["syntax"])
     for category, count in sorted(categories.items()):
@@ -67,6 +77,24 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
             value, low, high = sacrebleu_corpus_ci(hypotheses, references, metric_name)
             scores[metric_name] = (value, len(pairs), low, high)
     return scores
+
+
+def proportion(k: int, n: int) -> tuple[float, float, float]:
+    """k/n with its 95% Wilson interval (never zero-width, also at 0/n and n/n)."""
+    from common.stats import wilson_interval
+
+    return (k / n, *wilson_interval(k, n))
+
+
+def heldout_nll(per_example: list[tuple[float, int]]) -> dict[str, tuple]:
+    """nll and perplexity of (summed NLL, tokens) per example: token-weighted, bootstrap CI over examples."""
+    import math
+
+    from common.stats import perplexity_ci
+
+    tokens = sum(t for _, t in per_example)
+    ppl, low, high = perplexity_ci([n for n, _ in per_example], [t for _, t in per_example])
+    return {"nll": (math.log(ppl), tokens, math.log(low), math.log(high)), "perplexity": (ppl, tokens, low, high)}
 
 
 def paired_deltas(records: list[dict], base_records: list[dict]) -> dict[str, tuple]:
@@ -82,12 +110,32 @@ def paired_deltas(records: list[dict], base_records: list[dict]) -> dict[str, tu
         if pairs:
             mean, low, high = paired_difference([b for b, _ in pairs], [a for _, a in pairs])
             deltas[f"delta.{metric}"] = (mean, len(pairs), low, high)
+    deltas.update(paired_perplexity(records, base_records))
     return deltas
+
+
+def paired_perplexity(records: list[dict], base_records: list[dict]) -> dict[str, tuple]:
+    """delta.perplexity with a paired bootstrap on the held-out references both runs scored (same tokens)."""
+    from common.stats import paired_perplexity_difference
+
+    def nlls(rows: list[dict]) -> dict[str, tuple[float, int]]:
+        return {r["task_id"]: (r["details"]["nll_sum"], r["details"]["tokens"]) for r in rows
+                if (r.get("details") or {}).get("nll_sum") is not None}
+
+    mine, base = nlls(records), nlls(base_records)
+    common = [t for t in mine if t in base and mine[t][1] == base[t][1]]
+    if not common:
+        return {}
+    diff, low, high = paired_perplexity_difference([base[t][0] for t in common], [mine[t][0] for t in common],
+                                                   [mine[t][1] for t in common])
+    return {"delta.perplexity": (diff, len(common), low, high)}
 
 
 def delta_aggregates(scores: dict[str, tuple], base_scores: dict[str, dict]) -> dict[str, tuple]:
     out = {}
     for metric in ("nll", "perplexity"):
+        if f"delta.{metric}" in scores:
+            continue  # the paired one, with its interval
         if metric in scores and metric in base_scores and base_scores[metric]["value"] is not None:
             out[f"delta.{metric}"] = (scores[metric][0] - base_scores[metric]["value"], scores[metric][1], None, None)
     return out

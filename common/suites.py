@@ -96,6 +96,11 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+# The central configuration every other one is compared with (report.py): the study's one-axis
+# suites vary a single flag around it. A user suite without this config is compared with the base model only.
+CENTRAL = {"rank": 16, "modules": "qkvo", "quant": "16bit", "seed": 0}
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -103,6 +108,7 @@ class Suite:
     axes: dict[str, list[Any]] = field(default_factory=dict)
     groups: list[list[dict[str, Any]]] = field(default_factory=list)
     parts: tuple[str, ...] = ()     # a composite suite (like `all`) is the union of these suites
+    reference: dict[str, Any] = field(default_factory=lambda: dict(CENTRAL))  # the config others are compared with
 
 
 BUILTIN: dict[str, Suite] = {

@@ -36,8 +36,8 @@ from common.errors import UserError
 SCHEMA_VERSION = 1
 APPLICATION = "lora-code-study"
 STATUSES = ("running", "completed", "failed", "interrupted")
-# Suite membership is a score row: benchmark MEMBERSHIP, name = the suite, value 1. A run shared by
-# several suites (r16 qkvo 16bit is in rank, modules and quant) is recorded once and is a member of each.
+# Suite membership is recorded as score rows under this benchmark (name = suite, value = 1), so a run
+# shared by several suites belongs to each (sweep.py writes them, report.py reads them).
 MEMBERSHIP = "suite"
 
 _SCHEMA = """
@@ -284,6 +284,26 @@ class Tracker:
             args.append(benchmark)
         return [dict(r) for r in self.conn.execute(query + " ORDER BY benchmark, name", args)]
 
+    def all_scores(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """Every score: run id -> "<benchmark>.<name>" -> {value, n, low, high} (membership rows excluded)."""
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        for r in self.conn.execute("SELECT run_id, benchmark, name, value, n, ci_low, ci_high FROM scores"
+                                   " WHERE benchmark != ? ORDER BY run_id, benchmark, name", (MEMBERSHIP,)):
+            out.setdefault(r[0], {})[f"{r[1]}.{r[2]}"] = dict(value=r[3], n=r[4], low=r[5], high=r[6])
+        return out
+
+    def log_membership(self, run_id: int, suites: list[str]) -> None:
+        """Record that a run belongs to these suites (besides the one it was started under)."""
+        self.log_scores(run_id, MEMBERSHIP, {s: 1 for s in suites})
+
+    def memberships(self) -> dict[str, set[int]]:
+        """suite -> run ids: runs started under the suite and runs recorded as its members."""
+        out: dict[str, set[int]] = {}
+        for suite, run_id in self.conn.execute("SELECT suite, id FROM runs WHERE suite IS NOT NULL UNION"
+                                               " SELECT name, run_id FROM scores WHERE benchmark = ?", (MEMBERSHIP,)):
+            out.setdefault(suite, set()).add(run_id)
+        return out
+
     def log_samples(self, run_id: int, benchmark: str, samples: Iterable[dict[str, Any]]) -> None:
         rows = [(run_id, benchmark, str(s["task_id"]), s.get("sample_index", 0), s.get("prompt"),
                  s.get("generation"), s.get("reference"), s.get("result"),
@@ -303,18 +323,6 @@ class Tracker:
         for r in rows:
             r["details"] = json.loads(r["details"]) if r["details"] else None
         return rows
-
-    def record_membership(self, run_ids: list[int], suites: list[str]) -> None:
-        for run_id in sorted(set(run_ids)):
-            self.log_scores(run_id, MEMBERSHIP, {s: 1 for s in suites})
-
-    def memberships(self) -> dict[str, set[int]]:
-        """suite -> ids of its member runs."""
-        rows = self.conn.execute("SELECT run_id, name FROM scores WHERE benchmark=?", (MEMBERSHIP,))
-        members: dict[str, set[int]] = {}
-        for run_id, suite in rows:
-            members.setdefault(suite, set()).add(run_id)
-        return members
 
     # ---- export -----------------------------------------------------------
 

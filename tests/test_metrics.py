@@ -161,3 +161,26 @@ def test_perplexity():
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(7.0)) == pytest.approx(7.0)
     assert perplexity(1e6) == math.inf
+
+
+def test_example_nlls_split_the_batched_mean_exactly(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from common.example_nll import example_nlls
+    from common.prompts import IGNORE_INDEX
+    from common.stats import perplexity_ci
+    from common.training import CompletionLoss, mean_nll
+
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(6):
+        ids = torch.randint(10, 1000, (int(torch.randint(8, 30, (1,), generator=g)),), generator=g).tolist()
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * 4 + ids[4:]})
+    loss_fn = CompletionLoss(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
+    pairs = example_nlls(loss_fn, examples, 0, torch.device("cpu"), torch.float32)
+    mean, tokens = mean_nll(loss_fn, examples, 4, 0, torch.device("cpu"), torch.float32)
+    assert [t for _, t in pairs] == [len(e["input_ids"]) - 4 for e in examples] and sum(t for _, t in pairs) == tokens
+    assert sum(n for n, _ in pairs) / tokens == pytest.approx(mean, rel=1e-5)
+    value, low, high = perplexity_ci([n for n, _ in pairs], [t for _, t in pairs])
+    assert value == pytest.approx(math.exp(mean), rel=1e-5) and low < value < high
