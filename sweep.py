@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         print(f"suite {label}: {len(planned)} run(s) in {cfg.db}")
         print_plan(tracker, planned)
+        print(power_note(planned))
         return 0
     if not (ROOT / "evaluate.py").is_file():
         raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")

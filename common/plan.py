@@ -129,6 +129,22 @@ def record_membership(tracker: Tracker, run_ids: list[int], suites: list[str]) -
         tracker.log_membership(run_id, suites)
 
 
+def power_note(planned: list[Planned], humaneval_problems: int = 164) -> str:
+    """What pass@1 difference the planned design can detect (exact McNemar, alpha 0.05, 80% power)."""
+    from common.stats import minimum_detectable_difference, problems_needed
+
+    limits = {p.flags.get("eval_limit") for p in planned}
+    n = min(humaneval_problems, min((x for x in limits if x), default=humaneval_problems))
+    floor = minimum_detectable_difference(n)
+    typical = minimum_detectable_difference(n, discordance=0.2)
+    return (f"power: with {n} HumanEval problems, a paired pass@1 comparison (exact McNemar, alpha 0.05, 80% power) "
+            f"detects a difference of at least {100 * floor:.0f} points even if every disagreement goes one way"
+            + (f", {100 * typical:.0f} points if the two disagree on 20% of problems" if typical else
+               "; where they disagree on 20% of problems nothing it can see is detectable")
+            + f". A 10-point difference at 20% disagreement needs {problems_needed(0.10, 0.20)} problems; "
+            "seeds average out initialisation noise but do not add problems.")
+
+
 def print_plan(tracker: Tracker, planned: list[Planned]) -> None:
     from tabulate import tabulate
     rows = [(i + 1, p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.diff,

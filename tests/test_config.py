@@ -50,6 +50,7 @@ def test_types_booleans_and_deprecated_spellings(capsys):
     assert parse_config(InferConfig, ["--stop", "", "--stop", "x"], "d").stop == ["", "x"]
 
 
+@pytest.mark.slow
 def test_bad_values_and_removed_options_are_one_line_errors():
     for args, expected in ((["train.py", "--rank", "x"], "argument --rank: invalid int value"),
                            (["infer.py", "--verbose"], "--verbose was removed: the speed line is shown by default")):

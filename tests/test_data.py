@@ -32,6 +32,7 @@ def ids(examples):
 
 # ---------------------------------------------------------------------------- stdlib
 
+@pytest.mark.slow
 def test_stdlib_yields_thousands_of_parseable_completion_pairs(stdlib_splits):
     examples = stdlib_splits.train + stdlib_splits.validation + stdlib_splits.test
     assert len(examples) > 3000
@@ -43,6 +44,7 @@ def test_stdlib_yields_thousands_of_parseable_completion_pairs(stdlib_splits):
         ast.parse(e.prompt + e.completion)
 
 
+@pytest.mark.slow
 def test_stdlib_pairs_come_from_the_stdlib_proper(stdlib_splits):
     excluded = {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "lib2to3",
                 "turtledemo", "ensurepip", "__phello__"}
@@ -54,6 +56,7 @@ def test_stdlib_pairs_come_from_the_stdlib_proper(stdlib_splits):
     assert any(e.id == "stdlib:json/decoder.py:py_scanstring" for e in examples)
 
 
+@pytest.mark.slow
 def test_stdlib_is_decontaminated_against_humaneval(stdlib_splits):
     entry_points = {p.tests["entry_point"] for p in load_humaneval()}
     examples = stdlib_splits.train + stdlib_splits.validation + stdlib_splits.test
@@ -63,6 +66,7 @@ def test_stdlib_is_decontaminated_against_humaneval(stdlib_splits):
         assert reason in stdlib_splits.dropped
 
 
+@pytest.mark.slow
 def test_stdlib_splits_are_disjoint_and_seeded(stdlib_splits):
     train, val, test = (set(ids(s)) for s in (stdlib_splits.train, stdlib_splits.validation, stdlib_splits.test))
     assert not train & val and not train & test and not val & test
@@ -83,6 +87,7 @@ def sides_of_groups(splits) -> dict[str, set[str]]:
     return sides
 
 
+@pytest.mark.slow
 def test_stdlib_split_by_file_leaves_no_file_on_two_sides(stdlib_splits):
     assert stdlib_splits.group_key == "file" and stdlib_splits.split_seed == 0
     examples = stdlib_splits.train + stdlib_splits.validation + stdlib_splits.test
@@ -92,6 +97,7 @@ def test_stdlib_split_by_file_leaves_no_file_on_two_sides(stdlib_splits):
     assert sum(s == {"test"} for s in sides.values()) > 5  # many files, not one big one
 
 
+@pytest.mark.slow
 def test_stdlib_near_duplicates_are_dropped(stdlib_splits):
     dropped = stdlib_splits.dropped
     assert dropped["normalised_duplicate"] > 50 and dropped["near_duplicate"] > 20
@@ -100,6 +106,7 @@ def test_stdlib_near_duplicates_are_dropped(stdlib_splits):
     assert len(calls) <= 1  # tkinter's dozens of wm_* wrappers differ only in literals and names
 
 
+@pytest.mark.slow
 def test_stdlib_cache_is_reused_and_complete(stdlib_splits, stdlib_cache, monkeypatch):
     cached = list(stdlib_cache.glob("stdlib_pairs-*.json"))
     assert len(cached) == 1 and not list(stdlib_cache.glob("*.tmp"))
@@ -108,6 +115,7 @@ def test_stdlib_cache_is_reused_and_complete(stdlib_splits, stdlib_cache, monkey
     assert load_splits("stdlib") == stdlib_splits
 
 
+@pytest.mark.slow
 def test_limit_caps_train_only(stdlib_splits):
     small = load_splits("stdlib", limit=10)
     assert ids(small.train) == ids(stdlib_splits.train)[:10]

@@ -156,6 +156,7 @@ def test_samples_file_malformed_is_one_line_error(tmp_path, capsys, line, messag
 
 # ---------------------------------------------------------------------------- models
 
+@pytest.mark.slow
 def test_base_model_evaluation(tiny_model, tmp_path):
     db, out = str(tmp_path / "e.db"), tmp_path / "base"
     assert evaluate.main(["--model", tiny_model, "--db", db, "--output-dir", str(out), *FAST]) == 0
@@ -182,6 +183,7 @@ def test_base_model_evaluation(tiny_model, tmp_path):
     assert set(dumped["samples"]) == {"humaneval", "heldout"} and "base" not in dumped["samples"]["humaneval"][0]
 
 
+@pytest.mark.slow
 def test_instruction_heldout_and_stdio_file(tiny_model, tmp_path):
     """Instruction data goes through the chat template and is judged on stdin/stdout."""
     db = str(tmp_path / "e.db")
@@ -196,6 +198,7 @@ def test_instruction_heldout_and_stdio_file(tiny_model, tmp_path):
     assert sample["prompt"].startswith("<|im_start|>") and sample["result"] is None
 
 
+@pytest.mark.slow
 def test_adapter_compared_with_base_and_merge_agrees(tiny_model, tmp_path):
     db = str(tmp_path / "e.db")
     train_id = make_adapter(tiny_model, tmp_path / "adapter", db)

@@ -97,6 +97,7 @@ def greedy(model, tokenizer, prompt: str, n: int = 12) -> str:
 # ---------------------------------------------------------------------------- generation
 
 
+@pytest.mark.slow
 def test_single_prompt_streams_and_reports_syntax(tiny_model, capsys):
     out, err = run_main(["--model", tiny_model, "--prompt", "def add(a, b):", "--max-new-tokens", "8",
                          "--quant", "32bit"], capsys, speed=True)
@@ -108,6 +109,7 @@ def test_single_prompt_streams_and_reports_syntax(tiny_model, capsys):
     assert f"model {tiny_model} (32bit" in err
 
 
+@pytest.mark.slow
 def test_streamed_text_equals_batch_generate(tiny_model):
     """What is streamed and checked is exactly what common.generation.generate (evaluation) produces."""
     from common.generation import STOP_SEQUENCES, generate
@@ -153,6 +155,7 @@ def test_streamer_counts_a_stop_that_begins_in_the_prompt(tiny_model):
     assert "".join(written) == "" == streamer.text()  # as evaluate.py scores it
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_with_a_seed(tiny_model, capsys):
     argv = ["--model", tiny_model, "--quant", "32bit", "--prompt", "def f(x):", "--max-new-tokens", "8",
             "--temperature", "1.5", "--top-k", "50", "--top-p", "0.95"]
@@ -194,6 +197,7 @@ def test_adapter_changes_output_and_compare_prints_both(run32, capsys):
     assert out == adapted
 
 
+@pytest.mark.slow
 def test_interactive_session_through_a_pipe(run32):
     script = ("/help\n/temp 0\n/max 8\ndef add(a, b):\n\n    # blank line above stays in the prompt\n.\n"
               "/adapter off\ndef add(a, b):\n\n    # blank line above stays in the prompt\n.\n"
@@ -219,6 +223,7 @@ def test_interactive_end_of_input_runs_the_pending_prompt(tiny_model, capsys):
     assert "no adapter loaded" in out and out.count("--- syntax") == 1
 
 
+@pytest.mark.slow
 def test_demo_without_adapter_runs_base_only(tiny_model, capsys):
     out, _ = run_main(["--model", tiny_model, "--quant", "32bit", "--demo", "--max-new-tokens", "4"], capsys)
     assert out.count("##### ") == len(infer.DEMO_PROMPTS) and "=== " not in out
@@ -252,6 +257,7 @@ def _merge_matches(adapter: dict, merged: Path, tiny_model: str, base_quant: str
     assert json.loads((merged / MERGE_RECORD).read_text())["template"] == "plain"
 
 
+@pytest.mark.slow
 def test_merge_round_trip(run32, tiny_model, workdir, capsys):
     merged = workdir / "merged-32"
     out, _ = run_main(["--run-id", str(run32["run_id"]), "--db", run32["db"], "--merge-to", str(merged)], capsys)
@@ -262,6 +268,7 @@ def test_merge_round_trip(run32, tiny_model, workdir, capsys):
     assert "template plain (as in training)" in err and out.startswith("Write a function.")
 
 
+@pytest.mark.slow
 def test_merge_of_4bit_trained_adapter_into_16bit_base(run4, tiny_model, workdir, capsys):
     merged = workdir / "merged-4"
     out, err = run_main(["--adapter", run4["dir"], "--merge-to", str(merged)], capsys)
@@ -344,6 +351,7 @@ def test_bad_inputs_are_one_line_errors(run32, tiny_model, tiny_gpt2, workdir, c
         assert line.startswith("error: ") and message in line, (argv, line)
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_command_line(tiny_model):
     proc = subprocess.run([sys.executable, "infer.py", "--model", tiny_model, "--prompt", ""],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -10,6 +10,7 @@ from common import models
 from common.errors import UserError
 
 
+@pytest.mark.slow
 def test_embedded_model_loads_offline_and_generates():
     from common.quant import load_model, load_tokenizer
     tokenizer = load_tokenizer("smollm2-135m")

@@ -129,6 +129,7 @@ def test_comparison_files_have_the_table_rows(written):
     assert csv_text[0].startswith("suite,config,kind,n_seeds") and len(csv_text) == 1 + len(rows)
 
 
+@pytest.mark.slow
 def test_figures_are_valid_pngs(written):
     import matplotlib.image
 
@@ -141,6 +142,7 @@ def test_figures_are_valid_pngs(written):
         assert f"]({name})" in text
 
 
+@pytest.mark.slow
 def test_same_database_gives_identical_bytes(study, written, tmp_path):
     path, _ = study
     first_out, first_text, _ = written

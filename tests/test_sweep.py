@@ -183,10 +183,14 @@ def test_corrupt_or_foreign_db_is_a_one_line_error(tmp_path, content):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("sweeps")
+    # 40 functions that differ in structure, not only in names and literals: near-duplicates are removed.
+    bodies = [f"{fn}(x) {op} {i}" for i, (fn, op) in enumerate(
+        (fn, op) for fn in ("abs", "len", "str", "int", "float", "sorted", "max", "min")
+        for op in ("+", "-", "*", "//", "%"))]
     with open(root / "data.jsonl", "w") as f:
-        for i in range(40):
-            f.write(json.dumps({"prompt": f"def add_{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n",
-                                "completion": f"    return x + {i}\n"}) + "\n")
+        for i, body in enumerate(bodies):
+            f.write(json.dumps({"prompt": f"def f_{i}(x):\n    \"\"\"Return {body}.\"\"\"\n",
+                                "completion": f"    return {body}\n"}) + "\n")
     return root
 
 
@@ -239,6 +243,7 @@ def rows(db: Path, query: str, args=()) -> list[tuple]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_db_lose_nothing(two_sweeps):
     db, codes, logs = two_sweeps["db"], two_sweeps["codes"], two_sweeps["logs"]
     assert codes["smoke"] == 0, logs["smoke"][-3000:]
@@ -267,6 +272,7 @@ def test_two_sweeps_on_one_db_lose_nothing(two_sweeps):
     assert members == {"smoke", "pair"}
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_sweep_runs_nothing(two_sweeps, workdir, tiny_model):
     db = two_sweeps["db"]
     before = rows(db, "SELECT COUNT(*) FROM runs")
@@ -280,6 +286,7 @@ def test_rerun_of_a_finished_sweep_runs_nothing(two_sweeps, workdir, tiny_model)
     assert dry.returncode == 0 and "train failed" in dry.stdout and dry.stdout.count("eval done") == 3
 
 
+@pytest.mark.slow
 def test_report_of_the_sweeps(two_sweeps, tmp_path):
     import matplotlib.image
 
@@ -334,6 +341,7 @@ def kill_while_a_run_is_running(proc: subprocess.Popen, db: Path) -> None:
     raise AssertionError("the sweep finished before a run could be killed")
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     """SIGINT stops the sweep after the child saves a checkpoint; SIGKILL of the sweep and its child
     leaves a `running` row; the same command then finishes the suite with one completed row per run."""

@@ -26,6 +26,7 @@ def train_args(tiny_model, tmp_path, *extra) -> list[str]:
     return ["--model", tiny_model, "--db", str(tmp_path / "e.db"), "--output-dir", str(tmp_path / "run"), *FAST, *extra]
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_everything_is_recorded(tiny_model, tmp_path):
     code = train.main(train_args(tiny_model, tmp_path, "--max-steps", "12", "--lr", "3e-2", "--modules", "all",
                                  "--eval-every", "6", "--eval-gen", "2", "--tensorboard", str(tmp_path / "tb")))
@@ -51,6 +52,7 @@ def test_loss_goes_down_and_everything_is_recorded(tiny_model, tmp_path):
     assert json.loads((out / "run_config.json").read_text())["run_id"] == run["id"]
 
 
+@pytest.mark.slow
 def test_adapter_round_trips_through_peft(tiny_model, tmp_path):
     assert train.main(train_args(tiny_model, tmp_path, "--max-steps", "3", "--lr", "1e-2", "--quant", "32bit",
                                  "--eval-every", "0")) == 0
@@ -64,6 +66,7 @@ def test_adapter_round_trips_through_peft(tiny_model, tmp_path):
     torch.testing.assert_close(merged, after, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_config_file_supplies_defaults_and_the_command_line_wins(tiny_model, tmp_path):
     (tmp_path / "run.yaml").write_text("rank: 4\nlr: 0.001\nmax-steps: 2\neval_every: 0\n")
     assert train.main(train_args(tiny_model, tmp_path, "--config", str(tmp_path / "run.yaml"), "--lr", "0.002")) == 0
@@ -90,6 +93,7 @@ def final_adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_rerun_resumes_to_the_same_result(tiny_model, tmp_path):
     common = ["--model", tiny_model, *FAST, "--max-steps", "16", "--quant", "32bit", "--eval-every", "8",
               "--save-every", "2", "--lr", "5e-3"]
@@ -169,12 +173,14 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path, flags, message, 
     assert not (tmp_path / "e.db").exists() or Tracker(tmp_path / "e.db").runs() == []  # nothing half-recorded
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_prints_no_traceback(tiny_model, tmp_path):
     result = run_script("--model", tiny_model, "--db", str(tmp_path / "e.db"), "--rank", "0", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --rank must be a positive integer, got 0"
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_keep_identical_weights_and_only_rank0_writes(tiny_model, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
@@ -190,6 +196,7 @@ def test_ddp_two_processes_keep_identical_weights_and_only_rank0_writes(tiny_mod
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.db", "e.db-shm", "e.db-wal", "run"]
 
 
+@pytest.mark.slow
 def test_a_new_database_trains_afresh_beside_it(tiny_model, tmp_path):
     """Same run name, new --db: the run lives in the new database's directory, not in the old adapters."""
     args = ["--model", tiny_model, *FAST, "--max-steps", "1", "--eval-every", "0", "--name", "demo"]
