@@ -247,6 +247,23 @@ def environment_lines(study: Study, run_ids: list[int]) -> list[str]:
     return [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
 
 
+def data_lines(study: Study, run_ids: list[int]) -> list[str]:
+    """Per training data and split: examples used and what cleaning removed, by reason (train.py's run config)."""
+    combos: dict[str, list[int]] = defaultdict(list)
+    for run_id in run_ids:
+        c = study.runs[run_id]["config"]
+        if study.runs[run_id]["kind"] != "train" or "data_dropped" not in c:
+            continue
+        removed = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(c["data_dropped"].items()) if n)
+        split = f"split seed {c.get('split_seed', 0)}, grouped by {c.get('group_key') or 'source file'}" \
+            if c.get("dataset") == "stdlib" else f"split seed {c.get('split_seed', 0)}, group key " \
+            f"{c.get('group_key') or 'none'}"
+        combos[f"{c.get('dataset_source', c.get('dataset'))} ({split}): {c.get('train_examples')} train / "
+               f"{c.get('val_examples')} validation examples used; removed before splitting: "
+               f"{removed or 'nothing'}"].append(run_id)
+    return [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
+
+
 def examples_lines(study: Study, rows: list[Row], bases: list[Row], quality: str | None) -> list[str]:
     picked = compare.pick_examples(study, rows, bases, quality)
     if picked is None:
@@ -307,6 +324,9 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
         lines += ["### Failed, interrupted and running runs", "",
                   md_table(["id", "kind", "name", "status", "error", "completed run(s) of that name"], failures), ""]
     env_ids = sorted(i for i in study.members[suite] if study.runs[i]["status"] == "completed")
+    data = data_lines(study, env_ids)
+    if data:
+        lines += ["### Data", "", *data, ""]
     if env_ids:
         lines += ["### Environment", "", *environment_lines(study, env_ids), ""]
     return lines, bases + rows
