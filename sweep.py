@@ -60,17 +60,8 @@ from common import suites as S
 from common.config import SweepConfig
 from common.errors import UserError, run_cli
 from common.options import parse_config
-from common.plan import (
-    Planned,
-    completed_eval,
-    completed_train,
-    plan,
-    print_plan,
-    print_summary,
-    record_membership,
-    running_elsewhere,
-    selected_suites,
-)
+from common.plan import (Planned, completed_eval, completed_train, plan, power_note, print_plan, print_summary,
+                         record_membership, running_elsewhere, selected_suites)
 from common.tracker import Tracker, runs_root
 
 ROOT = Path(__file__).resolve().parent
