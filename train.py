@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from common import suites
 from common.batching import collate, epoch_batches, label_tokens, real_tokens
 from common.config import TrainConfig
 from common.data import load_splits
-from common.distributed import ddp_weight_drift, wrap_ddp
+from common.distributed import StopFlag, ddp_weight_drift, stop_requested, wrap_ddp
 from common.env import current_memory_mb, default_device, environment, peak_memory
 from common.errors import UserError, run_cli
 from common.generation import extract_code, generate, stops_for_template
@@ -62,6 +61,8 @@ class TrainState:
     best_step: int | None = None
     run_id: int | None = None            # the tracker run this training writes to
     wall_seconds: float = 0.0            # time spent before the last interruption
+    skipped_steps: int = 0               # fp16: steps the gradient scaler skipped for inf/NaN gradients
+    scaler: dict[str, Any] | None = None  # fp16: the gradient scaler's state (scale, growth tracker)
     config: dict[str, Any] = field(default_factory=dict)   # the recorded config it was started with
 
 
@@ -86,7 +87,8 @@ class Run:
     rank: int
     output_dir: Path
     tracker: Tracker | None              # None off the main process
-    stop: "StopFlag"
+    scaler: torch.amp.GradScaler | None  # fp16 only: loss scaling so small gradients do not flush to zero
+    stop: StopFlag
     started: float                       # perf_counter at (virtual) start, including earlier sessions
 
 
@@ -112,24 +114,6 @@ def default_name(cfg: TrainConfig) -> str:
     return suites.train_name(asdict(cfg))
 
 
-class StopFlag:
-    """First Ctrl-C/SIGTERM asks to stop at the next step boundary; a second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step", file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, argv, __doc__.split("\n\n")[0])
     validate(cfg)
@@ -141,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     check_quant(cfg.quant, device)
     if cfg.optim == "paged_adamw_8bit" and device.type != "cuda":
-        raise UserError("--optim paged_adamw_8bit needs a CUDA GPU; use --optim adamw")
+        print("note: --optim paged_adamw_8bit pages optimizer state only on CUDA; here it runs as 8-bit AdamW "
+              "without paging", file=sys.stderr)
     # Every process opens the tracker (for the run directory, which follows the database); only rank 0 writes.
     tracker = Tracker(cfg.db)
     cfg.name = cfg.name or default_name(cfg)
@@ -210,9 +195,13 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     checkpoint = out / "checkpoint"
     if (checkpoint / "state.pt").is_file():
         state = restore(checkpoint, config, model, optimizer, scheduler)
+    # fp16 (GPUs without bf16) needs loss scaling; bf16 has fp32's exponent range and does not.
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if scaler and state.scaler:
+        scaler.load_state_dict(state.scaler)
     run = Run(cfg, model, loss_fn, wrap_ddp(loss_fn) if world > 1 else loss_fn, optimizer, scheduler, tokenizer,
               train_set, val_set, splits.validation, template, total_steps, device, dtype, world, rank, out,
-              tracker, StopFlag(), time.perf_counter() - state.wall_seconds)
+              tracker, scaler, StopFlag(), time.perf_counter() - state.wall_seconds)
     if tracker:
         start_recording(run, state, splits.dropped, dropped_train + dropped_val)
     return run, state
@@ -260,8 +249,7 @@ def train(run: Run, state: TrainState) -> str:
     finally:
         run.stop.restore()
     if status == "interrupted" and run.tracker:
-        state.wall_seconds = time.perf_counter() - run.started
-        save_checkpoint(run.output_dir / "checkpoint", run.model, run.optimizer, run.scheduler, asdict(state))
+        checkpoint(run, state)
         run.tracker.finish_run(state.run_id, "interrupted", wall_seconds=state.wall_seconds)
         print(f"interrupted at step {state.step}; checkpoint saved, re-run the same command to resume")
     return status
@@ -304,12 +292,11 @@ def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
             log_step(run, state, values, bar, writer)
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == run.total_steps:
                 run_validation(run, state, writer)
-            if stop_requested(run):
+            if stop_requested(run.stop, run.world):
                 bar.close()
                 return "interrupted"
             if run.tracker and cfg.save_every and state.step % cfg.save_every == 0 and state.step < run.total_steps:
-                state.wall_seconds = time.perf_counter() - run.started
-                save_checkpoint(run.output_dir / "checkpoint", run.model, run.optimizer, run.scheduler, asdict(state))
+                checkpoint(run, state)
         if state.step < run.total_steps:
             state.epoch += 1
             state.batch = 0
@@ -317,6 +304,12 @@ def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
     if writer:
         writer.close()
     return "completed"
+
+
+def checkpoint(run: Run, state: TrainState) -> None:
+    state.wall_seconds = time.perf_counter() - run.started
+    state.scaler = run.scaler.state_dict() if run.scaler else None
+    save_checkpoint(run.output_dir / "checkpoint", run.model, run.optimizer, run.scheduler, asdict(state))
 
 
 def optimizer_step(run: Run, state: TrainState, rows: list[list[list[int]]]) -> dict[str, float]:
@@ -338,12 +331,14 @@ def optimizer_step(run: Run, state: TrainState, rows: list[list[list[int]]]) -> 
         with (contextlib.nullcontext() if sync else run.ddp.no_sync()), autocast(run.device, run.dtype):
             loss, _ = run.ddp(**{k: v.to(run.device) for k, v in m.items()})
             # DDP averages gradients over processes, so scale back up by world size.
-            (loss * run.world / n_labels.item()).backward()
+            scaled = loss * run.world / n_labels.item()
+            (run.scaler.scale(scaled) if run.scaler else scaled).backward()
         loss_sum += loss.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in run.model.parameters() if p.requires_grad], run.cfg.max_grad_norm or float("inf"))
-    run.optimizer.step()
-    run.scheduler.step()
+    grad_norm, stepped = clip_and_step(run)
+    if stepped:
+        run.scheduler.step()
+    else:
+        state.skipped_steps += 1
     run.optimizer.zero_grad(set_to_none=True)
     if run.world > 1:
         dist.all_reduce(loss_sum)
@@ -351,9 +346,31 @@ def optimizer_step(run: Run, state: TrainState, rows: list[list[list[int]]]) -> 
     state.batch += len(rows)
     tokens = sum(real_tokens(run.train_set, r) for r in rows) * run.world
     state.tokens_seen += tokens
-    return {"loss": loss_sum.item() / n_labels.item(), "lr": run.scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm), "tokens_per_s": tokens / (time.perf_counter() - step_start),
-            "tokens_seen": state.tokens_seen, "memory_mb": current_memory_mb(run.device)}
+    values = {"loss": loss_sum.item() / n_labels.item(), "lr": run.scheduler.get_last_lr()[0],
+              "grad_norm": float(grad_norm), "tokens_per_s": tokens / (time.perf_counter() - step_start),
+              "tokens_seen": state.tokens_seen, "memory_mb": current_memory_mb(run.device)}
+    if run.scaler:
+        values.update(loss_scale=run.scaler.get_scale(), skipped_steps=state.skipped_steps)
+    return values
+
+
+def clip_and_step(run: Run) -> tuple[torch.Tensor, bool]:
+    """Clip the true (unscaled) gradients, then step; (grad norm, whether the optimizer stepped).
+
+    With an fp16 scaler a step whose gradients hold inf/NaN is skipped and the scale halved
+    (the scaler's own rule), so an overflow costs one step, never the weights.
+    """
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    if run.scaler is None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.max_grad_norm or float("inf"))
+        run.optimizer.step()
+        return grad_norm, True
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.max_grad_norm or float("inf"))
+    scale = run.scaler.get_scale()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return grad_norm, run.scaler.get_scale() >= scale
 
 
 def log_step(run: Run, state: TrainState, values: dict[str, float], bar: tqdm, writer) -> None:
@@ -368,16 +385,6 @@ def log_step(run: Run, state: TrainState, values: dict[str, float], bar: tqdm, w
     if run.cfg.quiet and (state.step % 10 == 0 or state.step == run.total_steps):
         print(f"step {state.step}/{run.total_steps} loss {values['loss']:.4f} lr {values['lr']:.2e} "
               f"tok/s {values['tokens_per_s']:.0f}", flush=True)
-
-
-def stop_requested(run: Run) -> bool:
-    """Whether any process was asked to stop (all processes stop at the same step)."""
-    stopping = run.stop.requested
-    if run.world > 1:
-        flag = torch.tensor(int(stopping))
-        dist.all_reduce(flag)
-        stopping = bool(flag.item())
-    return stopping
 
 
 def run_validation(run: Run, state: TrainState, writer) -> None:
@@ -427,6 +434,8 @@ def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
               "final_train_loss": losses[-1]["value"] if losses else None,
               "final_val_loss": final_val[-1]["value"] if final_val else None,
               "best_val_loss": state.best_val_loss, "best_step": state.best_step, **peak_memory(run.device)}
+    if run.scaler:
+        scores["skipped_steps"] = state.skipped_steps
     if ddp_drift is not None:
         scores["ddp_weight_drift"] = ddp_drift
         print(f"DDP: adapter weights across ranks differ by at most {ddp_drift:.3g}")

@@ -4,6 +4,8 @@ import warnings
 
 # peft calls a transformers property deprecated in 5.x on every adapter load; nothing for users to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# train.py says once, in its own words, that paging needs CUDA; bitsandbytes would repeat it per parameter.
+warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
 
 
 def _drop_messages_starting_with(logger_name: str, prefix: str) -> None:

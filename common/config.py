@@ -50,7 +50,8 @@ class TrainConfig:
                             sweep=True)
     weight_decay: float = option(0.0, "AdamW weight decay", sweep=True)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", sweep=True)
-    optim: str = option("adamw", "optimizer; paged_adamw_8bit (bitsandbytes) needs CUDA",
+    optim: str = option("adamw", "optimizer; paged_adamw_8bit (bitsandbytes 8-bit state, paged to host memory "
+                                 "on CUDA; unpaged on a CPU)",
                         choices=("adamw", "paged_adamw_8bit"), sweep=True)
     max_seq_len: int = option(512, "longest example in tokens", sweep=True)
     truncate: bool = option(False, "truncate over-long examples instead of dropping them", sweep=True)

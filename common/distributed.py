@@ -1,9 +1,13 @@
-"""Data-parallel pieces of train.py (torchrun / accelerate launch): DDP over the adapter only, drift check.
+"""Process-level pieces of train.py: DDP over the adapter only (torchrun / accelerate launch), the drift
+check, and the graceful stop that Ctrl-C / SIGTERM ask for.
 
 Only LoRA weights train; the frozen (possibly 4-bit) base is identical on every process by
 construction, so DDP is told to ignore it, and the check at the end measures how far the
 adapters on the processes drifted apart (0.0 when DDP kept them in sync).
 """
+import signal
+import sys
+
 import torch
 import torch.distributed as dist
 
@@ -24,3 +28,31 @@ def ddp_weight_drift(model: torch.nn.Module) -> float:
     drift = (flat - reference).abs().max()
     dist.all_reduce(drift, op=dist.ReduceOp.MAX)
     return float(drift)
+
+
+class StopFlag:
+    """First Ctrl-C/SIGTERM asks to stop at the next step boundary; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step", file=sys.stderr, flush=True)
+
+
+def stop_requested(stop: StopFlag, world: int) -> bool:
+    """Whether any process was asked to stop (all processes stop at the same step)."""
+    stopping = stop.requested
+    if world > 1:
+        flag = torch.tensor(int(stopping))
+        dist.all_reduce(flag)
+        stopping = bool(flag.item())
+    return stopping

@@ -40,6 +40,8 @@ def hardware_info() -> dict[str, Any]:
         props = torch.cuda.get_device_properties(default_device())
         info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
                     gpu_memory_gb=round(props.total_memory / 2**30, 1))
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # which GPU a sweep worker was pinned to
+        info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return info
 
 

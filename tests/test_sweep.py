@@ -392,3 +392,40 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     assert [s for (s,) in evals].count("completed") == 1
     base_evals = "SELECT COUNT(*) FROM runs WHERE kind='eval' AND parent_id IS NULL AND status='completed'"
     assert rows(db, base_evals) == [(1,)]
+
+
+def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
+    """--workers 2 on two (faked) GPUs: every child sees one GPU, and no two running children share one."""
+    import threading
+
+    import sweep
+    from common.config import SweepConfig
+    from common.plan import Planned
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    runs = [Planned("adapter", ["s"], {}, "", f"run{i}", f"run{i}-eval") for i in range(6)]
+    job = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=2, quiet=True), runs)
+    seen, running, clashes, lock = [], set(), [], threading.Lock()
+
+    def execute(p, gpu):
+        with lock:
+            clashes.extend([gpu] if gpu in running else [])
+            running.add(gpu)
+        child = [sys.executable, "-c", "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(0.2)"]
+        code, _, tail = job.run_child(child, p.name, gpu)
+        with lock:
+            running.discard(gpu)
+            seen.append(tail.strip().splitlines()[-1].split()[-1])
+        p.outcome = "done" if code == 0 else "failed"
+
+    monkeypatch.setattr(job, "execute", execute)
+    try:
+        job.run()
+    finally:
+        job.close()
+    assert sorted(seen) == ["3", "3", "3", "5", "5", "5"] and not clashes
+    assert all(p.outcome == "done" for p in runs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    three = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=3, quiet=True), [])
+    assert three.gpus == ["7", "7", "7"]  # more workers than GPUs share them, and say so
+    three.close()
