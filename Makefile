@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo lint test test-fast study clean
+.PHONY: setup demo lint test test-fast study gpu-check clean
 setup: $(STAMP)
 
 # Re-installs only when requirements.txt changes; the stamp makes a second `make` instant.
@@ -38,6 +38,10 @@ test-fast: setup
 study: setup
 	$(PY) sweep.py --suite study --set max_steps=100 --set eval_limit=40 --set eval_batch_size=16
 	$(PY) report.py --output-dir results
+
+# On a CUDA machine: every CUDA-specific path in about ten minutes (bench/gpu_check.py).
+gpu-check: setup
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
