@@ -1,0 +1,202 @@
+"""Every bench script runs: a tiny smoke run of each (tiny model, a few examples, one round), in both dtypes.
+
+The smoke runs check that a script finishes and that what it writes names the machine it ran on (device, CPU
+kind from the CPU flags) and the dtype it computed in; they never check a speed. Scripts run in this process
+through their `main(argv)` (their own children still run as subprocesses), which saves an interpreter start.
+"""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from flops import lora_params, training_flops  # noqa: E402
+from machine import bench_dtype, dtype_name, machine_record, matmul_gflops, train_quant_flag  # noqa: E402
+
+from common.env import cpu_flags, cpu_kind  # noqa: E402
+from common.prompts import IGNORE_INDEX  # noqa: E402
+from common.quant import cpu_has_native_bf16, half_dtype  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def bench_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------- machine and dtype
+
+@pytest.mark.parametrize("flags, kind", [
+    ({"sse4_2", "avx", "avx2", "fma"}, "avx2"),
+    ({"avx2", "avx512f", "avx512_bf16"}, "avx512-bf16"),
+    ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, "amx"),
+    ({"fp", "asimd"}, "other"),
+    (set(), "other"),
+])
+def test_cpu_kind_follows_the_flags(flags, kind):
+    assert cpu_kind(frozenset(flags)) == kind
+
+
+def test_this_machine_kind_agrees_with_the_dtype_choice():
+    assert (cpu_kind() in ("amx", "avx512-bf16")) == cpu_has_native_bf16()
+    record = machine_record(CPU, bench_dtype("auto", CPU))
+    assert record["cpu_kind"] == cpu_kind() and record["dtype"] == dtype_name(half_dtype(CPU))
+    assert set(record["cpu_bf16_flags"]) <= cpu_flags()
+
+
+def test_fp32_flag_forces_fp32_and_train_py_32bit():
+    assert bench_dtype("fp32", CPU) == torch.float32
+    assert bench_dtype("auto", CPU) == half_dtype(CPU)
+    assert train_quant_flag(torch.float32) == "32bit" and train_quant_flag(torch.bfloat16) == "16bit"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_peak_is_measured_in_the_dtype_asked(dtype):
+    peak = matmul_gflops(dtype, CPU, budget_s=0.05, repeats=2, max_n=128)
+    assert 64 <= peak["n"] <= 128 and peak["gflops"] > 0
+
+
+def test_training_flops_match_the_formula_by_hand():
+    class Config:  # 1 layer, d=8, 2 heads of 4 (h=8), 1 kv head (kv width 4), intermediate 16, vocab 10
+        hidden_size, num_attention_heads, num_key_value_heads, head_dim = 8, 2, 1, 4
+        num_hidden_layers, intermediate_size, vocab_size = 1, 16, 10
+
+    example = {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}
+    n_linear = 8 * 8 + 2 * 8 * 4 + 8 * 8 + 3 * 8 * 16       # q, k, v, o, gate/up/down
+    n_lora = 2 * ((8 + 8) + 2 * (8 + 4) + (8 + 8))          # r=2 on q, k, v, o
+    assert lora_params(Config, rank=2) == n_lora
+    expected = (4 * n_linear + 6 * n_lora) * 3 + 4 * 10 * 8 * 2 + 12 * 1 * 8 * (3 * 4 // 2)
+    assert training_flops(Config, [example], rank=2) == expected
+
+
+def test_mfu_is_against_the_peak_given():
+    summarize = bench_script("train_compare").summarize
+
+    class Config:
+        hidden_size, num_attention_heads, num_key_value_heads, head_dim = 8, 2, 2, 4
+        num_hidden_layers, intermediate_size, vocab_size = 1, 16, 10
+
+    examples = [{"input_ids": [1, 2, 3, 4], "labels": [IGNORE_INDEX, 2, 3, 4]}] * 3
+    result = {"steps": [[0], [1, 2]], "positions": [4, 8], "seconds": 2.0, "dtype": "bfloat16", "peak_rss_mb": 1.0}
+    row = summarize(result, examples, Config, warmup=1, peak_gflops=1e-6)
+    flops_per_s = training_flops(Config, examples[1:]) / 2.0
+    assert row["mfu"] == pytest.approx(flops_per_s / 1e3) and row["tokens_per_s"] == 4.0
+
+
+# ---------------------------------------------------------------------------- smoke runs
+
+@pytest.mark.slow
+def test_train_compare_smoke(tiny_model, tmp_path):
+    """The whole script in the machine's own dtype (bf16 here: the Trainer on a CPU needs use_cpu=True)."""
+    out = tmp_path / "tc.json"
+    bench_script("train_compare").main(["--model", tiny_model, "--examples", "12", "--repeats", "1", "--warmup", "1",
+                                        "--peak-seconds", "0.05", "--variants", "ours,c-trainer-dynamic",
+                                        "--out", str(out)])
+    report = json.loads(out.read_text())
+    used = dtype_name(half_dtype(CPU))
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["machine"]["dtype"] == used
+    assert report["matmul_peak_gflops"]["dtype"] == used
+    assert [row["variant"] for row in report["medians"]] == ["ours", "c-trainer-dynamic"]
+    for row in report["medians"]:
+        assert row["dtype"] == used and row["tokens_per_s"] > 0 and 0 < row["mfu"]
+    assert set(report["targets"]["ours"]) == {"c", "mfu", "memory"}
+
+
+@pytest.mark.slow
+def test_train_compare_padded_baseline_in_fp32(tiny_model, tmp_path):
+    """--dtype fp32 (the AVX2 path) through one baseline, run in this process to save an interpreter start."""
+    from accelerate.state import AcceleratorState
+    from transformers import AutoConfig
+
+    tc = bench_script("train_compare")
+    examples, _ = tc.build_examples(tiny_model, 12, 0)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"variant": "a-trainer-pad512", "model": tiny_model, "examples": examples, "seed": 0,
+                                "warmup": 1, "max_steps": 2, "quant": train_quant_flag(bench_dtype("fp32", CPU)),
+                                "result": str(tmp_path / "result.json"), "output_dir": str(tmp_path / "trainer")}))
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton other tests may have built
+    tc.child_main(str(spec))
+    result = json.loads((tmp_path / "result.json").read_text())
+    config = AutoConfig.from_pretrained(tiny_model)
+    tc.check_same_work("a-trainer-pad512", result, examples, config, "float32", full_epoch=False)
+    assert result["positions"] == [4 * 512, 4 * 512] and result["seconds"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl (bench/requirements.txt) not installed")
+def test_train_compare_trl_smoke(tiny_model, tmp_path):
+    out = tmp_path / "tc.json"
+    bench_script("train_compare").main(["--model", tiny_model, "--examples", "12", "--repeats", "1", "--warmup", "1",
+                                        "--peak-seconds", "0.05", "--variants", "b-trl-padding-free",
+                                        "--out", str(out)])
+    assert json.loads(out.read_text())["medians"][0]["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["auto", "fp32"])
+def test_profile_step_smoke(tiny_model, capsys, dtype):
+    bench_script("profile_step").main(["--model", tiny_model, "--examples", "40", "--timed", "1", "--profiled", "1",
+                                       "--rows", "3", "--peak-seconds", "0.05", "--dtype", dtype])
+    printed = capsys.readouterr().out
+    used = dtype_name(bench_dtype(dtype, CPU))
+    assert f"cpu {cpu_kind()}" in printed and f"MFU of the {used} matmul peak" in printed and "aten::" in printed
+
+
+@pytest.mark.slow
+def test_train_quant_smoke_fp32(tiny_model, tmp_path):
+    out = tmp_path / "tq.json"
+    bench_script("train_quant").main(["--model", tiny_model, "--modes", "32bit", "--steps", "2", "--warmup", "1",
+                                      "--repeats", "1", "--limit", "24", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind()
+    (row,) = report["rows"]
+    assert row["compute_dtype"] == "float32" and row["median_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_scaling_smoke(tiny_model, tmp_path):
+    out = tmp_path / "scaling.json"
+    bench_script("scaling").main(["--model", tiny_model, "--seq-lens", "256", "--ranks", "16", "--rank-seq-len",
+                                  "256", "--steps", "2", "--warmup", "1", "--limit", "24", "--out", str(out),
+                                  "--plots", str(tmp_path)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["dtype"] == dtype_name(half_dtype(CPU))
+    assert report["seq_len_sweep"][0]["median_tokens_per_s"] > 0 and (tmp_path / "scaling_rank.png").is_file()
+
+
+@pytest.mark.slow
+def test_quant_memory_smoke(tmp_path):
+    out = tmp_path / "qm.json"
+    bench_script("quant_memory").main(["--shape", "tiny", "--layers", "1", "--modes", "16bit", "--steps", "1",
+                                       "--warmup", "0", "--seq-len", "16", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind()
+    (memory,) = report["memory"]
+    assert memory["dense dtype"] == dtype_name(half_dtype(CPU)) and memory["B/param linear"] > 0
+
+
+@pytest.mark.slow
+def test_generation_speed_smoke(tiny_model, tmp_path):
+    out = tmp_path / "gs.json"
+    bench_script("generation_speed").main(["--model", tiny_model, "--prompts", "2", "--batch-size", "2",
+                                           "--max-new-tokens", "4", "--repeats", "1", "--no-e2e", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["dtype"] == dtype_name(half_dtype(CPU))
+    assert report["identical_outputs"] == "2/2"
+
+
+def test_sandbox_speed_smoke(tmp_path):
+    out = tmp_path / "ss.json"
+    bench_script("sandbox_speed").main(["--problems", "2", "--repeats", "1", "--workers", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["problems"] == 2
+    assert all(row["passed"] == "2/2" for row in report["rows"])
