@@ -200,3 +200,95 @@ def test_sandbox_speed_smoke(tmp_path):
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_kind"] == cpu_kind() and report["problems"] == 2
     assert all(row["passed"] == "2/2" for row in report["rows"])
+
+
+# ---------------------------------------------------------------------------- throughput changes: equivalence
+
+def lora_llama(dtype: torch.dtype, tie: bool = True):
+    """A 2-layer llama with LoRA r4 on all linear layers, random weights, LoRA B non-zero so gradients flow."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from common.lora import attach_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+    model = attach_lora(LlamaForCausalLM(config).to(dtype), 4, 8, 0.0, "all")
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def prompt_masked_batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (3, 20), generator=generator)
+    labels = ids.clone()
+    labels[:, :8] = IGNORE_INDEX            # the prompt
+    labels[2, 15:] = IGNORE_INDEX           # a shorter row, right-padded
+    mask = (labels != IGNORE_INDEX) | (torch.arange(20) < 8)
+    return {"input_ids": ids, "labels": labels, "position_ids": torch.arange(20).expand(3, 20), "attention_mask": mask}
+
+
+def loss_and_grads(loss_fn, batch, dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from common.training import autocast
+
+    loss_fn.model.zero_grad(set_to_none=True)
+    with autocast(CPU, dtype):
+        loss, n = loss_fn(**batch)
+        (loss / n).backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in loss_fn.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("tie", [True, False])
+def test_fused_head_cross_entropy_gives_the_same_loss_and_gradients(dtype, tol, tie):
+    from common.training import CompletionLoss
+
+    model, batch = lora_llama(dtype, tie), prompt_masked_batch()
+    plain_loss, plain_grads = loss_and_grads(CompletionLoss(model), batch, dtype)
+    fused_loss, fused_grads = loss_and_grads(CompletionLoss(model, head_chunk=7), batch, dtype)  # 5 chunks of <= 7
+    assert fused_loss == pytest.approx(float(plain_loss), rel=tol)
+    assert plain_grads.keys() == fused_grads.keys() and len(plain_grads) == 2 * 2 * 7
+    for name, grad in plain_grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(fused_grads[name], grad, rtol=tol, atol=tol * grad.abs().max().item(), msg=name)
+
+
+def test_fused_head_cross_entropy_without_grad_and_with_a_softcap():
+    from common.training import CompletionLoss, fused_head_cross_entropy
+
+    model, batch = lora_llama(torch.float32), prompt_masked_batch()
+    with torch.no_grad():
+        plain, n = CompletionLoss(model)(**batch)
+        fused, m = CompletionLoss(model, head_chunk=4)(**batch)
+    assert int(n) == int(m) == 2 * 12 + 7 and float(fused) == pytest.approx(float(plain), rel=1e-5)
+    model.config.final_logit_softcapping = 0.01 # gemma: the fused path has no softcap, so it must not be taken
+    with torch.no_grad():
+        capped_plain, _ = CompletionLoss(model)(**batch)
+        capped_fused, _ = CompletionLoss(model, head_chunk=4)(**batch)
+    assert float(capped_fused) == float(capped_plain) != pytest.approx(float(plain), rel=1e-4)
+    hidden, weight = torch.randn(5, 6), torch.randn(9, 6)
+    targets = torch.tensor([0, 8, 3, 3, 1])
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    assert float(fused_head_cross_entropy(hidden, weight, targets, chunk=2)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default():
+    from common.training import adamw
+
+    torch.manual_seed(0)
+    start = [torch.randn(16, 24), torch.randn(24, 16), torch.randn(7)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(3)]
+    params = {name: [torch.nn.Parameter(t.clone()) for t in start] for name in ("default", "fused")}
+    optimizers = {"default": torch.optim.AdamW(params["default"], lr=1e-2, weight_decay=0.1, foreach=False),
+                  "fused": adamw(params["fused"], lr=1e-2, weight_decay=0.1)}
+    assert optimizers["fused"].defaults["fused"] is True
+    for step_grads in grads:
+        for name, optimizer in optimizers.items():
+            for p, g in zip(params[name], step_grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(params["default"], params["fused"]):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(params["fused"][0], start[0])
