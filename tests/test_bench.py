@@ -96,39 +96,39 @@ def test_mfu_is_against_the_peak_given():
 
 @pytest.mark.slow
 def test_train_compare_smoke(tiny_model, tmp_path):
-    """The whole script in the machine's own dtype (bf16 here: the Trainer on a CPU needs use_cpu=True)."""
+    """The whole script with train.py in fp32 (--dtype fp32, the AVX2 path): one round, one subprocess."""
     out = tmp_path / "tc.json"
     bench_script("train_compare").main(["--model", tiny_model, "--examples", "12", "--repeats", "1", "--warmup", "1",
-                                        "--peak-seconds", "0.05", "--variants", "ours,c-trainer-dynamic",
+                                        "--peak-seconds", "0.05", "--variants", "ours", "--dtype", "fp32",
                                         "--out", str(out)])
     report = json.loads(out.read_text())
-    used = dtype_name(half_dtype(CPU))
-    assert report["machine"]["cpu_kind"] == cpu_kind() and report["machine"]["dtype"] == used
-    assert report["matmul_peak_gflops"]["dtype"] == used
-    assert [row["variant"] for row in report["medians"]] == ["ours", "c-trainer-dynamic"]
-    for row in report["medians"]:
-        assert row["dtype"] == used and row["tokens_per_s"] > 0 and 0 < row["mfu"]
-    assert set(report["targets"]["ours"]) == {"c", "mfu", "memory"}
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["machine"]["dtype"] == "float32"
+    assert report["matmul_peak_gflops"]["dtype"] == "float32"
+    (row,) = report["medians"]
+    assert row["variant"] == "ours" and row["dtype"] == "float32" and row["tokens_per_s"] > 0 and row["mfu"] > 0
+    assert set(report["targets"]["ours"]) == {"mfu"}
 
 
 @pytest.mark.slow
-def test_train_compare_padded_baseline_in_fp32(tiny_model, tmp_path):
-    """--dtype fp32 (the AVX2 path) through one baseline, run in this process to save an interpreter start."""
+def test_train_compare_trainer_baseline_in_the_machines_dtype(tiny_model, tmp_path):
+    """(c) in the machine's own dtype, bf16 here: transformers refuses bf16 on a CPU without use_cpu=True. Runs in
+    this process (the script runs it as a child) to save an interpreter start."""
     from accelerate.state import AcceleratorState
     from transformers import AutoConfig
 
     tc = bench_script("train_compare")
     examples, _ = tc.build_examples(tiny_model, 12, 0)
+    dtype = bench_dtype("auto", CPU)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"variant": "a-trainer-pad512", "model": tiny_model, "examples": examples, "seed": 0,
-                                "warmup": 1, "max_steps": 2, "quant": train_quant_flag(bench_dtype("fp32", CPU)),
+    spec.write_text(json.dumps({"variant": "c-trainer-dynamic", "model": tiny_model, "examples": examples, "seed": 0,
+                                "warmup": 1, "max_steps": 0, "quant": train_quant_flag(dtype),
                                 "result": str(tmp_path / "result.json"), "output_dir": str(tmp_path / "trainer")}))
     AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton other tests may have built
     tc.child_main(str(spec))
     result = json.loads((tmp_path / "result.json").read_text())
     config = AutoConfig.from_pretrained(tiny_model)
-    tc.check_same_work("a-trainer-pad512", result, examples, config, "float32", full_epoch=False)
-    assert result["positions"] == [4 * 512, 4 * 512] and result["seconds"] > 0
+    tc.check_same_work("c-trainer-dynamic", result, examples, config, dtype_name(dtype), full_epoch=True)
+    assert len(result["steps"]) == 3 and result["seconds"] > 0
 
 
 @pytest.mark.slow
@@ -192,6 +192,27 @@ def test_generation_speed_smoke(tiny_model, tmp_path):
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_kind"] == cpu_kind() and report["dtype"] == dtype_name(half_dtype(CPU))
     assert report["identical_outputs"] == "2/2"
+
+
+@pytest.mark.slow
+def test_step_variants_smoke(tiny_model, tmp_path):
+    out = tmp_path / "sv.json"
+    bench_script("step_variants").main(["--model", tiny_model, "--examples", "16", "--rounds", "1", "--warmup", "0",
+                                        "--dtype", "fp32", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["dtype"] == "float32" and report["machine"]["cpu_kind"] == cpu_kind()
+    assert [row["variant"] for row in report["rows"]] == ["baseline", "fused-adamw", "fused-head", "both",
+                                                          "no-dropout"]
+    assert all(row["steps"] == 1 and row["real tokens/s"] > 0 for row in report["rows"])
+
+
+def test_head_loss_smoke(tmp_path):
+    out = tmp_path / "hl.json"
+    bench_script("head_loss").main(["--rows", "40", "--vocab", "500", "--hidden", "16", "--chunks", "16",
+                                    "--repeats", "1", "--dtype", "fp32", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["dtype"] == "float32"
+    assert [row["variant"] for row in report["table"]] == ["plain", "fused-16"]
 
 
 def test_sandbox_speed_smoke(tmp_path):
