@@ -313,3 +313,36 @@ def test_fused_adamw_takes_the_same_steps_as_the_default():
     for a, b in zip(params["default"], params["fused"]):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
     assert not torch.equal(params["fused"][0], start[0])
+
+
+# ---------------------------------------------------------------------------- token-budget batching
+
+def examples_of_lengths(lengths: list[int]) -> list[dict]:
+    return [{"input_ids": [5] * n, "labels": [5] * n} for n in lengths]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_token_budget_bounds_every_step_and_covers_each_example_once(packing):
+    from common.batching import epoch_batches
+
+    generator = torch.Generator().manual_seed(0)
+    examples = examples_of_lengths(torch.randint(5, 120, (200,), generator=generator).tolist())
+    batches = epoch_batches(examples, 4, seed=3, epoch=1, packing=packing, max_seq_len=128, max_tokens=512)
+    assert batches == epoch_batches(examples, 4, seed=3, epoch=1, packing=packing, max_seq_len=128, max_tokens=512)
+    seen = sorted(i for batch in batches for row in batch for i in row)
+    assert seen == list(range(200))
+    widths = [max(sum(len(examples[i]["input_ids"]) for i in row) for row in batch) for batch in batches]
+    assert all(len(batch) * width <= 512 for batch, width in zip(batches, widths))
+    assert max(len(batch) for batch in batches) > 4  # short examples share a step: it is not a fixed row count
+    fixed = epoch_batches(examples, 4, seed=3, epoch=1, packing=packing, max_seq_len=128)
+    assert all(len(batch) <= 4 for batch in fixed)
+
+
+def test_budget_cuts_and_a_budget_below_the_longest_example():
+    from common.batching import budget_cuts, epoch_batches
+    from common.errors import UserError
+
+    assert budget_cuts([10, 20, 30, 100, 200], 200) == [0, 3, 4, 5]
+    assert budget_cuts([300], 200) == [0, 1] and budget_cuts([], 200) == [0]
+    with pytest.raises(UserError, match="--max-tokens 100 is below --max-seq-len 128"):
+        epoch_batches(examples_of_lengths([10]), 4, 0, 0, False, 128, max_tokens=100)
