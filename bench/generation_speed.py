@@ -2,6 +2,7 @@
 
     python bench/generation_speed.py                       # embedded model, 32 HumanEval prompts, chat, 256 tokens
     python bench/generation_speed.py --prompts 16 --template plain --repeats 1 --no-e2e
+    python bench/generation_speed.py --quant 32bit         # fp32 (the AVX2 machines' path) on any machine
 
 The usual loop is what evaluation scripts commonly do: `model.generate` on one
 prompt at a time with transformers' stop-string criteria, then cut the text.
@@ -19,7 +20,10 @@ Then, unless --no-e2e, `evaluate.py --benchmark humaneval` runs on all 164
 problems in a subprocess (generation plus sandboxed execution of every
 program, as a user runs it) and its wall time is reported.
 
-Writes bench/results/generation_speed.json and prints a markdown table.
+--quant 16bit runs in bf16 on a GPU or an AVX512-BF16/AMX CPU and in fp32 on an
+AVX2 CPU; --quant 32bit is fp32 everywhere. Prints the machine it ran on
+(device, CPU kind from the CPU flags, dtype) and a markdown table; writes both
+to bench/results/generation_speed.json.
 """
 import argparse
 import json
@@ -41,6 +45,7 @@ from common.generation import cut_completion, generate, stop_criteria, stops_for
 from common.prompts import encode_prompt, render_prompt  # noqa: E402
 from common.quant import load_model, load_tokenizer  # noqa: E402
 from common.tracker import Tracker  # noqa: E402
+from machine import dtype_name, machine_line, machine_record  # noqa: E402
 
 
 def usual_loop(model, tokenizer, prompts: list[str], template: str, max_new_tokens: int) -> list[str]:
@@ -48,7 +53,7 @@ def usual_loop(model, tokenizer, prompts: list[str], template: str, max_new_toke
     stops = stops_for_template(template)
     texts = []
     for prompt in prompts:
-        ids = torch.tensor([encode_prompt(tokenizer, prompt, template)])
+        ids = torch.tensor([encode_prompt(tokenizer, prompt, template)], device=model.device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, temperature=None, top_p=None, top_k=None,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -80,7 +85,7 @@ def evaluate_all_humaneval(model: str, batch_size: int, max_new_tokens: int) -> 
             "pass_at_1": scores.get("pass@1")}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--quant", default="16bit")
@@ -91,9 +96,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-e2e", action="store_true", help="skip timing evaluate.py on all 164 problems")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "generation_speed.json"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    device = default_device()
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, args.quant, default_device())
+    model = load_model(args.model, args.quant, device)
+    dtype = next(model.parameters()).dtype
+    print(machine_line(device, dtype), file=sys.stderr)
     model.eval()
     prompts = [render_prompt(tokenizer, ex.prompt, args.template) for ex in load_humaneval()[:args.prompts]]
     kwargs = {"template": args.template, "max_new_tokens": args.max_new_tokens}
@@ -114,12 +122,14 @@ def main() -> None:
     rows = [{"path": name, "median_s": round(statistics.median(t), 1), "runs_s": [round(x, 1) for x in t],
              "completion_tokens_per_s": round(tokens / statistics.median(t), 1)} for name, t in times.items()]
     ratio = statistics.median(times["one at a time (usual loop)"]) / statistics.median(times["batched (ours)"])
-    result = {"model": args.model, "dtype": str(next(model.parameters()).dtype), "template": args.template,
+    result = {"model": args.model, "dtype": dtype_name(dtype), "machine": machine_record(device, dtype),
+              "template": args.template,
               "prompts": args.prompts, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
               "repeats": args.repeats, "threads": torch.get_num_threads(), "completion_tokens": tokens,
               "rows": rows, "speedup_batched_vs_usual_loop": round(ratio, 2),
               "identical_outputs": f"{same}/{len(prompts)}"}
     from tabulate import tabulate
+    print(machine_line(device, dtype))
     print(tabulate(rows, headers="keys", tablefmt="github"))
     print(f"batched is {ratio:.2f}x faster; identical greedy outputs: {same}/{len(prompts)}")
     if not args.no_e2e:

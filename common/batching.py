@@ -10,35 +10,66 @@ same batches in the same order:
   max_seq_len tokens. Position ids restart at 0 for every example and no
   attention mask is passed, so transformers builds a block-diagonal causal mask
   from the position ids: no attention and no loss cross an example boundary.
+
+With a token budget (`max_tokens`), a batch is not a fixed number of rows:
+rows, in length order, join a batch while rows x its longest row (the
+positions the step computes, padding included) stays <= max_tokens. The
+largest step, which sets peak activation memory, is then bounded by the budget
+instead of by batch_size x the longest example; short examples go in larger
+batches. Callers that normalise the loss by label tokens (train.py does) need
+nothing else.
 """
 import random
 from typing import Any
 
 import torch
 
+from common.errors import UserError
 from common.prompts import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
 
 
 def epoch_batches(examples: list[dict[str, Any]], batch_size: int, seed: int, epoch: int, packing: bool,
-                  max_seq_len: int) -> list[list[list[int]]]:
-    """The batches of one epoch as lists of rows, each row a list of example indices."""
+                  max_seq_len: int, max_tokens: int | None = None) -> list[list[list[int]]]:
+    """The batches of one epoch as lists of rows, each row a list of example indices. With max_tokens, batches
+    are cut by the token budget (module docstring) and batch_size only sets the length-grouping window."""
+    if max_tokens is not None and max_tokens < max_seq_len:
+        raise UserError(f"--max-tokens {max_tokens} is below --max-seq-len {max_seq_len}: the longest example "
+                        "would not fit in a step; raise it")
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(examples)))
     rng.shuffle(order)
+    length = lambda i: len(examples[i]["input_ids"])  # noqa: E731
     if packing:
-        rows = pack_rows([len(examples[i]["input_ids"]) for i in order], max_seq_len)
+        rows = pack_rows([length(i) for i in order], max_seq_len)
         rows = [[order[j] for j in row] for row in rows]
-        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        if max_tokens is None:
+            batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        else:
+            rows.sort(key=lambda row: sum(length(i) for i in row))
+            cuts = budget_cuts([sum(length(i) for i in row) for row in rows], max_tokens)
+            batches = [rows[a:b] for a, b in zip(cuts, cuts[1:])]
     else:
         mega = batch_size * 64
         batches = []
         for start in range(0, len(order), mega):
-            chunk = sorted(order[start:start + mega], key=lambda i: len(examples[i]["input_ids"]))
-            batches += [[[i] for i in chunk[j:j + batch_size]] for j in range(0, len(chunk), batch_size)]
+            chunk = sorted(order[start:start + mega], key=length)
+            cuts = (list(range(0, len(chunk), batch_size)) + [len(chunk)] if max_tokens is None
+                    else budget_cuts([length(i) for i in chunk], max_tokens))
+            batches += [[[i] for i in chunk[a:b]] for a, b in zip(cuts, cuts[1:])]
     rng.shuffle(batches)
     return batches
+
+
+def budget_cuts(sorted_lengths: list[int], max_tokens: int) -> list[int]:
+    """Boundaries [0, ..., n] of greedy batches over ascending lengths: a batch of k rows ending at row j
+    computes k x sorted_lengths[j] positions, kept <= max_tokens (a row longer than the budget stands alone)."""
+    cuts = [0]
+    for j, n in enumerate(sorted_lengths):
+        if j > cuts[-1] and (j - cuts[-1] + 1) * n > max_tokens:
+            cuts.append(j)
+    return cuts + [len(sorted_lengths)] if sorted_lengths else cuts
 
 
 def pack_rows(lengths: list[int], max_seq_len: int) -> list[list[int]]:

@@ -1,6 +1,12 @@
-"""What a run ran on: device choice, hardware, package versions, git commit, peak memory.
+"""What a run ran on: device choice, hardware, CPU kind, package versions, git commit, peak memory.
 
 Recorded with every run so a number in a report can be traced to its machine.
+
+CPU kinds (`cpu_kind`), read from the flags in /proc/cpuinfo, because they decide the compute dtype:
+    amx          AMX-BF16 tiles (Sapphire Rapids and later): bf16 matmuls far above fp32
+    avx512-bf16  AVX512-BF16 (e.g. AMD EPYC Zen 4): native bf16 dot products, bf16 ~2x fp32
+    avx2         AVX2 without native bf16: PyTorch's bf16 matmuls run 10-100x slower than fp32, so fp32
+    other        none of the above (older x86, ARM, or flags unreadable)
 """
 import importlib.metadata
 import os
@@ -23,6 +29,33 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of the first processor in /proc/cpuinfo; empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.split(":", 1)[1].split()) if ":" in line else frozenset()
+
+
+def cpu_kind(flags: frozenset[str] | None = None) -> str:
+    """amx, avx512-bf16, avx2 or other (module docstring), from `flags` or this machine's."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512-bf16"
+    return "avx2" if "avx2" in flags else "other"
+
+
+def device_kind(device: torch.device) -> str:
+    """One line naming what ran: the GPU, or the CPU kind and model, for every benchmark table and JSON."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu {cpu_kind()} ({_cpu_name()}, {torch.get_num_threads()} threads)"
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -34,7 +67,8 @@ def package_versions() -> dict[str, str]:
 
 
 def hardware_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_kind": cpu_kind(),
+                            "cpu_count": os.cpu_count(),
                             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(default_device())

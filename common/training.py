@@ -1,4 +1,4 @@
-"""Training pieces train.py and evaluate.py share: the completion loss, held-out NLL, checkpoints.
+"""Training pieces train.py and evaluate.py share: the completion loss, held-out NLL, checkpoints, AdamW.
 
 `CompletionLoss` runs the decoder, then applies the LM head only at positions
 that carry a label. With completion-only loss, roughly half the positions are
@@ -6,6 +6,16 @@ prompt tokens, and the LM head (vocab x hidden) is one of the largest matmuls
 in a small model, so this saves real time and the (batch x seq x vocab) logits
 tensor. It returns the summed loss and the token count, so callers can
 normalise by tokens across micro-batches and processes.
+
+With `head_chunk=N` (and a frozen, bias-free, uncapped LM head, the LoRA case)
+the head and the cross-entropy run fused, N labelled positions at a time
+(`fused_head_cross_entropy`): each chunk's gradient with respect to the hidden
+states is computed in the forward pass, so no (labelled x vocab) logits,
+log-softmax or their gradients are kept for backward. Same loss and gradients
+as the plain path (tests/test_bench.py), less peak memory.
+
+`adamw` builds torch's AdamW with `fused=True`: one kernel over all LoRA
+tensors instead of a loop of small ops per tensor (torch's CPU default).
 """
 import os
 import random
@@ -22,11 +32,17 @@ from common.prompts import IGNORE_INDEX
 
 
 class CompletionLoss(torch.nn.Module):
-    """Summed next-token cross-entropy over labelled positions, and how many there were."""
+    """Summed next-token cross-entropy over labelled positions, and how many there were.
 
-    def __init__(self, model: torch.nn.Module):
+    head_chunk: labelled positions per fused LM-head + cross-entropy chunk (None: the plain path, logits of all
+    labelled positions at once). Used only where the head is a frozen bias-free nn.Linear without logit
+    softcapping; anything else takes the plain path.
+    """
+
+    def __init__(self, model: torch.nn.Module, head_chunk: int | None = None):
         super().__init__()
         self.model = model
+        self.head_chunk = head_chunk
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,12 +51,70 @@ class CompletionLoss(torch.nn.Module):
                                use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        head = lm.get_output_embeddings()
         cap = getattr(lm.config, "final_logit_softcapping", None)
+        if self.head_chunk and _fusable_head(head) and not cap:
+            loss = fused_head_cross_entropy(hidden[:, :-1][keep], head.weight, targets[keep], self.head_chunk)
+            return loss, keep.sum()
+        logits = head(hidden[:, :-1][keep]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         return loss, keep.sum()
+
+
+def _fusable_head(head: torch.nn.Module) -> bool:
+    return type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+
+
+def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             chunk: int) -> torch.Tensor:
+    """sum_i [logsumexp(W h_i) - (W h_i)[t_i]] over rows i of `hidden` (N x d), frozen head W (V x d), in
+    chunks of `chunk` rows. The matmuls run in hidden's dtype, softmax and loss in fp32, as the plain path
+    under autocast. When a gradient is wanted, d loss / d h_i = W^T (softmax(W h_i) - onehot(t_i)) is
+    computed chunk by chunk in the forward pass, so backward only scales it."""
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        return _FusedHeadCrossEntropy.apply(hidden, weight, targets, chunk)
+    return _head_cross_entropy_chunks(hidden, weight, targets, chunk, want_grad=False)[0]
+
+
+def _head_cross_entropy_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                               want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = weight.to(hidden.dtype)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad = torch.empty_like(hidden) if want_grad else None
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = (h @ w.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if want_grad:
+                probs = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+                probs[torch.arange(len(t), device=t.device), t] -= 1
+                grad[start:start + chunk] = probs.to(hidden.dtype) @ w
+    return loss, grad
+
+
+class _FusedHeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        loss, grad = _head_cross_entropy_chunks(hidden, weight, targets, chunk, want_grad=True)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None
+
+
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch AdamW, fused (one kernel for all tensors) where torch supports it for these parameters:
+    floating-point tensors on CPU or CUDA; otherwise torch's default implementation."""
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                  for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fusable or None)
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
