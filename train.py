@@ -47,7 +47,7 @@ from common.paths import check_writable
 from common.prompts import choose_template, encode_examples, render_prompt
 from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
 from common.tracker import Tracker
-from common.training import CompletionLoss, autocast, load_checkpoint, mean_nll, save_checkpoint
+from common.training import CompletionLoss, adamw, autocast, load_checkpoint, mean_nll, save_checkpoint
 
 
 @dataclass
@@ -181,9 +181,9 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
                   target_modules=sorted(model.peft_config["default"].target_modules), world_size=world,
                   device=device.type, dtype=str(dtype).replace("torch.", ""), dataset_source=splits.source,
                   train_examples=len(train_set), val_examples=len(val_set), data_dropped=splits.dropped)
-    loss_fn = CompletionLoss(model)
+    loss_fn = CompletionLoss(model, head_chunk=cfg.head_chunk or None)
     optimizer = make_optimizer(model, cfg)
-    batches = epoch_batches(train_set, cfg.batch_size, cfg.seed, 0, cfg.packing, cfg.max_seq_len)
+    batches = epoch_batches(train_set, cfg.batch_size, cfg.seed, 0, cfg.packing, cfg.max_seq_len, cfg.max_tokens)
     steps_per_epoch = len(batches) // (cfg.grad_accum * world)
     if steps_per_epoch == 0:
         raise UserError(f"{len(train_set)} training examples make no full step of batch {cfg.batch_size} x "
@@ -274,7 +274,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     if cfg.optim == "paged_adamw_8bit":
         import bitsandbytes as bnb
         return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
@@ -284,7 +284,8 @@ def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
                disable=cfg.quiet or run.tracker is None, dynamic_ncols=True)
     run.model.train()
     while state.step < run.total_steps:
-        batches = epoch_batches(run.train_set, cfg.batch_size, cfg.seed, state.epoch, cfg.packing, cfg.max_seq_len)
+        batches = epoch_batches(run.train_set, cfg.batch_size, cfg.seed, state.epoch, cfg.packing, cfg.max_seq_len,
+                                cfg.max_tokens)
         per_rank = len(batches) // run.world
         batches = batches[run.rank * per_rank:(run.rank + 1) * per_rank]  # equal shards keep DDP in lockstep
         while state.batch + cfg.grad_accum <= len(batches) and state.step < run.total_steps:

@@ -74,7 +74,7 @@ def evaluate_all_humaneval(model: str, batch_size: int, max_new_tokens: int) -> 
         db = Path(tmp) / "e2e.db"
         began = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", model, "--benchmark", "humaneval",
-                        "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens), "--no-compare",
+                        "--eval-batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens), "--no-compare",
                         "--quiet", "--db", str(db), "--output-dir", str(Path(tmp) / "out")],
                        check=True, stdout=subprocess.DEVNULL)
         process_s = time.perf_counter() - began

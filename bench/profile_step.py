@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = compute_dtype(args.quant, device)
     print(machine_line(device, dtype))
     tokenizer = load_tokenizer(args.model)
-    splits = load_splits("stdlib", seed=0, limit=args.examples)
+    splits = load_splits("stdlib", split_seed=0, limit=args.examples)
     template = choose_template(tokenizer, splits.train[0].style)
     examples, _ = encode_examples(tokenizer, splits.train, template, 512)
     model = attach_lora(load_model(args.model, args.quant, device), args.rank, 2 * args.rank, args.dropout,

@@ -52,7 +52,7 @@ def run_point(model: str, quant: str, seq_len: int, rank: int, batch_size: int, 
            "--modules", "qkvo", "--packing", "--max-seq-len", str(seq_len), "--batch-size", str(batch_size),
            "--max-steps", str(steps), "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1",
            "--save-every", "0", "--quiet", "--db", str(db), "--output-dir", str(workdir / tag)]
-    cmd += ["--limit", str(limit)] if limit else []
+    cmd += ["--train-limit", str(limit)] if limit else []
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         sys.exit(f"train.py L={seq_len} r={rank} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None, help="train.py --limit: training pairs loaded (default all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="train.py --train-limit: training pairs loaded (default all)")
     add_dtype_flag(p)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scaling.json"))
     p.add_argument("--plots", default=str(ROOT / "bench"), help="directory for scaling_seq_len.png and scaling_rank.png")

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = bench_dtype(args.dtype, device)
     print(machine_line(device, dtype), file=sys.stderr)
     tokenizer = load_tokenizer(args.model)
-    splits = load_splits("stdlib", seed=0, limit=args.examples)
+    splits = load_splits("stdlib", split_seed=0, limit=args.examples)
     examples, _ = encode_examples(tokenizer, splits.train, choose_template(tokenizer, splits.train[0].style), 512)
     batches = epoch_batches(examples, args.batch_size, 0, 0, False, 512)
     if len(batches) < args.warmup + args.rounds:

@@ -89,7 +89,7 @@ def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing
     """train.py for one epoch over the examples; which examples each step trained on, and the measured seconds."""
     db = workdir / "ours.db"
     cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--dataset", "stdlib",
-           "--limit", str(limit), "--epochs", "1", "--quant", quant, "--rank", str(RANK),
+           "--train-limit", str(limit), "--epochs", "1", "--quant", quant, "--rank", str(RANK),
            "--alpha", str(ALPHA), "--dropout", str(DROPOUT), "--modules", "qkvo", "--batch-size", str(BATCH),
            "--lr", str(LR), "--seed", str(seed), "--max-seq-len", str(MAX_LEN), "--eval-every", "0",
            "--eval-gen", "0", "--val-limit", "0", "--save-every", "0", "--quiet", "--db", str(db),
@@ -269,7 +269,7 @@ def build_examples(model: str, limit: int, seed: int) -> tuple[list[Example], st
     from common.quant import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    splits = load_splits("stdlib", seed=seed, limit=limit)
+    splits = load_splits("stdlib", split_seed=seed, limit=limit)
     template = choose_template(tokenizer, splits.train[0].style)
     examples, _ = encode_examples(tokenizer, splits.train, template, MAX_LEN)
     return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], template

@@ -35,7 +35,7 @@ def run_mode(model: str, quant: str, steps: int, limit: int | None, workdir: Pat
     cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--quant", quant, "--rank", "16",
            "--modules", "qkvo", "--max-steps", str(steps), "--batch-size", "4", "--max-seq-len", "512",
            "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1", "--save-every", "0", "--quiet",
-           "--db", str(db), "--output-dir", str(workdir / tag)] + (["--limit", str(limit)] if limit else [])
+           "--db", str(db), "--output-dir", str(workdir / tag)] + (["--train-limit", str(limit)] if limit else [])
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         sys.exit(f"train.py --quant {quant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--limit", type=int, default=None, help="train.py --limit: training pairs loaded (default all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="train.py --train-limit: training pairs loaded (default all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_quant.json"))
     args = p.parse_args(argv)
     device = default_device()

@@ -66,6 +66,10 @@ class TrainConfig:
     grad_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower", sweep=True)
     packing: bool = option(False, "pack examples into max-seq-len rows (no cross-example attention or loss)",
                            sweep=True)
+    max_tokens: int | None = option(None, "token budget per micro-batch: rows x longest row <= N bounds peak "
+                                          "memory; the batch size then varies (None: --batch-size rows)", sweep=True)
+    head_chunk: int = option(0, "labelled positions per fused LM-head + cross-entropy chunk: less memory for the "
+                                "logits, same loss (0: all logits at once)", sweep=True)
     eval_every: int = option(50, "validation every N steps (0: only at the end)", sweep=True)
     val_limit: int = option(100, "validation examples used for periodic evaluation", sweep=True)
     eval_gen: int = option(4, "validation prompts generated at each evaluation (0: none)", sweep=True)
