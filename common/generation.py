@@ -96,8 +96,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
 @contextlib.contextmanager
 def float32_decoding(model: PreTrainedModel):
     """Cast every floating-point weight and buffer to float32 with autocast off; restore both after."""
-    if getattr(model, "is_quantized", False) or any(getattr(p, "quant_state", None) is not None
-                                                    or p.dtype in (torch.int8, torch.uint8) for p in model.parameters()):
+    quantized = any(getattr(p, "quant_state", None) is not None or p.dtype in (torch.int8, torch.uint8)
+                    for p in model.parameters())
+    if quantized or getattr(model, "is_quantized", False):
         raise UserError("fp32 decoding needs a 16-bit or 32-bit model, not a 4bit/8bit one; "
                         "use --quant 16bit, or record the batch size with the scores")
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]

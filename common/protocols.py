@@ -34,7 +34,8 @@ from transformers import PreTrainedTokenizerBase
 from common.data import Example, completed_function_name
 from common.errors import UserError
 from common.generation import ALPACA_STOPS, extract_code, stops_for_template
-from common.prompts import CLOSE_FENCE, OPEN_FENCE, choose_template, instruct_answer, is_stdio, render_instruct, render_prompt
+from common.prompts import (CLOSE_FENCE, OPEN_FENCE, choose_template, instruct_answer, is_stdio, render_instruct,
+                            render_prompt)
 from common.sanitize import sanitize, with_prompt_context
 
 PROTOCOLS = ("auto", "completion", "instruct", "fewshot")

@@ -58,8 +58,9 @@ def test_mbpp_prompts_follow_evalplus():
 
 def test_offline_hub_load_fails_in_one_line_naming_the_local_file(monkeypatch):
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match=r"could not load mbpp\+ from the Hugging Face hub \(evalplus/mbppplus: .*"
-                                        r"offline\? pass a local copy in the hub's schema: --benchmark mbpp\+:PATH.jsonl"):
+    expected = (r"could not load mbpp\+ from the Hugging Face hub \(evalplus/mbppplus: .*"
+                r"offline\? pass a local copy in the hub's schema: --benchmark mbpp\+:PATH.jsonl")
+    with pytest.raises(UserError, match=expected):
         load_hub_benchmark("mbpp+")
 
 

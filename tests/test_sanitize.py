@@ -42,7 +42,8 @@ def test_truncated_answer_drops_the_unparsable_tail_and_keeps_what_parses():
 
 
 def test_decorators_and_classes_are_kept_whole():
-    answer = ("import functools\n\n@functools.cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
+    answer = ("import functools\n\n@functools.cache\ndef fib(n):\n"
+              "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
               "class Box:\n    size = 3\n\ndef solve(n):\n    return fib(n) + Box.size\n")
     assert sanitize(answer, "solve") == answer
 
