@@ -5,8 +5,9 @@
 
 For each decoding precision (bf16 weights as `--quant 16bit` loads them on a CPU with native
 bf16, and the same weights decoded in fp32 by `generate(..., fp32=True)`), the prompts are
-generated at --batch-size and at batch size 1, alternating, --repeats times. Reported: how
-many prompts give identical text at the two batch sizes, and the median wall time of each.
+generated at --batch-size --repeats times (the two precisions alternating) and once at batch
+size 1. Reported: how many prompts give identical text at the two batch sizes, the median
+batched wall time, and the one-at-a-time wall time.
 Writes bench/results/batch_invariance.json and prints a markdown table.
 """
 import argparse
@@ -41,42 +42,43 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed batched runs per precision (one-at-a-time runs once)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch_invariance.json"))
     args = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    device = default_device()
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, "16bit", device).eval()
+    model = load_model(args.model, "16bit", default_device()).eval()
     prompts = [render(tokenizer, problem, "instruct") for problem in load_humaneval()[:args.prompts]]
-    rows = []
-    for fp32 in (False, True):
-        label = "fp32 decode of bf16 weights" if fp32 else str(next(model.parameters()).dtype).replace("torch.", "")
-        run(model, tokenizer, prompts[:2], 2, 8, fp32)  # warm-up
-        times: dict[int, list[float]] = {args.batch_size: [], 1: []}
-        texts: dict[int, list[str]] = {}
-        for _ in range(args.repeats):
-            for bs in (args.batch_size, 1):
-                seconds, texts[bs] = run(model, tokenizer, prompts, bs, args.max_new_tokens, fp32)
-                times[bs].append(seconds)
-        same = sum(a == b for a, b in zip(texts[args.batch_size], texts[1]))
-        rows.append({"decode": label, "fp32": fp32, "equal": same, "prompts": len(prompts),
-                     f"median_s_batch{args.batch_size}": round(statistics.median(times[args.batch_size]), 2),
-                     "median_s_batch1": round(statistics.median(times[1]), 2),
-                     "times": {str(k): [round(t, 2) for t in v] for k, v in times.items()},
-                     "texts_batched": texts[args.batch_size], "texts_single": texts[1]})
-        print(f"{label}: {same}/{len(prompts)} equal; medians {rows[-1]}", flush=True)
-    agree = sum(a == b for a, b in zip(rows[0]["texts_single"], rows[1]["texts_single"]))
+    half = str(next(model.parameters()).dtype).replace("torch.", "")
     result = {"model": args.model, "cpu_native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(),
-              "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "repeats": args.repeats,
-              "bf16_vs_fp32_single_equal": agree, "rows": rows}
+              "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+              "repeats": args.repeats, "runs": {}}
+
+    def record(label: str, fp32: bool, batch_size: int) -> None:
+        seconds, texts = run(model, tokenizer, prompts, batch_size, args.max_new_tokens, fp32)
+        entry = result["runs"].setdefault(label, {"seconds": [], "texts": None})
+        entry["seconds"].append(round(seconds, 2))
+        entry["texts"] = texts
+        print(f"{label}: {seconds:.1f} s", flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # partial results survive an interrupt
+
+    run(model, tokenizer, prompts[:2], 2, 4, False)  # warm-up
+    names = {False: half, True: "fp32"}
+    for _ in range(args.repeats):  # alternate, so load on a shared machine falls on both alike
+        for fp32 in (False, True):
+            record(f"{names[fp32]} batch {args.batch_size}", fp32, args.batch_size)
+    for fp32 in (False, True):
+        record(f"{names[fp32]} batch 1", fp32, 1)
+    print(f"| decode | equal b{args.batch_size} vs b1 | median s b{args.batch_size} (n) | s b1 |\n|---|---|---|---|")
+    for fp32 in (False, True):
+        batched, single = (result["runs"][f"{names[fp32]} batch {bs}"] for bs in (args.batch_size, 1))
+        equal = sum(a == b for a, b in zip(batched["texts"], single["texts"]))
+        result[f"equal_{names[fp32]}"] = equal
+        print(f"| {names[fp32]} | {equal}/{len(prompts)} | {statistics.median(batched['seconds']):.1f} "
+              f"({len(batched['seconds'])}) | {single['seconds'][0]:.1f} |")
+    single = [result["runs"][f"{names[fp32]} batch 1"]["texts"] for fp32 in (False, True)]
+    result["equal_bf16_vs_fp32_single"] = sum(a == b for a, b in zip(*single))
+    print(f"{half} and fp32 one-at-a-time texts equal for {result['equal_bf16_vs_fp32_single']}/{len(prompts)}")
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"| decode | equal b{args.batch_size} vs b1 | median s b{args.batch_size} | median s b1 |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['decode']} | {r['equal']}/{r['prompts']} | {r[f'median_s_batch{args.batch_size}']} "
-              f"| {r['median_s_batch1']} |")
-    print(f"bf16 and fp32 one-at-a-time outputs equal for {agree}/{len(prompts)} prompts")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ the answer does not define that name itself.
 """
 import ast
 import re
+import textwrap
 
 _FENCE_OPEN = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[ \t]*$")
 _FENCE_CLOSE = re.compile(r"^[ \t]*```[ \t]*$")
@@ -87,7 +88,8 @@ def defines(code: str, name: str) -> bool:
 
 def choose_code(text: str, entry_point: str | None) -> str:
     """Step 1 and 2: the parsable code of the block that defines the entry point, or of all blocks."""
-    blocks = [longest_parsable(b) for b in fenced_blocks(text)] or [longest_parsable(text)]
+    # dedent: a block inside a markdown list item is indented as a whole
+    blocks = [longest_parsable(textwrap.dedent(b)) for b in fenced_blocks(text) or [text]]
     blocks = [b for b in blocks if b.strip()]
     if entry_point:
         for block in blocks:

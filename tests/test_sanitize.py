@@ -27,6 +27,11 @@ def test_multi_block_answer_takes_the_block_that_defines_the_entry_point():
     assert sanitize(answer) == "import os\n\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))"
 
 
+def test_a_block_indented_as_a_whole_is_dedented():
+    answer = "1. Define the function:\n\n    ```python\n    def add(a, b):\n        return a + b\n    ```\n"
+    assert sanitize(answer, "add") == FUNC
+
+
 def test_unfenced_prose_around_code_falls_away():
     answer = f"Here is my solution, it is short.\n\n{FUNC}\nThis works because addition is commutative."
     assert sanitize(answer, "add") == FUNC
