@@ -127,6 +127,11 @@ def entry_point(problem: Example) -> str | None:
     return completed_function_name(problem.prompt) if problem.style == "completion" else None
 
 
+def answers_in_fence(problem: Example, protocol: str) -> bool:
+    """Whether the prompt was rendered in the instruct form, ending in an opened ```python fence."""
+    return protocol == "instruct" or (protocol == "fewshot" and problem.style != "completion")
+
+
 def uses_answer_alone(problem: Example, protocol: str) -> bool:
     """Whether the model writes the whole program (instruct answers) or continues the prompt."""
     return problem.style != "completion" or protocol == "instruct"
@@ -135,7 +140,7 @@ def uses_answer_alone(problem: Example, protocol: str) -> bool:
 def answer_code(problem: Example, protocol: str, generation: str) -> str:
     """The code the model wrote: the completion as is, the fenced code of an answer, or the sanitized
     instruct answer. chrF compares this with `reference_code`."""
-    if protocol == "instruct":  # the prompt opened the fence the generation is inside
+    if answers_in_fence(problem, protocol):  # the prompt opened the fence the generation is inside
         return sanitize(OPEN_FENCE + generation, entry_point(problem))
     return generation if problem.style == "completion" else extract_code(generation)
 

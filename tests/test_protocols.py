@@ -105,6 +105,8 @@ def test_stdio_problems_get_an_instruct_prompt_and_run_as_scripts(tokenizer):
     assert program(STDIO, "instruct", answer) == "n = int(input())\nprint(n * n)"
     fewshot = render(tokenizer, STDIO, "fewshot")
     assert fewshot.text.count("<|im_start|>user") == 2 and fewshot.text.count("<|im_start|>assistant") == 2
+    assert fewshot.text.endswith("```python\n")
+    assert program(STDIO, "fewshot", answer) == program(STDIO, "instruct", answer)
     assert reference_code(STDIO, "instruct") == "n = int(input())\nprint(n * n)"
 
 
