@@ -15,10 +15,12 @@ finished row until the last one stops. Greedy output is the same as
 sampling uses transformers' own temperature/top-k/top-p warpers.
 
 Batch invariance: in bf16 the rounding of a row's matmuls depends on the batch's
-shape (rows, padded width), so greedy outputs can change with --batch-size
-(bench/batch_invariance.py measures it). `fp32=True` decodes a half-precision
-model in float32 for the call (weights cast up, autocast off, weights cast back
-after).
+shape (rows, padded width), so greedy outputs can change with --batch-size.
+`fp32=True` decodes a half-precision model in float32 for the call (weights cast
+up, autocast off, weights cast back after). Measured by bench/batch_invariance.py
+(8 HumanEval instruct prompts, 48 new tokens, SmolLM2-135M, 2 shared AVX512-BF16
+cores): batch 8 and batch 1 gave equal texts for 6/8 prompts in bf16 and 8/8 in
+fp32; batch-8 wall time, median of 2, 106 s bf16 vs 192 s fp32.
 """
 import contextlib
 import functools
