@@ -13,7 +13,16 @@ completions of 10 to 256 tokens in one batch, `generate` keeps computing every
 finished row until the last one stops. Greedy output is the same as
 `model.generate` one prompt at a time (tests/test_generation.py checks it);
 sampling uses transformers' own temperature/top-k/top-p warpers.
+
+Batch invariance: in bf16 the rounding of a row's matmuls depends on the batch's
+shape (rows, padded width), so greedy outputs can change with --batch-size.
+`fp32=True` decodes a half-precision model in float32 for the call (weights cast
+up, autocast off, weights cast back after). Measured by bench/batch_invariance.py
+(8 HumanEval instruct prompts, 48 new tokens, SmolLM2-135M, 2 shared AVX512-BF16
+cores): batch 8 and batch 1 gave equal texts for 6/8 prompts in bf16 and 8/8 in
+fp32; batch-8 wall time, median of 2, 106 s bf16 vs 192 s fp32.
 """
+import contextlib
 import functools
 import re
 import time
@@ -25,6 +34,7 @@ from transformers import (DynamicCache, LogitsProcessorList, PreTrainedModel, Pr
                           StoppingCriteriaList, StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
 
+from common.errors import UserError
 from common.prompts import encode_prompt
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n```")
@@ -71,12 +81,45 @@ def extract_code(text: str) -> str:
     return match.group(1) if match else text
 
 
-@torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], template: str = "plain",
              max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              batch_size: int = 8, stop: tuple[str, ...] | list[str] | None = STOP_SEQUENCES,
-             progress: bool = False) -> list[Generation]:
-    """Complete each prompt (already rendered with its template); greedy when temperature is 0."""
+             progress: bool = False, fp32: bool = False) -> list[Generation]:
+    """Complete each prompt (already rendered with its template); greedy when temperature is 0.
+
+    fp32: decode in float32 whatever the model's dtype, so greedy outputs do not depend on
+    batch_size (see the module docstring); not for bitsandbytes-quantized models.
+    """
+    with float32_decoding(model) if fp32 else contextlib.nullcontext():
+        return _generate(model, tokenizer, prompts, template, max_new_tokens, temperature, top_p, top_k, batch_size,
+                         stop, progress)
+
+
+@contextlib.contextmanager
+def float32_decoding(model: PreTrainedModel):
+    """Cast every floating-point weight and buffer to float32 with autocast off; restore both after."""
+    quantized = any(getattr(p, "quant_state", None) is not None or p.dtype in (torch.int8, torch.uint8)
+                    for p in model.parameters())
+    if quantized or getattr(model, "is_quantized", False):
+        raise UserError("fp32 decoding needs a 16-bit or 32-bit model, not a 4bit/8bit one; "
+                        "use --quant 16bit, or record the batch size with the scores")
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    dtypes = [t.dtype for t in tensors]
+    device = next(model.parameters()).device
+    try:
+        for t in tensors:
+            t.data = t.data.float()
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        for t, dtype in zip(tensors, dtypes):
+            t.data = t.data.to(dtype)
+
+
+@torch.inference_mode()  # only here: float32_decoding's casts must not make the weights inference tensors
+def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], template: str,
+              max_new_tokens: int, temperature: float, top_p: float, top_k: int, batch_size: int,
+              stop: tuple[str, ...] | list[str] | None, progress: bool) -> list[Generation]:
     encoded = [encode_prompt(tokenizer, p, template) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)

@@ -69,3 +69,22 @@ def test_sampling_is_seeded_and_bounded(tiny_model):
     assert [g.text for g in runs[0]] == [g.text for g in runs[1]]
     assert all(0 < g.new_tokens <= 8 for g in runs[0])
     assert len({g.text for g in runs[0]}) > 1  # three samples of one prompt differ
+
+
+def test_fp32_decoding_gives_the_same_greedy_text_at_every_batch_size_and_restores_the_weights(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    model = _varied_model(tiny_model).to(torch.bfloat16)
+    reference = _varied_model(tiny_model)  # the same weights in fp32, rounded through bf16 as the model's are
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    prompts = ["def add(a, b):\n", "import os\n\ndef list_files(path):\n", "x = 1\n"]
+    expected = [g.text for g in generate(reference, tokenizer, prompts, max_new_tokens=10, batch_size=1, stop=())]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as evaluate.py calls it: fp32 decoding turns autocast off
+        for batch_size in (1, 3):
+            texts = [g.text for g in generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=batch_size,
+                                              stop=(), fp32=True)]
+            assert texts == expected
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model.train()
+    loss = model(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss
+    loss.backward()  # the weights are ordinary tensors again, not inference-mode ones
+    assert model.get_input_embeddings().weight.grad is not None

@@ -1,15 +1,21 @@
-"""Prompt templates and labels: completion-only loss, EOS trained even when pad == eos."""
+"""Prompt templates and labels: completion-only loss, EOS trained even when pad == eos; the instruct format."""
+import copy
+
 import pytest
 
 from common.data import Example
 from common.errors import UserError
-from common.prompts import IGNORE_INDEX, choose_template, encode_example, encode_examples, render_prompt
+from common.prompts import INSTRUCTION as REQUEST
+from common.prompts import (IGNORE_INDEX, RESPONSE, choose_template, encode_example, encode_examples, render_instruct,
+                            render_prompt)
 from common.quant import load_tokenizer
 
 CODE = Example(id="a", prompt='def add(a, b):\n    """Add two numbers."""\n', completion="    return a + b\n",
                style="completion")
 INSTRUCTION = Example(id="b", prompt="Write a function that adds two numbers.", completion="def add(a, b):\n"
                       "    return a + b", style="instruction")
+INSTRUCTION_EX = Example(id="d", prompt="Add two numbers.", completion="Like this:\n```python\ndef add(a, b):\n"
+                         "    return a + b\n```\nDone.", style="instruction")
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +57,35 @@ def test_too_long_examples_are_dropped_or_truncated_and_counted(tokenizer):
 def test_max_seq_len_below_the_template_is_refused(tokenizer):
     with pytest.raises(UserError, match="--max-seq-len 8 leaves no room: the alpaca prompt template alone takes"):
         encode_examples(tokenizer, [INSTRUCTION], "alpaca", 8)
+
+
+def test_instruct_training_masks_the_prompt_and_trains_the_fenced_answer_and_eos(tokenizer):
+    assert choose_template(tokenizer, "completion", "instruct") == "chat"
+    item = encode_example(tokenizer, CODE, "chat", 512, format="instruct")
+    prompt_text = render_instruct(tokenizer, CODE, "chat")
+    prompt_len = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    # The prompt is exactly the evaluation's instruct prompt: request, fenced problem, pre-filled fence.
+    assert prompt_text.endswith(f"<|im_start|>assistant\n{RESPONSE}\n```python\n")
+    assert f"{REQUEST}\n```python\n{CODE.prompt.strip()}\n```" in prompt_text
+    assert item["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+    trained = item["input_ids"][prompt_len:]
+    assert item["labels"][prompt_len:] == trained
+    assert trained[-1] == tokenizer.eos_token_id  # <|im_end|>: the assistant turn ends
+    assert tokenizer.decode(trained[:-1]) == CODE.prompt + CODE.completion.rstrip("\n") + "\n```"
+
+
+def test_instruct_format_without_a_chat_template_uses_alpaca_with_the_same_turns(tokenizer):
+    plain_tokenizer = copy.deepcopy(tokenizer)
+    plain_tokenizer.chat_template = None
+    assert choose_template(plain_tokenizer, "completion", "instruct") == "alpaca"
+    text = render_instruct(plain_tokenizer, CODE, "alpaca")
+    assert text.startswith("Below is an instruction") and text.endswith(f"### Response:\n{RESPONSE}\n```python\n")
+    item = encode_example(plain_tokenizer, INSTRUCTION_EX, "alpaca", 512, format="instruct")
+    trained = [t for t, label in zip(item["input_ids"], item["labels"]) if label != IGNORE_INDEX]
+    # An instruction's reference output contributes its fenced code only, not the prose around it.
+    assert tokenizer.decode(trained) == "def add(a, b):\n    return a + b\n```" + tokenizer.eos_token
+
+
+def test_unknown_format_is_refused(tokenizer):
+    with pytest.raises(UserError, match="unknown format 'chat'; choose one of completion, instruct"):
+        choose_template(tokenizer, "completion", "chat")
