@@ -53,6 +53,7 @@ from common.config import EvalConfig
 from common.errors import UserError, run_cli
 from common.judge import Sample, judge_samples
 from common.options import parse_config
+from common.protocols import resolve_protocol, train_format_of
 from common.paths import check_writable, sha256_file
 from common.samples import read_samples_file, samples_for_json, write_samples_json
 from common.scoring import delta_aggregates, paired_deltas, score_records
@@ -131,23 +132,22 @@ def resolve_adapter(cfg: EvalConfig, tracker) -> Adapter | None:
 # ---------------------------------------------------------------------------- generating and judging
 
 def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device, dtype) -> list[Sample]:
-    """n_samples generations per problem, grouped by prompt template (one generate() call per template)."""
+    """n_samples generations per problem, one generate() call per (template, stops) group of prompts."""
     import torch
 
-    from common.generation import generate, stops_for_template
-    from common.prompts import render_prompt
+    from common.generation import generate
     from common.training import autocast
 
-    samples = [Sample(p, j, render_prompt(tokenizer, p.prompt, bench.templates[p.id], p.input), "")
-               for p in bench.problems for j in range(cfg.n_samples)]
+    samples = [Sample(p, j, bench.prompts[p.id].text, "") for p in bench.problems for j in range(cfg.n_samples)]
     torch.manual_seed(cfg.seed)
-    for template in bench.key["templates"]:
-        group = [s for s in samples if bench.templates[s.problem.id] == template]
+    for template, stops in sorted({(q.template, q.stops) for q in bench.prompts.values()}):
+        group = [s for s in samples if (bench.prompts[s.problem.id].template, bench.prompts[s.problem.id].stops)
+                 == (template, stops)]
         with autocast(device, dtype):
             outputs = generate(model, tokenizer, [s.prompt for s in group], template,
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               batch_size=cfg.eval_batch_size, stop=stops_for_template(template),
-                               progress=not cfg.quiet)
+                               batch_size=cfg.eval_batch_size, stop=stops, progress=not cfg.quiet,
+                               fp32=bench.key["decode"] == "float32" and dtype != torch.float32)
         for s, out in zip(group, outputs):
             s.generation, s.new_tokens, s.seconds = out.text, out.new_tokens, out.seconds
     return samples
@@ -230,7 +230,7 @@ def run_evaluation(tracker, cfg: EvalConfig, ks, *, name: str, config: dict, par
     return RunResult(run_id, all_scores)
 
 
-def print_summary(result: RunResult, name: str) -> None:
+def print_summary(result: RunResult, name: str, config: dict) -> None:
     from tabulate import tabulate
 
     def fmt(value):
@@ -249,7 +249,10 @@ def print_summary(result: RunResult, name: str) -> None:
                     delta_text += f" [{delta[2]:+.4g}, {delta[3]:+.4g}]"
             rows.append((bench, metric, fmt(value), f"[{fmt(low)}, {fmt(high)}]" if low is not None else "",
                          n if n is not None else "", delta_text))
-    print(f"eval run {result.run_id} '{name}'")
+    keys = config.get("benchmark_keys", {})
+    decode = sorted({str(k.get("decode")) for k in keys.values() if k.get("decode")})
+    print(f"eval run {result.run_id} '{name}': protocol {config.get('protocol')}"
+          + (f", decoding {', '.join(decode)}" if decode else "") + f"; programs ran under {config.get('isolation')}")
     print(tabulate(rows, headers=("benchmark", "metric", "value", "95% CI", "n", "delta vs base"), tablefmt="github"))
 
 
@@ -269,7 +272,9 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
         raise UserError(f"--samples has {fewest} sample(s) for some problem, n-samples < k={ks[-1]}; "
                         f"lower --k or add samples")
     bench.problems = [problems[t] for t in completions]
-    bench.key["templates"] = []
+    # Completions made elsewhere are continuations unless the user names the protocol they were made under.
+    protocol = "completion" if cfg.protocol == "auto" else cfg.protocol
+    bench.key.update(templates=[], protocol=protocol)
     isolation = isolation_name(cfg.isolation)
     name = cfg.name or f"eval-samples:{Path(cfg.samples).name}"
     tracker = Tracker(cfg.db)
@@ -277,19 +282,19 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     check_writable(output_dir)
     config = {"model": None, "adapter": None, "samples": str(Path(cfg.samples).resolve()),
               "samples_sha256": sha256_file(cfg.samples), "benchmarks": [bench.name],
-              "benchmark_keys": {bench.name: bench.key}, "eval_limit": None,
+              "benchmark_keys": {bench.name: bench.key}, "eval_limit": None, "protocol": protocol,
               "n_samples": max(len(c) for c in completions.values()), "k": ks, "isolation": isolation,
               "timeout": cfg.timeout, "memory_mb": cfg.memory_mb}
 
     def produce(b: Benchmark):
         samples = [Sample(problems[t], j, problems[t].prompt, text)
                    for t, texts in completions.items() for j, text in enumerate(texts)]
-        records, exec_seconds = judge_samples(samples, cfg)
+        records, exec_seconds = judge_samples(samples, protocol, cfg)
         return records, {"exec_seconds": (exec_seconds, len(records), None, None)}
 
     result = run_evaluation(tracker, cfg, ks, name=name, config=config, parent_id=None, output_dir=output_dir,
                             benchmarks=[bench], produce=produce)
-    print_summary(result, name)
+    print_summary(result, name, config)
     return 0
 
 
@@ -313,9 +318,11 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     benchmarks = [load_benchmark(n, cfg.eval_limit, cfg.dataset, cfg.split_seed, cfg.group_key, cfg.decontaminate)
                   for n in names]
     tokenizer = load_tokenizer(model_name)
+    protocol = resolve_protocol(cfg.protocol, tokenizer, train_format_of(train) if adapter else None)
     for bench in benchmarks:
-        prepare_benchmark(bench, tokenizer, train.get("template"), cfg.max_seq_len)
+        prepare_benchmark(bench, tokenizer, protocol, decode_key(cfg, dtype), cfg.max_seq_len)
     config = eval_record(cfg, ks, model_name, adapter, str(dtype).replace("torch.", ""), benchmarks)
+    config["protocol"] = protocol
     if adapter:
         label = adapter.path.resolve()
         name = cfg.name or f"eval-{label.parent.name + '-best' if label.name == 'best' else label.name}"
@@ -348,11 +355,21 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     result = run_evaluation(tracker, cfg, ks, name=name, config=config,
                             parent_id=adapter.run_id if adapter else None, output_dir=output_dir,
                             benchmarks=benchmarks, produce=produce, base_runs=base_runs, device=device)
-    print_summary(result, name)
+    print_summary(result, name, config)
     if base_runs:
         print(f"delta vs base eval run(s) {', '.join(sorted({str(i) for i in base_runs.values()}))}")
     print(f"samples: {output_dir / 'samples.json'}")
     return 0
+
+
+def decode_key(cfg: EvalConfig, dtype) -> str:
+    """How greedy decoding ran, for the benchmark key: "float32" is batch-invariant; half precision
+    (4/8-bit bases, or --no-fp32-decoding) depends on the batch size, so the key names it."""
+    import torch
+
+    if dtype == torch.float32 or (cfg.fp32_decoding and cfg.quant not in ("4bit", "8bit")):
+        return "float32"
+    return f"{str(dtype).replace('torch.', '')}, batch {cfg.eval_batch_size}"
 
 
 def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
@@ -407,7 +424,7 @@ def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benc
     """bench -> (sample records, timing and perplexity scores): generate, then judge in the sandbox."""
     def produce(bench: Benchmark) -> tuple[list[dict], dict]:
         samples = generate_samples(model, tokenizer, bench, cfg, device, dtype)
-        records, exec_seconds = judge_samples(samples, cfg)
+        records, exec_seconds = judge_samples(samples, bench.key["protocol"], cfg)
         gen_seconds = sum(s.seconds for s in samples)
         tokens = sum(s.new_tokens for s in samples)
         extra = {"gen_seconds": (gen_seconds, len(samples), None, None),

@@ -60,7 +60,9 @@ from common.generation import extract_code, stop_criteria, stops_for_template
 from common.metrics import syntax_error_category
 from common.models import DEFAULT_MODEL
 from common.options import parse_config
+from common.data import Example
 from common.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
+from common.protocols import program, render, train_format_of
 from common.streaming import StopAwareStreamer
 from common.tracker import Tracker
 
@@ -172,11 +174,19 @@ class Session:
     compare: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     recorded_template: str | None = None
+    train_format: str | None = None      # the adapter's training format (common.protocols.train_format_of)
     prompts_done: int = 0
 
     def print(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
         self.out.flush()
+
+    def instruct_example(self, prompt: str) -> Example | None:
+        """The prompt as a problem to render in the instruct format (base and adapter alike, so a comparison
+        is fair), when the adapter was trained so."""
+        if self.template != "auto" or self.train_format != "instruct" or not prompt.lstrip().startswith(CODE_STARTS):
+            return None
+        return Example("prompt", prompt if prompt.endswith("\n") else prompt + "\n", "", "completion")
 
     def template_for(self, prompt: str) -> tuple[str, str]:
         """(template, why) for this prompt."""
@@ -209,11 +219,17 @@ class Session:
 
         from common.training import autocast
         template, why = self.template_for(prompt)
-        if template != "plain":
-            prompt = prompt.strip()  # instructions were trained without trailing newlines
-        stops = list(self.stop) if self.stop is not None else list(stops_for_template(template))
+        instruct = self.instruct_example(prompt)
+        if instruct:  # a code prompt to an adapter trained in the instruct format: its training prompt
+            rendered_prompt = render(self.tokenizer, instruct, "instruct")
+            template, why, rendered = rendered_prompt.template, "instruct format, as in training", rendered_prompt.text
+            stops = list(self.stop) if self.stop is not None else list(rendered_prompt.stops)
+        else:
+            if template != "plain":
+                prompt = prompt.strip()  # instructions were trained without trailing newlines
+            stops = list(self.stop) if self.stop is not None else list(stops_for_template(template))
+            rendered = render_prompt(self.tokenizer, prompt, template)
         tokenizer = self.tokenizer
-        rendered = render_prompt(tokenizer, prompt, template)
         ids = encode_prompt(tokenizer, rendered, template)
         if self.show_speed:
             self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens")
@@ -240,7 +256,11 @@ class Session:
         completion = streamer.text()
         if not ((prompt if template == "plain" else "") + completion).endswith("\n"):
             self.print()
-        if template == "plain":
+        if instruct:
+            code = program(instruct, "instruct", completion)
+            self.print("--- the program (sanitized answer with the prompt's imports):")
+            self.print(code, end="" if code.endswith("\n") else "\n")
+        elif template == "plain":
             code = prompt + completion
         else:
             code = extract_code(completion)
@@ -411,7 +431,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     session = Session(model, tokenizer, adapter, device, dtype, template=cfg.template,
                       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                       max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed, show_speed=not cfg.quiet,
-                      compare=cfg.compare or cfg.demo, recorded_template=recorded)
+                      compare=cfg.compare or cfg.demo, recorded_template=recorded,
+                      train_format=train_format_of(adapter.train_config) if adapter else None)
     if cfg.demo:
         demo(session)
     elif cfg.prompt is not None:

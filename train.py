@@ -39,12 +39,13 @@ from common.data import load_splits
 from common.distributed import StopFlag, ddp_weight_drift, stop_requested, wrap_ddp
 from common.env import current_memory_mb, default_device, environment, peak_memory
 from common.errors import UserError, run_cli
-from common.generation import extract_code, generate, stops_for_template
+from common.generation import generate
 from common.lora import attach_lora, parameter_counts, validate_lora_args
 from common.metrics import chrf, perplexity, syntax_error_category
 from common.options import parse_config, recorded
 from common.paths import check_writable
-from common.prompts import choose_template, encode_examples, render_prompt
+from common.prompts import choose_template, encode_examples
+from common.protocols import answer_code, program, reference_code, render
 from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
 from common.tracker import Tracker
 from common.training import CompletionLoss, adamw, autocast, load_checkpoint, mean_nll, save_checkpoint
@@ -164,10 +165,11 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     tokenizer = load_tokenizer(cfg.model)
     splits = load_splits(cfg.dataset, split_seed=cfg.split_seed, limit=cfg.train_limit, group_key=cfg.group_key,
                          benchmark_files=[f for f in cfg.decontaminate.split(",") if f.strip()])
-    template = choose_template(tokenizer, splits.train[0].style)
-    train_set, dropped_train = encode_examples(tokenizer, splits.train, template, cfg.max_seq_len, cfg.truncate)
+    template = choose_template(tokenizer, splits.train[0].style, cfg.format)
+    train_set, dropped_train = encode_examples(tokenizer, splits.train, template, cfg.max_seq_len, cfg.truncate,
+                                               cfg.format)
     val_set, dropped_val = encode_examples(tokenizer, splits.validation[:cfg.val_limit], template,
-                                           cfg.max_seq_len, cfg.truncate)
+                                           cfg.max_seq_len, cfg.truncate, cfg.format)
     if not train_set:
         raise UserError(f"no training example fits --max-seq-len {cfg.max_seq_len}; raise it or pass --truncate")
     model = load_model(cfg.model, cfg.quant, device)
@@ -411,14 +413,21 @@ def run_validation(run: Run, state: TrainState, writer) -> None:
 
 
 def generation_quality(run: Run, examples: list) -> dict[str, float]:
-    prompts = [render_prompt(run.tokenizer, ex.prompt, run.template, ex.input) for ex in examples]
+    """chrF and compile rate of a few validation prompts, under the protocol matching the training format."""
+    protocol = "instruct" if run.cfg.format == "instruct" else "completion"
+    prompts = [render(run.tokenizer, ex, protocol) for ex in examples]
+    texts: list[str] = [""] * len(prompts)
     with autocast(run.device, run.dtype):
-        outputs = generate(run.model, run.tokenizer, prompts, run.template, max_new_tokens=128,
-                           batch_size=len(prompts), stop=stops_for_template(run.template))
-    codes = [o.text if ex.style == "completion" else extract_code(o.text) for ex, o in zip(examples, outputs)]
-    programs = [ex.prompt + c if ex.style == "completion" else c for ex, c in zip(examples, codes)]
+        for template, stops in {(p.template, p.stops) for p in prompts}:
+            group = [i for i, p in enumerate(prompts) if (p.template, p.stops) == (template, stops)]
+            outputs = generate(run.model, run.tokenizer, [prompts[i].text for i in group], template,
+                               max_new_tokens=128, batch_size=len(group), stop=stops)
+            for i, out in zip(group, outputs):
+                texts[i] = out.text
+    codes = [answer_code(ex, protocol, text) for ex, text in zip(examples, texts)]
+    programs = [program(ex, protocol, text) for ex, text in zip(examples, texts)]
     syntax_ok = sum(syntax_error_category(p) is None for p in programs) / len(programs)
-    return {"val_chrf": chrf(codes, [ex.completion for ex in examples]), "val_syntax_ok": syntax_ok}
+    return {"val_chrf": chrf(codes, [reference_code(ex, protocol) for ex in examples]), "val_syntax_ok": syntax_ok}
 
 
 def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:

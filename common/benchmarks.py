@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import UserError
+from common.hub_benchmarks import is_hub_benchmark, load_hub_benchmark
 from common.paths import sha256_file
 
-BUILTIN_BENCHMARKS = ("humaneval", "heldout")
+BUILTIN_BENCHMARKS = ("humaneval", "heldout")   # and the hub's: common/hub_benchmarks.py
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Benchmark:
     name: str
     problems: list                       # common.data.Example
     key: dict                            # what makes results on it comparable across runs
-    templates: dict = field(default_factory=dict)   # problem id -> prompt template
+    prompts: dict = field(default_factory=dict)     # problem id -> common.protocols.Prompt
     encoded: list = field(default_factory=list)     # heldout: tokenized references for perplexity
     too_long: int = 0                    # heldout references longer than --max-seq-len
 
@@ -26,10 +27,12 @@ class Benchmark:
 def parse_benchmarks(spec: str) -> list[str]:
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
-        raise UserError("--benchmark is empty; use humaneval, heldout or a .jsonl file (comma-separated)")
+        raise UserError("--benchmark is empty; use humaneval, heldout, mbpp, humaneval+, mbpp+ or a .jsonl file "
+                        "(comma-separated)")
     for name in names:
-        if name not in BUILTIN_BENCHMARKS and not Path(name).is_file():
-            raise UserError(f"unknown benchmark {name!r}: use humaneval, heldout, or an existing .jsonl file")
+        if name not in BUILTIN_BENCHMARKS and not is_hub_benchmark(name) and not Path(name).is_file():
+            raise UserError(f"unknown benchmark {name!r}: use humaneval, heldout, mbpp, humaneval+, mbpp+, or an "
+                            "existing .jsonl file")
     if len(set(names)) != len(names):
         raise UserError(f"--benchmark {spec} names a benchmark twice")
     return names
@@ -47,33 +50,30 @@ def load_benchmark(spec: str, limit: int | None, dataset: str, split_seed: int, 
         splits = load_splits(dataset, split_seed=split_seed, group_key=group_key, benchmark_files=files)
         return Benchmark("heldout", splits.test[:limit], {"source": splits.source, "split_seed": split_seed,
                                                           "group_key": splits.group_key, "decontaminate": files})
+    if is_hub_benchmark(spec):
+        problems, key = load_hub_benchmark(spec)
+        return Benchmark(spec.split(":", 1)[0], problems[:limit], key)
     name = Path(spec).name if Path(spec).name not in BUILTIN_BENCHMARKS else spec
     return Benchmark(name, read_benchmark_file(spec)[:limit],
                      {"source": str(Path(spec).resolve()), "sha256": sha256_file(spec)})
 
 
-def template_for(tokenizer, style: str, train_template: str | None) -> str:
-    """Completion-style problems are plain continuations; instructions use the adapter's training template."""
-    from common.prompts import choose_template
+def prepare_benchmark(bench: Benchmark, tokenizer, protocol: str, decode: str, max_seq_len: int) -> None:
+    """Render every problem under `protocol` (a concrete one); for heldout, tokenize the references for
+    perplexity in the matching training format. The protocol and decoding precision join the key."""
+    from common.prompts import choose_template, encode_examples
+    from common.protocols import render
 
-    if style == "completion":
-        return "plain"
-    if train_template in ("chat", "alpaca"):
-        return train_template
-    return choose_template(tokenizer, style)
-
-
-def prepare_benchmark(bench: Benchmark, tokenizer, train_template: str | None, max_seq_len: int) -> None:
-    """Choose prompt templates; for heldout, tokenize the references for perplexity."""
-    from common.prompts import encode_examples
-
-    bench.templates = {p.id: template_for(tokenizer, p.style, train_template) for p in bench.problems}
-    bench.key["templates"] = sorted(set(bench.templates.values()))
+    bench.prompts = {p.id: render(tokenizer, p, protocol) for p in bench.problems}
+    bench.key.update(protocol=protocol, decode=decode,
+                     templates=sorted({prompt.template for prompt in bench.prompts.values()}))
     if bench.name != "heldout":
         return
     bench.key["max_seq_len"] = max_seq_len
-    for template in bench.key["templates"]:
-        group = [p for p in bench.problems if bench.templates[p.id] == template]
-        encoded, dropped = encode_examples(tokenizer, group, template, max_seq_len)
+    form = "instruct" if protocol == "instruct" else "completion"
+    for style in sorted({p.style for p in bench.problems}):
+        group = [p for p in bench.problems if p.style == style]
+        encoded, dropped = encode_examples(tokenizer, group, choose_template(tokenizer, style, form), max_seq_len,
+                                           format=form)
         bench.encoded += encoded
         bench.too_long += dropped

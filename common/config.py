@@ -56,6 +56,9 @@ class TrainConfig:
     max_seq_len: int = option(512, "longest example in tokens", sweep=True)
     truncate: bool = option(False, "truncate over-long examples instead of dropping them", sweep=True)
     seed: int = option(0, "seed of initialisation and batch order", sweep=True)
+    format: str = option("completion", "training format: completion (plain continuation) or instruct (the user turn "
+                                       "is evaluate.py's instruct prompt, the answer the function in a fence)",
+                         choices=("completion", "instruct"), sweep=True)
     split_seed: int = option(0, "seed that draws the validation/test split, by group; kept apart from --seed so "
                                 "runs with different seeds share one split", sweep=True)
     group_key: str | None = option(None, "field of a .jsonl/.json/.csv/hf: dataset whose value groups rows (e.g. "
@@ -107,6 +110,13 @@ class EvalConfig:
                                          " humaneval with --samples)", sweep=True)
     eval_limit: int | None = option(None, "first N problems of each benchmark", sweep=True,
                                     deprecated=("--limit",))
+    protocol: str = option("auto", "how problems are prompted: completion (plain continuation), instruct (EvalPlus "
+                                   "chat prompt, sanitized answer), fewshot (one solved example first); auto: "
+                                   "instruct for chat-trained adapters and chat base models",
+                           choices=("auto", "completion", "instruct", "fewshot"), sweep=True)
+    fp32_decoding: bool = option(True, "decode 16-bit models in fp32 so greedy scores do not depend on the batch "
+                                       "size (--no-fp32-decoding: faster; the batch size joins the benchmark key)",
+                                 sweep=True)
     n_samples: int = option(1, "samples per problem", sweep=True)
     k: str = option("1", "comma list of k for pass@k (each <= --n-samples)", sweep=True)
     temperature: float = option(0.0, "sampling temperature (0 = greedy)", sweep=True)

@@ -23,14 +23,7 @@ class Sample:
     seconds: float = 0.0
 
 
-def code_of(problem, text: str) -> str:
-    """The code a sample contributes: a completion as is, the fenced block of an instruction answer."""
-    from common.generation import extract_code
-
-    return text if problem.style == "completion" else extract_code(text)
-
-
-def execute(samples: list[Sample], codes: list[str], cfg: EvalConfig) -> list:
+def execute(samples: list[Sample], programs: list[str], cfg: EvalConfig) -> list:
     """Run every sample whose problem has tests in the sandbox; None for the others."""
     from tqdm import tqdm
 
@@ -39,19 +32,16 @@ def execute(samples: list[Sample], codes: list[str], cfg: EvalConfig) -> list:
     results: list = [None] * len(samples)
     unit = [i for i, s in enumerate(samples) if s.problem.tests and "test" in s.problem.tests]
     if unit:
-        programs = []
-        for i in unit:
-            p = samples[i].problem
-            prefix = p.prompt if p.style == "completion" else ""
-            programs.append(humaneval_program(prefix, codes[i], p.tests["test"], p.tests["entry_point"]))
-        for i, result in zip(unit, check_many(programs, cfg.timeout, cfg.memory_mb, cfg.exec_workers,
+        tests = [humaneval_program("", programs[i], samples[i].problem.tests["test"],
+                                   samples[i].problem.tests["entry_point"]) for i in unit]
+        for i, result in zip(unit, check_many(tests, cfg.timeout, cfg.memory_mb, cfg.exec_workers,
                                               cfg.isolation, progress=not cfg.quiet)):
             results[i] = result
     stdio = [i for i, s in enumerate(samples) if s.problem.tests and "inputs" in s.problem.tests]
     if stdio:
         def judge(i):
             tests = samples[i].problem.tests
-            return check_stdio(codes[i], tests["inputs"], tests["outputs"], cfg.timeout, cfg.memory_mb,
+            return check_stdio(programs[i], tests["inputs"], tests["outputs"], cfg.timeout, cfg.memory_mb,
                                cfg.isolation)
         with ThreadPoolExecutor(max_workers=cfg.exec_workers or os.cpu_count() or 1) as pool:
             done = tqdm(pool.map(judge, stdio), total=len(stdio), desc="executing", unit="program",
@@ -61,27 +51,30 @@ def execute(samples: list[Sample], codes: list[str], cfg: EvalConfig) -> list:
     return results
 
 
-def judge_samples(samples: list[Sample], cfg: EvalConfig) -> tuple[list[dict], float]:
-    """Execute, syntax-check and chrF-score samples; returns tracker sample rows and execution seconds."""
-    from common.generation import extract_code
+def judge_samples(samples: list[Sample], protocol: str, cfg: EvalConfig) -> tuple[list[dict], float]:
+    """Execute, syntax-check and chrF-score samples under a protocol; returns tracker sample rows and
+    execution seconds. The program is what `common.protocols.program` makes of the generation (prompt +
+    completion, or the sanitized answer with the prompt's imports); chrF compares the code the model
+    wrote with the reference in the same shape."""
     from common.metrics import sentence_chrf, syntax_error_category
+    from common.protocols import answer_code, program, reference_code
 
-    codes = [code_of(s.problem, s.generation) for s in samples]
+    programs = [program(s.problem, protocol, s.generation) for s in samples]
     began = time.perf_counter()
-    results = execute(samples, codes, cfg)
+    results = execute(samples, programs, cfg)
     exec_seconds = time.perf_counter() - began
     records = []
-    for s, code, result in zip(samples, codes, results):
+    for s, prog, result in zip(samples, programs, results):
         p = s.problem
-        # What has to compile: the whole function for a completion, the answer's code otherwise.
-        category = syntax_error_category(p.prompt + code if p.style == "completion" else code)
-        reference = (p.completion if p.style == "completion" else extract_code(p.completion)) or None
+        code = answer_code(p, protocol, s.generation)
+        reference = reference_code(p, protocol) if p.completion else None
         records.append({
             "task_id": p.id, "sample_index": s.index, "prompt": s.prompt, "generation": s.generation,
-            "reference": reference, "result": result.status if result else None,
+            "reference": reference or None, "result": result.status if result else None,
             "details": {"error_type": result.error_type if result else None,
-                        "detail": result.detail if result else None, "code": code,
-                        "syntax": category, "chrf": sentence_chrf(code, reference) if reference else None,
+                        "detail": result.detail if result else None, "code": code, "program": prog,
+                        "syntax": syntax_error_category(prog),
+                        "chrf": sentence_chrf(code, reference) if reference else None,
                         "new_tokens": s.new_tokens},
         })
     return records, exec_seconds
