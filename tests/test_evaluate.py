@@ -230,6 +230,17 @@ def test_adapter_compared_with_base_and_merge_agrees(tiny_model, tmp_path):
     merged = Tracker(db).samples(runs[-1]["id"], "humaneval")
     assert [s["generation"] for s in merged] == [s["generation"] for s in ours]
     assert scores_of(db, runs[-1]["id"], "humaneval")["base_run_id"]["value"] == base["id"]
+    assert base["config"]["protocol"] == run["config"]["protocol"] == "completion"  # auto: trained on plain text
+    held = scores_of(db, run["id"], "heldout")
+    assert held["delta.perplexity"]["ci_low"] < held["delta.perplexity"]["value"] < held["delta.perplexity"]["ci_high"]
+
+    # Another protocol is another benchmark: the base model is scored again under it, never paired across.
+    assert evaluate.main(["--run-id", str(train_id), "--protocol", "instruct", "--benchmark", "humaneval", "--db",
+                          db, "--output-dir", str(tmp_path / "instruct"), *FAST]) == 0
+    *_, new_base, instruct = eval_runs(db)
+    assert new_base["config"]["adapter"] is None and new_base["config"]["protocol"] == "instruct"
+    assert instruct["config"]["benchmark_keys"]["humaneval"]["protocol"] == "instruct"
+    assert scores_of(db, instruct["id"], "humaneval")["base_run_id"]["value"] == new_base["id"]
 
 
 # ---------------------------------------------------------------------------- bad input

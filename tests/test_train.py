@@ -264,3 +264,13 @@ def test_paged_adamw_8bit_is_wired_and_trains_on_a_cpu(tiny_model, tmp_path, cap
     assert "runs as 8-bit AdamW without paging" in capsys.readouterr().err
     (run,) = Tracker(tmp_path / "e.db").runs()
     assert run["status"] == "completed" and run["config"]["optim"] == "paged_adamw_8bit"
+
+
+def test_instruct_format_trains_and_is_recorded(tiny_model, tmp_path):
+    assert train.main(train_args(tiny_model, tmp_path, "--max-steps", "2", "--format", "instruct",
+                                 "--eval-every", "2", "--eval-gen", "1")) == 0
+    db = Tracker(tmp_path / "e.db")
+    (run,) = db.runs()
+    assert run["status"] == "completed" and run["config"]["format"] == "instruct"
+    assert run["config"]["template"] == "chat"  # the embedded tokenizer has a chat template
+    assert len(db.metrics(run["id"], "val_chrf")) == 1
