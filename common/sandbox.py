@@ -98,6 +98,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from common import landlock
 from common.errors import UserError
 
 PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
@@ -107,238 +108,13 @@ FILE_SIZE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file a program may w
 EXTRA_TASKS = 64  # RLIMIT_NPROC headroom: processes and threads a program may add
 KILL_GRACE_S = 1.0  # after the program ended, how long to keep draining pipes
 SERVER_GRACE_S = 5.0  # beyond the time limit, how long a server may take to answer before it is killed
-ISOLATION_NAMES = {"bwrap": "bubblewrap", "none": "rlimits+guard"}
-
-# The trusted server, run as `python -s -B -c _SERVER <socket fd> <tmp base> <isolated 0|1>`.
-# Protocol on its SOCK_SEQPACKET socket, one program at a time: the host sends
-# "<workdir name> <timeout_s> <memory_bytes> <cpu_s> <file_bytes> <extra_tasks> <guard 0|1>"
-# with the fds program, stdin, stdout, stderr, report, nonce; the server answers
-# "pid <child pid>" once the program's process is forked, then
-# "done <exit code> <timed out 0|1> <reusable 0|1>" once it is dead and cleaned
-# up (reusable 0: the server exits). The program's process reads the nonce,
-# sets limits, compiles the program, installs the guard, runs the program as
-# __main__ and reports one line "<nonce> <outcome>" on the report fd, where
-# outcome is "ok", "exit <code>", "raise <ExcName>" or "syntax <ExcName>".
-# Anything else, or no line at all, means the program did not finish. It ends
-# with os._exit so that threads and atexit hooks the program left behind
-# cannot run after the report.
-_SERVER = r'''
-import _posixsubprocess, _signal, fcntl, os, posix, resource, select, shutil, signal, socket, sys, traceback, types
-
-REPORT_FD, NONCE_FD = 3, 4
-
-DENIED_EVENTS = {
-    "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn",
-    "os.spawn", "os.system", "subprocess.Popen", "ctypes.dlopen",
-    "resource.setrlimit", "resource.prlimit", "socket.bind", "socket.connect",
-    "socket.getaddrinfo", "socket.gethostbyaddr", "socket.gethostbyname",
-    "socket.sendmsg", "socket.sendto",
-}
-# event -> how many leading arguments are paths that must stay in the workdir
-PATH_EVENTS = {
-    "os.chmod": 1, "os.chown": 1, "os.mkdir": 1, "os.remove": 1, "os.rmdir": 1,
-    "os.truncate": 1, "os.utime": 1, "shutil.chown": 1, "shutil.rmtree": 1,
-    "os.link": 2, "os.rename": 2, "os.symlink": 2, "shutil.move": 2,
-}
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
-def set_limit(which, soft, hard):
-    # A hard limit can only be lowered; keep a lower one the caller already has.
-    current = resource.getrlimit(which)[1]
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(which, (soft, hard))
-
-
-def set_limits(memory_bytes, cpu_s, file_bytes, extra_tasks):
-    # RLIMIT_NPROC counts all tasks of the user, so allow the system-wide count
-    # plus headroom: this bounds a fork bomb of a non-root user. Root ignores it.
-    tasks = int(open("/proc/loadavg").read().split()[3].split("/")[1])
-    set_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
-    set_limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
-    set_limit(resource.RLIMIT_FSIZE, file_bytes, file_bytes)
-    set_limit(resource.RLIMIT_NPROC, tasks + extra_tasks, tasks + extra_tasks)
-    set_limit(resource.RLIMIT_CORE, 0, 0)
-
-
-def install_guard(workdir):
-    realpath, fspath = os.path.realpath, os.fspath
-    allowed = (workdir, os.devnull)
-
-    def inside(path):
-        if not isinstance(path, (str, bytes, os.PathLike)):
-            return False
-        path = realpath(os.fsdecode(fspath(path)))
-        return path in allowed or path.startswith(workdir + os.sep)
-
-    def deny(event):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-
-    def hook(event, args):
-        if event == "open":
-            path, _, flags = args
-            if flags & WRITE_FLAGS and not isinstance(path, int) and not inside(path):
-                deny(f"writing {path!r}")
-        elif event in DENIED_EVENTS or event == "import" and args[0] == "_ctypes":
-            deny(event)
-        elif event in PATH_EVENTS and not all(map(inside, args[:PATH_EVENTS[event]])):
-            deny(f"{event} outside the working directory")
-
-    def blocked(*args, **kwargs):
-        deny("this call")
-
-    # These raise no audit event: pidfds signal other processes, and fork_exec
-    # is what subprocess and multiprocessing start processes with.
-    for module, name in [(_posixsubprocess, "fork_exec"), (os, "pidfd_open"), (posix, "pidfd_open"),
-                         (signal, "pidfd_send_signal"), (_signal, "pidfd_send_signal")]:
-        if hasattr(module, name):
-            setattr(module, name, blocked)
-    sys.addaudithook(hook)
-
-
-def run(path, workdir, guard):
-    with open(path, "rb") as f:
-        source = f.read()
-    try:
-        code = compile(source, path, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # "syntax_error" in the module docstring
-        sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
-        return "syntax " + type(e).__name__
-    module = types.ModuleType("__main__")
-    module.__file__ = path
-    sys.modules["__main__"] = module
-    sys.argv = [path]
-    if guard:
-        install_guard(workdir)
-    try:
-        exec(code, module.__dict__)
-    except SystemExit as e:
-        return f"exit {e.code if type(e.code) is int else int(e.code is not None)}"
-    except BaseException as e:
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-        name = type(e).__name__
-        return "raise " + ("".join(c for c in name if c.isalnum() or c == "_") or "BaseException")
-    finally:
-        module.__dict__.clear()  # frees what a memory bomb holds before reporting
-    return "ok"
-
-
-def run_program(path, workdir, limits, guard):
-    """In the forked child, with the job's fds at 0-4 and all others closed: run the program and report."""
-    # Keep our own references: the program may replace anything in os and sys.
-    write, exit_now, stdout, stderr = os.write, os._exit, sys.stdout, sys.stderr
-    os.chdir(workdir)
-    os.environ["HOME"] = os.environ["TMPDIR"] = workdir
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server's is SIG_DFL; programs get Python's
-    nonce = os.read(NONCE_FD, 64).decode()
-    os.close(NONCE_FD)
-    set_limits(*limits)
-    outcome = run(path, workdir, guard)
-    for stream in (stdout, stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    write(REPORT_FD, f"{nonce} {outcome}\n".encode())
-    exit_now(0 if outcome in ("ok", "exit 0") else 1)
-
-
-def start_child(job_fds, path, workdir, limits, guard):
-    """Fork the program's process: a new session whose fds 0-4 are stdin, stdout, stderr, report and nonce."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        os.setsid()
-        # Lift the fds above 4 first, so that no dup2 below overwrites one still to be moved.
-        lifted = [fcntl.fcntl(fd, fcntl.F_DUPFD, 5) for fd in job_fds]
-        for target, fd in enumerate(lifted):
-            os.dup2(fd, target, inheritable=target < REPORT_FD)
-        os.closerange(NONCE_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the server's socket among them
-        run_program(path, workdir, limits, guard)
-    except BaseException:
-        traceback.print_exc()
-    os._exit(1)
-
-
-def wait_and_kill(pid, timeout_s, isolated):
-    """Wait for the program until its time limit, kill all it left running; return (exit code, timed out)."""
-    pidfd = os.pidfd_open(pid)
-    timed_out = not select.select([pidfd], [], [], timeout_s)[0]
-    os.close(pidfd)
-    try:
-        if isolated:
-            os.kill(-1, signal.SIGKILL)  # as pid 1 of bwrap's pid namespace: every process but us, none outside
-        else:
-            os.kill(pid, signal.SIGKILL)  # in case the time ran out before its setsid
-            os.killpg(pid, signal.SIGKILL)  # before reaping: the zombie leader keeps the group id from reuse
-    except (ProcessLookupError, PermissionError):
-        pass
-    returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    while isolated:  # orphans are reparented to us; reap them all, and kill again what a racing fork added
-        try:
-            while True:
-                os.waitpid(-1, 0)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-    return returncode, timed_out
-
-
-def clean_up(workdir, isolated):
-    """Remove what the program left; False when this server must not run another program."""
-    if not isolated:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return True
-    try:  # the sandbox's writable places, all private tmpfs
-        for base in ("/tmp", "/run", "/dev/shm"):
-            for name in os.listdir(base):
-                path = os.path.join(base, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-        # SysV IPC objects outlive their processes, and only a fresh namespace drops them.
-        return all(len(open(f"/proc/sysvipc/{kind}").readlines()) == 1 for kind in ("msg", "sem", "shm"))
-    except OSError:
-        return False
-
-
-def serve(sock_fd, tmp_base, isolated):
-    sock = socket.socket(fileno=sock_fd)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1 in bwrap, SIG_DFL makes us immune to it
-    while True:
-        message, fds, _, _ = socket.recv_fds(sock, 256, 6)
-        if not message:
-            return  # the host closed its end
-        name, timeout_s, *limits, guard = message.split()
-        program_fd, *job_fds = fds
-        workdir = os.path.join(tmp_base, name.decode())
-        os.mkdir(workdir, 0o700)
-        path = os.path.join(workdir, "program.py")
-        with open(program_fd, "rb") as source, open(path, "wb") as target:
-            shutil.copyfileobj(source, target)
-        pid = start_child(job_fds, path, workdir, list(map(int, limits)), guard == b"1")
-        for fd in job_fds:
-            os.close(fd)
-        sock.send(b"pid %d" % pid)
-        returncode, timed_out = wait_and_kill(pid, float(timeout_s), isolated)
-        reusable = clean_up(workdir, isolated)
-        sock.send(b"done %d %d %d" % (returncode, timed_out, reusable))
-        if not reusable:
-            return
-
-
-serve(int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1")
-'''
-
+STDOUT_KEPT = 4096  # characters of stdout kept in ExecResult.stdout (the end of it)
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_server.py")
+# Outside bubblewrap, root runs each server's programs as a uid of its own, drawn
+# from a range no account uses, so RLIMIT_NPROC counts only that server's programs.
+UID_BASE, UID_SPAN = 2**30, 2**28
+MODES = ("auto", "bwrap", "landlock", "none")
+_warned_unconfined = False  # the `none` warning is printed once per process
 
 @dataclass
 class ExecResult:
@@ -346,6 +122,7 @@ class ExecResult:
     error_type: str | None  # exception class or signal name, for failed/error/syntax_error
     detail: str  # last lines of stderr or a short message, at most DETAIL_CAP characters
     duration_s: float
+    stdout: str = ""  # the last STDOUT_KEPT characters the program printed (check_stdio: the first)
 
     @property
     def passed(self) -> bool:
@@ -368,9 +145,25 @@ def humaneval_program(prompt: str, completion: str, test: str, entry_point: str)
     return prompt + completion + "\n" + test + "\n" + f"check({entry_point})\n"
 
 
+def isolation_info(isolation: str = "auto") -> dict:
+    """What `isolation` amounts to on this machine, to print and record with each evaluation.
+
+    Returns {"mode": "bwrap" | "landlock" | "none", "landlock_abi": int (0 when
+    Landlock is not applied), "own_uid": bool (programs run as an unprivileged
+    uid of their server's own: the caller is root outside bubblewrap), "name":
+    one line, e.g. "landlock ABI 7 + own uid"}. UserError when the mode cannot
+    be had here (see `_resolve`).
+    """
+    mode = _resolve(isolation)
+    abi = landlock.abi_version() if mode == "landlock" else 0
+    own_uid = _own_uid(mode)
+    name = {"bwrap": "bubblewrap", "landlock": f"landlock ABI {abi}", "none": "rlimits+guard"}[mode]
+    return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "name": name + (" + own uid" if own_uid else "")}
+
+
 def isolation_name(isolation: str = "auto") -> str:
-    """What `isolation` amounts to on this machine: "bubblewrap" or "rlimits+guard"."""
-    return ISOLATION_NAMES[_resolve(isolation)]
+    """One line naming what `isolation` amounts to here, e.g. "bubblewrap" or "landlock ABI 7 + own uid"."""
+    return isolation_info(isolation)["name"]
 
 
 def check_program(
@@ -389,8 +182,8 @@ def check_program(
     untrusted code that way without bubblewrap.
     """
     _check_limits(timeout_s, memory_mb)
-    with _Server(_resolve(isolation)) as server:
-        return _classify(server.run(program, None, timeout_s, memory_mb, guard), timeout_s)
+    with _Server(_resolve(isolation, warn=True)) as server:
+        return _classify(server.run(program, None, timeout_s, memory_mb, guard, tail=True), timeout_s)
 
 
 def check_many(
@@ -410,7 +203,7 @@ def check_many(
     cores makes programs compete for CPU and time out spuriously.
     """
     _check_limits(timeout_s, memory_mb)
-    mode = _resolve(isolation)
+    mode = _resolve(isolation, warn=True)
     local = threading.local()
     servers: list[_Server] = []
 
@@ -418,7 +211,7 @@ def check_many(
         if not hasattr(local, "server"):
             local.server = _Server(mode)
             servers.append(local.server)
-        return _classify(local.server.run(program, None, timeout_s, memory_mb, guard), timeout_s)
+        return _classify(local.server.run(program, None, timeout_s, memory_mb, guard, tail=True), timeout_s)
 
     # Servers are stopped while their threads live: bwrap's --die-with-parent
     # would kill them with their thread anyway, but without reaping them.
@@ -458,7 +251,7 @@ def check_stdio(
         raise UserError("check_stdio needs at least one (input, output) case")
     _check_limits(timeout_s, memory_mb)
     total_s = 0.0
-    with _Server(_resolve(isolation)) as server:
+    with _Server(_resolve(isolation, warn=True)) as server:
         for case, (stdin, expected) in enumerate(zip(inputs, outputs, strict=True)):
             # Keep enough output to compare, but never an unbounded amount.
             cap = len(expected.encode()) + OUTPUT_CAP
@@ -469,8 +262,9 @@ def check_stdio(
                 status, error_type = "failed", "WrongAnswer"
                 detail = f"expected {expected[:200]!r}, got {run.stdout[:200]!r}"
             if status != "passed":
-                return ExecResult(status, error_type, f"case {case}: {detail}"[:DETAIL_CAP], total_s)
-    return ExecResult("passed", None, f"{len(inputs)} cases", total_s)
+                return ExecResult(status, error_type, f"case {case}: {detail}"[:DETAIL_CAP], total_s,
+                                  run.stdout[:STDOUT_KEPT])
+    return ExecResult("passed", None, f"{len(inputs)} cases", total_s, run.stdout[:STDOUT_KEPT])
 
 
 def _lines(text: str) -> list[str]:
@@ -484,18 +278,54 @@ def _check_limits(timeout_s: float, memory_mb: int) -> None:
         raise UserError(f"memory_mb must be at least 64 (the interpreter itself needs it), got {memory_mb}")
 
 
-def _resolve(isolation: str) -> str:
-    """Map the isolation argument to the mode to use: "bwrap" or "none"."""
-    if isolation not in ("auto", "bwrap", "none"):
-        raise UserError(f"isolation must be 'auto', 'bwrap' or 'none', not {isolation!r}")
+def _resolve(isolation: str, warn: bool = False) -> str:
+    """Map the isolation argument to the mode to use: "bwrap", "landlock" or "none".
+
+    auto: bubblewrap when usable, else Landlock when the kernel has it, else a
+    UserError naming the two ways out. warn: print the `none` warning (once
+    per process), as the functions that run programs do.
+    """
+    if isolation not in MODES:
+        raise UserError(f"isolation must be one of {', '.join(MODES)}, not {isolation!r}")
     if isolation == "auto":
-        return "bwrap" if _bwrap() else "none"
+        if _bwrap():
+            return "bwrap"
+        if landlock.abi_version():
+            return "landlock"
+        raise UserError(
+            "no sandbox for generated code here (no usable bubblewrap, no Landlock in this kernel): install "
+            "bubblewrap (apt-get install -y bubblewrap), or pass --isolation none to run untrusted code with "
+            "resource limits only"
+        )
     if isolation == "bwrap" and not _bwrap():
         raise UserError(
             "bubblewrap is not usable here: install it (apt-get install -y bubblewrap; non-root users "
-            "also need unprivileged user namespaces) or pass isolation='none'"
+            "also need unprivileged user namespaces), or pass --isolation landlock or none"
         )
+    if isolation == "landlock" and not landlock.abi_version():
+        raise UserError(
+            "this kernel has no Landlock (Linux 5.13+ with landlock among its LSMs): install bubblewrap "
+            "(--isolation bwrap), or pass --isolation none to run untrusted code with resource limits only"
+        )
+    if isolation == "none" and warn:
+        _warn_unconfined()
     return isolation
+
+
+def _warn_unconfined() -> None:
+    global _warned_unconfined
+    if not _warned_unconfined:
+        _warned_unconfined = True
+        who = "an unprivileged uid" if _own_uid("none") else "you"
+        print(f"WARNING: --isolation none: generated code runs on this machine as {who}, with resource limits and "
+              "an in-process guard only; it can read your files and reach the network, and a deliberate program "
+              "can change what that user may change. Use --isolation auto (bubblewrap or Landlock) for code you "
+              "do not trust.", file=sys.stderr, flush=True)
+
+
+def _own_uid(mode: str) -> bool:
+    """Whether programs run as an unprivileged uid of their own: the caller is root, outside bubblewrap."""
+    return mode != "bwrap" and os.geteuid() == 0
 
 
 def _bwrap_argv(bwrap: str) -> list[str]:
@@ -559,9 +389,10 @@ class _Server:
         self.close()
 
     def run(
-        self, program: str, stdin: str | None, timeout_s: float, memory_mb: int, guard: bool, cap: int = OUTPUT_CAP
+        self, program: str, stdin: str | None, timeout_s: float, memory_mb: int, guard: bool, cap: int = OUTPUT_CAP,
+        tail: bool = False,
     ) -> _Run:
-        """Run `program` once; stdin=None means /dev/null."""
+        """Run `program` once; stdin=None means /dev/null; tail: keep the end of stdout, not its start."""
         nonce = secrets.token_hex(16)
         workdir = "sandbox-" + secrets.token_hex(8)  # chosen here, so that the host can remove what a lost server left
         limits = [memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1, FILE_SIZE_LIMIT, EXTRA_TASKS]
@@ -582,7 +413,7 @@ class _Server:
             self._send(message, sent)
             while sent:  # the server and the program hold them now: EOF must come from their side
                 os.close(sent.pop())
-            return self._collect(readers, nonce, workdir, timeout_s, cap)
+            return self._collect(readers, nonce, workdir, timeout_s, cap, tail)
         finally:
             for fd in sent + readers:
                 os.close(fd)
@@ -590,11 +421,11 @@ class _Server:
     def close(self) -> None:
         self._stop()
 
-    def _collect(self, readers: list[int], nonce: str, workdir: str, timeout_s: float, cap: int) -> _Run:
+    def _collect(self, readers: list[int], nonce: str, workdir: str, timeout_s: float, cap: int, tail: bool) -> _Run:
         """Read stdout, stderr and the report until the server says the program is done and they are drained.
 
-        Keeps the first `cap` bytes of stdout (what a judge compares) and the
-        last `cap` bytes of stderr and the report (tracebacks and the report
+        Keeps the first `cap` bytes of stdout (what a judge compares; the last
+        with `tail`) and the last `cap` bytes of stderr and the report (tracebacks and the report
         come last); the rest is read and dropped, so a program printing
         gigabytes neither blocks nor fills the caller's memory. The server
         kills all the program left when it ends, so the pipes reach EOF; a
@@ -647,7 +478,7 @@ class _Server:
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         selector.unregister(key.fd)
-                    elif key.fd == readers[0]:
+                    elif key.fd == readers[0] and not tail:
                         kept[key.fd] += chunk[: max(0, cap - len(kept[key.fd]))]
                     else:
                         kept[key.fd] += chunk
@@ -663,8 +494,10 @@ class _Server:
         with server_end:
             # python -I would also ignore PYTHONHASHSEED; the environment is
             # scrubbed anyway, so -s (no user site) and -B (no .pyc) suffice.
-            command = [PYTHON, "-s", "-B", "-c", _SERVER, str(server_end.fileno()), self.tmp_base,
-                       str(int(self.mode == "bwrap"))]
+            abi = landlock.abi_version() if self.mode == "landlock" else 0
+            uid = UID_BASE + secrets.randbelow(UID_SPAN) if _own_uid(self.mode) else -1
+            command = [PYTHON, "-s", "-B", SERVER, str(server_end.fileno()), self.tmp_base, self.mode, str(abi),
+                       str(uid)]
             if self.mode == "bwrap":
                 command = _bwrap_argv(_bwrap()) + command
             self.proc = subprocess.Popen(
@@ -695,7 +528,7 @@ class _Server:
         """
         if self.proc is None:
             return
-        if self.mode == "none" and program_pid is not None:
+        if self.mode != "bwrap" and program_pid is not None:
             # Before the server: it has not reaped the program, so unless it
             # died, the zombie leader keeps the group id from reuse.
             _kill_group(program_pid)
@@ -703,7 +536,7 @@ class _Server:
         self.proc.wait()
         self.sock.close()
         self.proc = self.sock = None
-        if self.mode == "none" and workdir is not None:
+        if self.mode != "bwrap" and workdir is not None:
             shutil.rmtree(os.path.join(self.tmp_base, workdir), ignore_errors=True)
 
 
@@ -723,7 +556,7 @@ def _kill_group(pgid: int) -> None:
 
 def _classify(run: _Run, timeout_s: float) -> ExecResult:
     status, error_type, detail = _outcome(run, timeout_s, exit_ok=False)
-    return ExecResult(status, error_type, detail, run.duration_s)
+    return ExecResult(status, error_type, detail, run.duration_s, run.stdout[-STDOUT_KEPT:])
 
 
 def _outcome(run: _Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | None, str]:
@@ -748,7 +581,7 @@ def _outcome(run: _Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | Non
         return "memory", "MemoryError", stderr_tail or "killed by the kernel (out of memory?)"
     if run.returncode < 0:
         return "error", _signal_name(-run.returncode), stderr_tail
-    return "error", "EarlyExit", f"program exited with code {run.returncode} before its end (os._exit?)"
+    return "error", "EarlyExit", stderr_tail or f"program exited with code {run.returncode} before its end (os._exit?)"
 
 
 def _signal_name(number: int) -> str:

@@ -14,23 +14,31 @@ from pathlib import Path
 
 import pytest
 
-from common import sandbox
+from common import landlock, sandbox
 from common.errors import UserError
 from common.sandbox import check_many, check_program, check_stdio, humaneval_program, isolation_name
 
-BWRAP_USABLE = isolation_name("auto") == "bubblewrap"
-SKIP_NO_BWRAP = "bubblewrap not usable here (apt-get install -y bubblewrap; non-root users need user namespaces)"
+BWRAP_USABLE = sandbox._bwrap() is not None
+LANDLOCK_ABI = landlock.abi_version()
+ROOT = os.geteuid() == 0
+SKIP = {
+    "bwrap": "bubblewrap not usable here (apt-get install -y bubblewrap; non-root users need user namespaces)",
+    "landlock": "this kernel has no Landlock",
+}
 
 
 def _mode(isolation: str, guard: bool = True):
-    marks = [pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)] if isolation == "bwrap" else []
+    usable = {"bwrap": BWRAP_USABLE, "landlock": LANDLOCK_ABI > 0}.get(isolation, True)
+    marks = [] if usable else [pytest.mark.skipif(True, reason=SKIP[isolation])]
     return pytest.param(isolation, guard, marks=marks, id=f"{isolation}{'' if guard else '-no-guard'}")
 
 
-BOTH = [_mode("bwrap"), _mode("none")]
-# What the OS layer holds without the guard: bubblewrap's namespaces, and in
-# the fallback only the process-group kill.
-BOTH_AND_BWRAP_ALONE = BOTH + [_mode("bwrap", guard=False)]
+ALL = [_mode("bwrap"), _mode("landlock"), _mode("none")]
+# What the OS layer holds without the guard: bubblewrap's namespaces, or Landlock
+# (with an unprivileged uid of its own when the tests run as root).
+OS_ALONE = [_mode("bwrap", guard=False), _mode("landlock", guard=False)]
+BOTH = ALL
+BOTH_AND_BWRAP_ALONE = ALL + OS_ALONE
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -197,7 +205,7 @@ def test_children_are_killed_with_the_program(isolation, guard, ending):
     assert _processes_with(marker) == []
 
 
-@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
 def test_pid_namespace_kills_children_that_leave_the_process_group():
     marker = f"escapee-{uuid.uuid4().hex}"
     program = (
@@ -338,7 +346,7 @@ def test_guard_refuses_process_and_native_escapes(isolation, guard):
 # a program leaves behind may reach the next program of the same worker.
 
 
-@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
 def test_a_program_left_running_is_gone_before_the_next_one():
     marker = f"lingerer-{uuid.uuid4().hex}"
     haunt = "import time\nwhile True:\n    open('/tmp/haunted', 'w').close()\n    time.sleep(0.01)\n"
@@ -373,14 +381,16 @@ def test_files_a_program_leaves_are_gone_for_the_next_one(isolation, guard):
     reader = (
         "import os\n"
         "parent = os.path.dirname(os.getcwd())\n"
-        "places = ['/tmp', '/run', '/dev/shm'] + [os.path.join(parent, d) for d in os.listdir(parent)]\n"
+        "try:\n    siblings = os.listdir(parent)\nexcept PermissionError:  # Landlock: only its own workdir is readable\n"
+        "    siblings = []\n"
+        "places = ['/tmp', '/run', '/dev/shm'] + [os.path.join(parent, d) for d in siblings]\n"
         f"assert not [p for p in places if os.path.exists(os.path.join(p, {name!r}))]\n"
     )
     results = check_many([writer, reader], timeout_s=10, workers=1, isolation=isolation, guard=guard)
     assert [r.status for r in results] == ["passed", "passed"], results
 
 
-@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
 def test_ipc_objects_do_not_outlive_their_program():
     # SysV shared memory outlives its creator; the server cannot remove it, so it makes way for a fresh one.
     creator = "import ctypes\nassert ctypes.CDLL(None).shmget(0x5A5A, 4096, 0o1666) >= 0\n"
@@ -450,20 +460,47 @@ def test_check_stdio_rejects_mismatched_cases():
 
 
 def test_isolation_argument_is_validated():
-    assert isolation_name("none") == "rlimits+guard"
-    assert isolation_name("auto") in ("bubblewrap", "rlimits+guard")
+    info = sandbox.isolation_info("none")
+    assert (info["mode"], info["landlock_abi"], info["own_uid"]) == ("none", 0, ROOT)
+    assert isolation_name("none") == "rlimits+guard" + (" + own uid" if ROOT else "")
     with pytest.raises(UserError):
         isolation_name("docker")
     with pytest.raises(UserError):
         check_program("pass", timeout_s=0)
 
 
-def test_auto_falls_back_without_bubblewrap(monkeypatch):
+@pytest.mark.skipif(not LANDLOCK_ABI, reason=SKIP["landlock"])
+def test_auto_picks_landlock_without_bubblewrap(monkeypatch):
     monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
-    assert isolation_name("auto") == "rlimits+guard"
-    assert check_program("assert True\n", isolation="auto").passed
+    info = sandbox.isolation_info("auto")
+    assert (info["mode"], info["landlock_abi"], info["own_uid"]) == ("landlock", LANDLOCK_ABI, ROOT)
+    assert isolation_name("auto").startswith(f"landlock ABI {LANDLOCK_ABI}")
+    result = check_program("import os\nprint(os.getuid())\n", isolation="auto")
+    assert result.passed
+    assert (int(result.stdout) >= sandbox.UID_BASE) == ROOT
     with pytest.raises(UserError, match="bubblewrap"):
         check_program("assert True\n", isolation="bwrap")
+
+
+def test_auto_refuses_without_any_sandbox(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    monkeypatch.setattr(landlock, "abi_version", lambda: 0)
+    with pytest.raises(UserError, match="install bubblewrap.*--isolation none") as refused:
+        check_program("assert True\n", isolation="auto")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(UserError, match="no Landlock"):
+        check_program("assert True\n", isolation="landlock")
+    monkeypatch.setattr(sandbox, "_warned_unconfined", False)
+    assert check_program("assert True\n", isolation="none").passed
+    assert check_many(["assert True\n"] * 2, isolation="none", workers=2)[1].passed
+    assert capsys.readouterr().err.count("WARNING: --isolation none") == 1
+
+
+def test_stdout_keeps_the_end_of_what_a_program_prints():
+    result = check_program("for i in range(10000):\n    print(i)\n")
+    assert result.stdout.endswith("9998\n9999\n")
+    assert len(result.stdout) == sandbox.STDOUT_KEPT
+    assert check_program("print('one line')\n").stdout == "one line\n"
 
 
 def test_humaneval_program_layout():
