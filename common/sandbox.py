@@ -150,15 +150,17 @@ def isolation_info(isolation: str = "auto") -> dict:
 
     Returns {"mode": "bwrap" | "landlock" | "none", "landlock_abi": int (0 when
     Landlock is not applied), "own_uid": bool (programs run as an unprivileged
-    uid of their server's own: the caller is root outside bubblewrap), "name":
-    one line, e.g. "landlock ABI 7 + own uid"}. UserError when the mode cannot
+    uid of their server's own, in an empty network namespace: the caller is
+    root outside bubblewrap), "no_network": bool (programs have no network at
+    all), "name": one line, e.g. "landlock ABI 7 + own uid"}. UserError when the mode cannot
     be had here (see `_resolve`).
     """
     mode = _resolve(isolation)
     abi = landlock.abi_version() if mode == "landlock" else 0
     own_uid = _own_uid(mode)
     name = {"bwrap": "bubblewrap", "landlock": f"landlock ABI {abi}", "none": "rlimits+guard"}[mode]
-    return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "name": name + (" + own uid" if own_uid else "")}
+    return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "no_network": mode == "bwrap" or own_uid,
+            "name": name + (" + own uid" if own_uid else "")}
 
 
 def isolation_name(isolation: str = "auto") -> str:

@@ -50,6 +50,7 @@ else:
 
 REPORT_FD, NONCE_FD = 3, 4
 PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNET, CLONE_NEWIPC = 0x40000000, 0x08000000
 # What a program may read (and execute) under Landlock, besides its working
 # directory and the interpreter's prefix: what the interpreter and the C
 # libraries it loads need. Not /home, /root, /tmp, /var, /run, /mnt, /srv, /opt.
@@ -100,8 +101,14 @@ def confine(workdir, mode, abi, uid):
         # A directory fd opened now keeps its prefix reachable through
         # /proc/self/fd, with permissions checked only beneath it.
         reach = f"/proc/self/fd/{os.open(prefix, os.O_PATH | os.O_DIRECTORY)}"
-        sys.path[:] = [reach + p[len(prefix):] if p == prefix or p.startswith(prefix + os.sep) else p
-                       for p in sys.path]
+
+        def reachable(paths):
+            return [reach + p[len(prefix):] if p == prefix or p.startswith(prefix + os.sep) else p for p in paths]
+
+        sys.path[:] = reachable(sys.path)
+        for module in list(sys.modules.values()):  # packages already imported find their submodules by __path__
+            if isinstance(getattr(module, "__path__", None), list):
+                module.__path__[:] = reachable(module.__path__)
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -303,8 +310,15 @@ def serve(sock_fd, tmp_base, mode, abi, uid):
     sock = socket.socket(fileno=sock_fd)
     isolated = mode == "bwrap"
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1 in bwrap, SIG_DFL makes us immune to it
-    if not isolated and ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError("prctl(PR_SET_CHILD_SUBREAPER) failed")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not isolated and libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    # Root (the only caller with a uid to drop) can give its programs a network
+    # namespace of their own, with nothing in it: no TCP, UDP or abstract Unix
+    # sockets to the host, which Landlock alone does not cut (UDP). And SysV IPC
+    # objects of their own, which die with this server.
+    if uid >= 0 and libc.unshare(CLONE_NEWNET | CLONE_NEWIPC) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET | CLONE_NEWIPC) failed")
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 256, 6)
         if not message:
