@@ -15,12 +15,14 @@ fork and exec. What a kernel can handle grows with its ABI version:
     ABI 7  (6.15)  audit logging flags (nothing new to restrict)
 
 Not handled by any ABI so far: UDP and other non-TCP sockets, pathname Unix
-sockets, and file metadata (chmod, chown, utime, xattrs).
+sockets, and file metadata (chmod, chown, utime, xattrs). `forbid_sockets`
+closes the first two with a one-rule seccomp filter: no socket(2) at all.
 
 Usage (in a process that is about to run untrusted code):
     from common import landlock
     abi = landlock.abi_version()   # 0: no Landlock here
     landlock.restrict(abi, writable=[workdir], readable=["/usr", "/etc"], writable_files=["/dev/null"])
+    landlock.forbid_sockets()      # after restrict, which sets no_new_privs
 """
 import ctypes
 import functools
@@ -32,6 +34,9 @@ _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+# (AUDIT_ARCH_*, socket(2)'s number) of the architectures forbid_sockets knows.
+_SOCKET_SYSCALL = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
 
 # File-system access rights (include/uapi/linux/landlock.h).
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -126,3 +131,41 @@ def restrict(abi: int, writable: list[str], readable: list[str], writable_files:
         _check(libc.syscall(ctypes.c_long(_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0)), "restrict_self")
     finally:
         os.close(ruleset)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def forbid_sockets() -> bool:
+    """Make socket(2) fail with EACCES for the calling thread and all it later starts; False if the arch is unknown.
+
+    A seccomp filter of five instructions: a system call of another
+    architecture (or x86_64's x32 numbers) kills the process, socket(2) fails
+    with EACCES, everything else is allowed. socketpair(2) stays (asyncio's
+    event loop needs it): it makes two connected ends and reaches nothing. So
+    no UDP, TCP, netlink or Unix socket to anything outside. Needs
+    no_new_privs set (`restrict` sets it).
+    """
+    if platform.machine() not in _SOCKET_SYSCALL:
+        return False
+    arch, socket_nr = _SOCKET_SYSCALL[platform.machine()]
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    program = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 0, 5, arch),  # another architecture: to the kill
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, 3, 0, 0x40000000),  # x32: to the kill
+        (jeq, 1, 0, socket_nr),  # socket(2): to EACCES
+        (ret, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
+        (ret, 0, 0, 0x00050000 | 13),  # SECCOMP_RET_ERRNO | EACCES
+        (ret, 0, 0, 0x80000000),  # SECCOMP_RET_KILL_PROCESS
+    ]
+    filters = (_SockFilter * len(program))(*[_SockFilter(*insn) for insn in program])
+    fprog = _SockFprog(len(program), filters)
+    _check(_libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
+    return True

