@@ -364,11 +364,12 @@ def _warn_unconfined() -> None:
     global _warned_unconfined
     if not _warned_unconfined:
         _warned_unconfined = True
-        who = "an unprivileged uid" if _own_uid("none") else "you"
-        print(f"WARNING: --isolation none: generated code runs on this machine as {who}, with resource limits and "
-              "an in-process guard only; it can read your files and reach the network, and a deliberate program "
-              "can change what that user may change. Use --isolation auto (bubblewrap or Landlock) for code you "
-              "do not trust.", file=sys.stderr, flush=True)
+        reach = ("an unprivileged uid without network: it can read what any user may and write world-writable "
+                 "places (/tmp, /var/tmp, /dev/shm)" if _own_uid("none") else
+                 "you: it can read and change your files, reach the network and kill your processes")
+        print(f"WARNING: --isolation none: generated code runs with resource limits and an in-process guard only, "
+              f"as {reach}, and a deliberate program gets past the guard. Use --isolation auto (bubblewrap or "
+              "Landlock) for code you do not trust.", file=sys.stderr, flush=True)
 
 
 def _own_uid(mode: str) -> bool:
