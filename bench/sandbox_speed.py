@@ -55,7 +55,7 @@ def main() -> None:
     def theirs() -> int:
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
             futures = [pool.submit(check_correctness, problem, ex.completion, args.timeout)
-                       for problem, ex in zip(raw, problems)]
+                       for problem, ex in zip(raw, problems, strict=True)]
             return sum(f.result()["passed"] for f in futures)
 
     def ours(isolation: str) -> int:

@@ -111,8 +111,9 @@ def restrict(abi: int, writable: list[str], readable: list[str], writable_files:
     fs = handled_fs(abi)
     attr = _RulesetAttr(fs, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
                         SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
-    ruleset = _check(libc.syscall(ctypes.c_long(_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
-                                  ctypes.c_uint32(0)), "create_ruleset")
+    size = ctypes.c_size_t(ctypes.sizeof(attr))  # fields this kernel does not know must be 0, and are
+    ruleset = _check(libc.syscall(ctypes.c_long(_CREATE_RULESET), ctypes.byref(attr), size, ctypes.c_uint32(0)),
+                     "create_ruleset")
     try:
         grants = [(p, fs) for p in writable] + [(p, READ & fs) for p in readable]
         grants += [(p, (READ_FILE | WRITE_FILE | TRUNCATE) & fs & FILE_RIGHTS) for p in writable_files]

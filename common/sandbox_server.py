@@ -83,7 +83,8 @@ def set_limit(which, soft, hard):
 def set_limits(memory_bytes, cpu_s, file_bytes, extra_tasks, own_uid):
     # RLIMIT_NPROC counts all tasks of the user. A uid of our own starts with
     # none; otherwise allow the system-wide count plus headroom. Root ignores it.
-    tasks = 0 if own_uid else int(open("/proc/loadavg").read().split()[3].split("/")[1])
+    with open("/proc/loadavg") as f:
+        tasks = 0 if own_uid else int(f.read().split()[3].split("/")[1])
     set_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
     set_limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
     set_limit(resource.RLIMIT_FSIZE, file_bytes, file_bytes)

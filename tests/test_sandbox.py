@@ -380,7 +380,8 @@ def test_files_a_program_leaves_are_gone_for_the_next_one(isolation, guard):
     reader = (
         "import os\n"
         "parent = os.path.dirname(os.getcwd())\n"
-        "try:\n    siblings = os.listdir(parent)\nexcept PermissionError:  # Landlock: only its own workdir is readable\n"
+        "try:\n    siblings = os.listdir(parent)\n"
+        "except PermissionError:  # Landlock: only its own workdir is readable\n"
         "    siblings = []\n"
         "places = ['/tmp', '/run', '/dev/shm'] + [os.path.join(parent, d) for d in siblings]\n"
         f"assert not [p for p in places if os.path.exists(os.path.join(p, {name!r}))]\n"

@@ -147,7 +147,7 @@ def _attack_program(routes: dict[str, str], base: Path) -> str:
         "libc.fopen.restype = ctypes.c_void_p",
         "libc.fputs.argtypes, libc.fclose.argtypes = [ctypes.c_char_p, ctypes.c_void_p], [ctypes.c_void_p]",
         f"O = {str(base)!r}",
-        f"T, D, A = O + '/precious.txt', O + '/experiments.db', O + '/runs/demo'",
+        "T, D, A = O + '/precious.txt', O + '/experiments.db', O + '/runs/demo'",
     ]
     for name, attempt in routes.items():
         lines += ["try:", f"    {attempt}", f"    print('ESCAPED {name}', flush=True)", "except Exception:", "    pass"]
