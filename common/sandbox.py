@@ -54,7 +54,7 @@ empty network and IPC namespace of its own: RLIMIT_NPROC then counts that
 server's programs alone (EXTRA_TASKS), root-owned files are out of reach, and
 there is no network at all, UDP included. The interpreter's prefix stays
 reachable through a directory fd (/proc/self/fd/N), should it live where
-that uid cannot look (e.g. /root/.pyenv).
+that uid cannot look (e.g. /root/.pyenv); a program then cannot exec it anew.
 
 The guard is a `sys.addaudithook` hook, which the program cannot remove: it
 refuses fork/exec/spawn, subprocess, signals to other processes, ctypes,

@@ -184,7 +184,8 @@ def run(path, workdir, guard):
 def run_program(path, workdir, limits, guard, confinement):
     """In the forked child, with the job's fds at 0-4 and all others closed: run the program and report."""
     # Keep our own references: the program may replace anything in os and sys.
-    write, exit_now, stdout, stderr = os.write, os._exit, sys.stdout, sys.stderr
+    write, exit_now, stdout, stderr, getpid = os.write, os._exit, sys.stdout, sys.stderr, os.getpid
+    pid = getpid()
     os.chdir(workdir)
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the server's is SIG_DFL; programs get Python's
@@ -194,6 +195,8 @@ def run_program(path, workdir, limits, guard, confinement):
     set_limits(*limits, own_uid=uid >= 0)
     confine(workdir, mode, abi, uid)  # an error here ends the child unreported: the program never runs unconfined
     outcome = run(path, workdir, guard)
+    if getpid() != pid:  # a process the program forked that ran on to the end: only the program reports
+        exit_now(1)
     for stream in (stdout, stderr):
         try:
             stream.flush()
