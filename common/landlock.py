@@ -142,6 +142,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
+def can_forbid_sockets() -> bool:
+    """Whether `forbid_sockets` knows this architecture."""
+    return platform.system() == "Linux" and platform.machine() in _SOCKET_SYSCALL
+
+
 def forbid_sockets() -> bool:
     """Make socket(2) fail with EACCES for the calling thread and all it later starts; False if the arch is unknown.
 
@@ -152,7 +157,7 @@ def forbid_sockets() -> bool:
     no UDP, TCP, netlink or Unix socket to anything outside. Needs
     no_new_privs set (`restrict` sets it).
     """
-    if platform.machine() not in _SOCKET_SYSCALL:
+    if not can_forbid_sockets():
         return False
     arch, socket_nr = _SOCKET_SYSCALL[platform.machine()]
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K

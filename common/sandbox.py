@@ -162,6 +162,7 @@ UID_BASE, UID_SPAN = 2**30, 2**28
 MODES = ("auto", "bwrap", "landlock", "none")
 _warned_unconfined = False  # the `none` warning is printed once per process
 
+
 @dataclass
 class ExecResult:
     status: str  # passed | failed | error | timeout | memory | syntax_error
@@ -197,15 +198,17 @@ def isolation_info(isolation: str = "auto") -> dict:
     Returns {"mode": "bwrap" | "landlock" | "none", "landlock_abi": int (0 when
     Landlock is not applied), "own_uid": bool (programs run as an unprivileged
     uid of their server's own, in an empty network namespace: the caller is
-    root outside bubblewrap), "no_network": bool (programs have no network at
-    all), "name": one line, e.g. "landlock ABI 7 + own uid"}. UserError when the mode cannot
-    be had here (see `_resolve`).
+    root outside bubblewrap), "no_network": bool (programs can open no network
+    connection: a network namespace, or Landlock's seccomp filter on socket(2)),
+    "name": one line, e.g. "landlock ABI 7 + own uid"}. UserError when the
+    mode cannot be had here (see `_resolve`).
     """
     mode = _resolve(isolation)
     abi = landlock.abi_version() if mode == "landlock" else 0
     own_uid = _own_uid(mode)
+    no_network = mode == "bwrap" or own_uid or mode == "landlock" and landlock.can_forbid_sockets()
     name = {"bwrap": "bubblewrap", "landlock": f"landlock ABI {abi}", "none": "rlimits+guard"}[mode]
-    return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "no_network": mode == "bwrap" or own_uid,
+    return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "no_network": no_network,
             "name": name + (" + own uid" if own_uid else "")}
 
 

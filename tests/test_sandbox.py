@@ -462,7 +462,7 @@ def test_check_stdio_rejects_mismatched_cases():
 
 def test_isolation_argument_is_validated():
     info = sandbox.isolation_info("none")
-    assert (info["mode"], info["landlock_abi"], info["own_uid"]) == ("none", 0, ROOT)
+    assert (info["mode"], info["landlock_abi"], info["own_uid"], info["no_network"]) == ("none", 0, ROOT, ROOT)
     assert isolation_name("none") == "rlimits+guard" + (" + own uid" if ROOT else "")
     with pytest.raises(UserError):
         isolation_name("docker")
@@ -475,6 +475,7 @@ def test_auto_picks_landlock_without_bubblewrap(monkeypatch):
     monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
     info = sandbox.isolation_info("auto")
     assert (info["mode"], info["landlock_abi"], info["own_uid"]) == ("landlock", LANDLOCK_ABI, ROOT)
+    assert info["no_network"] == (ROOT or landlock.can_forbid_sockets())
     assert isolation_name("auto").startswith(f"landlock ABI {LANDLOCK_ABI}")
     result = check_program("import os\nprint(os.getuid())\n", isolation="auto")
     assert result.passed
