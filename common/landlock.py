@@ -35,8 +35,10 @@ _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
-# (AUDIT_ARCH_*, socket(2)'s number) of the architectures forbid_sockets knows.
+# (AUDIT_ARCH_*, socket(2)'s number) of the architectures forbid_sockets knows;
+# io_uring_setup is 425 on both (io_uring can make sockets without socket(2)).
 _SOCKET_SYSCALL = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+_IO_URING_SETUP = 425
 
 # File-system access rights (include/uapi/linux/landlock.h).
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -150,12 +152,12 @@ def can_forbid_sockets() -> bool:
 def forbid_sockets() -> bool:
     """Make socket(2) fail with EACCES for the calling thread and all it later starts; False if the arch is unknown.
 
-    A seccomp filter of five instructions: a system call of another
-    architecture (or x86_64's x32 numbers) kills the process, socket(2) fails
-    with EACCES, everything else is allowed. socketpair(2) stays (asyncio's
-    event loop needs it): it makes two connected ends and reaches nothing. So
-    no UDP, TCP, netlink or Unix socket to anything outside. Needs
-    no_new_privs set (`restrict` sets it).
+    A seccomp filter: a system call of another architecture (or x86_64's x32
+    numbers) kills the process; socket(2), and io_uring_setup(2) (io_uring
+    makes sockets of its own), fail with EACCES; everything else is allowed.
+    socketpair(2) stays (asyncio's event loop needs it): it makes two connected
+    ends and reaches nothing. So no UDP, TCP, netlink or Unix socket to
+    anything outside. Needs no_new_privs set (`restrict` sets it).
     """
     if not can_forbid_sockets():
         return False
@@ -163,10 +165,11 @@ def forbid_sockets() -> bool:
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
     program = [
         (ld, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 0, 5, arch),  # another architecture: to the kill
+        (jeq, 0, 6, arch),  # another architecture: to the kill
         (ld, 0, 0, 0),  # seccomp_data.nr
-        (jge, 3, 0, 0x40000000),  # x32: to the kill
-        (jeq, 1, 0, socket_nr),  # socket(2): to EACCES
+        (jge, 4, 0, 0x40000000),  # x32: to the kill
+        (jeq, 2, 0, socket_nr),  # socket(2): to EACCES
+        (jeq, 1, 0, _IO_URING_SETUP),  # io_uring_setup(2): to EACCES
         (ret, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
         (ret, 0, 0, 0x00050000 | 13),  # SECCOMP_RET_ERRNO | EACCES
         (ret, 0, 0, 0x80000000),  # SECCOMP_RET_KILL_PROCESS

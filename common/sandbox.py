@@ -40,9 +40,9 @@ the two ways out):
   interpreter's prefix (not /home, /root, /tmp, /var, /run, /mnt, /opt);
   ABI 4+: no TCP bind or connect; ABI 6+: no signals to, and no abstract Unix
   socket connections with, processes outside the program's own domain; no
-  ptrace outside it (every ABI). A seccomp filter then makes socket(2) fail
-  (x86_64, aarch64), which closes what Landlock leaves open: UDP and pathname
-  Unix sockets (socketpair stays, for asyncio). The server is a child subreaper: after each
+  ptrace outside it (every ABI). A seccomp filter then makes socket(2) and
+  io_uring_setup(2) fail (x86_64, aarch64), which closes what Landlock leaves
+  open: UDP and pathname Unix sockets (socketpair stays, for asyncio). The server is a child subreaper: after each
   program it kills its children until none is left, so whatever the program
   started, even in a session of its own, dies with it.
 - "none": resource limits and the guard only (with the uid below as root).

@@ -1,4 +1,6 @@
 """common/landlock.py on its own, each restriction applied in a forked child; and what the sandbox server imports."""
+import ctypes
+import errno
 import os
 import socket
 import subprocess
@@ -65,7 +67,7 @@ def _refuse():
 
 
 @needs_landlock
-def test_forbid_sockets_leaves_socketpair():
+def test_forbid_sockets_leaves_socketpair_and_refuses_io_uring():
     def confined():
         landlock.restrict(ABI, writable=[], readable=[], writable_files=[])  # sets no_new_privs
         assert landlock.forbid_sockets()
@@ -79,6 +81,9 @@ def test_forbid_sockets_leaves_socketpair():
             except PermissionError:
                 continue
             raise AssertionError(f"socket({family}, {kind}) allowed")
+        libc = ctypes.CDLL(None, use_errno=True)
+        params = ctypes.create_string_buffer(120)  # struct io_uring_params
+        assert libc.syscall(425, 8, params) == -1 and ctypes.get_errno() == errno.EACCES
 
     assert _in_child(confined) == 0
 
