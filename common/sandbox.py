@@ -37,14 +37,15 @@ the two ways out):
   Landlock ruleset the kernel offers (its ABI is recorded): writes only
   beneath its working directory (and /dev/null); reads and executes only
   beneath /usr, /lib*, /bin, /sbin, /etc, /proc, /sys, /dev and the
-  interpreter's prefix (not /home, /root, /tmp, /var, /run, /mnt, /opt);
-  ABI 4+: no TCP bind or connect; ABI 6+: no signals to, and no abstract Unix
+  interpreter's prefix (not /home, /root, /tmp, /var, /run, /mnt, /opt); ABI
+  4+: no TCP bind or connect; ABI 6+: no signals to, and no abstract Unix
   socket connections with, processes outside the program's own domain; no
   ptrace outside it (every ABI). A seccomp filter then makes socket(2) and
-  io_uring_setup(2) fail (x86_64, aarch64), which closes what Landlock leaves
-  open: UDP and pathname Unix sockets (socketpair stays, for asyncio). The server is a child subreaper: after each
-  program it kills its children until none is left, so whatever the program
-  started, even in a session of its own, dies with it.
+  io_uring_setup(2) fail (x86_64, aarch64), which closes what Landlock
+  leaves open: UDP and pathname Unix sockets (socketpair stays, for
+  asyncio). The server is a child subreaper: after each program it kills its
+  children until none is left, so whatever the program started, even in a
+  session of its own, dies with it.
 - "none": resource limits and the guard only (with the uid below as root).
   Prints a loud warning, once per process.
 
@@ -89,7 +90,8 @@ ABI 7, tests run as root unless said otherwise):
   thread storms, memory bombs, endless output, a setsid'd process that
   writes later: contained, nothing survives the program. Landlock also
   stops connecting to a Unix socket outside the working directory; bubblewrap
-  does not (a read-only mount does not cover sockets) outside /tmp and /run.
+  does not, outside /tmp and /run (a read-only mount does not cover sockets:
+  a program connected to one in /var/tmp, measured by hand).
 - landlock without root (measured as root with the uid drop switched off):
   the 35 write routes, TCP, UDP, Unix sockets and signals are still stopped,
   but Landlock (up to ABI 7) does not handle file metadata: chmod, chown,
@@ -100,10 +102,10 @@ ABI 7, tests run as root unless said otherwise):
 - neither bubblewrap nor Landlock stops reading what it leaves readable (the
   whole root file system in bubblewrap; /etc, /proc, /sys in landlock, e.g.
   other processes' command lines), nor a deliberate program from reading the
-  nonce from its own memory (a forged pass; the guard makes it harder), nor a
-  program of one worker from tampering with that worker's later programs
-  through what the OS layer lets it reach. CPU and memory are bounded by
-  rlimits and the wall-clock limit only.
+  nonce from its own memory (a forged pass; the guard makes it harder). CPU
+  and memory are bounded by rlimits and the wall-clock limit only; files in
+  the working directory (16 MiB each) can fill the disk, or in bubblewrap
+  memory, until the time limit (not limited, not measured).
 - "none" is NOT a security boundary: as a non-root caller, a program can
   change whatever that user may, reach the network and kill its server; only
   the guard stands in the way, and a deliberate program can bypass an audit
