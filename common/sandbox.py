@@ -46,8 +46,9 @@ the two ways out):
   asyncio). The server is a child subreaper: after each program it kills its
   children until none is left, so whatever the program started, even in a
   session of its own, dies with it.
-- "none": resource limits and the guard only (with the uid below as root).
-  Prints a loud warning, once per process.
+- "none": resource limits and the guard only (with the uid below as root);
+  the server kills what programs leave as in landlock. Prints a loud
+  warning, once per process.
 
 Outside bubblewrap, a root caller also runs each server's programs as an
 unprivileged uid and gid of their own (UID_BASE + a random number, no account,
