@@ -93,7 +93,10 @@ ABI 7, tests run as root unless said otherwise):
   stops connecting to a Unix socket outside the working directory; bubblewrap
   does not, outside /tmp and /run (a read-only mount does not cover sockets:
   a program connected to one in /var/tmp, measured by hand).
-- landlock without root (measured as root with the uid drop switched off):
+- landlock without root (measured as root with the uid drop switched off,
+  and by hand as nobody: writes by open/libc/SQLite, TCP, UDP, signals to the
+  server and the host, a storm with a setsid'd survivor, reading the user's
+  files: all stopped, chmod not):
   the 35 write routes, TCP, UDP, Unix sockets and signals are still stopped,
   but Landlock (up to ABI 7) does not handle file metadata: chmod, chown,
   utime and setxattr of files the caller owns succeed (all four did). Then
