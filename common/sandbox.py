@@ -31,7 +31,9 @@ the two ways out):
   (none outside) and empties /tmp, /run and /dev/shm; if SysV IPC objects
   remain or something cannot be removed, it exits and a fresh one starts.
   Killing bwrap kills the namespace, so nothing a program started survives its
-  server.
+  server. Where the kernel has Landlock, programs are confined with it inside
+  bubblewrap too, exactly as in "landlock" below (a second wall: it also
+  keeps them from reading /home or /root and from connecting to Unix sockets).
 - "landlock" (Linux 5.13+, no root needed; common/landlock.py): before the
   program runs, its process restricts itself for good with the strongest
   Landlock ruleset the kernel offers (its ABI is recorded): writes only
@@ -79,37 +81,39 @@ open fds, and the server never reads it, so `sys.exit(0)`, `os._exit(0)`,
 WARNING: what each mode stops, as measured by tests/test_sandbox_hostile.py
 and tests/test_sandbox_evaluate.py with the guard off (Linux 6.18, Landlock
 ABI 7, tests run as root unless said otherwise):
-- bubblewrap and landlock (with the own uid) both stop: 35 routes of changing
-  a file outside the working directory (open/os.open/openat, /proc/self/fd
-  and /proc/self/root paths, pathlib, tempfile, rename/replace/link/symlink,
-  mkdir/mkfifo/mknod, unlink/rmtree, truncate, a writable mmap, libc
-  fopen/open/creat through ctypes, SQLite connect/URI/ATTACH/VACUUM INTO on an
-  experiments.db copy) and chmod/chown/utime/setxattr: the files, the database
-  and an adapter directory stay byte-identical; TCP connect to and bind on
-  127.0.0.1 (bubblewrap allows bind inside its empty network namespace), UDP;
+- bubblewrap (measured alone, and with Landlock inside) and landlock (with the
+  own uid) both stop: 35 routes of changing a file outside the working
+  directory (open/os.open/openat, /proc/self/fd and /proc/self/root paths,
+  pathlib, tempfile, rename/replace/link/symlink, mkdir/mkfifo/mknod,
+  unlink/rmtree, truncate, a writable mmap, libc fopen/open/creat through
+  ctypes, SQLite connect/URI/ATTACH/VACUUM INTO on an experiments.db copy)
+  and chmod/chown/utime/setxattr: the files, the database and an adapter
+  directory stay byte-identical; TCP connect to and bind on 127.0.0.1, UDP;
   signals to the server, its group, the test process and kill(-1); fork and
   thread storms, memory bombs, endless output, a setsid'd process that
-  writes later: contained, nothing survives the program. Landlock also
-  stops connecting to a Unix socket outside the working directory; bubblewrap
-  does not, outside /tmp and /run (a read-only mount does not cover sockets:
-  a program connected to one in /var/tmp, measured by hand).
-- landlock without root (measured as root with the uid drop switched off,
-  and by hand as nobody: writes by open/libc/SQLite, TCP, UDP, signals to the
+  writes later: contained, nothing survives the program; connecting to a
+  Unix socket outside the working directory. Bubblewrap without Landlock (a
+  kernel without it) does not stop that outside /tmp and /run (a read-only
+  mount does not cover sockets: a program connected to one in /var/tmp,
+  measured by hand), and lets programs bind inside its empty network
+  namespace.
+- landlock without root (measured as root with the uid drop switched off, and
+  by hand as nobody: writes by open/libc/SQLite, TCP, UDP, signals to the
   server and the host, a storm with a setsid'd survivor, reading the user's
-  files: all stopped, chmod not):
-  the 35 write routes, TCP, UDP, Unix sockets and signals are still stopped,
-  but Landlock (up to ABI 7) does not handle file metadata: chmod, chown,
-  utime and setxattr of files the caller owns succeed (all four did). Then
-  RLIMIT_NPROC counts all the caller's processes. Not measured, from the
-  kernel's documentation: on ABI < 4 TCP is open, on ABI < 3 truncate, on
-  ABI < 6 a program can signal (kill) its server, which is then replaced.
-- neither bubblewrap nor Landlock stops reading what it leaves readable (the
-  whole root file system in bubblewrap; /etc, /proc, /sys in landlock, e.g.
-  other processes' command lines), nor a deliberate program from reading the
-  nonce from its own memory (a forged pass; the guard makes it harder). CPU
-  and memory are bounded by rlimits and the wall-clock limit only; files in
-  the working directory (16 MiB each) can fill the disk, or in bubblewrap
-  memory, until the time limit (not limited, not measured).
+  files: all stopped, chmod not): the 35 write routes, TCP, UDP, Unix
+  sockets and signals are still stopped, but Landlock (up to ABI 7) does not
+  handle file metadata: chmod, chown, utime and setxattr of files the caller
+  owns succeed (all four did). Then RLIMIT_NPROC counts all the caller's
+  processes. Not measured, from the kernel's documentation: on ABI < 4 TCP
+  is open, on ABI < 3 truncate, on ABI < 6 a program can signal (kill) its
+  server, which is then replaced.
+- neither bubblewrap nor Landlock stops reading what it leaves readable (/etc,
+  /proc, /sys with Landlock, e.g. other processes' command lines; the whole
+  root file system in bubblewrap without Landlock), nor a deliberate program
+  from reading the nonce from its own memory (a forged pass; the guard makes
+  it harder). CPU and memory are bounded by rlimits and the wall-clock limit
+  only; files in the working directory (16 MiB each) can fill the disk, or
+  in bubblewrap memory, until the time limit (not limited, not measured).
 - "none" is NOT a security boundary: as a non-root caller, a program can
   change whatever that user may, reach the network and kill its server; only
   the guard stands in the way, and a deliberate program can bypass an audit
@@ -179,7 +183,7 @@ def isolation_info(isolation: str = "auto") -> dict:
     """What `isolation` amounts to on this machine, to print and record with each evaluation.
 
     Returns {"mode": "bwrap" | "landlock" | "none", "landlock_abi": int (0 when
-    Landlock is not applied), "own_uid": bool (programs run as an unprivileged
+    Landlock is not applied; bubblewrap applies it too where the kernel has it), "own_uid": bool (programs run as an unprivileged
     uid of their server's own, in an empty network namespace: the caller is
     root outside bubblewrap), "no_network": bool (programs can open no network
     connection: a network namespace, or Landlock's seccomp filter on socket(2)),
@@ -187,10 +191,11 @@ def isolation_info(isolation: str = "auto") -> dict:
     mode cannot be had here (see `_resolve`).
     """
     mode = _resolve(isolation)
-    abi = landlock.abi_version() if mode == "landlock" else 0
+    abi = _landlock_abi(mode)
     own_uid = _own_uid(mode)
     no_network = mode == "bwrap" or own_uid or mode == "landlock" and landlock.can_forbid_sockets()
-    name = {"bwrap": "bubblewrap", "landlock": f"landlock ABI {abi}", "none": "rlimits+guard"}[mode]
+    name = {"bwrap": "bubblewrap", "landlock": "landlock", "none": "rlimits+guard"}[mode]
+    name += f" + landlock ABI {abi}" if mode == "bwrap" and abi else f" ABI {abi}" if abi else ""
     return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "no_network": no_network,
             "name": name + (" + own uid" if own_uid else "")}
 
@@ -361,7 +366,12 @@ def _warn_unconfined() -> None:
 def _server(mode: str) -> Server:
     """A server (started on first use) for `mode`, a mode `_resolve` returned."""
     prefix = _bwrap_argv(_bwrap()) if mode == "bwrap" else []
-    return Server(mode, prefix, landlock.abi_version() if mode == "landlock" else 0, _own_uid(mode))
+    return Server(mode, prefix, _landlock_abi(mode), _own_uid(mode))
+
+
+def _landlock_abi(mode: str) -> int:
+    """The Landlock ABI programs of `mode` are confined with: in bubblewrap too, as a second wall; 0 for none."""
+    return landlock.abi_version() if mode in ("bwrap", "landlock") else 0
 
 
 def _own_uid(mode: str) -> bool:

@@ -7,7 +7,8 @@ importable), with a scrubbed environment, in a new session:
     python -s -B common/sandbox_server.py <socket fd> <tmp base> <mode> <landlock abi> <uid>
 
 mode is "bwrap" (the server runs inside bubblewrap, as pid 1 of its pid
-namespace), "landlock" or "none"; uid is the unprivileged uid (and gid)
+namespace), "landlock" or "none"; landlock abi is the Landlock ABI to confine
+programs with (0: none; bwrap applies it too); uid is the unprivileged uid (and gid)
 programs run as, or -1 to keep the caller's. It imports only the standard
 library and common/landlock.py.
 
@@ -95,7 +96,7 @@ def set_limits(memory_bytes, cpu_s, file_bytes, extra_tasks, own_uid):
 def confine(workdir, mode, abi, uid):
     """Apply Landlock and drop to `uid`, as the mode says; forget ctypes, which the guard refuses to programs."""
     prefix = os.path.realpath(sys.base_prefix)
-    if mode == "landlock":  # first: the rules name paths that `uid` may not be able to open
+    if abi:  # landlock, and bwrap where the kernel has it. First: the rules name paths `uid` may not open
         landlock.restrict(abi, writable=[workdir], readable=READABLE + [prefix], writable_files=[os.devnull])
         landlock.forbid_sockets()  # what Landlock leaves open: UDP, pathname Unix sockets
     if uid >= 0:

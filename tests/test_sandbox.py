@@ -484,6 +484,24 @@ def test_auto_picks_landlock_without_bubblewrap(monkeypatch):
         check_program("assert True\n", isolation="bwrap")
 
 
+# Landlock refuses both: writing bubblewrap's private /tmp outside the workdir, and making a socket.
+SCRATCH_AND_SOCKET = "import socket\nopen('/tmp/scratch', 'w').write('x')\nsocket.socket().close()\n"
+
+
+@pytest.mark.skipif(not (BWRAP_USABLE and LANDLOCK_ABI), reason="needs bubblewrap and Landlock")
+def test_bubblewrap_adds_landlock_where_the_kernel_has_it():
+    assert isolation_name("bwrap") == f"bubblewrap + landlock ABI {LANDLOCK_ABI}"
+    result = check_program(SCRATCH_AND_SOCKET, isolation="bwrap", guard=False)
+    assert (result.status, result.error_type) == ("error", "PermissionError")
+
+
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
+def test_bubblewrap_runs_without_landlock_too(monkeypatch):
+    monkeypatch.setattr(landlock, "abi_version", lambda: 0)
+    assert sandbox.isolation_info("bwrap")["landlock_abi"] == 0 and isolation_name("bwrap") == "bubblewrap"
+    assert check_program(SCRATCH_AND_SOCKET, isolation="bwrap", guard=False).passed
+
+
 def test_auto_refuses_without_any_sandbox(monkeypatch, capsys):
     monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
     monkeypatch.setattr(landlock, "abi_version", lambda: 0)
