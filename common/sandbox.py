@@ -183,11 +183,12 @@ def isolation_info(isolation: str = "auto") -> dict:
     """What `isolation` amounts to on this machine, to print and record with each evaluation.
 
     Returns {"mode": "bwrap" | "landlock" | "none", "landlock_abi": int (0 when
-    Landlock is not applied; bubblewrap applies it too where the kernel has it), "own_uid": bool (programs run as an unprivileged
-    uid of their server's own, in an empty network namespace: the caller is
-    root outside bubblewrap), "no_network": bool (programs can open no network
-    connection: a network namespace, or Landlock's seccomp filter on socket(2)),
-    "name": one line, e.g. "landlock ABI 7 + own uid"}. UserError when the
+    Landlock is not applied; bubblewrap applies it too where the kernel has
+    it), "own_uid": bool (programs run as an unprivileged uid of their
+    server's own, in an empty network namespace: the caller is root outside
+    bubblewrap), "no_network": bool (programs can open no network connection:
+    a network namespace, or Landlock's seccomp filter on socket(2)), "name":
+    one line, e.g. "landlock ABI 7 + own uid"}. UserError when the
     mode cannot be had here (see `_resolve`).
     """
     mode = _resolve(isolation)
