@@ -1,7 +1,8 @@
-"""common/landlock.py on its own, each restriction applied in a forked child; and what the sandbox server imports."""
+"""common/landlock.py on its own, each restriction applied in a forked child; parts of the sandbox server alone."""
 import ctypes
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,3 +98,24 @@ def test_server_imports_only_the_standard_library():
     modules = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                              cwd=server.parent.parent).stdout.split()
     assert "common" in modules and not {"torch", "numpy", "transformers"} & set(modules)
+
+
+@pytest.mark.parametrize("children_file", [True, False], ids=["proc-children", "scan-proc"])
+def test_server_finds_its_children(children_file, monkeypatch):
+    from common import sandbox_server
+
+    def without_children_file(path, *args, **kwargs):
+        if str(path).endswith("/children"):
+            raise FileNotFoundError(path)  # a kernel without CONFIG_PROC_CHILDREN
+        return open(path, *args, **kwargs)
+
+    if not children_file:
+        monkeypatch.setattr(sandbox_server, "open", without_children_file, raising=False)
+    pid = os.fork()
+    if pid == 0:
+        os.read(os.pipe()[0], 1)  # blocks until killed
+    try:
+        assert pid in sandbox_server.children()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
