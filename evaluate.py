@@ -62,7 +62,8 @@ from common.scoring import delta_aggregates, paired_deltas, score_records
 MATCH_SETTINGS = ("model", "quant", "dtype", "eval_limit", "n_samples", "temperature", "max_new_tokens",
                   "timeout", "memory_mb")
 SAMPLING_SETTINGS = ("top_p", "seed")  # matched too when temperature > 0
-SUMMARY_METRICS = ("syntax_ok", "bleu", "chrf", "perplexity", "nll", "tokens_per_s", "seconds_per_problem")
+SUMMARY_METRICS = ("test_case_avg", "syntax_ok", "bleu", "chrf", "perplexity", "nll", "tokens_per_s",
+                   "seconds_per_problem")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -259,7 +260,7 @@ def print_summary(result: RunResult, name: str, config: dict) -> None:
 # ---------------------------------------------------------------------------- --samples
 
 def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
-    from common.sandbox import isolation_name
+    from common.sandbox import isolation_info
     from common.tracker import Tracker
 
     if len(names) != 1 or names[0] == "heldout":
@@ -275,7 +276,7 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     # Completions made elsewhere are continuations unless the user names the protocol they were made under.
     protocol = "completion" if cfg.protocol == "auto" else cfg.protocol
     bench.key.update(templates=[], protocol=protocol)
-    isolation = isolation_name(cfg.isolation)
+    isolation = isolation_info(cfg.isolation)
     name = cfg.name or f"eval-samples:{Path(cfg.samples).name}"
     tracker = Tracker(cfg.db)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else tracker.run_dir("eval", name)
@@ -283,7 +284,8 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     config = {"model": None, "adapter": None, "samples": str(Path(cfg.samples).resolve()),
               "samples_sha256": sha256_file(cfg.samples), "benchmarks": [bench.name],
               "benchmark_keys": {bench.name: bench.key}, "eval_limit": None, "protocol": protocol,
-              "n_samples": max(len(c) for c in completions.values()), "k": ks, "isolation": isolation,
+              "n_samples": max(len(c) for c in completions.values()), "k": ks, "isolation": isolation["name"],
+              "landlock_abi": isolation["landlock_abi"],
               "timeout": cfg.timeout, "memory_mb": cfg.memory_mb}
 
     def produce(b: Benchmark):
@@ -392,8 +394,9 @@ def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapte
                 benchmarks: list[Benchmark]) -> dict[str, Any]:
     """The config recorded with the eval run: what decides whether two evaluations are comparable."""
     from common.models import model_identity
-    from common.sandbox import isolation_name
+    from common.sandbox import isolation_info
 
+    isolation = isolation_info(cfg.isolation)
     return {"model": model_identity(model_name), "adapter": str(adapter.path.resolve()) if adapter else None,
             "quant": cfg.quant, "dtype": dtype, "benchmarks": [b.name for b in benchmarks],
             "benchmark_keys": {b.name: b.key for b in benchmarks}, "eval_limit": cfg.eval_limit,
@@ -401,7 +404,8 @@ def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapte
             "max_new_tokens": cfg.max_new_tokens, "eval_batch_size": cfg.eval_batch_size, "seed": cfg.seed,
             "split_seed": cfg.split_seed,
             "dataset": cfg.dataset, "max_seq_len": cfg.max_seq_len, "merge": cfg.merge,
-            "isolation": isolation_name(cfg.isolation), "timeout": cfg.timeout, "memory_mb": cfg.memory_mb}
+            "isolation": isolation["name"], "landlock_abi": isolation["landlock_abi"], "timeout": cfg.timeout,
+            "memory_mb": cfg.memory_mb}
 
 
 def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device):

@@ -34,12 +34,13 @@ from common.study import COST_KEYS, Cell, Metric, Row, Study, build_rows, metric
 from common.tracker import Tracker
 
 QUALITY_TABLES = [  # (title, columns)
-    ("Quality on HumanEval", ["humaneval.pass@1", "humaneval.syntax_ok", "humaneval.bleu", "humaneval.chrf"]),
+    ("Quality on HumanEval", ["humaneval.pass@1", "humaneval.test_case_avg", "humaneval.syntax_ok", "humaneval.bleu",
+                              "humaneval.chrf"]),
     ("Quality on held-out code", ["train.final_val_loss", "heldout.perplexity", "heldout.syntax_ok", "heldout.bleu",
                                   "heldout.chrf"]),
 ]
-DIFFERENCE_KEYS = ["humaneval.pass@1", "humaneval.syntax_ok", "humaneval.chrf", "heldout.perplexity",
-                   "heldout.chrf"]
+DIFFERENCE_KEYS = ["humaneval.pass@1", "humaneval.test_case_avg", "humaneval.syntax_ok", "humaneval.chrf",
+                   "heldout.perplexity", "heldout.chrf"]
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -243,7 +244,10 @@ def environment_lines(study: Study, run_ids: list[int]) -> list[str]:
             f"CPU {hw.get('cpu', '?')} ({hw.get('cpu_count', '?')} cores, {hw.get('memory_gb', '?')} GB RAM)",
             hw.get("platform", "")] if x)
         versions = ", ".join(f"{k} {v}" for k, v in sorted((run["versions"] or {}).items()))
-        combos[f"git {run['git_commit'] or 'unknown'}; {hardware}; {versions or 'versions unknown'}"].append(run_id)
+        sandbox = f"; generated code ran under {run['config']['isolation']}" \
+            if run["kind"] == "eval" and run["config"].get("isolation") else ""
+        combos[f"git {run['git_commit'] or 'unknown'}; {hardware}; {versions or 'versions unknown'}{sandbox}"].append(
+            run_id)
     return [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
 
 

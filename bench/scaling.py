@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="train.py --train-limit: training pairs loaded (default all)")
     add_dtype_flag(p)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scaling.json"))
-    p.add_argument("--plots", default=str(ROOT / "bench"), help="directory for scaling_seq_len.png and scaling_rank.png")
+    p.add_argument("--plots", default=str(ROOT / "bench"),
+                   help="directory for scaling_seq_len.png and scaling_rank.png")
     args = p.parse_args(argv)
     device = default_device()
     quant = train_quant_flag(bench_dtype(args.dtype, device))

@@ -21,7 +21,7 @@ from common import stats
 from common.study import Cell, Metric, Row, Study, metric_for
 from common.suites import BUILTIN, CENTRAL
 
-COMPARED = ["pass@1", "syntax_ok", "chrf", "perplexity"]
+COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "perplexity"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ def _differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
 
 
 def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
-    attr = {"pass@1": "passed", "syntax_ok": "compiled", "chrf": "chrf", "perplexity": "nll"}[key.split(".", 1)[1]]
+    attr = {"pass@1": "passed", "test_case_avg": "graded", "syntax_ok": "compiled", "chrf": "chrf",
+            "perplexity": "nll"}[key.split(".", 1)[1]]
     if attr == "nll":  # examples dropped as too long carry no NLL on either side
         kept = [j for j in range(len(grid_a[0])) if all(s[j].nll is not None for s in grid_a + grid_b)]
         grid_a, grid_b = [[s[j] for j in kept] for s in grid_a], [[s[j] for j in kept] for s in grid_b]

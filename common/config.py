@@ -23,7 +23,7 @@ from common.options import option
 DEFAULT_MODEL = "smollm2-135m"   # the embedded SmolLM2-135M-Instruct (common/models.py)
 QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
 TEMPLATES = ("plain", "chat", "alpaca")
-ISOLATION_MODES = ("auto", "bwrap", "none")
+ISOLATION_MODES = ("auto", "bwrap", "landlock", "none")
 DEFAULT_DB = "experiments.db"
 
 
@@ -127,8 +127,10 @@ class EvalConfig:
     memory_mb: int = option(2048, "address-space limit of each program", sweep=True)
     exec_workers: int | None = option(None, "programs run at once (None: CPU count)", sweep=True,
                                       deprecated=("--workers",))
-    isolation: str = option("auto", "sandbox: bubblewrap when usable (auto), required (bwrap), or rlimits+guard "
-                                    "only (none)", choices=ISOLATION_MODES, sweep=True)
+    isolation: str = option("auto", "sandbox for generated code: auto = bubblewrap if usable, else Landlock "
+                                    "(Linux 5.13+), else refuse; bwrap/landlock = that one or an error; none = "
+                                    "resource limits and an in-process guard only (not a security boundary; warns)",
+                            choices=ISOLATION_MODES, sweep=True)
     merge: bool = option(False, "merge the adapter into the base weights before generating", sweep=True)
     max_seq_len: int = option(512, "longest heldout example for perplexity, in tokens", sweep=True)
     compare: bool = option(True, "paired comparison with the base model (adapters)")

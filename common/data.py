@@ -58,7 +58,8 @@ class Example:
     completion: str         # the target: function body / answer code (reference solution)
     style: str              # "completion" | "instruction"
     input: str = ""         # Alpaca 'input' field (instruction style only), else ""
-    tests: dict | None = None   # APPS: {"inputs": [...], "outputs": [...]}; HumanEval: {"test": str, "entry_point": str}
+    # APPS: {"inputs": [...], "outputs": [...]}; HumanEval: {"test": str, "entry_point": str}
+    tests: dict | None = None
     group: str = ""         # examples of one group never straddle splits; "" = a group of its own (see group_of)
 
 

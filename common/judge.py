@@ -51,6 +51,39 @@ def execute(samples: list[Sample], programs: list[str], cfg: EvalConfig) -> list
     return results
 
 
+def graded(samples: list[Sample], programs: list[str], cfg: EvalConfig) -> list:
+    """The test-case average's raw counts (common.testcases.GradedResult) per sample with tests, else None.
+
+    HumanEval-style: the problem's check() rewritten so each assertion runs on its own and reports under
+    a marker drawn for this program; stdin/stdout: every case run on its own.
+    """
+    import secrets
+
+    from common.errors import UserError
+    from common.sandbox import check_many
+    from common.testcases import graded_program, graded_stdio, parse_graded
+
+    out: list = [None] * len(samples)
+    jobs = []
+    for i, s in enumerate(samples):
+        tests = s.problem.tests or {}
+        if "test" in tests:
+            marker = f"#graded-{secrets.token_hex(8)}"
+            try:
+                program, total = graded_program("", programs[i], tests["test"], tests["entry_point"], marker=marker)
+            except UserError:  # a check() without a countable assertion: strict pass/fail only
+                continue
+            jobs.append((i, program, total, marker))
+        elif "inputs" in tests:
+            out[i] = graded_stdio(programs[i], tests["inputs"], tests["outputs"], cfg.timeout, cfg.memory_mb,
+                                  cfg.isolation)
+    results = check_many([j[1] for j in jobs], cfg.timeout, cfg.memory_mb, cfg.exec_workers, cfg.isolation) \
+        if jobs else []
+    for (i, _, total, marker), result in zip(jobs, results):
+        out[i] = parse_graded(result.stdout, total, marker)
+    return out
+
+
 def judge_samples(samples: list[Sample], protocol: str, cfg: EvalConfig) -> tuple[list[dict], float]:
     """Execute, syntax-check and chrF-score samples under a protocol; returns tracker sample rows and
     execution seconds. The program is what `common.protocols.program` makes of the generation (prompt +
@@ -62,9 +95,10 @@ def judge_samples(samples: list[Sample], protocol: str, cfg: EvalConfig) -> tupl
     programs = [program(s.problem, protocol, s.generation) for s in samples]
     began = time.perf_counter()
     results = execute(samples, programs, cfg)
+    grades = graded(samples, programs, cfg)
     exec_seconds = time.perf_counter() - began
     records = []
-    for s, prog, result in zip(samples, programs, results):
+    for s, prog, result, grade in zip(samples, programs, results, grades):
         p = s.problem
         code = answer_code(p, protocol, s.generation)
         reference = reference_code(p, protocol) if p.completion else None
@@ -75,6 +109,7 @@ def judge_samples(samples: list[Sample], protocol: str, cfg: EvalConfig) -> tupl
                         "detail": result.detail if result else None, "code": code, "program": prog,
                         "syntax": syntax_error_category(prog),
                         "chrf": sentence_chrf(code, reference) if reference else None,
-                        "new_tokens": s.new_tokens},
+                        "tests_passed": grade.passed if grade else None,
+                        "tests_total": grade.total if grade else None, "new_tokens": s.new_tokens},
         })
     return records, exec_seconds

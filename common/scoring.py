@@ -9,6 +9,8 @@ name -> (value, n, ci_low, ci_high):
     fail.<status>     counts of failed/error/timeout/memory/syntax_error programs (n = programs)
     error.<Type>      counts by exception or signal name; syntax.<category> counts of compile errors
     syntax_ok         share of programs that compile; Wilson CI with one sample per problem, else bootstrap
+    test_case_avg     the APPS test-case average: mean over problems of the share of its assertions (or
+                      stdin/stdout cases) a sample passes (common/testcases.py); bootstrap CI over problems
     nll, perplexity   held-out: token-weighted over the references; CI: bootstrap over examples
     bleu, chrf        corpus scores of the code against the references, bootstrap CI
     delta.<metric>    adapter minus base on the same problems, paired bootstrap CI (perplexity: token-
@@ -34,6 +36,7 @@ def problem_values(rows: list[dict]) -> dict[str, float | None]:
     chrfs = [r["details"]["chrf"] for r in rows if r["details"].get("chrf") is not None]
     return {"pass@1": sum(r["result"] == "passed" for r in tested) / len(tested) if tested else None,
             "syntax_ok": float(np.mean([r["details"]["syntax"] is None for r in rows])),
+            "test_case_avg": test_case_avg(rows),
             "chrf": float(np.mean(chrfs)) if chrfs else None}
 
 
@@ -60,6 +63,10 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
                          if r["result"] != "passed" and r["details"].get("error_type"))
         for error_type, count in sorted(errors.items()):
             scores[f"error.{error_type}"] = (count, len(programs), None, None)
+    graded = [v for rows in groups.values() if (v := test_case_avg(rows)) is not None]
+    if graded:
+        mean, low, high = bootstrap_ci(graded)
+        scores["test_case_avg"] = (mean, len(graded), low, high)
     compiled = [problem_values(rows)["syntax_ok"] for rows in groups.values()]
     if all(len(rows) == 1 for rows in groups.values()):
         mean, low, high = proportion(int(sum(compiled)), len(compiled))
@@ -77,6 +84,13 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
             value, low, high = sacrebleu_corpus_ci(hypotheses, references, metric_name)
             scores[metric_name] = (value, len(pairs), low, high)
     return scores
+
+
+def test_case_avg(rows: list[dict]) -> float | None:
+    """Mean over a problem's samples of the share of its test cases passed; None when it was not graded."""
+    shares = [r["details"]["tests_passed"] / r["details"]["tests_total"] for r in rows
+              if (r.get("details") or {}).get("tests_total")]
+    return float(np.mean(shares)) if shares else None
 
 
 def proportion(k: int, n: int) -> tuple[float, float, float]:
@@ -104,7 +118,7 @@ def paired_deltas(records: list[dict], base_records: list[dict]) -> dict[str, tu
     mine = {t: problem_values(rows) for t, rows in by_problem(records).items()}
     base = {t: problem_values(rows) for t, rows in by_problem(base_records).items()}
     deltas: dict[str, tuple] = {}
-    for metric in ("pass@1", "syntax_ok", "chrf"):
+    for metric in ("pass@1", "test_case_avg", "syntax_ok", "chrf"):
         pairs = [(base[t][metric], mine[t][metric]) for t in mine
                  if t in base and base[t][metric] is not None and mine[t][metric] is not None]
         if pairs:

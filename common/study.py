@@ -43,7 +43,8 @@ class Metric:
 
 
 _METRICS = {  # score name -> (title, better, digits, percent)
-    "syntax_ok": ("syntax ok %", "higher", 1, True), "bleu": ("BLEU", "higher", 1, False),
+    "syntax_ok": ("syntax ok %", "higher", 1, True), "test_case_avg": ("tests passed %", "higher", 1, True),
+    "bleu": ("BLEU", "higher", 1, False),
     "chrf": ("chrF", "higher", 1, False), "perplexity": ("perplexity", "lower", 2, False),
     "nll": ("NLL", "lower", 3, False), "seconds_per_problem": ("gen s/problem", "lower", 2, False),
     "tokens_per_s": ("gen tok/s", "higher", 0, False), "trainable_params": ("trainable params", "lower", 0, False),
@@ -64,7 +65,7 @@ def metric_for(key: str) -> Metric:
 
 COST_KEYS = ["train.trainable_params", "train.adapter_mb", "train.peak_mb", "train.wall_seconds",
              "train.train_tokens_per_s", "humaneval.seconds_per_problem", "humaneval.tokens_per_s"]
-QUALITY_NAMES = ["pass@1", "syntax_ok", "bleu", "chrf", "perplexity"]  # per benchmark, in column order
+QUALITY_NAMES = ["pass@1", "test_case_avg", "syntax_ok", "bleu", "chrf", "perplexity"]  # per benchmark, in column order
 
 
 # ---------------------------------------------------------------------------- cells and rows
@@ -125,6 +126,7 @@ class Problem:
     passed: float | None          # share of samples that passed (None: no tests)
     compiled: float | None        # share of samples that compile (None: not recorded)
     chrf: float | None            # mean sentence chrF against the reference
+    graded: float | None = None   # test-case average: share of the problem's assertions passed (mean over samples)
     nll: float | None = None      # summed NLL of the reference tokens (nats), when evaluate.py recorded it
     tokens: int | None = None
     n_samples: int = 1
@@ -191,6 +193,8 @@ def _problem(rows: list[dict]) -> Problem:
                    compiled=(sum(d["syntax"] is None for d in details) / len(details)
                              if all("syntax" in d for d in details) else None),
                    chrf=sum(chrfs) / len(chrfs) if chrfs else None,
+                   graded=(sum(d["tests_passed"] / d["tests_total"] for d in details) / len(details)
+                           if all(d.get("tests_total") for d in details) else None),
                    nll=nll, tokens=details[0].get("tokens") if nll is not None else None, n_samples=len(rows))
 
 

