@@ -107,7 +107,8 @@ def test_samples_file_canonical_then_one_wrong(tmp_path, humaneval5):
     scores = scores_of(db, run["id"], "humaneval")
     assert scores["pass@1"]["value"] == 1.0 and scores["pass@1"]["n"] == 5
     assert scores["syntax_ok"]["value"] == 1.0 and scores["chrf"]["value"] == pytest.approx(100.0)
-    assert scores["fail.failed"]["value"] == 0
+    assert scores["fail.failed"]["value"] == 0 and scores["test_case_avg"]["value"] == 1.0
+    assert scores["pass@1"]["ci_low"] < 1.0  # Wilson: never a zero-width interval at n/n
 
     rows[2] = {"task_id": humaneval5[2].id, "completion": "    return 0\n"}
     wrong = write_jsonl(tmp_path / "wrong.jsonl", rows)
@@ -119,6 +120,9 @@ def test_samples_file_canonical_then_one_wrong(tmp_path, humaneval5):
     samples = Tracker(db).samples(run["id"], "humaneval")
     assert len(samples) == 5
     assert {s["task_id"]: s["result"] for s in samples}[humaneval5[2].id] == "failed"
+    graded = {s["task_id"]: s["details"] for s in samples}[humaneval5[2].id]
+    assert 0 <= graded["tests_passed"] < graded["tests_total"]  # partial credit, counted per assertion
+    assert scores["test_case_avg"]["value"] == pytest.approx((4 + graded["tests_passed"] / graded["tests_total"]) / 5)
     dumped = json.loads((tmp_path / "wrong" / "samples.json").read_text())
     assert dumped["run_id"] == run["id"] and len(dumped["samples"]["humaneval"]) == 5
 
