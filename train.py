@@ -33,6 +33,7 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from common import suites
+from common.adapters import completed_run
 from common.batching import collate, epoch_batches, label_tokens, real_tokens
 from common.config import TrainConfig
 from common.data import load_splits
@@ -48,7 +49,7 @@ from common.prompts import choose_template, encode_examples
 from common.protocols import answer_code, program, reference_code, render
 from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
 from common.tracker import Tracker
-from common.training import CompletionLoss, adamw, autocast, load_checkpoint, mean_nll, save_checkpoint
+from common.training import CompletionLoss, autocast, load_checkpoint, make_optimizer, mean_nll, save_checkpoint
 
 
 @dataclass
@@ -255,28 +256,6 @@ def train(run: Run, state: TrainState) -> str:
         run.tracker.finish_run(state.run_id, "interrupted", wall_seconds=state.wall_seconds)
         print(f"interrupted at step {state.step}; checkpoint saved, re-run the same command to resume")
     return status
-
-
-def completed_run(out: Path, tracker: Tracker) -> dict[str, Any] | None:
-    """The record of a completed training in `out`, if there is one (of this database)."""
-    try:
-        info = json.loads((out / "run_config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("status") != "completed":
-        return None
-    if info.get("db") and Path(info["db"]).resolve() != tracker.path.resolve():
-        raise UserError(f"{out} holds a completed run of another database ({info['db']}); pass another "
-                        "--output-dir, or leave it out to use this database's run directory")
-    return info
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optim == "paged_adamw_8bit":
-        import bitsandbytes as bnb
-        return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:

@@ -123,13 +123,16 @@ def check_pinning(model: str, work: Path) -> dict[str, Any]:
     return {"ok": done.returncode == 0, "visible_devices_seen": sorted(str(d) for d in devices)}
 
 
-def check_bench() -> dict[str, Any]:
-    done = run([sys.executable, str(ROOT / "bench" / "train_compare.py"), "--help"])
+def check_bench(model: str, work: Path) -> dict[str, Any]:
+    """bench/train_compare.py at smoke size: train.py and the padded Trainer recipe, one round."""
+    out = work / "train_compare.json"
+    done = run([sys.executable, str(ROOT / "bench" / "train_compare.py"), "--model", model, "--examples", "24",
+                "--repeats", "1", "--warmup", "1", "--peak-seconds", "1", "--variants", "ours,a-trainer-pad512",
+                "--out", str(out)], 900)
     if done.returncode != 0:
-        return {"ok": False, "detail": done.stderr.strip().splitlines()[-1:]}
-    smoke = "--smoke" in done.stdout
-    done = run([sys.executable, str(ROOT / "bench" / "train_compare.py"), *(["--smoke"] if smoke else [])], 900)
-    return {"ok": done.returncode == 0, "tail": done.stdout.strip().splitlines()[-3:]}
+        return {"ok": False, "detail": (done.stderr.strip().splitlines() or [""])[-1]}
+    medians = json.loads(out.read_text())["medians"]
+    return {"ok": True, **{f"{r['variant']}_tokens_per_s": round(r["tokens_per_s"], 1) for r in medians}}
 
 
 def main() -> int:
@@ -156,7 +159,7 @@ def main() -> int:
         "resume-after-sigterm": lambda: check_resume(model, work),
         "batched-generation": lambda: check_generation(model),
         "sweep-gpu-pinning": lambda: check_pinning(model, work),
-        "train-bench-smoke": check_bench,
+        "train-bench-smoke": lambda: check_bench(model, work),
     }
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results: dict[str, Any] = {}

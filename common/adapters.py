@@ -7,8 +7,10 @@ accept `--run-id N` or `--adapter DIR` and need the same facts: where the
 adapter is, which base model, quant and prompt template it was trained with,
 and which train run it came from.
 """
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.errors import UserError
 from common.models import model_identity
@@ -80,3 +82,17 @@ def check_base_model(adapter: Adapter, model: str | None) -> None:
     if model and adapter.base_model and model_identity(model) != model_identity(adapter.base_model):
         raise UserError(f"adapter {adapter.label} was trained on {adapter.base_model}, not {model}; "
                         f"pass --model {adapter.base_model} (or leave --model out)")
+
+
+def completed_run(out: Path, tracker: Tracker) -> dict[str, Any] | None:
+    """The record of a completed training in `out`, if there is one (of this database)."""
+    try:
+        info = json.loads((out / "run_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("status") != "completed":
+        return None
+    if info.get("db") and Path(info["db"]).resolve() != tracker.path.resolve():
+        raise UserError(f"{out} holds a completed run of another database ({info['db']}); pass another "
+                        "--output-dir, or leave it out to use this database's run directory")
+    return info

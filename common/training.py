@@ -20,7 +20,7 @@ tensors instead of a loop of small ops per tensor (torch's CPU default).
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from common.batching import collate
 from common.prompts import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from common.config import TrainConfig
 
 
 class CompletionLoss(torch.nn.Module):
@@ -174,3 +177,12 @@ def load_checkpoint(path: Path, model: PeftModel, optimizer: torch.optim.Optimiz
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["progress"]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: "TrainConfig") -> torch.optim.Optimizer:
+    """AdamW (fused where torch can) over the trainable parameters, or bitsandbytes' paged 8-bit AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optim == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
