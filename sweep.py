@@ -60,8 +60,8 @@ from common import suites as S
 from common.config import SweepConfig
 from common.errors import UserError, run_cli
 from common.options import parse_config
-from common.plan import (Planned, completed_eval, completed_train, plan, power_note, print_plan, print_summary,
-                         record_membership, running_elsewhere, selected_suites)
+from common.plan import (Planned, completed_eval, completed_train, parse_shard, plan, power_note, print_plan,
+                         print_summary, record_membership, running_elsewhere, selected_suites, shard)
 from common.tracker import Tracker, runs_root
 
 ROOT = Path(__file__).resolve().parent
@@ -355,14 +355,35 @@ def failure_message(script: str, code: int, tail: str) -> str:
     return f"{script} exited with code {code}: {last[:300]}"
 
 
+def merge_databases(sources: list[str], db: str) -> int:
+    """One database from the shards' (see Tracker.merge_from); report.py, evaluate.py and infer.py read it."""
+    target = Tracker(db)
+    for source in sources:
+        if not Path(source).is_file():
+            raise UserError(f"--merge {source}: no such database")
+        if Path(source).resolve() == target.path.resolve():
+            raise UserError(f"--merge {source} is --db itself; merge into another file")
+        other = Tracker(source)
+        counts = target.merge_from(other)
+        other.close()
+        print(f"{source}: {counts['added']} run(s) added, {counts['updated']} updated, {counts['duplicate']} "
+              f"already there" + (f", {counts['conflict']} in conflict (kept as in {db})" if counts["conflict"]
+                                  else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SweepConfig, argv, __doc__.split("\n\n")[0])
     if cfg.workers < 1:
         raise UserError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.seeds is not None and cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    if cfg.merge:
+        return merge_databases(cfg.merge, cfg.db)
     suites = selected_suites(cfg)
     planned = plan(suites, S.parse_set(cfg.set), cfg.seeds)
+    if cfg.shard:
+        planned = shard(planned, *parse_shard(cfg.shard))
     tracker = Tracker(cfg.db)
     marked = tracker.mark_orphans_interrupted()
     if marked:

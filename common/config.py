@@ -154,6 +154,11 @@ class SweepConfig:
     output_dir: str | None = option(None, "root of the runs' directories (None: beside --db)",
                                     deprecated=("--runs-dir",))
     workers: int = option(1, "runs at once (one GPU each when there are GPUs)")
+    shard: str | None = option(None, "run only shard I of N (I/N, I from 0; e.g. $SLURM_ARRAY_TASK_ID/"
+                                     "$SLURM_ARRAY_TASK_COUNT with --array=0-N-1): a stable partition of the plan; "
+                                     "give each shard its own --db", metavar="I/N")
+    merge: list[str] = option([], "merge these shard databases into --db (repeatable; merging twice adds nothing), "
+                                  "then exit: report.py --db reads the result", metavar="DB")
     dry_run: bool = option(False, "print the planned runs and their state, run nothing")
     quiet: bool = option(False, "no progress bars; children get --quiet")
 

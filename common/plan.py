@@ -129,6 +129,30 @@ def record_membership(tracker: Tracker, run_ids: list[int], suites: list[str]) -
         tracker.log_membership(run_id, suites)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/3")
+    return i, n
+
+
+def shard(planned: list[Planned], index: int, count: int) -> list[Planned]:
+    """The runs of shard `index` of `count`: a partition that depends only on the plan, so every machine
+    computes the same one. Runs are dealt, most expensive first (a training + evaluation costs more than a
+    base evaluation) and by name, to the shard with the least work so far; plan order is kept within a shard."""
+    cost = {"adapter": 10, "base": 1}
+    load = [0] * count
+    owner: dict[str, int] = {}
+    for p in sorted(planned, key=lambda p: (-cost[p.kind], p.name)):
+        owner[p.name] = min(range(count), key=lambda k: (load[k], k))
+        load[owner[p.name]] += cost[p.kind]
+    return [p for p in planned if owner[p.name] == index]
+
+
 def power_note(planned: list[Planned], humaneval_problems: int = 164) -> str:
     """What pass@1 difference the planned design can detect (exact McNemar, alpha 0.05, 80% power)."""
     from common.stats import minimum_detectable_difference, problems_needed

@@ -324,6 +324,64 @@ class Tracker:
             r["details"] = json.loads(r["details"]) if r["details"] else None
         return rows
 
+    # ---- merging shards ---------------------------------------------------
+
+    def merge_from(self, other: "Tracker") -> dict[str, int]:
+        """Copy every run of `other` (with its metrics, scores and samples) that this database lacks.
+
+        A run is the same run in both when its name, kind and start time agree (a resumed run keeps its
+        start time); an identical one is skipped, so merging a shard twice adds nothing. One that
+        finished since the last merge (completed there, not here) replaces the copy here. Any other
+        difference is a conflict: the copy here is kept and counted. Ids are remapped (parents first,
+        as ids grow). Returns counts: added, updated, duplicate, conflict.
+        """
+        counts = {"added": 0, "updated": 0, "duplicate": 0, "conflict": 0}
+        ids: dict[int, int] = {}
+        mine = {_identity(r): r for r in self.runs()}
+        for run in other.runs():
+            here = mine.get(_identity(run))
+            if here is not None:
+                ids[run["id"]] = here["id"]
+                if (here["status"], here["config"]) == (run["status"], run["config"]):
+                    counts["duplicate"] += 1
+                elif run["status"] == "completed" and here["status"] != "completed" and here["config"] == run["config"]:
+                    self._delete_run(here["id"])
+                    ids[run["id"]] = self._copy_run(other, run, ids.get(run["parent_id"]))
+                    counts["updated"] += 1
+                else:
+                    counts["conflict"] += 1
+                continue
+            ids[run["id"]] = self._copy_run(other, run, ids.get(run["parent_id"]))
+            counts["added"] += 1
+        return counts
+
+    def _delete_run(self, run_id: int) -> None:
+        with self._write():
+            for table in ("metrics", "scores", "samples"):
+                self.conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            self.conn.execute("UPDATE runs SET parent_id=NULL WHERE parent_id=?", (run_id,))
+            self.conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    def _copy_run(self, other: "Tracker", run: dict[str, Any], parent_id: int | None) -> int:
+        columns = ("name", "suite", "kind", "status", "config_hash", "output_dir", "started_at", "finished_at",
+                   "wall_seconds", "error", "host", "pid", "git_commit")
+        values = [run[c] for c in columns] + [json.dumps(run["config"], sort_keys=True, default=str),
+                                              json.dumps(run["versions"], sort_keys=True),
+                                              json.dumps(run["hardware"], sort_keys=True), parent_id]
+        with self._write():
+            cur = self.conn.execute(f"INSERT INTO runs ({', '.join(columns)}, config, versions, hardware, parent_id)"
+                                    f" VALUES ({', '.join('?' * (len(columns) + 4))})", values)
+            new = int(cur.lastrowid)
+            self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
+                                  [(new, m["step"], m["name"], m["value"]) for m in other.metrics(run["id"])])
+            self.conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [(new, s["benchmark"], s["name"], s["value"], s["n"], s["ci_low"], s["ci_high"])
+                                   for s in other.scores(run["id"])])
+        samples = other.samples(run["id"])
+        for bench in sorted({s["benchmark"] for s in samples}):
+            self.log_samples(new, bench, [s for s in samples if s["benchmark"] == bench])
+        return new
+
     # ---- export -----------------------------------------------------------
 
     def export(self, path: str | os.PathLike, run_ids: list[int] | None = None) -> Path:
@@ -377,6 +435,11 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb):
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def _identity(run: dict[str, Any]) -> tuple:
+    """What makes two rows the same run across databases: what it is and when it started."""
+    return run["name"], run["kind"], run["started_at"]
 
 
 def _run_dict(row: sqlite3.Row) -> dict[str, Any]:

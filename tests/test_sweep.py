@@ -429,3 +429,79 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
     three = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=3, quiet=True), [])
     assert three.gpus == ["7", "7", "7"]  # more workers than GPUs share them, and say so
     three.close()
+
+
+def test_shards_partition_the_plan_stably_and_evenly():
+    from common.plan import parse_shard, plan, shard
+
+    planned = plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
+    parts = [shard(planned, i, 3) for i in range(3)]
+    names = [p.name for part in parts for p in part]
+    assert sorted(names) == sorted(p.name for p in planned) and len(set(names)) == len(names)
+    assert [[p.name for p in part] for part in parts] == [[p.name for p in shard(planned, i, 3)] for i in range(3)]
+    work = [sum(10 if p.kind == "adapter" else 1 for p in part) for part in parts]
+    assert max(work) - min(work) <= 10
+    for bad in ("3/3", "x/2", "1", "0/0"):
+        with pytest.raises(UserError, match="expected I/N"):
+            parse_shard(bad)
+
+
+def test_merge_remaps_ids_adds_nothing_twice_and_takes_a_finished_resume(tmp_path):
+    shard = Tracker(tmp_path / "shard.db")
+    train = shard.start_run("r16", "train", {"rank": 16}, suite="rank")
+    shard.log_metrics(train, 1, {"loss": 2.0})
+    shard.log_scores(train, "train", {"adapter_mb": 7.0})
+    shard.finish_run(train, "interrupted")
+    evaluation = shard.start_run("r16-eval", "eval", {"adapter": "x"}, suite="rank")
+    shard.log_samples(evaluation, "humaneval", [{"task_id": "HumanEval/0", "result": "passed", "details": {}}])
+    shard.finish_run(evaluation, "completed")
+    merged = Tracker(tmp_path / "all.db")
+    merged.start_run("other", "train", {}, suite="x")  # ids in the target are taken already
+    assert merged.merge_from(shard) == {"added": 2, "updated": 0, "duplicate": 0, "conflict": 0}
+    assert merged.merge_from(shard) == {"added": 0, "updated": 0, "duplicate": 2, "conflict": 0}
+    shard.resume_run(train)  # the shard resumes and finishes the training after the first merge
+    shard.finish_run(train, "completed")
+    assert merged.merge_from(shard)["updated"] == 1
+    runs = {r["name"]: r for r in merged.runs()}
+    assert len(runs) == 3 and runs["r16"]["status"] == "completed"
+    assert merged.metrics(runs["r16"]["id"], "loss") == [{"step": 1, "name": "loss", "value": 2.0}]
+    assert merged.samples(runs["r16-eval"]["id"])[0]["result"] == "passed"
+
+
+@pytest.mark.slow
+def test_smoke_suite_in_three_slurm_shards_merges_to_the_one_process_report(workdir, tiny_model, tmp_path):
+    """The README's SLURM script, run as SLURM would (array tasks 0-2), then merged: same runs and scores."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    script = re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", readme, re.S).group(1)
+    script = script.replace("python sweep.py", f"{sys.executable} {ROOT / 'sweep.py'}")
+    (tmp_path / "shards.sbatch").write_text(script)
+    args = ["--suite", "smoke", "--quiet", *common_sets(workdir, tiny_model)]
+    env = child_env(workdir)
+    for task in range(3):
+        done = subprocess.run(["bash", "shards.sbatch", *args], cwd=tmp_path, capture_output=True, text=True,
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "3"})
+        assert done.returncode == 0, done.stderr[-2000:]
+    shards = sorted(str(p) for p in tmp_path.glob("shard-*.db"))
+    merge = [sys.executable, str(ROOT / "sweep.py"), "--merge", *shards, "--db", str(tmp_path / "study.db")]
+    for _ in range(2):  # merging again adds nothing
+        assert subprocess.run(merge, cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    single = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--db", str(tmp_path / "one.db")],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    def summary(db: str) -> list[tuple]:
+        t = Tracker(db)
+        quality = ("pass@1", "syntax_ok", "chrf", "bleu", "test_case_avg", "perplexity", "final_val_loss")
+        return sorted((r["name"], r["kind"], r["status"],
+                       tuple(sorted((s["benchmark"], s["name"], round(s["value"], 6)) for s in t.scores(r["id"])
+                                    if s["name"] in quality and s["value"] is not None)))
+                      for r in t.runs())
+
+    assert summary(str(tmp_path / "study.db")) == summary(str(tmp_path / "one.db"))
+    for db in ("study.db", "one.db"):
+        out = tmp_path / f"report-{db}"
+        assert subprocess.run([sys.executable, str(ROOT / "report.py"), "--db", str(tmp_path / db), "--output-dir",
+                               str(out), "--no-figures"], capture_output=True).returncode == 0
+    assert "## Suite `smoke`" in (tmp_path / "report-study.db" / "RESULTS.md").read_text()
