@@ -10,6 +10,13 @@ Prompt and target are tokenized separately and concatenated, so the model
 learns to continue exactly the token sequence it will see at generation time.
 Labels are -100 on prompt tokens; EOS is appended to every target and kept in
 the labels, never confused with padding.
+
+Conversations (Example.turns, from messages / ShareGPT rows) train on every
+assistant turn and nothing else: the chat template renders the conversation
+turn by turn, and each assistant turn's text (its content and the template's
+end-of-turn marker, e.g. `<|im_end|>`) is labelled; system and user turns and
+the template's role headers are -100. Without a chat template the turns are
+written as Alpaca blocks, each assistant reply followed by EOS.
 """
 from typing import Any
 
@@ -56,6 +63,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, template: str) 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, template: str,
                    max_len: int, truncate: bool = False) -> dict[str, list[int]] | None:
     """input_ids and labels for one example, or None when it is too long and truncate is off."""
+    if example.turns:
+        return encode_conversation(tokenizer, example.turns, template, max_len, truncate)
     prompt_ids = encode_prompt(tokenizer, render_prompt(tokenizer, example.prompt, template, example.input), template)
     target_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(prompt_ids) + len(target_ids) > max_len:
@@ -67,6 +76,54 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, templat
     # otherwise be "predicted" from the previous example's last token.
     labels[0] = IGNORE_INDEX
     return {"input_ids": prompt_ids + target_ids, "labels": labels}
+
+
+def conversation_segments(tokenizer: PreTrainedTokenizerBase, turns: tuple[tuple[str, str], ...],
+                          template: str) -> list[tuple[str, bool]]:
+    """The conversation's text cut into (text, trained) pieces; trained pieces are assistant turns."""
+    if template != "chat":
+        pieces = {"system": "{}\n\n", "user": "### Instruction:\n{}\n\n### Response:\n", "assistant": "{}"}
+        return [(("\n\n" if i and turns[i - 1][0] == "assistant" and role != "assistant" else "")
+                 + pieces[role].format(text), role == "assistant") for i, (role, text) in enumerate(turns)]
+    messages = [{"role": role, "content": text} for role, text in turns]
+    segments, done = [], 0
+    for k, (role, _) in enumerate(turns):
+        if role != "assistant" or k == 0:  # a leading assistant turn has no prompt: it stays context
+            continue
+        try:
+            prompt = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+        except Exception as e:  # jinja raises its own errors for roles a template refuses
+            raise UserError(f"the model's chat template refused a conversation ({e}); check its roles") from None
+        if len(prompt) < done or not full.startswith(prompt):
+            raise UserError("the model's chat template does not render conversations turn by turn, so assistant "
+                            "turns cannot be masked apart; use single-turn rows (instruction/output)")
+        reply = full[len(prompt):]
+        trained = reply.rstrip()  # the newline after the end-of-turn marker belongs to the next prompt
+        segments += [(prompt[done:], False), (trained, True)]
+        done = len(prompt) + len(trained)
+    return segments
+
+
+def encode_conversation(tokenizer: PreTrainedTokenizerBase, turns: tuple[tuple[str, str], ...], template: str,
+                        max_len: int, truncate: bool) -> dict[str, list[int]] | None:
+    """input_ids and labels of a conversation, labels on assistant turns only (None when too long)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, (text, trained) in enumerate(conversation_segments(tokenizer, turns, template)):
+        tokens = tokenizer(text, add_special_tokens=i == 0 and template != "chat")["input_ids"]
+        if trained and template != "chat":
+            tokens = tokens + [tokenizer.eos_token_id]
+        ids += tokens
+        labels += tokens if trained else [IGNORE_INDEX] * len(tokens)
+    if len(ids) > max_len:
+        if not truncate:
+            return None
+        ids, labels = ids[:max_len], labels[:max_len]
+    labels[0] = IGNORE_INDEX
+    if all(label == IGNORE_INDEX for label in labels):
+        return None  # truncation left no assistant token to learn from
+    return {"input_ids": ids, "labels": labels}
 
 
 def template_overhead(tokenizer: PreTrainedTokenizerBase, template: str) -> int:
