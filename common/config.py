@@ -31,7 +31,14 @@ DEFAULT_DB = "experiments.db"
 class TrainConfig:
     """train.py: fine-tune with LoRA / QLoRA and save a PEFT adapter."""
     model: str = option(DEFAULT_MODEL, "embedded name, local model directory, or hub id", sweep=True)
-    dataset: str = option("stdlib", "stdlib | data.jsonl/.json/.csv | hf:owner/name | apps:path", sweep=True)
+    dataset: str = option("stdlib", "stdlib | data.jsonl/.json/.csv | hf:owner/name | apps:path (formats: "
+                                          "data/README.md)",
+                          sweep=True)
+    columns: str | None = option(None, "map the file's columns to ours, e.g. prompt=question,completion=answer "
+                                       "(targets: prompt, completion, instruction, input, output, messages)",
+                                 sweep=True)
+    skip_bad_rows: bool = option(False, "skip malformed rows and count them instead of stopping at the first",
+                                 sweep=True)
     train_limit: int | None = option(None, "use at most this many training examples", sweep=True,
                                      deprecated=("--limit",))
     rank: int = option(16, "LoRA rank r", sweep=True)
@@ -69,12 +76,18 @@ class TrainConfig:
     val_limit: int = option(100, "validation examples used for periodic evaluation", sweep=True)
     eval_gen: int = option(4, "validation prompts generated at each evaluation (0: none)", sweep=True)
     save_every: int = option(50, "checkpoint every N steps (0: only on interrupt)", sweep=True)
+    load_best: bool = option(True, "end with the best validation checkpoint as the final adapter (--no-load-best: "
+                                   "the last step's)", sweep=True)
+    early_stopping: int = option(0, "stop after N evaluations without a lower validation loss (0: off)", sweep=True)
     name: str | None = option(None, "run name (None: derived from the config, as sweep.py names it)")
     suite: str | None = option(None, "suite label recorded with the run (sweep.py sets it)")
     output_dir: str | None = option(None, "where the adapter goes (None: the run directory beside --db)")
     db: str = option(DEFAULT_DB, "run tracker SQLite file", record=False)
     resume: bool = option(False, "continue from <output-dir>/checkpoint (error if none)", record=False)
-    tensorboard: str | None = option(None, "also write TensorBoard event files here", record=False, metavar="DIR")
+    report_to: str = option("none", "also log to none|tensorboard|wandb|mlflow (comma list; the SQLite --db stays "
+                                    "the record)", record=False)
+    tensorboard: str | None = option(None, "TensorBoard event files here (implies --report-to tensorboard; default "
+                                           "<output-dir>/tensorboard)", record=False, metavar="DIR")
     quiet: bool = option(False, "no progress bar; a log line every 10 steps", record=False)
 
 

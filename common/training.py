@@ -1,4 +1,5 @@
-"""Training pieces train.py and evaluate.py share: the completion loss, held-out NLL, checkpoints.
+"""Training pieces train.py and evaluate.py share: the completion loss, held-out NLL, checkpoints,
+the best-checkpoint / early-stopping rules, and the stop flag Ctrl-C and SIGTERM set.
 
 `CompletionLoss` runs the decoder, then applies the LM head only at positions
 that carry a label. With completion-only loss, roughly half the positions are
@@ -9,13 +10,17 @@ normalise by tokens across micro-batches and processes.
 """
 import os
 import random
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import load_peft_weights
 
 from common.batching import collate
 from common.prompts import IGNORE_INDEX
@@ -100,3 +105,49 @@ def load_checkpoint(path: Path, model: PeftModel, optimizer: torch.optim.Optimiz
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["progress"]
+
+
+def save_best(path: Path, model: PeftModel, tokenizer) -> None:
+    """The best validation checkpoint: a complete adapter directory (weights, config and tokenizer)."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def load_best_adapter(model: PeftModel, path: Path) -> None:
+    """Put the adapter weights saved by `save_best` back into the live model (for --load-best)."""
+    set_peft_model_state_dict(model, load_peft_weights(str(path), device="cpu"))
+
+
+def early_stopping_due(evals_since_best: int, patience: int, world: int = 1) -> bool:
+    """Whether `patience` (> 0) validations in a row found no lower loss; rank 0 decides for all processes."""
+    due = torch.tensor(int(patience > 0 and evals_since_best >= patience))
+    if world > 1:
+        dist.broadcast(due, 0)
+    return bool(due.item())
+
+
+class StopFlag:
+    """First Ctrl-C/SIGTERM asks to stop at the next step boundary; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step", file=sys.stderr, flush=True)
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable (LoRA) parameters, or bitsandbytes' paged 8-bit AdamW."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
