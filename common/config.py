@@ -190,6 +190,10 @@ class InferConfig:
     stop: list[str] | None = option(None, "stop sequence, repeatable (\\n escapes; '' = none); None: the "
                                           "HumanEval stops for plain prompts", metavar="TEXT")
     merge_to: str | None = option(None, "merge the adapter into a 16/32-bit base, save here", metavar="DIR")
+    export_gguf: str | None = option(None, "write the merged model (the base alone without an adapter) as one GGUF "
+                                           "file for llama.cpp / Ollama (llama, qwen2, gemma)", metavar="FILE")
+    gguf_type: str = option("f16", "GGUF weight type: f16, or q8_0 (8-bit blocks, about half the size)",
+                            choices=("f16", "q8_0"))
     push_to_hub: str | None = option(None, "upload the adapter (or the --merge-to model) to this Hugging Face repo",
                                      metavar="REPO")
     private: bool = option(False, "create the --push-to-hub repo as private")
