@@ -8,11 +8,14 @@
 Saves a standard PEFT adapter (adapter_config.json + adapter_model.safetensors,
 tokenizer, run_config.json) in --output-dir (default: the run directory beside the
 --db file, runs/<db>-<db id>/train/<name>; see common/tracker.py), the best
-validation checkpoint in <output-dir>/best, and resumable state in
-<output-dir>/checkpoint. Everything is recorded in the run tracker (--db):
-resolved config, parameter counts, per-step loss/lr/grad-norm/tokens-per-second/
-memory, validation loss and generation quality over training, peak memory and
-wall time. Ctrl-C or SIGTERM saves a checkpoint and marks the run interrupted;
+validation checkpoint (adapter + tokenizer) in <output-dir>/best, and resumable state in
+<output-dir>/checkpoint. With --load-best (the default) the final adapter is the best
+validation checkpoint; --early-stopping N stops after N evaluations without a lower
+validation loss (run_config.json records final_step and stop_reason). --report-to
+tensorboard,wandb,mlflow mirrors the tracker's scalars and config (common/tracking.py).
+Everything is recorded in the run tracker (--db): resolved config, parameter counts,
+per-step loss/lr/grad-norm/tokens-per-second/memory, validation loss and generation
+quality over training, peak memory and wall time. Ctrl-C or SIGTERM saves a checkpoint and marks the run interrupted;
 re-running the same command (or --resume) continues where it stopped.
 """
 import contextlib
