@@ -34,9 +34,9 @@ class TrainConfig:
     dataset: str = option("stdlib", "stdlib | data.jsonl/.json/.csv | hf:owner/name | apps:path (formats: "
                                           "data/README.md)",
                           sweep=True)
-    columns: str | None = option(None, "map the file's columns to ours, e.g. prompt=question,completion=answer "
-                                       "(targets: prompt, completion, instruction, input, output, messages)",
-                                 sweep=True)
+    columns: str | None = option(None, "rename the file's columns to ours (OURS=THEIRS), e.g. "
+                                       "prompt=question,completion=answer; ours: prompt, completion, instruction, "
+                                       "input, output, response, messages, conversations", sweep=True)
     skip_bad_rows: bool = option(False, "skip malformed rows and count them instead of stopping at the first",
                                  sweep=True)
     train_limit: int | None = option(None, "use at most this many training examples", sweep=True,
