@@ -40,7 +40,8 @@ without native bf16), never 4/8-bit: an adapter trained with QLoRA merges into t
 dequantized 16-bit base. It writes a standard transformers directory (weights, tokenizer,
 generation config, lora_merge.json recording the template) that AutoModelForCausalLM loads.
 `--push-to-hub REPO` uploads the adapter, or the merged model with --merge-to; it needs a
-token (`hf auth login` or HF_TOKEN) and the network.
+token (`hf auth login` or HF_TOKEN) and the network. `--export-gguf FILE [--gguf-type q8_0]`
+writes the merged model as one GGUF file for llama.cpp / Ollama (common/gguf_export.py).
 """
 import re
 import sys
@@ -55,7 +56,7 @@ import torch
 from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.config import InferConfig
 from common.errors import UserError, first_line, run_cli
-from common.export import hub_token, load_adapter, merge, merged_template, push_to_hub
+from common.export import export_to_gguf, hub_token, load_adapter, merge, merged_template, push_to_hub
 from common.generation import extract_code, stop_criteria, stops_for_template
 from common.metrics import syntax_error_category
 from common.models import DEFAULT_MODEL
@@ -124,8 +125,9 @@ def validate(cfg, adapter: Adapter | None) -> None:
         raise UserError(f"--max-new-tokens must be positive, got {cfg.max_new_tokens}")
     if cfg.demo and cfg.prompt is not None:
         raise UserError("--demo uses its own prompts; drop --prompt")
-    if (cfg.merge_to or cfg.push_to_hub) and (cfg.prompt is not None or cfg.demo or cfg.compare):
-        raise UserError("--merge-to and --push-to-hub only merge and upload; drop --prompt/--demo/--compare "
+    if (cfg.merge_to or cfg.push_to_hub or cfg.export_gguf) and (cfg.prompt is not None or cfg.demo or cfg.compare):
+        raise UserError("--merge-to, --export-gguf and --push-to-hub only merge, export and upload; drop "
+                        "--prompt/--demo/--compare "
                         "(try a merged model with --model DIR)")
     if cfg.compare and adapter is None:
         raise UserError("--compare needs an adapter: pass --run-id N or --adapter DIR")
@@ -400,14 +402,16 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     from common.quant import compute_dtype, load_model, load_tokenizer
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the output
     device = default_device()
-    if cfg.push_to_hub and not cfg.merge_to:
+    if cfg.push_to_hub and not (cfg.merge_to or cfg.export_gguf):
         push_to_hub(cfg.push_to_hub, adapter.path, cfg.private)
         return 0
     tokenizer = load_tokenizer(model_name)
-    if cfg.merge_to:
-        folder = merge(cfg, adapter, model_name, tokenizer, device)
+    if cfg.merge_to or cfg.export_gguf:
+        folder = merge(cfg, adapter, model_name, tokenizer, device) if cfg.merge_to else None
+        if cfg.export_gguf:
+            export_to_gguf(cfg, adapter, model_name, tokenizer, device, folder)
         if cfg.push_to_hub:
-            push_to_hub(cfg.push_to_hub, folder, cfg.private)
+            push_to_hub(cfg.push_to_hub, folder or adapter.path, cfg.private)
         return 0
 
     quant = cfg.quant or (adapter.quant if adapter and adapter.quant else "16bit")

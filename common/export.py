@@ -1,6 +1,7 @@
-"""Take a trained adapter out of the toolkit: merge it into its base model, upload it to the hub.
+"""Take a trained adapter out of the toolkit: merge it into its base model, export GGUF, upload to the hub.
 
     merge(cfg, adapter, model, tokenizer, device)   # a standard transformers directory (+ lora_merge.json)
+    export_gguf(merged, tokenizer, "m.gguf", "q8_0")  # one GGUF file for llama.cpp / Ollama (common/gguf_export.py)
     push_to_hub(repo, folder, private)              # the adapter or a merged model, to the Hugging Face hub
 
 A QLoRA adapter merges into the dequantized 16-bit base (never a 4/8-bit one: the rounding
@@ -16,7 +17,7 @@ import torch
 from common.adapters import Adapter
 from common.config import TEMPLATES, InferConfig
 from common.errors import UserError, first_line
-from common.models import EMBEDDED
+from common.models import EMBEDDED, model_identity, model_slug
 from common.paths import read_json_object
 
 MERGE_RECORD = "lora_merge.json"  # written next to a merged model: where it came from, its template
@@ -31,20 +32,27 @@ def merged_template(model: str) -> str | None:
     return template if template in TEMPLATES else None
 
 
-def merge(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer, device: torch.device) -> Path:
-    """Base at 16/32-bit + adapter -> merge_and_unload -> a standard transformers directory."""
-    from common.quant import compute_dtype, load_model
+def merged_model(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer,
+                 device: torch.device) -> tuple[torch.nn.Module, str, float]:
+    """Base at 16/32-bit + adapter -> merge_and_unload; returns (model, quant, max logit change on a probe)."""
+    from common.quant import load_model
     quant = "32bit" if (cfg.quant or adapter.quant) == "32bit" else "16bit"
     if cfg.quant in ("4bit", "8bit"):
-        print(f"note: --merge-to merges into the 16-bit base, not a {cfg.quant} one", file=sys.stderr)
-    base = load_model(model_name, quant, device)
-    model = load_adapter(base, adapter)
+        print(f"note: merging into the 16-bit base, not a {cfg.quant} one", file=sys.stderr)
+    model = load_adapter(load_model(model_name, quant, device), adapter)
     model.eval()
     probe = torch.tensor([tokenizer("def add(a, b):\n    return a + b\n")["input_ids"]], device=device)
     with torch.inference_mode():
         before = model(input_ids=probe).logits.float()
         merged = model.merge_and_unload()
         after = merged(input_ids=probe).logits.float()
+    return merged, quant, (before - after).abs().max().item()
+
+
+def merge(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer, device: torch.device) -> Path:
+    """Base at 16/32-bit + adapter -> merge_and_unload -> a standard transformers directory."""
+    from common.quant import compute_dtype
+    merged, quant, diff = merged_model(cfg, adapter, model_name, tokenizer, device)
     target = Path(cfg.merge_to)
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
@@ -52,10 +60,30 @@ def merge(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer, device
     (target / MERGE_RECORD).write_text(json.dumps(
         {"base_model": model_name, "adapter": str(adapter.path.resolve()), "source": adapter.label,
          "trained_quant": adapter.quant, "template": adapter.template, "dtype": dtype}, indent=2) + "\n")
-    diff = (before - after).abs().max().item()
     print(f"merged {adapter.label} into {model_name} ({dtype}) and saved it to {target}; max logit difference "
           f"from base+adapter {diff:.2e}. Load it with AutoModelForCausalLM.from_pretrained({str(target)!r}) "
           f"or: python infer.py --model {target}")
+    return target
+
+
+def export_to_gguf(cfg: InferConfig, adapter: Adapter | None, model_name: str, tokenizer, device: torch.device,
+                   merged_dir: Path | None = None) -> Path:
+    """--export-gguf FILE: the merged model (or the base alone, without an adapter) as one GGUF file."""
+    from common.gguf_export import export_gguf, gguf_pre_tokenizer
+    from common.models import embedded_gguf
+    from common.quant import load_model
+    if merged_dir is not None:
+        model = load_model(str(merged_dir), "32bit", device)
+    elif adapter is not None:
+        model = merged_model(cfg, adapter, model_name, tokenizer, device)[0]
+    else:
+        model = load_model(model_name, "32bit" if cfg.quant == "32bit" else "16bit", device)
+    base = model_identity(model_name)
+    pre = gguf_pre_tokenizer(embedded_gguf(base)) if base in EMBEDDED else "default"
+    target = export_gguf(model, tokenizer, Path(cfg.export_gguf), cfg.gguf_type,
+                         name=(adapter.label if adapter else model_slug(model_name)), pre=pre)
+    print(f"wrote {target} ({cfg.gguf_type}, {target.stat().st_size / 2**20:.1f} MB); run it with llama.cpp: "
+          f"llama-cli -m {target}, or Ollama: a Modelfile with `FROM {target.resolve()}`, then `ollama create`")
     return target
 
 

@@ -57,6 +57,23 @@ def loss_curves(study: Study, suite: str, rows: list[Row], out: Path) -> list[tu
     return [("loss curves", plots.loss_curves(out / f"{safe_name(suite)}_loss.png", f"{suite}: loss curves", curves))]
 
 
+def generation_curves(study: Study, suite: str, rows: list[Row], out: Path) -> list[tuple[str, Path]]:
+    """chrF and syntax-valid share of the validation generations train.py scores at each evaluation."""
+    curves = {}
+    for r in rows:
+        for seed, train_id in zip(r.seeds, r.train_ids):
+            metrics = study.tracker.metrics(train_id)
+            name = r.label + (f" s{seed}" if len(r.seeds) > 1 else "")
+            curves[name] = {k: [(m["step"], m["value"]) for m in metrics if m["name"] == k and m["value"] is not None]
+                            for k in ("val_chrf", "val_syntax_ok")}
+    if not any(c["val_chrf"] or c["val_syntax_ok"] for c in curves.values()):
+        return []
+    panels = [("val_chrf", "validation chrF (0-100)", 1.0), ("val_syntax_ok", "validation syntax ok (%)", 100.0)]
+    return [("generation quality during training",
+             plots.training_curves(out / f"{safe_name(suite)}_generation.png",
+                                   f"{suite}: validation generations during training", panels, curves))]
+
+
 def quality_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[tuple[str, Path]]:
     panels, baseline = {}, {}
     for key in [k for k in ("humaneval.pass@1", "humaneval.chrf", "humaneval.syntax_ok", "heldout.chrf",
@@ -122,7 +139,8 @@ def cost_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[
 def suite_figures(study: Study, suite: str, rows: list[Row], bases: list[Row], quality: str | None,
                   out: Path) -> list[tuple[str, Path]]:
     """Write the suite's PNGs into `out`; returns (title, path) per figure written."""
-    written = loss_curves(study, suite, rows, out) + quality_bars(suite, rows, bases, out)
+    written = loss_curves(study, suite, rows, out) + generation_curves(study, suite, rows, out)
+    written += quality_bars(suite, rows, bases, out)
     if quality and rows:
         written += quality_vs_cost(suite, rows, quality, out)
     return written + cost_bars(suite, rows, bases, out)

@@ -48,6 +48,26 @@ def loss_curves(path: Path, title: str, curves: dict[str, dict[str, list[tuple[i
     return _save(fig, path)
 
 
+def training_curves(path: Path, title: str, panels: list[tuple[str, str, float]],
+                    curves: dict[str, dict[str, list[tuple[int, float]]]]) -> Path:
+    """One subplot per (metric, axis label, scale) panel; one line per run label, values x scale.
+
+    curves: run label -> {metric: [(step, value)]}; a run without points for a metric is left out there.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (metric, label, scale) in zip(axes[0], panels):
+        for run, series in curves.items():
+            if series.get(metric):
+                steps, values = zip(*series[metric])
+                ax.plot(steps, [v * scale for v in values], marker="o", label=run, linewidth=1.2)
+        ax.set(title=label, xlabel="optimizer step", ylabel=label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def metric_bars(path: Path, title: str, labels: Sequence[str],
                 metrics: dict[str, tuple[str, list[float | None], list[tuple[float, float] | None]]],
                 baseline: dict[str, float | None] | None = None) -> Path:

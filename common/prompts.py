@@ -19,6 +19,13 @@ Prompt and target are tokenized separately and concatenated, so the model
 learns to continue exactly the token sequence it will see at generation time.
 Labels are -100 on prompt tokens; EOS is appended to every target and kept in
 the labels, never confused with padding.
+
+Conversations (Example.turns, from messages / ShareGPT rows) train on every
+assistant turn and nothing else: the chat template renders the conversation
+turn by turn, and each assistant turn's text (its content and the template's
+end-of-turn marker, e.g. `<|im_end|>`) is labelled; system and user turns and
+the template's role headers are -100. Without a chat template the turns are
+written as Alpaca blocks, each assistant reply followed by EOS.
 """
 from typing import Any
 
@@ -141,7 +148,10 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, templat
     completion format: prompt = the rendered prompt, target = the completion.
     instruct format: prompt = `render_instruct` (ending in the pre-filled fence),
     target = `instruct_answer` (the code and the closing fence). EOS follows every target.
+    A conversation (example.turns) trains every assistant turn, whatever the format.
     """
+    if example.turns:
+        return encode_conversation(tokenizer, example.turns, template, max_len, truncate)
     if format == "instruct":
         prompt_text, target = render_instruct(tokenizer, example, template), instruct_answer(example)
     else:
@@ -167,6 +177,54 @@ def template_overhead(tokenizer: PreTrainedTokenizerBase, template: str, format:
     else:
         text = render_prompt(tokenizer, "", template)
     return len(encode_prompt(tokenizer, text, template)) + 1
+
+
+def conversation_segments(tokenizer: PreTrainedTokenizerBase, turns: tuple[tuple[str, str], ...],
+                          template: str) -> list[tuple[str, bool]]:
+    """The conversation's text cut into (text, trained) pieces; trained pieces are assistant turns."""
+    if template != "chat":
+        pieces = {"system": "{}\n\n", "user": "### Instruction:\n{}\n\n### Response:\n", "assistant": "{}"}
+        return [(("\n\n" if i and turns[i - 1][0] == "assistant" and role != "assistant" else "")
+                 + pieces[role].format(text), role == "assistant") for i, (role, text) in enumerate(turns)]
+    messages = [{"role": role, "content": text} for role, text in turns]
+    segments, done = [], 0
+    for k, (role, _) in enumerate(turns):
+        if role != "assistant" or k == 0:  # a leading assistant turn has no prompt: it stays context
+            continue
+        try:
+            prompt = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+        except Exception as e:  # jinja raises its own errors for roles a template refuses
+            raise UserError(f"the model's chat template refused a conversation ({e}); check its roles") from None
+        if len(prompt) < done or not full.startswith(prompt):
+            raise UserError("the model's chat template does not render conversations turn by turn, so assistant "
+                            "turns cannot be masked apart; use single-turn rows (instruction/output)")
+        reply = full[len(prompt):]
+        trained = reply.rstrip()  # the newline after the end-of-turn marker belongs to the next prompt
+        segments += [(prompt[done:], False), (trained, True)]
+        done = len(prompt) + len(trained)
+    return segments
+
+
+def encode_conversation(tokenizer: PreTrainedTokenizerBase, turns: tuple[tuple[str, str], ...], template: str,
+                        max_len: int, truncate: bool) -> dict[str, list[int]] | None:
+    """input_ids and labels of a conversation, labels on assistant turns only (None when too long)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, (text, trained) in enumerate(conversation_segments(tokenizer, turns, template)):
+        tokens = tokenizer(text, add_special_tokens=i == 0 and template != "chat")["input_ids"]
+        if trained and template != "chat":
+            tokens = tokens + [tokenizer.eos_token_id]
+        ids += tokens
+        labels += tokens if trained else [IGNORE_INDEX] * len(tokens)
+    if len(ids) > max_len:
+        if not truncate:
+            return None
+        ids, labels = ids[:max_len], labels[:max_len]
+    labels[0] = IGNORE_INDEX
+    if all(label == IGNORE_INDEX for label in labels):
+        return None  # truncation left no assistant token to learn from
+    return {"input_ids": ids, "labels": labels}
 
 
 def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example], template: str, max_len: int,

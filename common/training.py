@@ -1,4 +1,5 @@
-"""Training pieces train.py and evaluate.py share: the completion loss, held-out NLL, checkpoints, AdamW.
+"""Training pieces train.py and evaluate.py share: the completion loss, held-out NLL, checkpoints,
+the best-checkpoint / early-stopping rules, and AdamW.
 
 `CompletionLoss` runs the decoder, then applies the LM head only at positions
 that carry a label. With completion-only loss, roughly half the positions are
@@ -24,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import load_peft_weights
 
 from common.batching import collate
 from common.prompts import IGNORE_INDEX
@@ -177,6 +180,25 @@ def load_checkpoint(path: Path, model: PeftModel, optimizer: torch.optim.Optimiz
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["progress"]
+
+
+def save_best(path: Path, model: PeftModel, tokenizer) -> None:
+    """The best validation checkpoint: a complete adapter directory (weights, config and tokenizer)."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def load_best_adapter(model: PeftModel, path: Path) -> None:
+    """Put the adapter weights saved by `save_best` back into the live model (for --load-best)."""
+    set_peft_model_state_dict(model, load_peft_weights(str(path), device="cpu"))
+
+
+def early_stopping_due(evals_since_best: int, patience: int, world: int = 1) -> bool:
+    """Whether `patience` (> 0) validations in a row found no lower loss; rank 0 decides for all processes."""
+    due = torch.tensor(int(patience > 0 and evals_since_best >= patience))
+    if world > 1:
+        dist.broadcast(due, 0)
+    return bool(due.item())
 
 
 def make_optimizer(model: torch.nn.Module, cfg: "TrainConfig") -> torch.optim.Optimizer:

@@ -1,0 +1,101 @@
+"""GGUF export: the file transformers reads back (gguf_file=) generates what the merged model generates."""
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import infer
+from common.errors import UserError
+from common.gguf_export import export_gguf, gguf_pre_tokenizer, llama_permute
+from common.models import embedded_gguf
+
+PROMPT = "def fibonacci(n):\n    # the 12th number is 144\n"
+
+
+def greedy(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+
+
+def load_back(path: Path):
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory) -> Path:
+    """A LoRA adapter with random (non-zero) B matrices on every linear layer of the tiny llama."""
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():   # an update of a trained adapter's size, not of a random matrix's
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.05)
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return path
+
+
+def test_llama_permutation_matches_llama_cpp():
+    rows = torch.arange(8.0).reshape(8, 1).numpy()   # one head of dim 8: halves -> interleaved pairs
+    assert llama_permute(rows, 1).ravel().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+def test_infer_exports_the_merged_adapter(tiny_model, adapter, tmp_path, gguf_type):
+    out = tmp_path / f"model-{gguf_type}.gguf"
+    assert infer.main(["--adapter", str(adapter), "--model", tiny_model, "--quant", "32bit",
+                       "--export-gguf", str(out), "--gguf-type", gguf_type]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(adapter))
+    merged = merged.merge_and_unload().eval()
+    loaded, loaded_tokenizer = load_back(out)
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    assert loaded_tokenizer(PROMPT)["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        expected, got = merged(ids).logits, loaded(ids).logits
+    relative = ((expected - got).abs().max() / expected.abs().max()).item()
+    # f16 rounds each weight by <= 2^-11 relative, Q8_0 by <= 1/254 of its block's largest; errors compound.
+    assert relative < (2e-3 if gguf_type == "f16" else 3e-2), relative   # a wrong layout gives ~1
+    assert (expected.argmax(-1) == got.argmax(-1)).float().mean() > 0.9
+    if gguf_type == "f16":
+        assert torch.equal(greedy(merged, ids), greedy(loaded, ids))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])
+def test_other_families_round_trip(tiny_model, tmp_path, family):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                 eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = (Qwen2ForCausalLM(Qwen2Config(**sizes)) if family == "qwen2" else
+             Gemma3ForCausalLM(Gemma3TextConfig(head_dim=16, sliding_window=64, **sizes))).eval()
+    with torch.no_grad():   # norms and biases away from their init, so a wrong +1 or a lost bias shows
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+            if p.ndim == 2:   # the file stores 2-D weights in f16: compare like with like, so near-ties agree
+                p.copy_(p.half().float())
+    loaded, _ = load_back(export_gguf(model, tokenizer, tmp_path / f"{family}.gguf", "f16"))
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        assert (model(ids).logits - loaded(ids).logits).abs().max().item() < 1e-4
+    assert torch.equal(greedy(model, ids), greedy(loaded, ids))
+
+
+def test_unsupported_architecture_and_type(tiny_gpt2, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    with pytest.raises(UserError, match="supports llama, qwen2 and gemma models, not gpt2"):
+        export_gguf(model, None, tmp_path / "x.gguf")
+    with pytest.raises(UserError, match="--gguf-type 'q4'"):
+        export_gguf(model, None, tmp_path / "x.gguf", "q4")
+
+
+def test_embedded_models_pre_tokenizer_is_carried():
+    assert gguf_pre_tokenizer(embedded_gguf("smollm2-135m")) == "smollm"
