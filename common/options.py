@@ -158,8 +158,8 @@ def build_parser(cls: type, description: str, removed: dict[str, str] | None = N
         kwargs: dict[str, Any] = {"dest": f.name, "help": opt.help}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind is list:
-            kwargs.update(action="append", metavar=opt.metavar)
+        elif kind is list:  # repeatable, and several values at once (--merge shard-*.db)
+            kwargs.update(action="extend", nargs="+", metavar=opt.metavar)
         else:
             # Builtin types on the command line, so argparse says "invalid int value: 'x'".
             kwargs.update(type=kind, choices=opt.choices, metavar=opt.metavar)
@@ -168,7 +168,7 @@ def build_parser(cls: type, description: str, removed: dict[str, str] | None = N
         target.add_argument(flag_name(f.name), **kwargs)
         for old in opt.deprecated:
             base = {argparse.BooleanOptionalAction: argparse._StoreTrueAction,
-                    "append": argparse._AppendAction}.get(kwargs.get("action"), argparse._StoreAction)
+                    "extend": argparse._ExtendAction}.get(kwargs.get("action"), argparse._StoreAction)
             extra = {k: v for k, v in kwargs.items() if k not in ("action", "help", "default")}
             if base is argparse._StoreTrueAction:
                 extra = {"dest": f.name}
@@ -217,7 +217,7 @@ def parse_config(cls: type[T], argv: list[str] | None, description: str,
             raise UserError(f"config file {known.config}: {e}") from e
     namespace = parser.parse_args(argv)
     values = {f.name: getattr(namespace, f.name) for f, _, _ in options(cls)}
-    for f, _, kind in options(cls):  # an unused append option is its dataclass default, not None
+    for f, _, kind in options(cls):  # an unused list option is its dataclass default, not None
         if kind is list and values[f.name] is None and f.default_factory is not dataclasses.MISSING:
             values[f.name] = f.default_factory()
     return cls(**values)

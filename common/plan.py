@@ -160,11 +160,13 @@ def power_note(planned: list[Planned], humaneval_problems: int = 164) -> str:
     limits = {p.flags.get("eval_limit") for p in planned}
     n = min(humaneval_problems, min((x for x in limits if x), default=humaneval_problems))
     floor = minimum_detectable_difference(n)
+    head = f"power: with {n} HumanEval problems, a paired pass@1 comparison (exact McNemar, alpha 0.05, 80% power)"
+    if floor is None:
+        return f"{head} can detect no difference at all; use more problems (--set eval_limit=N, up to 164)."
     typical = minimum_detectable_difference(n, discordance=0.2)
-    return (f"power: with {n} HumanEval problems, a paired pass@1 comparison (exact McNemar, alpha 0.05, 80% power) "
-            f"detects a difference of at least {100 * floor:.0f} points even if every disagreement goes one way"
-            + (f", {100 * typical:.0f} points if the two disagree on 20% of problems" if typical else
-               "; where they disagree on 20% of problems nothing it can see is detectable")
+    return (f"{head} detects a difference of at least {100 * floor:.0f} points even if every disagreement goes one "
+            "way" + (f", {100 * typical:.0f} points if the two disagree on 20% of problems" if typical else
+                     "; where they disagree on 20% of problems nothing it can see is detectable")
             + f". A 10-point difference at 20% disagreement needs {problems_needed(0.10, 0.20)} problems; "
             "seeds average out initialisation noise but do not add problems.")
 

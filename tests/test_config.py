@@ -47,6 +47,8 @@ def test_types_booleans_and_deprecated_spellings(capsys):
     assert parse_config(ReportConfig, ["--out", "r", "--no-figures"], "d").output_dir == "r"
     assert parse_config(SweepConfig, ["--set", "a=1", "--set", "b=2"], "d").set == ["a=1", "b=2"]
     assert parse_config(SweepConfig, [], "d").set == []
+    assert parse_config(SweepConfig, ["--merge", "a.db", "b.db", "--merge", "c.db"], "d").merge == ["a.db", "b.db",
+                                                                                                    "c.db"]
     assert parse_config(InferConfig, ["--stop", "", "--stop", "x"], "d").stop == ["", "x"]
 
 

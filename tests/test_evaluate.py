@@ -291,8 +291,8 @@ def test_cli_exit_code_from_a_shell(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "nope", "--db",
                            str(tmp_path / "e.db")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown benchmark 'nope': use humaneval, heldout, "
-                                                "or an existing .jsonl file"]
+    assert proc.stderr.strip().splitlines() == ["error: unknown benchmark 'nope': use humaneval, heldout, mbpp, "
+                                                "humaneval+, mbpp+, or an existing .jsonl file"]
 
 
 @pytest.mark.parametrize("exception, status, code", [(KeyboardInterrupt, "interrupted", 130),

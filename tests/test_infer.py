@@ -32,9 +32,12 @@ def _train(tiny_model: str, workdir: Path, quant: str) -> dict:
     import train
     data = workdir / "data.jsonl"
     if not data.exists():
+        # Bodies that differ in structure, not only in literals: near-duplicates are removed from the data.
+        bodies = [f"{fn}(x) {op} {i}" for i, (fn, op) in enumerate(
+            (fn, op) for fn in ("abs", "len", "str", "int", "float", "sorted") for op in ("+", "-", "*", "%"))]
         data.write_text("".join(json.dumps({"prompt": f'def {n}_{i}(x):\n    """Compute {n} of x, case {i}."""\n',
-                                            "completion": f"    return x + {i}\n"}) + "\n"
-                                for i, n in enumerate(FUNCS)))
+                                            "completion": f"    return {body}\n"}) + "\n"
+                                for i, (n, body) in enumerate(zip(FUNCS, bodies))))
     db, out = workdir / "exp.db", workdir / f"run-{quant}"
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
