@@ -76,6 +76,9 @@ class TrainConfig:
     resume: bool = option(False, "continue from <output-dir>/checkpoint (error if none)", record=False)
     tensorboard: str | None = option(None, "also write TensorBoard event files here", record=False, metavar="DIR")
     quiet: bool = option(False, "no progress bar; a log line every 10 steps", record=False)
+    estimate: bool = option(False, "print the predicted peak memory and step time (common/estimate.py), then exit "
+                                   "before loading weights", record=False)
+    probe: bool = option(False, "with --estimate: run 3 real steps and rescale the prediction by them", record=False)
 
 
 @dataclass
@@ -138,6 +141,9 @@ class SweepConfig:
                                     deprecated=("--runs-dir",))
     workers: int = option(1, "runs at once (one GPU each when there are GPUs)")
     dry_run: bool = option(False, "print the planned runs and their state, run nothing")
+    estimate: bool = option(False, "print each planned run's predicted peak memory and step time, run nothing")
+    budget_mb: float | None = option(None, "record planned runs predicted to peak above this many MB as skipped "
+                                           "(status 'skipped'), run the rest")
     quiet: bool = option(False, "no progress bars; children get --quiet")
 
 
@@ -150,7 +156,7 @@ class ReportConfig:
                                           "(None: reports/runs.json or .csv)", deprecated=("--out",))
     list: bool = option(False, "print the runs as a table instead of writing a report")
     status: str | None = option(None, "with --list: only runs with this status",
-                                choices=("running", "completed", "failed", "interrupted"))
+                                choices=("running", "completed", "failed", "interrupted", "skipped"))
     export: str | None = option(None, "write all runs (with scores) to a file", choices=("json", "csv"))
     figures: bool = option(True, "draw the PNG figures (--no-figures: tables only)")
 
