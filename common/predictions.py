@@ -137,13 +137,13 @@ def print_plan_estimates(planned: list, estimates: dict[str, Estimate], budget_m
         est = estimates.get(p.name)
         if est is None:
             continue
-        over = "" if budget_mb is None else ("over budget: skipped" if est.peak_mb > budget_mb else "fits")
+        over = () if budget_mb is None else ("over: skipped" if est.peak_mb > budget_mb else "fits",)
         rows.append((p.name, p.diff, f"{est.peak_mb:.0f}", f"{est.weights_mb:.0f}",
                      f"{est.k_act * (est.activations_mb + est.logits_mb):.0f}", f"{est.step_s:.2f}",
-                     f"{est.tokens_per_s:.0f}", f"{est.steps * est.step_s / 60:.1f}", over))
+                     f"{est.tokens_per_s:.0f}", f"{est.steps * est.step_s / 60:.1f}", *over))
     where = "max_memory_allocated" if any(e.device == "cuda" for e in estimates.values()) else "peak RSS"
     print(tabulate(rows, headers=("run", "config", f"peak MB ({where})", "weights MB", "activations MB",
-                                  "step s", "tokens/s", "train min", *(("budget",) if budget_mb else ())),
+                                  "step s", "tokens/s", "train min", *(("budget",) if budget_mb is not None else ())),
                    tablefmt="github"))
 
 
