@@ -15,7 +15,7 @@ T = rows x padded width positions, C = labelled positions, V = vocabulary):
 
     weights   = sum over quantized linears (every decoder linear; the LM head stays dense) of
                   16/32bit  c * n                       int8  n + 4 * out
-                  NF4 + double quant: n/2 + n/64 + 4*ceil(n/4096) + 1092   (0.516 B/param, bench/RESULTS.md s.5)
+                  NF4 + double quant: n/2 + n/64 + 4*ceil(n/16384) + 1092  (0.516 B/param, bench/RESULTS.md s.5)
                 + c * (every other parameter: embeddings, norms, an untied head)
     lora      = 16 * N_lora      fp32 weights, gradients, AdamW exp_avg and exp_avg_sq; N_lora = sum r*(in+out)
     acts      = T * (layers * a_layer + a_outside)                       without checkpointing
@@ -29,6 +29,9 @@ T = rows x padded width positions, C = labelled positions, V = vocabulary):
     train     = baseline + weights + lora + K_ACT * (acts + logits)
     load      = baseline + checkpoint + weights    CPU only: the checkpoint file's pages are resident (mmap)
                                                    while the weights are converted / quantized out of it
+                + c * N_linear for 4bit/8bit       assumed: the linears exist in the compute dtype before
+                                                   bitsandbytes quantizes them (one NF4 load measured 1579 MB
+                                                   peak on the 135M model; this gives 1368)
     peak      = max(train, load)
                 baseline: CPU, the resident size of python + torch + transformers + peft + tokenizer + data
                 (BASELINE_MB, measured); CUDA, 0 (max_memory_allocated counts tensors only).
@@ -402,7 +405,8 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     k_act = K_ACT_CUDA if cuda else K_ACT
     baseline = 0.0 if cuda else BASELINE_MB * MB
     weights = weight_bytes(shape, cfg.quant, c)
-    load = 0.0 if cuda else baseline + checkpoint_bytes(cfg.model, config) + weights
+    staged = c * shape.linear_params if cfg.quant in ("4bit", "8bit") else 0  # dense before quantizing
+    load = 0.0 if cuda else baseline + checkpoint_bytes(cfg.model, config) + weights + staged
     peak = max(baseline + weights + 16 * n_lora + k_act * (acts + logits), load)
     gflops = matmul_peak_gflops(device, dtype)
     passes = 3 if cfg.grad_checkpointing else 2
