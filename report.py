@@ -224,7 +224,7 @@ def failure_table(study: Study, suite: str) -> list[list[str]]:
     body = []
     for run_id in sorted(study.members[suite]):
         run = study.runs[run_id]
-        if run["status"] == "completed":
+        if run["status"] in ("completed", "skipped"):  # skipped runs have their own table
             continue
         done = [r["id"] for r in study.runs.values() if r["name"] == run["name"] and r["kind"] == run["kind"]
                 and r["status"] == "completed"]
@@ -249,6 +249,32 @@ def environment_lines(study: Study, run_ids: list[int]) -> list[str]:
         combos[f"git {run['git_commit'] or 'unknown'}; {hardware}; {versions or 'versions unknown'}{sandbox}"].append(
             run_id)
     return [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
+
+
+def prediction_lines(study: Study, suite: str) -> list[str]:
+    """train.py's memory and step-time prediction (common/estimate.py) next to what each run measured;
+    runs a sweep skipped as predicted over its --budget-mb."""
+    from common.predictions import predicted_vs_measured, skipped_runs
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:+.0f}%"
+
+    lines = []
+    rows = [r for r in predicted_vs_measured(study.tracker) if r["run_id"] in study.members[suite]]
+    if rows:
+        lines += ["### Predicted vs measured", "", md_table(
+            ["run", "predicted peak MB", "measured peak MB", "error", "predicted step s", "measured step s", "error"],
+            [[r["name"], f"{r['predicted_peak_mb']:.0f}", f"{r['measured_peak_mb']:.0f}", pct(r["peak_error"]),
+              f"{r['predicted_step_s']:.2f}" if r["predicted_step_s"] else "—",
+              f"{r['measured_step_s']:.2f}" if r["measured_step_s"] else "—", pct(r["step_error"])] for r in rows]),
+            ""]
+    skipped = [r for r in skipped_runs(study.tracker) if r["run_id"] in study.members[suite]]
+    if skipped:
+        lines += ["### Skipped for the memory budget", "", md_table(
+            ["run", "predicted peak MB", "reason"],
+            [[r["name"], f"{r['predicted_peak_mb']:.0f}" if r["predicted_peak_mb"] else "—", r["reason"] or ""]
+             for r in skipped]), ""]
+    return lines
 
 
 def data_lines(study: Study, run_ids: list[int]) -> list[str]:
@@ -328,6 +354,7 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
         lines += ["### Failed, interrupted and running runs", "",
                   md_table(["id", "kind", "name", "status", "error", "completed run(s) of that name"], failures), ""]
     env_ids = sorted(i for i in study.members[suite] if study.runs[i]["status"] == "completed")
+    lines += prediction_lines(study, suite)
     data = data_lines(study, env_ids)
     if data:
         lines += ["### Data", "", *data, ""]

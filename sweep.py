@@ -348,6 +348,22 @@ class Sweep:
             bar.close()
 
 
+def apply_budget(cfg, tracker: Tracker, planned: list[Planned], record: bool) -> None:
+    """Print every planned train run's prediction; with --budget-mb, mark those over it skipped (and
+    `record` them as skipped runs, members of their suites); the base evaluations stay planned."""
+    from common.env import default_device
+    from common.predictions import budget_reason, plan_estimates, print_plan_estimates, record_skipped
+    estimates = plan_estimates(planned, default_device())
+    print_plan_estimates(planned, estimates, cfg.budget_mb)
+    for p in planned:
+        reason = budget_reason(estimates[p.name], cfg.budget_mb) if p.name in estimates and cfg.budget_mb else None
+        if reason:
+            p.outcome, p.error = "skipped", reason
+        if reason and record:
+            p.train_id = record_skipped(tracker, p.name, p.suites[0], p.flags, estimates[p.name], reason)
+            record_membership(tracker, [p.train_id], p.suites)
+
+
 def failure_message(script: str, code: int, tail: str) -> str:
     lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
@@ -390,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{marked} run(s) left 'running' by a process that is gone are now marked interrupted",
               file=sys.stderr)
     label = cfg.suite or suites[0].name
+    if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/predictions.py), before anything runs
+        apply_budget(cfg, tracker, planned, record=not (cfg.estimate or cfg.dry_run))
+        if cfg.estimate:
+            return 0
     if cfg.dry_run:
         print(f"suite {label}: {len(planned)} run(s) in {cfg.db}")
         print_plan(tracker, planned)
@@ -398,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / "evaluate.py").is_file():
         raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")
     tracker.close()  # the sweep opens its own, on its database thread
-    sweep = Sweep(cfg, planned)
+    sweep = Sweep(cfg, [p for p in planned if p.outcome != "skipped"])
     previous = {sig: signal.signal(sig, sweep.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         sweep.run()
@@ -410,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if p.outcome == "pending":
             p.outcome = "not started"
     print_summary(planned)
-    bad = [p for p in planned if p.outcome != "done"]
+    bad = [p for p in planned if p.outcome not in ("done", "skipped")]
     if sweep.stopping:
         print(f"sweep interrupted: {len(bad)} of {len(planned)} run(s) not done; re-run the same command to resume",
               file=sys.stderr)

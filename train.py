@@ -44,6 +44,7 @@ from common.distributed import StopFlag, ddp_weight_drift, stop_requested, wrap_
 from common.env import current_memory_mb, default_device, environment, peak_memory
 from common.errors import UserError, run_cli
 from common.generation import generate
+from common.predictions import estimate_main, prediction_scores
 from common.lora import attach_lora, parameter_counts, validate_lora_args
 from common.metrics import chrf, perplexity, syntax_error_category
 from common.options import parse_config, recorded
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.optim == "paged_adamw_8bit" and device.type != "cuda":
         print("note: --optim paged_adamw_8bit pages optimizer state only on CUDA; here it runs as 8-bit AdamW "
               "without paging", file=sys.stderr)
+    if cfg.estimate:  # the prediction, before any weight is loaded; --probe: a few real steps rescale it
+        return estimate_main(cfg, device, world, lambda out: build_run(cfg, None, world, rank, device, out),
+                             lambda run, state, rows: optimizer_step(run, state, rows))
     # Every process opens the tracker (for the run directory, which follows the database); only rank 0 writes.
     tracker = Tracker(cfg.db)
     cfg.name = cfg.name or default_name(cfg)
@@ -248,7 +252,8 @@ def start_recording(run: Run, state: TrainState, dropped_data: dict[str, int], d
                                          output_dir=str(run.output_dir), environment=environment())
     counts = parameter_counts(run.model)
     dropped = {f"dropped_{k}": v for k, v in dropped_data.items()}
-    tracker.log_scores(state.run_id, "train", {**counts, "dropped_too_long": dropped_long, **dropped})
+    predicted = prediction_scores(cfg, run.train_set, run.device, run.world)  # beside the measured peak and steps
+    tracker.log_scores(state.run_id, "train", {**counts, "dropped_too_long": dropped_long, **dropped, **predicted})
     print(f"run {state.run_id} '{cfg.name}': {counts['trainable_params']:,} trainable of "
           f"{counts['total_params']:,} params ({counts['trainable_pct']:.2f}%), {len(run.train_set)} train / "
           f"{len(run.val_set)} val examples ({dropped_long} dropped as longer than {cfg.max_seq_len} tokens), "

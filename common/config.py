@@ -97,6 +97,9 @@ class TrainConfig:
     tensorboard: str | None = option(None, "TensorBoard event files here (implies --report-to tensorboard; default "
                                            "<output-dir>/tensorboard)", record=False, metavar="DIR")
     quiet: bool = option(False, "no progress bar; a log line every 10 steps", record=False)
+    estimate: bool = option(False, "print the predicted peak memory and step time (common/estimate.py), then exit "
+                                   "before loading weights", record=False)
+    probe: bool = option(False, "with --estimate: run 3 real steps and rescale the prediction by them", record=False)
 
 
 @dataclass
@@ -173,6 +176,9 @@ class SweepConfig:
     merge: list[str] = option([], "merge these shard databases into --db (repeatable; merging twice adds nothing), "
                                   "then exit: report.py --db reads the result", metavar="DB")
     dry_run: bool = option(False, "print the planned runs and their state, run nothing")
+    estimate: bool = option(False, "print each planned run's predicted peak memory and step time, run nothing")
+    budget_mb: float | None = option(None, "record planned runs predicted to peak above this many MB as skipped "
+                                           "(status 'skipped'), run the rest")
     quiet: bool = option(False, "no progress bars; children get --quiet")
 
 
@@ -185,7 +191,7 @@ class ReportConfig:
                                           "(None: reports/runs.json or .csv)", deprecated=("--out",))
     list: bool = option(False, "print the runs as a table instead of writing a report")
     status: str | None = option(None, "with --list: only runs with this status",
-                                choices=("running", "completed", "failed", "interrupted"))
+                                choices=("running", "completed", "failed", "interrupted", "skipped"))
     export: str | None = option(None, "write all runs (with scores) to a file", choices=("json", "csv"))
     figures: bool = option(True, "draw the PNG figures (--no-figures: tables only)")
 

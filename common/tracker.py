@@ -33,9 +33,10 @@ from typing import Any, Iterable, Iterator
 
 from common.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION = "lora-code-study"
-STATUSES = ("running", "completed", "failed", "interrupted")
+# skipped: planned by a sweep but not run, the reason in `error` (e.g. predicted over --budget-mb).
+STATUSES = ("running", "completed", "failed", "interrupted", "skipped")
 # Suite membership is recorded as score rows under this benchmark (name = suite, value = 1), so a run
 # shared by several suites belongs to each (sweep.py writes them, report.py reads them).
 MEMBERSHIP = "suite"
@@ -47,7 +48,7 @@ CREATE TABLE runs (
     name TEXT NOT NULL,
     suite TEXT,
     kind TEXT NOT NULL CHECK (kind IN ('train', 'eval')),
-    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted', 'skipped')),
     config TEXT NOT NULL,
     config_hash TEXT NOT NULL,
     parent_id INTEGER REFERENCES runs(id),
@@ -96,8 +97,24 @@ CREATE TABLE samples (
 );
 """
 
-# Migration N upgrades a database from schema version N to N+1.
-_MIGRATIONS: dict[int, str] = {}
+def _allow_skipped(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2: the runs.status constraint admits 'skipped'.
+
+    Widening a CHECK changes no stored row, so the table's SQL is edited in place, as SQLite's
+    documentation describes for such changes (ALTER TABLE, "other kinds of table schema changes");
+    rebuilding the table instead would trip the foreign keys of metrics/scores/samples inside this
+    transaction. The schema cookie is bumped so every open connection re-reads the schema.
+    """
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute("UPDATE sqlite_master SET sql=replace(sql, ?, ?) WHERE type='table' AND name='runs'",
+                 ("'interrupted')", "'interrupted', 'skipped')"))
+    conn.execute(f"PRAGMA schema_version={version + 1}")
+    conn.execute("PRAGMA writable_schema=OFF")
+
+
+# Migration N upgrades a database from schema version N to N+1 (SQL statements, or a function of the connection).
+_MIGRATIONS: dict[int, Any] = {1: _allow_skipped}
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -153,9 +170,13 @@ class Tracker:
                 if version not in _MIGRATIONS:
                     raise UserError(f"{self.path} has schema version {version}, which cannot be migrated; "
                                     "start a new --db")
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+                migration = _MIGRATIONS[version]
+                if callable(migration):
+                    migration(self.conn)
+                else:
+                    for statement in migration.split(";"):
+                        if statement.strip():
+                            self.conn.execute(statement)
                 version += 1
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
             # Databases made before run directories followed their database get their id now.
