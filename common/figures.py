@@ -44,14 +44,20 @@ def _scaled(rows: list[Row], key: str) -> tuple[float, list[float | None]]:
     return scale, [None if r.mean(key) is None else r.mean(key) * scale for r in rows]
 
 
-def loss_curves(study: Study, suite: str, rows: list[Row], out: Path) -> list[tuple[str, Path]]:
+def curves_of(study: Study, rows: list[Row], names: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    """label (+ seed) -> metric -> [(step, value)] of each row's training runs, for the named metrics."""
     curves = {}
     for r in rows:
         for seed, train_id in zip(r.seeds, r.train_ids):
             metrics = study.tracker.metrics(train_id)
             name = r.label + (f" s{seed}" if len(r.seeds) > 1 else "")
             curves[name] = {k: [(m["step"], m["value"]) for m in metrics if m["name"] == k and m["value"] is not None]
-                            for k in ("loss", "val_loss")}
+                            for k in names}
+    return curves
+
+
+def loss_curves(study: Study, suite: str, rows: list[Row], out: Path) -> list[tuple[str, Path]]:
+    curves = curves_of(study, rows, ("loss", "val_loss"))
     if not any(c["loss"] or c["val_loss"] for c in curves.values()):
         return []
     return [("loss curves", plots.loss_curves(out / f"{safe_name(suite)}_loss.png", f"{suite}: loss curves", curves))]
@@ -59,13 +65,7 @@ def loss_curves(study: Study, suite: str, rows: list[Row], out: Path) -> list[tu
 
 def generation_curves(study: Study, suite: str, rows: list[Row], out: Path) -> list[tuple[str, Path]]:
     """chrF and syntax-valid share of the validation generations train.py scores at each evaluation."""
-    curves = {}
-    for r in rows:
-        for seed, train_id in zip(r.seeds, r.train_ids):
-            metrics = study.tracker.metrics(train_id)
-            name = r.label + (f" s{seed}" if len(r.seeds) > 1 else "")
-            curves[name] = {k: [(m["step"], m["value"]) for m in metrics if m["name"] == k and m["value"] is not None]
-                            for k in ("val_chrf", "val_syntax_ok")}
+    curves = curves_of(study, rows, ("val_chrf", "val_syntax_ok"))
     if not any(c["val_chrf"] or c["val_syntax_ok"] for c in curves.values()):
         return []
     panels = [("val_chrf", "validation chrF (0-100)", 1.0), ("val_syntax_ok", "validation syntax ok (%)", 100.0)]

@@ -119,7 +119,9 @@ class Server:
         gigabytes neither blocks nor fills the caller's memory. The server
         kills all the program left when it ends, so the pipes reach EOF; a
         server that dies, or does not answer within the time limit plus
-        SERVER_GRACE_S, is killed and nothing it said counts.
+        SERVER_GRACE_S, is killed and nothing it said counts. One select loop over
+        all the pipes, kept whole on purpose: split up, the deadline and the drain
+        rules would be spread over several functions that must agree.
         """
         kept = {fd: bytearray() for fd in readers}
         sock = self.sock.fileno()
