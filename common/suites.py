@@ -203,8 +203,15 @@ def eval_name(prefix: str, flags: dict[str, Any]) -> str:
 
 
 def base_eval_flags(flags: dict[str, Any]) -> dict[str, Any]:
-    """The flags of a base-model evaluation: eval flags plus the shared ones (model, quant, ...)."""
-    return {k: v for k, v in flags.items() if k in EVAL_FLAGS or k in SHARED_FLAGS}
+    """The flags of a base-model evaluation: eval flags plus the shared ones (model, quant, ...).
+
+    `--protocol auto` means the adapters' protocol (their training format), so the suite's base model is
+    scored under the protocol its adapters are, and their evaluations pair with this one.
+    """
+    out = {k: v for k, v in flags.items() if k in EVAL_FLAGS or k in SHARED_FLAGS}
+    if out.get("protocol") in (None, "auto"):
+        out["protocol"] = "instruct" if flags.get("format") == "instruct" else "completion"
+    return out
 
 
 def base_eval_name(flags: dict[str, Any]) -> str:

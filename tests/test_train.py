@@ -29,17 +29,17 @@ def train_args(tiny_model, tmp_path, *extra) -> list[str]:
 
 @pytest.mark.slow
 def test_loss_goes_down_and_everything_is_recorded(tiny_model, tmp_path):
-    code = train.main(train_args(tiny_model, tmp_path, "--max-steps", "12", "--lr", "3e-2", "--modules", "all",
+    code = train.main(train_args(tiny_model, tmp_path, "--max-steps", "12", "--lr", "0.1", "--modules", "all",
                                  "--eval-every", "6", "--eval-gen", "2", "--tensorboard", str(tmp_path / "tb")))
     assert code == 0
     db = Tracker(tmp_path / "e.db")
     (run,) = db.runs()
     assert run["status"] == "completed" and run["kind"] == "train"
     losses = [m["value"] for m in db.metrics(run["id"], "loss")]
-    # A random 2-layer model starts at ln(vocab) = 10.8; 12 steps measured 10.75 -> 10.66 (first/last 3).
-    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05
+    # A random 2-layer model starts at ln(vocab) = 10.8; 12 steps measured 10.82 -> 10.67 (first/last 3 steps).
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1
     val = [m["value"] for m in db.metrics(run["id"], "val_loss")]
-    assert len(val) == 2 and val[1] < val[0]
+    assert len(val) == 2 and max(val) < losses[0] - 0.1 and val[1] < val[0] + 0.01  # measured 10.67, 10.66
     assert len(db.metrics(run["id"], "val_chrf")) == 2 and len(db.metrics(run["id"], "val_syntax_ok")) == 2
     scores = {s["name"]: s["value"] for s in db.scores(run["id"], "train")}
     for key in ("trainable_params", "total_params", "trainable_pct", "adapter_mb", "peak_rss_mb", "wall_seconds",
