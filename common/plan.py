@@ -141,16 +141,13 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard(planned: list[Planned], index: int, count: int) -> list[Planned]:
-    """The runs of shard `index` of `count`: a partition that depends only on the plan, so every machine
-    computes the same one. Runs are dealt, most expensive first (a training + evaluation costs more than a
-    base evaluation) and by name, to the shard with the least work so far; plan order is kept within a shard."""
-    cost = {"adapter": 10, "base": 1}
-    load = [0] * count
-    owner: dict[str, int] = {}
-    for p in sorted(planned, key=lambda p: (-cost[p.kind], p.name)):
-        owner[p.name] = min(range(count), key=lambda k: (load[k], k))
-        load[owner[p.name]] += cost[p.kind]
-    return [p for p in planned if owner[p.name] == index]
+    """The runs of shard `index` of `count`: the trained configs are partitioned in a way that depends only
+    on the plan, so every machine computes the same one (dealt by name to the shard with the fewest so far).
+    Every shard also runs the suite's base-model evaluations, which its adapters are compared with in its
+    own database; `Tracker.merge_from` keeps one copy of each."""
+    adapters = sorted(p.name for p in planned if p.kind == "adapter")
+    mine = {name for i, name in enumerate(adapters) if i % count == index}
+    return [p for p in planned if p.kind == "base" or p.name in mine]
 
 
 def power_note(planned: list[Planned], humaneval_problems: int = 164) -> str:

@@ -109,9 +109,12 @@ def relative_error(predicted: float, measured: float) -> float:
 def prediction_scores(cfg: TrainConfig, train_set: list[dict[str, Any]], device: torch.device,
                       world: int = 1) -> dict[str, float]:
     """The run's predicted_peak_mb / predicted_step_s / predicted_tokens_per_s, or {} (with a note) when the
-    architecture cannot be estimated: a prediction is never a reason for a training run to fail."""
+    architecture cannot be estimated: a prediction is never a reason for a training run to fail. Runs in a
+    forked RNG: the estimate initialises a small random model, and training (and its exact resume) must
+    see the random stream it would have seen without it."""
     try:
-        return estimate_run(cfg, device, lengths_of(train_set), world).scores()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return estimate_run(cfg, device, lengths_of(train_set), world).scores()
     except Exception as e:  # noqa: BLE001  any failure of the estimate leaves the run itself alone
         print(f"note: no prediction recorded ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
         return {}

@@ -351,7 +351,8 @@ class Tracker:
         """Copy every run of `other` (with its metrics, scores and samples) that this database lacks.
 
         A run is the same run in both when its name, kind and start time agree (a resumed run keeps its
-        start time); an identical one is skipped, so merging a shard twice adds nothing. One that
+        start time), or when both completed the same work (name, kind and config: the base-model evaluation
+        every shard runs); an identical one is skipped, so merging a shard twice adds nothing. One that
         finished since the last merge (completed there, not here) replaces the copy here. Any other
         difference is a conflict: the copy here is kept and counted. Ids are remapped (parents first,
         as ids grow). Returns counts: added, updated, duplicate, conflict.
@@ -359,20 +360,21 @@ class Tracker:
         counts = {"added": 0, "updated": 0, "duplicate": 0, "conflict": 0}
         ids: dict[int, int] = {}
         mine = {_identity(r): r for r in self.runs()}
+        done = {_work(r): r for r in self.runs(status="completed")}
         for run in other.runs():
-            here = mine.get(_identity(run))
+            here = mine.get(_identity(run)) or (done.get(_work(run)) if run["status"] == "completed" else None)
             if here is not None:
                 ids[run["id"]] = here["id"]
                 if (here["status"], here["config"]) == (run["status"], run["config"]):
                     counts["duplicate"] += 1
                 elif run["status"] == "completed" and here["status"] != "completed" and here["config"] == run["config"]:
                     self._delete_run(here["id"])
-                    ids[run["id"]] = self._copy_run(other, run, ids.get(run["parent_id"]))
+                    ids[run["id"]] = self._copy_run(other, run, ids.get(run["parent_id"]), ids)
                     counts["updated"] += 1
                 else:
                     counts["conflict"] += 1
                 continue
-            ids[run["id"]] = self._copy_run(other, run, ids.get(run["parent_id"]))
+            ids[run["id"]] = self._copy_run(other, run, ids.get(run["parent_id"]), ids)
             counts["added"] += 1
         return counts
 
@@ -383,7 +385,7 @@ class Tracker:
             self.conn.execute("UPDATE runs SET parent_id=NULL WHERE parent_id=?", (run_id,))
             self.conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
-    def _copy_run(self, other: "Tracker", run: dict[str, Any], parent_id: int | None) -> int:
+    def _copy_run(self, other: "Tracker", run: dict[str, Any], parent_id: int | None, ids: dict[int, int]) -> int:
         columns = ("name", "suite", "kind", "status", "config_hash", "output_dir", "started_at", "finished_at",
                    "wall_seconds", "error", "host", "pid", "git_commit")
         values = [run[c] for c in columns] + [json.dumps(run["config"], sort_keys=True, default=str),
@@ -395,9 +397,12 @@ class Tracker:
             new = int(cur.lastrowid)
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
                                   [(new, m["step"], m["name"], m["value"]) for m in other.metrics(run["id"])])
+            # base_run_id scores name a run of the other database: they follow the remapping.
             self.conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  [(new, s["benchmark"], s["name"], s["value"], s["n"], s["ci_low"], s["ci_high"])
-                                   for s in other.scores(run["id"])])
+                                  [(new, s["benchmark"], s["name"],
+                                    ids.get(int(s["value"]), s["value"]) if s["name"] == "base_run_id" and s["value"] is not None
+                                    else s["value"],
+                                    s["n"], s["ci_low"], s["ci_high"]) for s in other.scores(run["id"])])
         samples = other.samples(run["id"])
         for bench in sorted({s["benchmark"] for s in samples}):
             self.log_samples(new, bench, [s for s in samples if s["benchmark"] == bench])
@@ -456,6 +461,12 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb):
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def _work(run: dict[str, Any]) -> tuple:
+    """What makes two completed runs the same work: the same name, kind and config (e.g. the base-model
+    evaluation every shard of a sweep runs)."""
+    return run["name"], run["kind"], run["config_hash"]
 
 
 def _identity(run: dict[str, Any]) -> tuple:
