@@ -397,12 +397,9 @@ class Tracker:
             new = int(cur.lastrowid)
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
                                   [(new, m["step"], m["name"], m["value"]) for m in other.metrics(run["id"])])
-            # base_run_id scores name a run of the other database: they follow the remapping.
             self.conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  [(new, s["benchmark"], s["name"],
-                                    ids.get(int(s["value"]), s["value"]) if s["name"] == "base_run_id" and s["value"] is not None
-                                    else s["value"],
-                                    s["n"], s["ci_low"], s["ci_high"]) for s in other.scores(run["id"])])
+                                  [(new, s["benchmark"], s["name"], _remapped(s, ids), s["n"], s["ci_low"],
+                                    s["ci_high"]) for s in other.scores(run["id"])])
         samples = other.samples(run["id"])
         for bench in sorted({s["benchmark"] for s in samples}):
             self.log_samples(new, bench, [s for s in samples if s["benchmark"] == bench])
@@ -461,6 +458,13 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb):
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def _remapped(score: dict[str, Any], ids: dict[int, int]) -> Any:
+    """A score's value; a base_run_id names a run of the other database, so it follows the id remapping."""
+    if score["name"] == "base_run_id" and score["value"] is not None:
+        return ids.get(int(score["value"]), score["value"])
+    return score["value"]
 
 
 def _work(run: dict[str, Any]) -> tuple:
