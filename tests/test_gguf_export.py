@@ -13,6 +13,8 @@ from common.models import embedded_gguf
 
 PROMPT = "def fibonacci(n):\n    # the 12th number is 144\n"
 
+pytestmark = pytest.mark.slow  # every test writes and reloads a GGUF file (10-30 s each)
+
 
 def greedy(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
