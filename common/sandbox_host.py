@@ -21,7 +21,27 @@ import time
 from dataclasses import dataclass
 
 PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_server.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _bootstrap() -> str:
+    """`python -c` source that runs common/sandbox_server.py with common/landlock.py as its `landlock`.
+
+    The sources travel in the command line, not as paths: bubblewrap hides /tmp (and a checkout or venv
+    under it) behind a private tmpfs, and a server under its own uid may not read the checkout at all.
+    """
+    with open(os.path.join(_HERE, "landlock.py")) as f:
+        landlock_source = f.read()
+    with open(os.path.join(_HERE, "sandbox_server.py")) as f:
+        server_source = f.read()
+    return ("import sys, types\n"
+            "landlock = types.ModuleType('landlock')\n"
+            f"exec(compile({landlock_source!r}, 'common/landlock.py', 'exec'), landlock.__dict__)\n"
+            "sys.modules['landlock'] = landlock\n"
+            f"exec(compile({server_source!r}, 'common/sandbox_server.py', 'exec'))\n")
+
+
+SERVER_BOOTSTRAP = _bootstrap()
 OUTPUT_CAP = 64 * 1024  # bytes kept per stream; the rest is read and dropped
 FILE_SIZE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file a program may write
 EXTRA_TASKS = 64  # RLIMIT_NPROC headroom: processes and threads a program may add
@@ -186,8 +206,8 @@ class Server:
             # python -I would also ignore PYTHONHASHSEED; the environment is
             # scrubbed anyway, so -s (no user site) and -B (no .pyc) suffice.
             uid = UID_BASE + secrets.randbelow(UID_SPAN) if self.own_uid else -1
-            command = [*self.prefix, PYTHON, "-s", "-B", SERVER, str(server_end.fileno()), self.tmp_base, self.mode,
-                       str(self.abi), str(uid)]
+            command = [*self.prefix, PYTHON, "-s", "-B", "-c", SERVER_BOOTSTRAP, str(server_end.fileno()),
+                       self.tmp_base, self.mode, str(self.abi), str(uid)]
             self.proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,

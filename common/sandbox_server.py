@@ -1,10 +1,11 @@
 """The sandbox server: a trusted loop that runs one untrusted program at a time and reports how it ended.
 
-common.sandbox starts it as a script in its own interpreter (the base
-interpreter behind the virtualenv, so the project's packages are not
-importable), with a scrubbed environment, in a new session:
+common.sandbox starts it in its own interpreter (the base interpreter behind
+the virtualenv, so the project's packages are not importable), with a scrubbed
+environment, in a new session, its source (and common/landlock.py's) passed on
+the command line so that no path of the checkout has to be visible to it:
 
-    python -s -B common/sandbox_server.py <socket fd> <tmp base> <mode> <landlock abi> <uid>
+    python -s -B -c <this file and landlock.py> <socket fd> <tmp base> <mode> <landlock abi> <uid>
 
 mode is "bwrap" (the server runs inside bubblewrap, as pid 1 of its pid
 namespace), "landlock" or "none"; landlock abi is the Landlock ABI to confine
@@ -41,8 +42,9 @@ import traceback
 import types
 
 if __name__ == "__main__":
-    # Run as a script, this file's directory is sys.path[0]: import our one
-    # sibling, then take the directory off so that programs cannot import the project.
+    # Started by common/sandbox_host.py with `python -c`, which puts common/landlock.py in sys.modules as
+    # `landlock` and the working directory first on sys.path: take it off, so programs import only the
+    # standard library.
     import landlock
 
     del sys.path[0]
