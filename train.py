@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         return estimate_main(cfg, device, world, lambda out: build_run(cfg, None, world, rank, device, out),
                              lambda run, state, rows: optimizer_step(run, state, rows))
     # Every process opens the tracker (for the run directory, which follows the database); only rank 0 writes.
-    tracker = Tracker(cfg.db)
+    # Rank 0 creates the database first: concurrent first opens race for SQLite's WAL switch.
+    tracker = Tracker(cfg.db) if rank == 0 else None
+    if world > 1:
+        dist.barrier()
+    tracker = tracker or Tracker(cfg.db)
     cfg.name = cfg.name or default_name(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else tracker.run_dir("train", cfg.name)
     cfg.output_dir = str(out)
