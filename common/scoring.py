@@ -45,6 +45,9 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
     from common.metrics import bootstrap_ci, pass_at_k
 
     scores: dict[str, tuple] = {}
+    records = generated(records)
+    if not records:
+        return scores
     groups = by_problem(records)
     tested = {t: rows for t, rows in groups.items() if rows[0]["result"] is not None}
     if tested:
@@ -86,6 +89,11 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
     return scores
 
 
+def generated(records: list[dict]) -> list[dict]:
+    """The records with a generation (not the heldout examples scored by NLL alone)."""
+    return [r for r in records if not (r.get("details") or {}).get("nll_only")]
+
+
 def test_case_avg(rows: list[dict]) -> float | None:
     """Mean over a problem's samples of the share of its test cases passed; None when it was not graded."""
     shares = [r["details"]["tests_passed"] / r["details"]["tests_total"] for r in rows
@@ -115,8 +123,8 @@ def paired_deltas(records: list[dict], base_records: list[dict]) -> dict[str, tu
     """Adapter minus base on the problems both answered (matched by task_id), paired bootstrap CIs."""
     from common.metrics import paired_difference
 
-    mine = {t: problem_values(rows) for t, rows in by_problem(records).items()}
-    base = {t: problem_values(rows) for t, rows in by_problem(base_records).items()}
+    mine = {t: problem_values(rows) for t, rows in by_problem(generated(records)).items()}
+    base = {t: problem_values(rows) for t, rows in by_problem(generated(base_records)).items()}
     deltas: dict[str, tuple] = {}
     for metric in ("pass@1", "test_case_avg", "syntax_ok", "chrf"):
         pairs = [(base[t][metric], mine[t][metric]) for t in mine

@@ -188,6 +188,22 @@ def test_base_model_evaluation(tiny_model, tmp_path):
     assert set(dumped["samples"]) == {"humaneval", "heldout"} and "base" not in dumped["samples"]["humaneval"][0]
 
 
+def test_heldout_gen_generates_a_prefix_and_scores_nll_on_all(tiny_model, tmp_path):
+    """--heldout-gen 1 of 3: code scores from one generation, NLL (and its paired delta) from all three."""
+    db = str(tmp_path / "e.db")
+    argv = ["--model", tiny_model, "--benchmark", "heldout", "--db", db, *FAST]
+    assert evaluate.main([*argv, "--output-dir", str(tmp_path / "all")]) == 0
+    assert evaluate.main([*argv, "--heldout-gen", "1", "--output-dir", str(tmp_path / "one")]) == 0
+    full, one = eval_runs(db)
+    assert one["config"]["benchmark_keys"]["heldout"]["generated"] == 1
+    assert "generated" not in full["config"]["benchmark_keys"]["heldout"]  # another identity: never paired
+    samples = Tracker(db).samples(one["id"], "heldout")
+    assert len(samples) == 3 and sum(s["generation"] is not None for s in samples) == 1
+    scores, full_scores = scores_of(db, one["id"], "heldout"), scores_of(db, full["id"], "heldout")
+    assert scores["syntax_ok"]["n"] == scores["chrf"]["n"] == 1
+    assert scores["nll"]["n"] == full_scores["nll"]["n"] and scores["nll"]["value"] == full_scores["nll"]["value"]
+
+
 @pytest.mark.slow
 def test_instruction_heldout_and_stdio_file(tiny_model, tmp_path):
     """Instruction data goes through the chat template and is judged on stdin/stdout."""
