@@ -11,7 +11,7 @@ Tests and what "beyond noise" means (alpha = 0.05, two-sided):
   outcomes (p < alpha). With several seeds on either side: paired cluster bootstrap over seeds x
   problems (95% CI excludes 0).
 - chrF (mean sentence chrF per problem): paired bootstrap over problems, or the cluster bootstrap.
-- perplexity: token-weighted paired bootstrap over examples (one seed each side).
+- held-out NLL per token: token-weighted paired bootstrap over examples, or the cluster bootstrap.
 - no per-problem samples in the database: evaluate.py's stored paired delta against the base model
   (its 95% CI excludes 0 for every seed).
 """
@@ -21,7 +21,7 @@ from common import stats
 from common.study import Cell, Metric, Row, Study, metric_for
 from common.suites import BUILTIN, CENTRAL
 
-COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "perplexity"]
+COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "nll"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
 
 def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
     attr = {"pass@1": "passed", "test_case_avg": "graded", "syntax_ok": "compiled", "chrf": "chrf",
-            "perplexity": "nll"}[key.split(".", 1)[1]]
+            "nll": "nll"}[key.split(".", 1)[1]]
     if attr == "nll":  # examples dropped as too long carry no NLL on either side
         kept = [j for j in range(len(grid_a[0])) if all(s[j].nll is not None for s in grid_a + grid_b)]
         grid_a, grid_b = [[s[j] for j in kept] for s in grid_a], [[s[j] for j in kept] for s in grid_b]
@@ -124,12 +124,13 @@ def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
         return None
     n = len(values_a[0])
     one_seed = len(values_a) == len(values_b) == 1
-    if attr == "nll":
+    if attr == "nll":  # per token, token-weighted; the seeds of one config share the split, so its tokens
         tokens = [p.tokens for p in grid_a[0]]
-        if not one_seed or tokens != [p.tokens for p in grid_b[0]]:
+        if any([p.tokens for p in seed] != tokens for seed in grid_a + grid_b):
             return None
-        value, low, high = stats.paired_perplexity_difference(values_a[0], values_b[0], tokens)
-        return Difference(key, value, low, high, "bootstrap", low > 0 or high < 0, n=n)
+        value, low, high = stats.paired_nll_difference(values_a, values_b, tokens)
+        return Difference(key, value, low, high, "bootstrap" if one_seed else "cluster bootstrap",
+                          low > 0 or high < 0, n=n)
     binary = attr in ("passed", "compiled") and all(p.n_samples == 1 for seed in grid_a + grid_b for p in seed)
     if binary and one_seed:
         m = stats.mcnemar_exact(values_a[0], values_b[0])

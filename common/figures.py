@@ -77,7 +77,7 @@ def generation_curves(study: Study, suite: str, rows: list[Row], out: Path) -> l
 def quality_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[tuple[str, Path]]:
     panels, baseline = {}, {}
     for key in [k for k in ("humaneval.pass@1", "humaneval.chrf", "humaneval.syntax_ok", "heldout.chrf",
-                            "heldout.perplexity") if any(r.get(k) for r in rows)]:
+                            "heldout.nll") if any(r.get(k) for r in rows)]:
         metric = metric_for(key)
         scale, values = _scaled(rows, key)
         panels[metric.title] = (axis_label(metric), values, [error_bar(r.get(key), scale) for r in rows])

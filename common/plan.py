@@ -145,7 +145,7 @@ def shard(planned: list[Planned], index: int, count: int) -> list[Planned]:
     on the plan, so every machine computes the same one (dealt by name to the shard with the fewest so far).
     Every shard also runs the suite's base-model evaluations, which its adapters are compared with in its
     own database; `Tracker.merge_from` keeps one copy of each."""
-    adapters = sorted(p.name for p in planned if p.kind == "adapter")
+    adapters = sorted({p.name for p in planned if p.kind == "adapter"})  # evaluations of one adapter stay together
     mine = {name for i, name in enumerate(adapters) if i % count == index}
     return [p for p in planned if p.kind == "base" or p.name in mine]
 

@@ -245,6 +245,31 @@ def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]], per_seed_b: 
     return float(b.mean() - a.mean()), *_percentiles(estimates, confidence)
 
 
+def paired_nll_difference(per_seed_a: Sequence[Sequence[float]], per_seed_b: Sequence[Sequence[float]],
+                          tokens: Sequence[int], n_resamples: int = 2000, confidence: float = 0.95,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(NLL/token of B - NLL/token of A, low, high) on the same references, each config with its own seeds.
+
+    per_seed_x[s][j] is seed s's summed NLL of reference j, which has tokens[j] tokens on both sides. The
+    estimate is token-weighted (total NLL / total tokens, averaged over seeds). Resampling as in
+    paired_cluster_bootstrap: references drawn once per resample for both sides, seeds on their own;
+    with one seed per side this is the plain paired bootstrap over references.
+    """
+    a, b = _seed_problem_matrix(per_seed_a), _seed_problem_matrix(per_seed_b)
+    t = np.asarray(tokens, dtype=float)
+    if not a.shape[1] == b.shape[1] == t.size:
+        raise ValueError("paired NLL needs the same references (and token counts) on both sides")
+    rng = np.random.default_rng(seed)
+    problems = _draw_counts(rng, t.size, n_resamples)
+    seeds_a, seeds_b = _draw_counts(rng, a.shape[0], n_resamples), _draw_counts(rng, b.shape[0], n_resamples)
+
+    def per_token(x: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
+        return np.einsum("rs,sj,rj->r", seed_counts, x, problems) / (x.shape[0] * (problems @ t))
+
+    estimates = per_token(b, seeds_b) - per_token(a, seeds_a)
+    return float((b.sum(axis=1).mean() - a.sum(axis=1).mean()) / t.sum()), *_percentiles(estimates, confidence)
+
+
 def cluster_proportion_ci(per_seed: Sequence[Sequence[float]], n_resamples: int = 2000, confidence: float = 0.95,
                           seed: int = 0) -> tuple[float, float, float]:
     """(pass rate, low, high) of 0/1 outcomes over seeds x problems, never zero-width at 0 or 1.

@@ -65,7 +65,7 @@ def metric_for(key: str) -> Metric:
 
 COST_KEYS = ["train.trainable_params", "train.adapter_mb", "train.peak_mb", "train.wall_seconds",
              "train.train_tokens_per_s", "humaneval.seconds_per_problem", "humaneval.tokens_per_s"]
-QUALITY_NAMES = ["pass@1", "test_case_avg", "syntax_ok", "bleu", "chrf", "perplexity"]  # per benchmark, in column order
+QUALITY_NAMES = ["pass@1", "test_case_avg", "syntax_ok", "bleu", "chrf", "nll", "perplexity"]  # per benchmark, in column order
 
 
 # ---------------------------------------------------------------------------- cells and rows
@@ -304,6 +304,8 @@ def add_record_intervals(study: Study, row: Row) -> None:
             # bootstrap; the hull of the per-seed intervals is the (conservative) interval.
             hull = (min(v[1] for v in values), max(v[2] for v in values)) if len(values) > 1 else None
             row.cells[f"{bench}.perplexity"] = Cell(values, hull)
+            row.cells[f"{bench}.nll"] = Cell([tuple(math.log(x) for x in v) for v in values],
+                                             tuple(math.log(x) for x in hull) if hull else None)
 
 
 def _pooled(per_seed: list[dict[str, Problem]], grids: list[list[float]]) -> tuple[float, float] | None:

@@ -80,8 +80,8 @@ def test_bold_and_star_follow_the_tests(written):
     assert not any("**" in table_row(rank, label, "Quality on HumanEval")[2] for label in ("rank=8", "rank=16"))
     assert table_row(rank, "rank=8", "Quality on HumanEval")[5].startswith("**")
     base = rank[rank.index("#### Paired differences vs the base model"):]
-    assert table_row(base, "rank=8", "Paired differences vs the base model")[2] == "+40.0 (0 vs 8, p=0.0078) *"
-    assert table_row(base, "rank=4", "Paired differences vs the base model")[2] == "+10.0 (0 vs 2, p=0.5)"
+    assert table_row(base, "rank=8", "Paired differences vs the base model")[3] == "+40.0 (0 vs 8, p=0.0078) *"
+    assert table_row(base, "rank=4", "Paired differences vs the base model")[3] == "+10.0 (0 vs 2, p=0.5)"
 
 
 def test_power_section_states_what_no_difference_means(written, study):
@@ -214,3 +214,32 @@ def test_no_ci_never_reads_as_a_real_difference(tmp_path):
     assert "no CI, so whether it beats rank=4 beyond noise is unknown" in text
     assert "better than rank=4" not in text
     assert not any("**" in cell for cell in table_row(text, "rank=8", "Quality on held-out code"))
+
+
+def test_summary_opens_the_report_and_matches_its_json(written, study):
+    out, text, _ = written
+    from common.summary import summary_table
+    entries = json.loads((out / "summary.json").read_text())
+    assert text.index("## Summary") < text.index("## Suite ")
+    assert summary_table(entries) in text                        # the table is the JSON, rendered
+    rank = {(e["config"], e["versus"]): e for e in entries if e["suite"] == "rank"}
+    assert rank[("rank=16", "base model")]["kind"] == "base"   # the reference against its base comes first
+    r8 = rank[("rank=8", "rank=16")]["differences"]
+    s = Study(Tracker(study[0]))
+    rows, _ = build_rows(s, "rank")
+    expected = compare.differences(s, compare.reference_row(rows, "rank"),
+                                   next(r for r in rows if r.label == "rank=8"))
+    assert r8["heldout.nll"]["value"] == pytest.approx(expected["heldout.nll"].value)
+    assert r8["heldout.nll"]["detectable"] > 0
+    beyond = [f"rank=8 vs {v}" for (c, v), e in rank.items() if c == "rank=8"
+              for d in e["differences"].values() if d["beyond_noise"]]
+    assert all(line in text for line in beyond) and "Differences beyond noise:" in text
+
+
+def test_preregistration_beside_the_results_is_quoted_unchanged(study, tmp_path):
+    path, _ = study
+    prereg = "## Pre-registration\n\nQ1: does rank matter? Primary metric: NLL.\n"
+    (tmp_path / "PREREGISTRATION.md").write_text(prereg)
+    assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert prereg in text and text.index("## Summary") < text.index(prereg) < text.index("## Suite ")

@@ -125,3 +125,19 @@ def test_cluster_proportion_interval_is_never_zero_width():
     assert mean == 0 and low == 0 and high == pytest.approx(stats.wilson_interval(0, 40)[1])
     ones = [[1.0] * 40, [1.0] * 40]
     assert stats.cluster_proportion_ci(ones)[1] == pytest.approx(stats.wilson_interval(40, 40)[0])
+
+
+def test_paired_nll_difference_is_token_weighted_and_seed_aware():
+    tokens = [10, 1, 5, 20]
+    a = [[20.0, 3.0, 10.0, 40.0]]                                  # 2 nats/token, but 3 on the short one
+    b = [[10.0, 3.0, 5.0, 20.0]]
+    value, low, high = stats.paired_nll_difference(a, b, tokens)
+    assert value == pytest.approx((38.0 - 73.0) / 36)               # totals over tokens, not a mean of ratios
+    assert low <= value <= high < 0
+    # Three seeds of B that agree give the same estimate; seeds that disagree widen the interval.
+    same = stats.paired_nll_difference(a, b * 3, tokens)
+    spread = stats.paired_nll_difference(a, [[x * f for x in b[0]] for f in (0.5, 1.0, 1.5)], tokens)
+    assert same[0] == pytest.approx(value) and spread[0] == pytest.approx(value)
+    assert spread[2] - spread[1] > same[2] - same[1]
+    with pytest.raises(ValueError):
+        stats.paired_nll_difference(a, b, tokens[:3])

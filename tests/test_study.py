@@ -52,8 +52,8 @@ def test_paired_differences_against_the_base_use_exact_mcnemar(study):
     assert d.p_value == pytest.approx(2 * 0.5 ** 8) and d.beyond_noise and d.value == pytest.approx(0.4)
     r4 = compare.differences(s, bases[0], rows["rank=4"])["humaneval.pass@1"]
     assert (r4.only_b, r4.p_value, r4.beyond_noise) == (2, 0.5, False)
-    ppl = r8["heldout.perplexity"]
-    assert ppl.test == "bootstrap" and ppl.value < 0 and ppl.high < 0 and ppl.beyond_noise
+    nll = r8["heldout.nll"]
+    assert nll.test == "bootstrap" and nll.value < 0 and nll.high < 0 and nll.beyond_noise
     assert r8["humaneval.chrf"].low > 0                           # +15 on every problem, +10 more where it passes
 
 
@@ -64,7 +64,8 @@ def test_differences_against_a_multi_seed_reference_use_the_cluster_bootstrap(st
     d = compare.differences(s, reference, rows["rank=4"])["humaneval.pass@1"]
     assert d.test == "cluster bootstrap" and d.value == pytest.approx(0.10 - 0.325)
     assert d.high < 0 and d.beyond_noise
-    assert "heldout.perplexity" not in compare.differences(s, reference, rows["rank=4"])  # one seed per side only
+    nll = compare.differences(s, reference, rows["rank=4"])["heldout.nll"]  # seeds x references, token-weighted
+    assert nll.test == "cluster bootstrap" and nll.low < nll.value < nll.high
     assert compare.differences(s, reference, reference) == {}
 
 
@@ -161,7 +162,7 @@ def test_examples_without_nll_are_left_out_of_perplexity_on_both_sides(tmp_path)
     tokens = [10 + j for j in range(9)]
     nll = [2.0 * t * (1 + 0.05 * (j % 3)) for j, t in enumerate(tokens)]
     assert bases[0].mean("heldout.perplexity") == pytest.approx(math.exp(sum(nll) / sum(tokens)))
-    assert compare.differences(s, bases[0], rows[0])["heldout.perplexity"].n == 9
+    assert compare.differences(s, bases[0], rows[0])["heldout.nll"].n == 9
 
 
 def test_tracker_memberships_and_scores(tmp_path):

@@ -106,15 +106,20 @@ def test_all_runs_shared_configs_once_with_every_suite():
     assert planned[0].kind == "base"  # base model first: adapter evaluations reuse it
 
 
-def test_study_adds_a_second_seed_of_the_central_config_only():
-    planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {"max_steps": 5}, None)
+def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
+    planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
     runs = [p for p in planned if p.kind == "adapter"]
-    assert len(runs) == 5 + 4 + 3 - 2 + 1
-    central = [p for p in runs if p.name.startswith("r16-qkvo-16bit-")]
-    assert [(p.flags.get("seed", 0), p.suites) for p in central] == [(0, ["rank", "modules", "quant", "seeds"]),
-                                                                     (1, ["seeds"])]
-    assert sum(p.kind == "base" for p in planned) == 1
-    with pytest.raises(UserError, match="suite seeds already varies seed"):
+    assert len({p.name for p in runs}) == 9 + 3 + 2 + 2           # rank x 3 seeds, Gemma, modules, quant
+    central = [p for p in runs if p.name.startswith("r16-qkvo-16bit-s0-") and p.flags.get("model") is None]
+    assert len({p.name for p in central}) == 1                  # one training ...
+    assert [(p.flags["protocol"], p.suites) for p in central] == [  # ... scored under three protocols
+        ("instruct", ["study-rank", "study-modules", "study-quant"]), ("completion", ["study-completion"]),
+        ("fewshot", ["study-fewshot"])]
+    bases = [p for p in planned if p.kind == "base"]
+    assert planned[:len(bases)] == bases and len(bases) == 4      # SmolLM2 under 3 protocols, Gemma under 1
+    gemma = [p for p in runs if p.flags.get("model") == "gemma3-270m"]
+    assert {p.flags["format"] for p in gemma} == {"completion"} and {p.flags["protocol"] for p in gemma} == {"completion"}
+    with pytest.raises(UserError, match="suite study-rank already varies seed"):
         sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, 2)
 
 
@@ -436,12 +441,15 @@ def test_shards_partition_the_plan_stably_and_evenly():
 
     planned = plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
     parts = [shard(planned, i, 3) for i in range(3)]
-    trained = [p.name for part in parts for p in part if p.kind == "adapter"]
-    assert sorted(trained) == sorted(p.name for p in planned if p.kind == "adapter") and len(set(trained)) == len(trained)
+    trained = [{p.name for p in part if p.kind == "adapter"} for part in parts]
+    assert set().union(*trained) == {p.name for p in planned if p.kind == "adapter"}
+    assert sum(map(len, trained)) == len(set().union(*trained))  # an adapter trains in one shard only, with all
+    assert any(sum(p.name == name for p in part) > 1 for part, names in zip(parts, trained)
+               for name in names)  # its evaluations
     bases = {p.name for p in planned if p.kind == "base"}
     assert all({p.name for p in part if p.kind == "base"} == bases for part in parts)  # each shard has its baselines
     assert [[p.name for p in part] for part in parts] == [[p.name for p in shard(planned, i, 3)] for i in range(3)]
-    sizes = [sum(p.kind == "adapter" for p in part) for part in parts]
+    sizes = [len(t) for t in trained]
     assert max(sizes) - min(sizes) <= 1
     for bad in ("3/3", "x/2", "1", "0/0"):
         with pytest.raises(UserError, match="expected I/N"):
