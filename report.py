@@ -164,8 +164,9 @@ def differences_section(study: Study, suite: str, rows: list[Row], bases: list[R
         lines = ["### Paired differences", "",
                  "Config minus the comparison, on the same problems. pass@1 and syntax ok: exact McNemar test, "
                  "shown as (problems only the comparison passes vs only the config passes, p); chrF (mean "
-                 "per-problem sentence chrF), test-case average and held-out NLL per token (token-weighted): 95% paired "
-                 "bootstrap CI; (seeds): cluster bootstrap over seeds x problems. * = beyond noise (p < 0.05, or the CI excludes 0); — = not paired "
+                 "per-problem sentence chrF), test-case average and held-out NLL per token (token-weighted): "
+                 "95% paired bootstrap CI; (seeds): cluster bootstrap over seeds x problems. "
+                 "* = beyond noise (p < 0.05, or the CI excludes 0); — = not paired "
                  "(different problems or protocol, or no per-problem records).", ""] + lines
     return lines, every
 

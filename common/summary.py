@@ -60,7 +60,8 @@ def cell(key: str, d: dict[str, Any] | None) -> str:
     scale, digits = (1.0, 3) if key.endswith(".nll") else (100.0, 1)
     star = " *" if d["beyond_noise"] else ""
     if d["test"] == "McNemar":
-        return f"{scale * d['value']:+.{digits}f} ({d['only_versus']} vs {d['only_config']}, p={d['p_value']:.2f}){star}"
+        counts = f"{d['only_versus']} vs {d['only_config']}, p={d['p_value']:.2f}"
+        return f"{scale * d['value']:+.{digits}f} ({counts}){star}"
     if d["low"] is None:
         return f"{scale * d['value']:+.{digits}f}"
     return f"{scale * d['value']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]{star}"
