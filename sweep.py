@@ -140,7 +140,8 @@ class Sweep:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
+        proc = subprocess.Popen(orphan_guard(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                cwd=os.getcwd())
         self.children.add(proc)
         tail = b""
         pending = b""
@@ -348,6 +349,21 @@ class Sweep:
             bar.close()
 
 
+def orphan_guard(cmd: list[str]) -> list[str]:
+    """`cmd`, started so that it gets SIGTERM (train.py: checkpoint, then exit) when this process dies.
+
+    Without it a sweep killed with SIGKILL (or a Ray worker lost with its task) leaves its child training on,
+    and a retry would write the same run directory at the same time. prctl(PR_SET_PDEATHSIG) survives the exec;
+    checking the parent after setting it closes the race with a parent that died first. Linux only.
+    """
+    if not sys.platform.startswith("linux"):
+        return cmd
+    guard = ("import ctypes, os, signal, sys; parent = int(sys.argv[1]); "
+             "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+             "os.getppid() == parent or sys.exit(143); os.execv(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", guard, str(os.getpid()), *cmd]
+
+
 def apply_budget(cfg, tracker: Tracker, planned: list[Planned], record: bool) -> None:
     """Print every planned train run's prediction; with --budget-mb, mark those over it skipped (and
     `record` them as skipped runs, members of their suites); the base evaluations stay planned."""
@@ -417,6 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (ROOT / "evaluate.py").is_file():
         raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")
+    if cfg.launcher == "ray":
+        from common.ray_launcher import import_ray, run_on_ray
+        import_ray()  # a missing Ray is a one-line error before anything runs
+        root = Path(cfg.output_dir).resolve() if cfg.output_dir else runs_root(tracker)
+        tracker.close()
+        run_on_ray(cfg, [p for p in planned if p.outcome != "skipped"], root, lambda m: print(m, file=sys.stderr))
+        return finish(cfg, planned, label, stopping=False)
     tracker.close()  # the sweep opens its own, on its database thread
     sweep = Sweep(cfg, [p for p in planned if p.outcome != "skipped"])
     previous = {sig: signal.signal(sig, sweep.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -426,12 +449,17 @@ def main(argv: list[str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sweep.close()
+    return finish(cfg, planned, label, sweep.stopping)
+
+
+def finish(cfg: SweepConfig, planned: list[Planned], label: str, stopping: bool) -> int:
+    """Print what happened to every planned run; the exit code: 0 all done, 130 interrupted, 1 some not done."""
     for p in planned:
         if p.outcome == "pending":
             p.outcome = "not started"
     print_summary(planned)
     bad = [p for p in planned if p.outcome not in ("done", "skipped")]
-    if sweep.stopping:
+    if stopping:
         print(f"sweep interrupted: {len(bad)} of {len(planned)} run(s) not done; re-run the same command to resume",
               file=sys.stderr)
         return 130

@@ -172,6 +172,12 @@ class SweepConfig:
     output_dir: str | None = option(None, "root of the runs' directories (None: beside --db)",
                                     deprecated=("--runs-dir",))
     workers: int = option(1, "runs at once (one GPU each when there are GPUs)")
+    launcher: str = option("local", "where runs execute: local (child processes here) or ray (one Ray task per "
+                                    "adapter, on the cluster at --ray-address; results merged into --db)",
+                           choices=("local", "ray"))
+    ray_address: str | None = option(None, "Ray cluster to join (None: $RAY_ADDRESS, else a local one)")
+    ray_cpus: float = option(1.0, "CPUs each Ray task reserves (tasks also reserve one GPU when the cluster has GPUs)")
+    ray_retries: int = option(2, "times Ray re-runs a task whose worker or node died")
     shard: str | None = option(None, "run only shard I of N (I/N, I from 0; e.g. $SLURM_ARRAY_TASK_ID/"
                                      "$SLURM_ARRAY_TASK_COUNT with --array=0-N-1): a stable partition of the plan; "
                                      "give each shard its own --db", metavar="I/N")

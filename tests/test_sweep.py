@@ -478,6 +478,16 @@ def test_merge_remaps_ids_adds_nothing_twice_and_takes_a_finished_resume(tmp_pat
     assert merged.samples(runs["r16-eval"]["id"])[0]["result"] == "passed"
 
 
+def run_summary(db: str) -> list[tuple]:
+    """Every run's name, kind, status and quality scores: what must agree however the suite was run."""
+    t = Tracker(db)
+    quality = ("pass@1", "syntax_ok", "chrf", "bleu", "test_case_avg", "perplexity", "final_val_loss")
+    return sorted((r["name"], r["kind"], r["status"],
+                   tuple(sorted((s["benchmark"], s["name"], round(s["value"], 6)) for s in t.scores(r["id"])
+                                if s["name"] in quality and s["value"] is not None)))
+                  for r in t.runs())
+
+
 @pytest.mark.slow
 def test_smoke_suite_in_three_slurm_shards_merges_to_the_one_process_report(workdir, tiny_model, tmp_path):
     """The README's SLURM script, run as SLURM would (array tasks 0-2), then merged: same runs and scores."""
@@ -501,17 +511,51 @@ def test_smoke_suite_in_three_slurm_shards_merges_to_the_one_process_report(work
                             cwd=tmp_path, capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
 
-    def summary(db: str) -> list[tuple]:
-        t = Tracker(db)
-        quality = ("pass@1", "syntax_ok", "chrf", "bleu", "test_case_avg", "perplexity", "final_val_loss")
-        return sorted((r["name"], r["kind"], r["status"],
-                       tuple(sorted((s["benchmark"], s["name"], round(s["value"], 6)) for s in t.scores(r["id"])
-                                    if s["name"] in quality and s["value"] is not None)))
-                      for r in t.runs())
-
-    assert summary(str(tmp_path / "study.db")) == summary(str(tmp_path / "one.db"))
+    assert run_summary(str(tmp_path / "study.db")) == run_summary(str(tmp_path / "one.db"))
     for db in ("study.db", "one.db"):
         out = tmp_path / f"report-{db}"
         assert subprocess.run([sys.executable, str(ROOT / "report.py"), "--db", str(tmp_path / db), "--output-dir",
                                str(out), "--no-figures"], capture_output=True).returncode == 0
     assert "## Suite `smoke`" in (tmp_path / "report-study.db" / "RESULTS.md").read_text()
+
+
+def test_ray_launcher_without_ray_is_one_line_error(workdir, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(UserError, match=r"needs Ray, which is not installed: pip install -r requirements-ray.txt"):
+        sweep.main(["--suite", "smoke", "--launcher", "ray", "--db", str(tmp_path / "r.db"),
+                    *common_sets(workdir, tiny_model)])
+    assert not Tracker(tmp_path / "r.db").runs()  # nothing ran
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_the_smoke_suite_and_survives_a_killed_task(workdir, tiny_model, tmp_path):
+    """A local Ray cluster; the worker running the first training is SIGKILLed; Ray re-runs the task."""
+    pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt (CI does)")
+    import psutil
+
+    db = tmp_path / "ray.db"
+    cmd = [sys.executable, str(ROOT / "sweep.py"), "--suite", "smoke", "--quiet", *common_sets(workdir, tiny_model),
+           "--launcher", "ray", "--ray-cpus", "1", "--db", str(db)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=child_env(workdir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.time() + 600
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        for child in psutil.process_iter(["cmdline", "ppid"]):
+            argv = child.info["cmdline"] or []
+            if any(a.endswith("train.py") for a in argv) and str(tmp_path) in " ".join(argv):
+                worker = psutil.Process(child.info["ppid"])
+                if "sweep.py" not in " ".join(worker.cmdline()):  # the Ray worker, not our driver
+                    worker.kill()
+                    killed = worker.pid
+                    break
+        time.sleep(0.05)
+    output, _ = proc.communicate(timeout=900)
+    assert killed is not None, "no training was seen to kill:\n" + output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+    runs = Tracker(db).runs()
+    assert sorted((r["kind"], r["status"]) for r in runs) == [("eval", "completed")] * 3 + [("train", "completed")] * 2
+    for run in runs:  # the files came back to the driver's run root, where the runs say they are
+        assert (Path(run["output_dir"]) / ("adapter_config.json" if run["kind"] == "train" else "samples.json")).is_file()
+    again = subprocess.run(cmd, cwd=tmp_path, env=child_env(workdir), capture_output=True, text=True)
+    assert again.returncode == 0 and len(Tracker(db).runs()) == 5  # done runs are not submitted again
