@@ -6,12 +6,13 @@
     python sweep.py --suite-file my_suite.yaml --dry-run # what would run, and what is already done
     python sweep.py --suite smoke --set model=/path/to/tiny-model --quiet
     python sweep.py --suite modules --workers 2          # two runs at once, one GPU each
+    python sweep.py --suite rank --launcher ray          # one Ray task per adapter (common/ray_launcher.py)
 
 Suites (common/suites.py): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
 qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
 2 problems: checks the pipeline in minutes), `all` (= rank + modules + quant), `seeds` (r16,
-qkvo, 16bit at seeds 0 and 1: run-to-run spread) and `study` (= all + seeds; the reference
-study in results/, see the README for its command). The built-in
+qkvo, 16bit at seeds 0 and 1: run-to-run spread) and `study` (the reference study in
+results/: its parts `study-*` fix every setting, see common/suites.py and the README). The built-in
 suites keep train.py's defaults (one epoch); set the budget with e.g. `--set max_steps=200`.
 A `--suite-file` is YAML or JSON:
 
