@@ -366,11 +366,13 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
 
 # ---------------------------------------------------------------------------- outputs
 
-def comparison_records(rows: list[Row]) -> list[dict[str, Any]]:
+def comparison_records(study: Study, rows: list[Row]) -> list[dict[str, Any]]:
     keys = COST_KEYS + ["train.trainable_pct"] + [k for _, ks in QUALITY_TABLES for k in ks]
     records = []
     for r in rows:
+        evaluated = study.runs[r.eval_ids[-1]]["config"] if r.eval_ids else {}
         rec: dict[str, Any] = {"suite": r.suite, "config": r.label, "kind": r.kind, "n_seeds": len(r.seeds),
+                               "model": evaluated.get("model"), "protocol": evaluated.get("protocol"),
                                "seeds": ",".join(str(s) for s in r.seeds), "train_run_ids": compact_ids(r.train_ids),
                                "eval_run_ids": compact_ids(r.eval_ids)}
         for key in [k for k in keys if r.get(k)]:
@@ -418,7 +420,7 @@ def write_report(study: Study, suites: list[str], out: Path, db_name: str, figur
         lines += section
         all_rows += rows
     (out / "RESULTS.md").write_text("\n".join(lines).rstrip("\n") + "\n")
-    write_comparison(comparison_records(all_rows), out)
+    write_comparison(comparison_records(study, all_rows), out)
     return {"rows": len(all_rows), "configs": sum(1 for r in all_rows if r.kind == "adapter")}
 
 

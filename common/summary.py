@@ -103,3 +103,32 @@ def summary_lines(entries: list[dict[str, Any]]) -> list[str]:
                   "the design detects at 80% power (2.8 standard errors of the paired difference):", ""]
         lines += [f"- {n}" for n in null] + [""]
     return lines
+
+
+# Columns of the per-config table README quotes: (header, comparison-record key, format).
+CONFIG_COLUMNS = [("NLL/token", "heldout.nll", "nll"), ("tests passed %", "humaneval.test_case_avg", "pct"),
+                  ("pass@1 %", "humaneval.pass@1", "pct"), ("peak MB", "train.peak_mb", "int"),
+                  ("train s", "train.wall_seconds", "int")]
+
+
+def value_text(record: dict[str, Any], key: str, kind: str) -> str:
+    """A comparison record's value with its 95% CI: `16.7 [12.6, 21.2]`, `1.310 [1.224, 1.401]`, `5972`."""
+    if record.get(key) is None:
+        return "—"
+    scale, digits = {"nll": (1.0, 3), "pct": (100.0, 1), "int": (1.0, 0)}[kind]
+    text = f"{scale * record[key]:.{digits}f}"
+    if record.get(f"{key}.ci_low") is not None and kind != "int":
+        text += f" [{scale * record[key + '.ci_low']:.{digits}f}, {scale * record[key + '.ci_high']:.{digits}f}]"
+    return text
+
+
+def config_table(records: list[dict[str, Any]]) -> str:
+    """Every config and base of the comparison records: model, protocol, seeds and the primary metrics."""
+    header = ["suite", "config", "model", "protocol", "seeds", *(h for h, _, _ in CONFIG_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        seeds = r.get("seeds") or "—"
+        cells = [r["suite"], r["config"], r.get("model") or "—", r.get("protocol") or "—", seeds,
+                 *(value_text(r, key, kind) for _, key, kind in CONFIG_COLUMNS)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""The committed study: README and results/RESULTS.md say what results/*.json say.
+
+report.py writes results/ from the database in one go; README quotes two of its tables. Both tables are
+re-rendered here from the committed JSON, so an edited number, a stale README or a report rebuilt
+without updating README fails.
+"""
+import json
+from pathlib import Path
+
+from common.summary import config_table, summary_table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def test_readme_and_results_quote_the_summary_json():
+    entries = json.loads((RESULTS / "summary.json").read_text())
+    assert entries, "results/summary.json is empty: run `make study`"
+    table = summary_table(entries)
+    assert table in (RESULTS / "RESULTS.md").read_text()
+    assert table in (ROOT / "README.md").read_text()
+
+
+def test_readme_quotes_the_per_config_table_of_the_comparison_json():
+    records = json.loads((RESULTS / "model_comparison.json").read_text())
+    assert config_table(records) in (ROOT / "README.md").read_text()
+
+
+def test_results_open_with_the_summary_then_the_preregistration():
+    text = (RESULTS / "RESULTS.md").read_text()
+    prereg = (RESULTS / "PREREGISTRATION.md").read_text().rstrip("\n")
+    assert text.index("## Summary") < text.index(prereg) < text.index("## Suite ")
+
+
+def test_every_finding_is_backed_by_an_interval_or_test_that_excludes_zero():
+    for entry in json.loads((RESULTS / "summary.json").read_text()):
+        for d in entry["differences"].values():
+            if d["beyond_noise"] and d["test"] != "McNemar":
+                assert d["low"] > 0 or d["high"] < 0
+            if d["beyond_noise"] and d["test"] == "McNemar":
+                assert d["p_value"] < 0.05
