@@ -21,15 +21,17 @@ _DETECTABLE_SE = 2.8
 
 
 def summary_entries(study: Study, suites: list[str]) -> list[dict[str, Any]]:
-    """Every adapter config vs its suite's reference (when it has one) and the suite's reference vs its base."""
+    """Every adapter config vs its base model, and vs its suite's reference config when it has one (the
+    reference first)."""
     entries = []
     for suite in suites:
         rows, bases = build_rows(study, suite)
         reference = compare.reference_row(rows, suite)
-        pairs: list[tuple[Row, Row | None, str]] = [(r, reference, "reference") for r in rows
-                                                     if reference and r is not reference]
-        if reference:
-            pairs.insert(0, (reference, compare.matching_base(study, reference, bases), "base"))
+        pairs: list[tuple[Row, Row | None, str]] = []
+        for row in sorted(rows, key=lambda r: r is not reference):
+            if reference and row is not reference:
+                pairs.append((row, reference, "reference"))
+            pairs.append((row, compare.matching_base(study, row, bases), "base"))
         for row, other, versus in pairs:
             if other is None:
                 continue
