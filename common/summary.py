@@ -134,3 +134,13 @@ def config_table(records: list[dict[str, Any]]) -> str:
                  *(value_text(r, key, kind) for _, key, kind in CONFIG_COLUMNS)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def base_table(records: list[dict[str, Any]]) -> str:
+    """The base-model rows of the comparison records, once per evaluation (suites share one), by model and protocol."""
+    seen, bases = set(), []
+    for r in records:
+        if r["kind"] == "base" and r.get("eval_run_ids") not in seen:
+            seen.add(r.get("eval_run_ids"))
+            bases.append(r)
+    return config_table(sorted(bases, key=lambda r: (str(r.get("model")), str(r.get("protocol")))))

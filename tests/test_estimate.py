@@ -7,6 +7,7 @@ train.py's, the two-layer activation measurement against a deeper model's, and t
 'skipped' status (schema migration 1 -> 2).
 """
 import dataclasses
+import os
 import json
 import sqlite3
 
@@ -229,3 +230,30 @@ def test_estimate_probe_measures_three_steps_and_rescales(tiny_model, data_file,
     out = capsys.readouterr().out
     assert "predicted peak (peak RSS)" in out and "probe, 3 steps: peak" in out and "refined by the probe" in out
     assert not db.exists()  # an estimate records nothing
+
+
+def test_matmul_peak_cache_keeps_the_best_and_remeasures_when_quieter(tmp_path, monkeypatch):
+    """A peak measured while other jobs ran is low; a quieter machine measures again and keeps the higher."""
+    from common import estimate
+
+    monkeypatch.setenv("LORA_STUDY_CACHE", str(tmp_path))
+    measurements = iter([50.0, 400.0])
+    calls = []
+
+    def measure(device, dtype):
+        calls.append(1)
+        return next(measurements)
+
+    monkeypatch.setattr(estimate, "_measure_matmul_gflops", measure)
+    load = {"now": 4.0 * (os.cpu_count() or 1)}
+    monkeypatch.setattr(os, "getloadavg", lambda: (load["now"], 0.0, 0.0))
+    cpu = torch.device("cpu")
+    assert estimate.matmul_peak_gflops(cpu, torch.bfloat16) == 50.0      # first: measured under load 4
+    assert estimate.matmul_peak_gflops(cpu, torch.bfloat16) == 50.0 and len(calls) == 1   # same load: cached
+    load["now"] = 0.1 * (os.cpu_count() or 1)
+    assert estimate.matmul_peak_gflops(cpu, torch.bfloat16) == 400.0 and len(calls) == 2  # quieter: measured again
+    load["now"] = 3.0 * (os.cpu_count() or 1)
+    assert estimate.matmul_peak_gflops(cpu, torch.bfloat16) == 400.0 and len(calls) == 2  # busier: the best stays
+    cached = json.loads((tmp_path / "matmul_peak.json").read_text())
+    [entry] = cached.values()
+    assert entry["gflops"] == 400.0 and entry["load_per_core"] == pytest.approx(0.1)
