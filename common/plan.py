@@ -4,9 +4,10 @@ Each planned run is a train + eval pair (kind "adapter") or one base-model evalu
 "base"), named from its config (common/suites.py), so re-planning the same suite finds the
 runs already done, running elsewhere, interrupted or failed.
 """
+import functools
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from common import suites as S
 from common.config import SweepConfig
@@ -140,14 +141,56 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def shard(planned: list[Planned], index: int, count: int) -> list[Planned]:
-    """The runs of shard `index` of `count`: the trained configs are partitioned in a way that depends only
-    on the plan, so every machine computes the same one (dealt by name to the shard with the fewest so far).
-    Every shard also runs the suite's base-model evaluations, which its adapters are compared with in its
-    own database; `Tracker.merge_from` keeps one copy of each."""
-    adapters = sorted({p.name for p in planned if p.kind == "adapter"})  # evaluations of one adapter stay together
-    mine = {name for i, name in enumerate(adapters) if i % count == index}
-    return [p for p in planned if p.kind == "base" or p.name in mine]
+def shard(planned: list[Planned], index: int, count: int,
+          cost: Callable[[dict[str, Any]], float] | None = None) -> list[Planned]:
+    """The runs of shard `index` of `count`, balanced by training cost.
+
+    The partition depends only on the plan (and the models' configs), so every machine computes the same
+    one: adapters, costliest first (ties by name), each go to the shard with the least cost so far (ties:
+    the lowest index); an adapter's evaluations stay with it. Every shard also runs the suite's base-model
+    evaluations, which its adapters are compared with in its own database; `Tracker.merge_from` keeps one
+    copy of each."""
+    cost = cost or training_cost
+    adapters = {p.name: p.flags for p in planned if p.kind == "adapter"}
+    costs = {name: cost(flags) for name, flags in adapters.items()}
+    loads, owner = [0.0] * count, {}
+    for name in sorted(adapters, key=lambda n: (-costs[n], n)):
+        owner[name] = min(range(count), key=lambda i: (loads[i], i))
+        loads[owner[name]] += costs[name]
+    return [p for p in planned if p.kind == "base" or owner.get(p.name) == index]
+
+
+NOMINAL_EPOCH = 4000  # examples per epoch when only --epochs is set: the runs of a suite share their data
+
+
+def training_cost(flags: dict[str, Any]) -> float:
+    """Model FLOPs of a run's training, up to a constant: tokens x (4 x frozen linear + 6 x LoRA parameters),
+    from the model's config alone (no weights, no data; machine-independent, so shards agree when they run
+    the same checkout and packages). 1.0 for a hub id (never fetched here: a network hiccup on one machine
+    must not change its partition) and for a model whose config cannot be read."""
+    def get(key: str) -> Any:
+        return flags[key] if flags.get(key) is not None else S.TRAIN_FLAGS[key][1]
+
+    try:
+        linear, lora = _parameter_counts(get("model"), get("modules"), get("rank"))
+    except UserError:
+        return 1.0
+    examples = (get("max_steps") * get("batch_size") * get("grad_accum") if get("max_steps")
+                else get("epochs") * (get("train_limit") or NOMINAL_EPOCH))
+    return float(examples * get("max_seq_len") * (4 * linear + 6 * lora))
+
+
+@functools.lru_cache(maxsize=32)
+def _parameter_counts(model: str, modules: str, rank: int) -> tuple[int, int]:
+    from pathlib import Path
+
+    from common.estimate import load_config, model_shape
+    from common.models import EMBEDDED
+
+    if model not in EMBEDDED and not Path(model).expanduser().is_dir():
+        raise UserError(f"{model}: a hub id, not read for sharding")
+    shape = model_shape(load_config(model), modules)
+    return shape.linear_params, shape.lora_params(rank)
 
 
 def power_note(planned: list[Planned], humaneval_problems: int = 164) -> str:

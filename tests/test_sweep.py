@@ -437,7 +437,7 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
 
 
 def test_shards_partition_the_plan_stably_and_evenly():
-    from common.plan import parse_shard, plan, shard
+    from common.plan import parse_shard, plan, shard, training_cost
 
     planned = plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
     parts = [shard(planned, i, 3) for i in range(3)]
@@ -449,11 +449,21 @@ def test_shards_partition_the_plan_stably_and_evenly():
     bases = {p.name for p in planned if p.kind == "base"}
     assert all({p.name for p in part if p.kind == "base"} == bases for part in parts)  # each shard has its baselines
     assert [[p.name for p in part] for part in parts] == [[p.name for p in shard(planned, i, 3)] for i in range(3)]
-    sizes = [len(t) for t in trained]
-    assert max(sizes) - min(sizes) <= 1
+    costs = {p.name: training_cost(p.flags) for p in planned if p.kind == "adapter"}
+    loads = [sum(costs[n] for n in names) for names in trained]
+    assert max(loads) - min(loads) <= max(costs.values())  # greedy by cost: within one run of each other
     for bad in ("3/3", "x/2", "1", "0/0"):
         with pytest.raises(UserError, match="expected I/N"):
             parse_shard(bad)
+
+
+def test_shards_balance_cost_not_count():
+    from common.plan import shard
+
+    planned = [sweep.Planned("adapter", ["s"], {"rank": r}, "", f"r{r}", f"r{r}-eval") for r in range(1, 12)]
+    cost = {"r1": 10.0}
+    parts = [shard(planned, i, 2, cost=lambda flags: cost.get(f"r{flags['rank']}", 1.0)) for i in range(2)]
+    assert [[p.name for p in part] for part in parts] == [["r1"], [f"r{r}" for r in range(2, 12)]]
 
 
 def test_merge_remaps_ids_adds_nothing_twice_and_takes_a_finished_resume(tmp_path):
