@@ -215,7 +215,10 @@ class Sweep:
             else:
                 self._train_and_evaluate(p, gpu)
         finally:
-            self.call(record_membership, p.attempt_ids + [p.train_id, p.eval_id], p.suites)
+            # A run stopped before its evaluation joins no suite yet: its suites' report rows would
+            # otherwise show an evaluation made for another suite (another protocol, say).
+            shared = [p.train_id, p.eval_id] if p.eval_id is not None else []
+            self.call(record_membership, p.attempt_ids + shared, p.suites)
             handle.close()
 
     def _train_and_evaluate(self, p: Planned, gpu: str | None) -> None:

@@ -260,7 +260,10 @@ def base_rows(study: Study, suite: str) -> list[Row]:
 def pick_eval(study: Study, train_id: int, members: set[int]) -> int | None:
     done = [i for i in study.children.get(train_id, []) if study.runs[i]["kind"] == "eval"
             and study.runs[i]["status"] == "completed"]
-    preferred = [i for i in done if i in members] or done
+    # An evaluation that is a member of other suites only (another protocol, say) is not this suite's;
+    # one of no suite at all (recorded before memberships existed) still is.
+    preferred = [i for i in done if i in members] or [
+        i for i in done if not any(i in m for m in study.members.values())]
     return max(preferred) if preferred else None
 
 
