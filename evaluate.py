@@ -443,7 +443,8 @@ def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benc
     """bench -> (sample records, timing and perplexity scores): generate, then judge in the sandbox."""
     def produce(bench: Benchmark) -> tuple[list[dict], dict]:
         generated = bench.problems[:bench.key.get("generated", len(bench.problems))]
-        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, device, dtype)
+        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, device, dtype) \
+            if generated else []
         records, exec_seconds = judge_samples(samples, bench.key["protocol"], cfg) if samples else ([], 0.0)
         extra = {}
         if samples:
