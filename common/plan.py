@@ -94,6 +94,13 @@ def completed_eval(tracker: Tracker, p: Planned, train_id: int | None) -> dict[s
     return done[-1] if done else None
 
 
+def completed_ids(tracker: Tracker, p: Planned) -> tuple[int | None, int | None]:
+    """(train id, eval id) of `p`'s completed work in `tracker`; eval id None until its evaluation is done."""
+    train = completed_train(tracker, p) if p.kind == "adapter" else None
+    evaluated = completed_eval(tracker, p, train["id"] if train else None) if p.kind == "base" or train else None
+    return (train["id"] if train else None), (evaluated["id"] if evaluated else None)
+
+
 def running_elsewhere(tracker: Tracker, name: str, kind: str) -> dict[str, Any] | None:
     rows = tracker.runs(name=name, kind=kind)
     if rows and rows[-1]["status"] == "running" and rows[-1]["host"] == socket.gethostname() \

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from common.config import SweepConfig
 from common.errors import UserError, first_line
-from common.plan import Planned, completed_eval, completed_train
+from common.plan import Planned, completed_ids
 from common.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def run_on_ray(cfg: SweepConfig, planned: list[Planned], root: Path, log: Callab
                 groups.setdefault(p.name, []).append(p)
         fields = asdict(cfg)
         for batch in ([[p] for p in planned if p.kind == "base"], list(groups.values())):
-            batch = [group for group in batch if not already_done(cfg.db, group)]
+            batch = not_done(cfg.db, batch)
             snapshot = ray.put(database_bytes(cfg.db))
             pending = {task.remote(fields, group, snapshot, str(root)): group for group in batch}
             for group in pending.values():
@@ -112,28 +112,26 @@ def absorb(db: str, root: Path, result: dict[str, Any], group: list[Planned]) ->
             target.merge_from(other)
             unpack(result["files"], root)
             for p, done in zip(group, result["planned"]):
-                train = completed_train(target, p) if p.kind == "adapter" else None
-                p.train_id = train["id"] if train else None
-                evaluated = completed_eval(target, p, p.train_id) if p.kind == "base" or train else None
-                p.eval_id = evaluated["id"] if evaluated else None
-                p.outcome, p.error = ("done", "") if evaluated else (done.outcome, done.error)
+                p.train_id, p.eval_id = completed_ids(target, p)
+                p.outcome, p.error = ("done", "") if p.eval_id else (done.outcome, done.error)
         finally:
             other.close()
             target.close()
 
 
-def already_done(db: str, group: list[Planned]) -> bool:
-    """Whether the driver's database has every evaluation of `group` completed (then nothing is submitted)."""
+def not_done(db: str, batch: list[list[Planned]]) -> list[list[Planned]]:
+    """The groups the driver's database has not completed (the completed ones are marked done, not submitted)."""
     tracker = Tracker(db)
     try:
-        for p in group:
-            train = completed_train(tracker, p) if p.kind == "adapter" else None
-            evaluated = completed_eval(tracker, p, train["id"] if train else None) if p.kind == "base" or train \
-                else None
-            if evaluated is None:
-                return False
-            p.train_id, p.eval_id, p.outcome = train["id"] if train else None, evaluated["id"], "done"
-        return True
+        pending = []
+        for group in batch:
+            ids = [completed_ids(tracker, p) for p in group]
+            if all(eval_id is not None for _, eval_id in ids):
+                for p, (train_id, eval_id) in zip(group, ids):
+                    p.train_id, p.eval_id, p.outcome = train_id, eval_id, "done"
+            else:
+                pending.append(group)
+        return pending
     finally:
         tracker.close()
 
