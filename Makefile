@@ -2,8 +2,9 @@
 #   make demo   set up .venv, fine-tune the embedded model briefly, evaluate it
 #   make test   set up .venv, lint, run the whole test suite
 # and for development: make test-fast (the suite without tests marked slow, under a minute), make lint.
-# and the reference study behind README's results (about 50 min to 2 h on 2 CPU cores):
-#   make study  rank + modules + quant suites, a second seed, base-model baselines -> results/
+# and the reference study behind README's results (about 4.5 h undisturbed on 2 CPU cores with native bf16):
+#   make study  the pre-registered study (results/PREREGISTRATION.md): rank x 3 seeds, modules, quant,
+#               a Gemma-3-270M replication, base models under three protocols -> results/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -40,7 +41,7 @@ test-fast: setup
 
 # Resumable: run it again after an interruption. results/ is rebuilt from experiments.db.
 study: setup
-	$(PY) sweep.py --suite study --set max_steps=100 --set eval_limit=40 --set eval_batch_size=16
+	$(PY) sweep.py --suite study
 	$(PY) report.py --output-dir results
 
 # On a CUDA machine: every CUDA-specific path in about ten minutes (bench/gpu_check.py).
