@@ -41,7 +41,7 @@ from common.batching import collate, epoch_batches, label_tokens, real_tokens
 from common.config import TrainConfig
 from common.data import load_splits
 from common.distributed import StopFlag, ddp_weight_drift, stop_requested, wrap_ddp
-from common.env import current_memory_mb, default_device, environment, peak_memory
+from common.env import current_memory_mb, default_device, environment, peak_memory, set_mmap_threshold
 from common.errors import UserError, run_cli
 from common.generation import generate
 from common.predictions import estimate_main, prediction_scores
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     check_quant(cfg.quant, device)
+    if not set_mmap_threshold(cfg.mmap_threshold_kb):
+        cfg.mmap_threshold_kb = 0  # recorded with the peak memory: glibc's dynamic default was in effect
     if cfg.optim == "paged_adamw_8bit" and device.type != "cuda":
         print("note: --optim paged_adamw_8bit pages optimizer state only on CUDA; here it runs as 8-bit AdamW "
               "without paging", file=sys.stderr)
@@ -477,7 +479,8 @@ def final_scores(run: Run, state: TrainState, final_step: int, stop_reason: str,
             "final_val_loss": state.best_val_loss if final_is_best else last_val, "last_val_loss": last_val,
             "best_val_loss": state.best_val_loss, "best_step": state.best_step, "final_step": final_step,
             "final_is_best": float(final_is_best), "early_stopped": float(stop_reason == "early_stopping"),
-            **({"skipped_steps": state.skipped_steps} if run.scaler else {}), **peak_memory(run.device)}
+            **({"skipped_steps": state.skipped_steps} if run.scaler else {}), **peak_memory(run.device),
+            "mmap_threshold_kb": run.cfg.mmap_threshold_kb}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ CPU kinds (`cpu_kind`), read from the flags in /proc/cpuinfo, because they decid
     avx2         AVX2 without native bf16: PyTorch's bf16 matmuls run 10-100x slower than fp32, so fp32
     other        none of the above (older x86, ARM, or flags unreadable)
 """
+import ctypes
+import ctypes.util
 import importlib.metadata
 import os
 import platform
@@ -109,6 +111,24 @@ def current_memory_mb(device: torch.device) -> float:
         return torch.cuda.memory_allocated(device) / 2**20
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+
+
+def set_mmap_threshold(kib: int) -> bool:
+    """Make glibc serve every allocation of at least `kib` KiB from mmap, so a freed tensor goes back to the OS.
+
+    Why: glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is freed, and after
+    that a step's activations come from the heap, which keeps freed memory resident. With length-grouped
+    batches of changing shapes, RSS then climbs step after step (bench/RESULTS.md, allocator section).
+    Setting the threshold also turns that raising off. 0 keeps glibc's dynamic default. Returns whether a
+    threshold was set (False for 0 and off glibc, e.g. macOS or musl).
+    """
+    if kib <= 0 or sys.platform != "linux" or not platform.libc_ver()[0] == "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, kib * 1024))
 
 
 def _cpu_name() -> str:

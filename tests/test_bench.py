@@ -163,6 +163,19 @@ def test_train_quant_smoke_fp32(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_allocator_smoke(tiny_model, tmp_path):
+    out = tmp_path / "alloc.json"
+    bench_script("allocator").main(["--model", tiny_model, "--variants", "0,256+thp", "--steps", "2", "--warmup",
+                                    "1", "--repeats", "1", "--limit", "24", "--format", "completion", "--out",
+                                    str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind()
+    assert [r["variant"] for r in report["rows"]] == ["0", "256+thp"]
+    assert all(r["median_tokens_per_s"] > 0 and r["peak_rss_mb"] >= r["rss_after_last_step_mb"] > 0
+               for r in report["rows"])
+
+
+@pytest.mark.slow
 def test_scaling_smoke(tiny_model, tmp_path):
     out = tmp_path / "scaling.json"
     bench_script("scaling").main(["--model", tiny_model, "--seq-lens", "256", "--ranks", "16", "--rank-seq-len",
