@@ -13,6 +13,8 @@ Trainer variants get `use_cpu=True`, without which transformers refuses bf16 the
 
     ours               train.py: length-grouped batches padded to their longest, LM head at labelled positions
     ours-packing       train.py --packing: examples packed into 512-token rows, block-diagonal attention
+    ours-budget        train.py --max-tokens --budget: length-grouped batches cut so rows x longest row <= the
+                       budget (a step of long examples has fewer rows), which bounds the largest step
     a-trainer-pad512   (a) transformers Trainer + PEFT get_peft_model, every example padded to 512
     b-trl-padding-free (b) TRL SFTTrainer, padding_free=True: each batch flattened into one row
     b-trl-packing-bfd  (b) TRL SFTTrainer, packing=True, packing_strategy="bfd", max_length 512
@@ -73,7 +75,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 BATCH, RANK, ALPHA, DROPOUT, LR, MAX_LEN = 4, 16, 32, 0.05, 2e-4, 512
 LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-OURS = ("ours", "ours-packing")
+OURS = ("ours", "ours-packing", "ours-budget")
 BASELINES = ("a-trainer-pad512", "b-trl-padding-free", "b-trl-packing-bfd", "c-trainer-dynamic")
 # The issue's targets: ours / baseline throughput at least this much; (b) is judged on its better setting.
 TARGETS = {"a": (("a-trainer-pad512",), 5.0), "b": (("b-trl-padding-free", "b-trl-packing-bfd"), 2.0),
@@ -84,8 +86,8 @@ Example = dict[str, Any]
 
 # ---------------------------------------------------------------------------- ours: train.py
 
-def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing: bool, warmup: int,
-             quant: str, workdir: Path) -> dict:
+def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing: bool, max_tokens: int | None,
+             warmup: int, quant: str, workdir: Path) -> dict:
     """train.py for one epoch over the examples; which examples each step trained on, and the measured seconds."""
     db = workdir / "ours.db"
     cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--dataset", "stdlib",
@@ -93,7 +95,8 @@ def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing
            "--alpha", str(ALPHA), "--dropout", str(DROPOUT), "--modules", "qkvo", "--batch-size", str(BATCH),
            "--lr", str(LR), "--seed", str(seed), "--max-seq-len", str(MAX_LEN), "--eval-every", "0",
            "--eval-gen", "0", "--val-limit", "0", "--save-every", "0", "--quiet", "--db", str(db),
-           "--output-dir", str(workdir / "run")] + (["--packing"] if packing else [])
+           "--output-dir", str(workdir / "run")] + (["--packing"] if packing else []) + \
+        (["--max-tokens", str(max_tokens)] if max_tokens else [])
     run_quietly(cmd)
     tracker = Tracker(db)
     (run,) = tracker.runs()
@@ -102,7 +105,7 @@ def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing
     scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
     tracker.close()
     # train.py's batch order is a pure function of (seed, epoch, layout): recompute it to know each step's examples.
-    batches = epoch_batches(examples, BATCH, seed, 0, packing, MAX_LEN)
+    batches = epoch_batches(examples, BATCH, seed, 0, packing, MAX_LEN, max_tokens)
     steps = [[i for row in batch for i in row] for batch in batches]
     # collate pads every row of a batch to its longest row
     positions = [len(batch) * max(sum(len(examples[i]["input_ids"]) for i in row) for row in batch)
@@ -321,6 +324,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_dtype_flag(p)
     p.add_argument("--peak-seconds", type=float, default=10.0, help="time budget per round for the matmul peak")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=int, default=1024, help="ours-budget: train.py --max-tokens (positions per step)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_compare.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -350,7 +354,8 @@ def run_rounds(args: argparse.Namespace, examples: list[Example], config, device
                 t0 = time.perf_counter()
                 if variant in OURS:
                     result = run_ours(args.model, args.examples, examples, args.seed, variant == "ours-packing",
-                                      args.warmup, quant, workdir)
+                                      args.budget if variant == "ours-budget" else None, args.warmup, quant,
+                                      workdir)
                 else:
                     steps = args.padded_steps if variant == "a-trainer-pad512" else 0
                     result = run_baseline(variant, args.model, examples, args.seed, args.warmup, steps, quant,

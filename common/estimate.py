@@ -43,14 +43,15 @@ bench/train_compare.py counted on the padded positions the run computes (frozen 
 
     4 * N_linear * T  +  6 * N_lora * T  +  4 * V * d * C  +  12 * layers * h_q * sum_rows w(w+1)/2
     + with checkpointing, one more forward: 2 * N_linear * T + 2 * N_lora * T + 4 * layers * h_q * pairs
-    dequantization (4bit/8bit): DEQUANT_NS[quant] * N_quantized * passes (2, or 3 with checkpointing)
+    dequantization (4bit/8bit): DEQUANT_NS[quant, dtype] * N_quantized * passes (2, or 3 with checkpointing)
 
-The matmul peak is measured per machine, device and dtype (best of a few 1024^2 matmuls on CPU,
-4096^2 on CUDA) and cached in common.paths.cache_dir()/matmul_peak.json with the load it was measured
-at; a quieter machine measures again and keeps the higher value. EFFICIENCY and DEQUANT_NS
-come from earlier idle-machine benchmarks (see the constants); on a machine shared with other jobs a
-step takes as long as the load allows, which no config-based model predicts: `--estimate --probe`
-runs a few real steps here and rescales memory and time by what they measured.
+The matmul peak is measured per machine, device and dtype (best of a few 2048^2 matmuls on CPU, 4096^2
+on CUDA; the CPU size is the one the MFU in EFFICIENCY was measured against) and cached in
+common.paths.cache_dir()/matmul_peak.json with the load it was measured at; a quieter machine measures
+again and keeps the higher value. EFFICIENCY and DEQUANT_NS come from idle-machine benchmarks (see
+the constants); on a machine shared with other jobs a step takes as long as the load allows, which no
+config-based model predicts: `--estimate --probe` runs a few real steps here and rescales memory and
+time by what they measured.
 """
 import dataclasses
 import functools
@@ -70,13 +71,17 @@ MB = 2**20
 BASELINE_MB = 530.0          # CPU RSS before any weight: imports, tokenizer, 400 encoded examples (measured)
 K_ACT = 1.40                 # CPU: peak (activations + logits) / bytes autograd saves; least squares, 3 runs
 K_ACT_CUDA = 1.0             # CUDA: assumed, not measured on a GPU yet
-# Model FLOPs / matmul peak reached by a step: train.py's MFU in bench/RESULTS.md s.1 (fp32, 58.6%) and
-# shared NOTES (bf16 on AVX512-BF16, 34%), both on an idle machine; not re-measured here (the machine was
-# loaded 5x over during this work, see section 8).
-EFFICIENCY = {"float32": 0.586, "bfloat16": 0.34, "float16": 0.34}
-# ns per quantized weight per pass (forward, backward, recompute): bench/RESULTS.md s.7, 135M model, fp32
-# compute: 4bit ran at 0.794x and 8bit at 0.715x the 16bit tokens/s, ~3.2 s steps, 106M quantized weights.
-DEQUANT_NS = {"4bit": 3.9, "8bit": 6.0}
+# Model FLOPs / matmul peak reached by a step: train.py's MFU in bench/RESULTS.md s.1 against the peak of
+# 2048^2 matmuls, on idle machines: fp32 58.6% (AVX2 CPU), bf16 38.3% (AVX512-BF16 CPU); fp16 (older GPUs)
+# is not measured and borrows bf16's.
+EFFICIENCY = {"float32": 0.586, "bfloat16": 0.383, "float16": 0.383}
+# ns per quantized weight per pass (forward, backward, recompute), by compute dtype, from train_quant.py on the
+# 135M model (106M quantized weights): fp32 on an AVX2 CPU (bench/RESULTS.md s.7: 4bit 0.794x, 8bit 0.715x the
+# 16bit tokens/s, ~3.2 s steps); bf16 on an AVX512-BF16 CPU (s.7: 4bit 1.03x, 8bit 0.926x, ~1.9 s steps, so
+# NF4 dequantization to bf16 costs nothing measurable there).
+DEQUANT_NS = {("4bit", "float32"): 3.9, ("8bit", "float32"): 6.0, ("4bit", "bfloat16"): 0.0,
+              ("8bit", "bfloat16"): 0.7, ("4bit", "float16"): 0.0, ("8bit", "float16"): 0.7}
+MATMUL_N = {False: 2048, True: 4096}  # CPU, CUDA: square matmul size of the peak measurement
 NF4_LAYER_CONSTANTS = 4 + 16 * 4 + 256 * 4  # fp32 offset, NF4 code, nested dynamic code, per layer
 
 
@@ -306,7 +311,7 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype) -> float:
     from common.paths import cache_dir
     hw = hardware_info()
     key = "|".join(str(x) for x in (hw.get("gpu") if device.type == "cuda" else hw["cpu"], device.type, dtype,
-                                    torch.__version__, torch.get_num_threads()))
+                                    torch.__version__, torch.get_num_threads(), MATMUL_N[device.type == "cuda"]))
     path = cache_dir() / "matmul_peak.json"
     try:
         cached = json.loads(path.read_text())
@@ -330,8 +335,13 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype) -> float:
     return entry["gflops"]
 
 
-def _measure_matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
-    n = 4096 if device.type == "cuda" else 1024
+def _measure_matmul_gflops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
+    if n is None:
+        # A slow reference path (bf16 on an AVX2 CPU: ~1 GFLOP/s) would take seconds per large matmul.
+        small = _measure_matmul_gflops(device, dtype, 256)
+        if small < 20:
+            return small
+        n = MATMUL_N[device.type == "cuda"]
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     best = float("inf")
     for _ in range(6):  # the first call pays for allocation and kernel selection
@@ -380,7 +390,7 @@ def run_batches(cfg: TrainConfig, examples: list[dict[str, Any]], world: int = 1
         return Batch(len(rows), max(lengths), sum(lengths),
                      sum(examples[i]["labelled"] for row in rows for i in row))
     per_step = cfg.grad_accum
-    first = epoch_batches(examples, cfg.batch_size, cfg.seed, 0, cfg.packing, cfg.max_seq_len)
+    first = epoch_batches(examples, cfg.batch_size, cfg.seed, 0, cfg.packing, cfg.max_seq_len, cfg.max_tokens)
     per_epoch = len(first) // (per_step * world)
     if per_epoch == 0:
         raise UserError(f"{len(examples)} training examples make no full step of batch {cfg.batch_size} x "
@@ -390,7 +400,7 @@ def run_batches(cfg: TrainConfig, examples: list[dict[str, Any]], world: int = 1
     epoch = 0
     while len(steps) < total:
         batches = first if epoch == 0 else epoch_batches(examples, cfg.batch_size, cfg.seed, epoch, cfg.packing,
-                                                         cfg.max_seq_len)
+                                                         cfg.max_seq_len, cfg.max_tokens)
         mine = batches[:len(batches) // world]
         for start in range(0, len(mine) - per_step + 1, per_step):
             if len(steps) == total:
@@ -429,9 +439,10 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     peak = max(baseline + weights + 16 * n_lora + k_act * (acts + logits), load)
     gflops = matmul_peak_gflops(device, dtype)
     passes = 3 if cfg.grad_checkpointing else 2
-    dequant = DEQUANT_NS.get(cfg.quant, 0.0) * 1e-9 * shape.linear_params * passes
+    dtype_name = str(dtype).replace("torch.", "")
+    dequant = DEQUANT_NS.get((cfg.quant, dtype_name), 0.0) * 1e-9 * shape.linear_params * passes
     flops = [sum(step_flops(shape, cfg.rank, b, cfg.grad_checkpointing) for b in step) for step in steps]
-    efficiency = EFFICIENCY[str(dtype).replace("torch.", "")]
+    efficiency = EFFICIENCY[dtype_name]
     seconds = [f / (gflops * 1e9 * efficiency) + dequant * len(step) for f, step in zip(flops, steps)]
     real = sum(b.real for step in steps for b in step)
     total_params = shape.linear_params + shape.other_params

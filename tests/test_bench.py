@@ -99,14 +99,16 @@ def test_train_compare_smoke(tiny_model, tmp_path):
     """The whole script with train.py in fp32 (--dtype fp32, the AVX2 path): one round, one subprocess."""
     out = tmp_path / "tc.json"
     bench_script("train_compare").main(["--model", tiny_model, "--examples", "12", "--repeats", "1", "--warmup", "1",
-                                        "--peak-seconds", "0.05", "--variants", "ours", "--dtype", "fp32",
-                                        "--out", str(out)])
+                                        "--peak-seconds", "0.05", "--variants", "ours,ours-budget", "--budget",
+                                        "512", "--dtype", "fp32", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_kind"] == cpu_kind() and report["machine"]["dtype"] == "float32"
     assert report["matmul_peak_gflops"]["dtype"] == "float32"
-    (row,) = report["medians"]
+    row, budget = report["medians"]
     assert row["variant"] == "ours" and row["dtype"] == "float32" and row["tokens_per_s"] > 0 and row["mfu"] > 0
     assert set(report["targets"]["ours"]) == {"mfu"}
+    # the token budget bounds every step, and the bench checked it trained on the same examples
+    assert budget["variant"] == "ours-budget" and budget["max_step_positions"] <= 512 < row["max_step_positions"]
 
 
 @pytest.mark.slow

@@ -76,18 +76,23 @@ def synthetic_examples(n: int = 53) -> list[dict]:
     return [{"input_ids": range(20 + (7 * i) % 90), "labelled": 5 + i % 11} for i in range(n)]
 
 
-@pytest.mark.parametrize("packing,accum,steps", [(False, 1, None), (True, 2, None), (False, 3, 40)])
-def test_run_batches_are_the_batches_train_py_draws(packing, accum, steps):
+@pytest.mark.parametrize("packing,accum,steps,budget", [(False, 1, None, None), (True, 2, None, None),
+                                                        (False, 3, 40, None), (False, 1, None, 300),
+                                                        (True, 1, None, 256)])
+def test_run_batches_are_the_batches_train_py_draws(packing, accum, steps, budget):
     examples = synthetic_examples()
-    cfg = TrainConfig(batch_size=4, grad_accum=accum, packing=packing, max_seq_len=128, max_steps=steps, seed=3)
+    cfg = TrainConfig(batch_size=4, grad_accum=accum, packing=packing, max_seq_len=128, max_steps=steps, seed=3,
+                      max_tokens=budget)
     planned = run_batches(cfg, examples)
     drawn = []
     epoch = 0
     while len(drawn) < len(planned):
-        batches = epoch_batches(examples, 4, 3, epoch, packing, 128)
+        batches = epoch_batches(examples, 4, 3, epoch, packing, 128, budget)
         drawn += [batches[i:i + accum] for i in range(0, len(batches) - accum + 1, accum)]
         epoch += 1
-    assert len(planned) == (steps or len(epoch_batches(examples, 4, 3, 0, packing, 128)) // accum)
+    assert len(planned) == (steps or len(epoch_batches(examples, 4, 3, 0, packing, 128, budget)) // accum)
+    if budget:  # the budget bounds every planned micro-batch, so the predicted peak follows it
+        assert max(b.rows * b.width for step in planned for b in step) <= budget
     for step, rows in zip(planned, drawn):
         for batch, row_lists in zip(step, rows):
             lengths = [sum(len(examples[i]["input_ids"]) for i in row) for row in row_lists]
