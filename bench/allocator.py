@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.env import default_device  # noqa: E402
-from common.tracker import Tracker  # noqa: E402
-from machine import add_dtype_flag, bench_dtype, machine_line, machine_record, train_quant_flag  # noqa: E402
+from machine import add_dtype_flag, bench_dtype, machine_line, machine_record, run_train_py  # noqa: E402
+from machine import train_quant_flag  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[int, bool]:
@@ -41,23 +40,15 @@ def parse_variant(text: str) -> tuple[int, bool]:
 
 def run_variant(variant: str, args, quant: str, workdir: Path, tag: str) -> dict:
     threshold, thp = parse_variant(variant)
-    db = workdir / f"{tag}.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--model", args.model, "--quant", quant, "--rank", "16",
-           "--modules", "qkvo", "--format", args.format, "--max-steps", str(args.steps), "--batch-size", "4",
-           "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1", "--save-every", "0", "--quiet",
-           "--mmap-threshold-kb", str(threshold), "--db", str(db), "--output-dir", str(workdir / tag)]
-    if args.limit:
-        cmd += ["--train-limit", str(args.limit)]
+    train_args = ["--model", args.model, "--quant", quant, "--rank", "16", "--modules", "qkvo",
+                  "--format", args.format, "--max-steps", str(args.steps), "--batch-size", "4",
+                  "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1", "--save-every", "0", "--quiet",
+                  "--mmap-threshold-kb", str(threshold), "--output-dir", str(workdir / tag)]
+    train_args += ["--train-limit", str(args.limit)] if args.limit else []
     env = {**os.environ, **({"THP_MEM_ALLOC_ENABLE": "1"} if thp else {})}
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    if done.returncode:
-        sys.exit(f"train.py ({variant}) failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    tracker = Tracker(db)
-    (run,) = tracker.runs()
-    scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
-    rss = [m["value"] for m in tracker.metrics(run["id"], "memory_mb")]
-    return {"tokens_per_s": [m["value"] for m in tracker.metrics(run["id"], "tokens_per_s")],
-            "peak_rss_mb": scores["peak_rss_mb"], "last_rss_mb": rss[-1], "dtype": run["config"]["dtype"]}
+    run, scores, metric = run_train_py(train_args, workdir / f"{tag}.db", variant, env)
+    return {"tokens_per_s": metric("tokens_per_s"), "peak_rss_mb": scores["peak_rss_mb"],
+            "last_rss_mb": metric("memory_mb")[-1], "dtype": run["config"]["dtype"]}
 
 
 def main(argv: list[str] | None = None) -> None:

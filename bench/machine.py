@@ -8,10 +8,11 @@ AVX2 machines' path can be run and tested on a bf16-capable one. Every script pr
 `machine_record` in its JSON, so a table says which CPU kind (from the CPU flags, not a guess) it came from.
 """
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -60,6 +61,22 @@ def machine_line(device: torch.device, dtype: torch.dtype | None = None) -> str:
     record = machine_record(device, dtype)
     flags = ",".join(record["cpu_bf16_flags"]) or "none"
     return f"ran on {record['device']}; CPU flags {flags}" + (f"; dtype {record['dtype']}" if dtype else "")
+
+
+def run_train_py(args: list[str], db: Path, label: str, env: dict[str, str] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, float], Callable[[str], list[float]]]:
+    """train.py with `args` in a fresh process (so its peak RSS is its own), recording into `db`; exits with the
+    tail of its stderr if it fails. Returns its one run (config included), that run's train scores, and a
+    function from a per-step metric's name to its values."""
+    from common.tracker import Tracker
+    cmd = [sys.executable, str(ROOT / "train.py"), *args, "--db", str(db)]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"train.py ({label}) failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    tracker = Tracker(db)
+    (run,) = tracker.runs()
+    scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
+    return run, scores, lambda name: [m["value"] for m in tracker.metrics(run["id"], name)]
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device, budget_s: float, repeats: int = 5,

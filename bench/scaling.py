@@ -25,7 +25,6 @@ bench/scaling_seq_len.png and bench/scaling_rank.png, and prints markdown tables
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,30 +38,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.env import default_device  # noqa: E402
-from common.tracker import Tracker  # noqa: E402
-from machine import add_dtype_flag, bench_dtype, machine_line, machine_record, train_quant_flag  # noqa: E402
+from machine import add_dtype_flag, bench_dtype, machine_line, machine_record, run_train_py  # noqa: E402
+from machine import train_quant_flag  # noqa: E402
 
 SWEEP_RANK = 16  # rank of the sequence-length sweep
 
 
 def run_point(model: str, quant: str, seq_len: int, rank: int, batch_size: int, steps: int, limit: int | None,
               workdir: Path, tag: str) -> dict:
-    db = workdir / f"{tag}.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--quant", quant, "--rank", str(rank),
-           "--modules", "qkvo", "--packing", "--max-seq-len", str(seq_len), "--batch-size", str(batch_size),
-           "--max-steps", str(steps), "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1",
-           "--save-every", "0", "--quiet", "--db", str(db), "--output-dir", str(workdir / tag)]
-    cmd += ["--train-limit", str(limit)] if limit else []
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.exit(f"train.py L={seq_len} r={rank} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    tracker = Tracker(db)
-    (run,) = tracker.runs()
-    scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
-    seen = [m["value"] for m in tracker.metrics(run["id"], "tokens_seen")]
-    return {"tokens_per_s": [m["value"] for m in tracker.metrics(run["id"], "tokens_per_s")],
+    args = ["--model", model, "--quant", quant, "--rank", str(rank), "--modules", "qkvo", "--packing",
+            "--max-seq-len", str(seq_len), "--batch-size", str(batch_size), "--max-steps", str(steps),
+            "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1", "--save-every", "0", "--quiet",
+            "--output-dir", str(workdir / tag)] + (["--train-limit", str(limit)] if limit else [])
+    run, scores, metric = run_train_py(args, workdir / f"{tag}.db", f"L={seq_len} r={rank}")
+    seen = metric("tokens_seen")
+    return {"tokens_per_s": metric("tokens_per_s"),
             "step_tokens": [b - a for a, b in zip([0.0] + seen, seen)],
-            "step_rss_mb": [m["value"] for m in tracker.metrics(run["id"], "memory_mb")],
+            "step_rss_mb": metric("memory_mb"),
             "peak_rss_mb": scores["peak_rss_mb"], "trainable_params": int(scores["trainable_params"]),
             "adapter_mb": scores["adapter_mb"], "dtype": run["config"]["dtype"],
             "train_examples": run["config"]["train_examples"]}

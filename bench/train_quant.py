@@ -17,7 +17,6 @@ table; writes both to bench/results/train_quant.json.
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,24 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.env import default_device  # noqa: E402
-from common.tracker import Tracker  # noqa: E402
-from machine import machine_line, machine_record  # noqa: E402
+from machine import machine_line, machine_record, run_train_py  # noqa: E402
 
 
 def run_mode(model: str, quant: str, steps: int, limit: int | None, workdir: Path, tag: str) -> dict:
-    db = workdir / f"{tag}.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--quant", quant, "--rank", "16",
-           "--modules", "qkvo", "--max-steps", str(steps), "--batch-size", "4", "--max-seq-len", "512",
-           "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1", "--save-every", "0", "--quiet",
-           "--db", str(db), "--output-dir", str(workdir / tag)] + (["--train-limit", str(limit)] if limit else [])
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.exit(f"train.py --quant {quant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    tracker = Tracker(db)
-    (run,) = tracker.runs()
-    scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
-    return {"tokens_per_s": [m["value"] for m in tracker.metrics(run["id"], "tokens_per_s")],
-            "peak_rss_mb": scores["peak_rss_mb"], "dtype": run["config"]["dtype"]}
+    args = ["--model", model, "--quant", quant, "--rank", "16", "--modules", "qkvo", "--max-steps", str(steps),
+            "--batch-size", "4", "--max-seq-len", "512", "--eval-every", "0", "--eval-gen", "0", "--val-limit", "1",
+            "--save-every", "0", "--quiet", "--output-dir", str(workdir / tag)] + \
+        (["--train-limit", str(limit)] if limit else [])
+    run, scores, metric = run_train_py(args, workdir / f"{tag}.db", f"--quant {quant}")
+    return {"tokens_per_s": metric("tokens_per_s"), "peak_rss_mb": scores["peak_rss_mb"],
+            "dtype": run["config"]["dtype"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -420,10 +420,11 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     config = load_config(cfg.model)
     shape = model_shape(config, cfg.modules)
     dtype = dtype or compute_dtype(cfg.quant, device)
+    dtype_name = str(dtype).replace("torch.", "")
     c = torch.finfo(dtype).bits // 8
     steps = run_batches(cfg, examples if examples is not None else encoded_lengths(cfg), world)
     per_layer, outside = saved_bytes_per_token(config.to_json_string(), cfg.modules, cfg.rank, cfg.dropout,
-                                               str(dtype).replace("torch.", ""))
+                                               dtype_name)
     largest = max((b for step in steps for b in step),
                    key=lambda b: activation_bytes(shape, per_layer, outside, b, cfg.quant, c, cfg.grad_checkpointing)
                    + 12 * shape.vocab * b.labelled)
@@ -439,14 +440,13 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     peak = max(baseline + weights + 16 * n_lora + k_act * (acts + logits), load)
     gflops = matmul_peak_gflops(device, dtype)
     passes = 3 if cfg.grad_checkpointing else 2
-    dtype_name = str(dtype).replace("torch.", "")
     dequant = DEQUANT_NS.get((cfg.quant, dtype_name), 0.0) * 1e-9 * shape.linear_params * passes
     flops = [sum(step_flops(shape, cfg.rank, b, cfg.grad_checkpointing) for b in step) for step in steps]
     efficiency = EFFICIENCY[dtype_name]
     seconds = [f / (gflops * 1e9 * efficiency) + dequant * len(step) for f, step in zip(flops, steps)]
     real = sum(b.real for step in steps for b in step)
     total_params = shape.linear_params + shape.other_params
-    return Estimate(device.type, str(dtype).replace("torch.", ""), cfg.quant, total_params, n_lora,
+    return Estimate(device.type, dtype_name, cfg.quant, total_params, n_lora,
                     baseline / MB, weights / MB, 16 * n_lora / MB, acts / MB, load / MB, logits / MB, k_act,
                     peak / MB,
                     sum(seconds) / len(seconds), real * world / sum(seconds), sum(flops) / len(flops), gflops,
