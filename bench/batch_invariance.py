@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,7 +25,8 @@ from common.data import load_humaneval  # noqa: E402
 from common.env import default_device  # noqa: E402
 from common.generation import generate  # noqa: E402
 from common.protocols import render  # noqa: E402
-from common.quant import cpu_has_native_bf16, load_model, load_tokenizer  # noqa: E402
+from common.quant import load_model, load_tokenizer  # noqa: E402
+from machine import dtype_name, machine_line, machine_record  # noqa: E402
 
 
 def run(model, tokenizer, prompts, batch_size: int, max_new_tokens: int, fp32: bool) -> tuple[float, list[str]]:
@@ -36,7 +36,7 @@ def run(model, tokenizer, prompts, batch_size: int, max_new_tokens: int, fp32: b
     return time.perf_counter() - began, [g.text for g in out]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--prompts", type=int, default=8)
@@ -44,12 +44,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3, help="timed batched runs per precision (one-at-a-time runs once)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch_invariance.json"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, "16bit", default_device()).eval()
+    device = default_device()
+    model = load_model(args.model, "16bit", device).eval()
     prompts = [render(tokenizer, problem, "instruct") for problem in load_humaneval()[:args.prompts]]
-    half = str(next(model.parameters()).dtype).replace("torch.", "")
-    result = {"model": args.model, "cpu_native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(),
+    dtype = next(model.parameters()).dtype
+    half = dtype_name(dtype)
+    print(machine_line(device, dtype), flush=True)
+    result = {"model": args.model, "machine": machine_record(device, dtype),
               "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
               "repeats": args.repeats, "runs": {}}
 

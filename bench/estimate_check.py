@@ -88,12 +88,14 @@ def llama_1b() -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fit", action="store_true")
     p.add_argument("--llama", action="store_true")
-    args = p.parse_args()
-    rows = [compare(r) for r in json.loads(MEASURED.read_text())]
+    p.add_argument("--measured", default=str(MEASURED), help="what bench/estimate_measure.py wrote")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    rows = [compare(r) for r in json.loads(Path(args.measured).read_text())]
     print("| config | dtype | largest micro-batch | predicted peak MB | measured peak MB | error | predicted step s "
           "| measured step s | error |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -109,7 +111,7 @@ def main() -> None:
     result = {"rows": rows, "constants": {"BASELINE_MB": E.BASELINE_MB, "K_ACT": E.K_ACT, "EFFICIENCY": E.EFFICIENCY}}
     if args.llama:
         result["llama_1b"] = llama_1b()
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

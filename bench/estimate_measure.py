@@ -2,27 +2,30 @@
 
     python bench/estimate_measure.py                 # every config in CONFIGS not yet in the results file
     python bench/estimate_measure.py --only 0,3      # these configs (indices), again
+    python bench/estimate_measure.py --model DIR --only 1 --steps 2 --out /tmp/m.json   # another model
 
 Each config runs train.py in a fresh process (so its peak RSS is its own) with --max-steps STEPS,
 no validation, no generation, no checkpoints, on the embedded SmolLM2-135M and the stdlib pairs.
 Per run it records the peak RSS (getrusage, the whole process: imports, data, model load, training),
 the per-step seconds (step tokens / the step's tokens_per_s from the tracker) and the step tokens.
-Appends to bench/results/estimate_measured.json, keyed by the config.
+Appends to bench/results/estimate_measured.json (or --out), keyed by the config; a config names its
+model only when it is not the embedded default. Every row records the machine it ran on.
 """
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.tracker import Tracker  # noqa: E402
+from machine import machine_record, run_train_py  # noqa: E402
 
-STEPS = 3   # the first 3 configs were measured with 4
+STEPS = 3
 COMMON = {"train_limit": 400, "eval_every": 0, "val_limit": 0, "eval_gen": 0, "save_every": 0}
 # The issue's ranges: 16/8/4-bit, ranks 4-64, qv..all, batch 1-8, sequence 128-512, checkpointing, packing.
 CONFIGS = [
@@ -49,39 +52,38 @@ def argv_of(config: dict) -> list[str]:
     return args
 
 
-def measure(config: dict, workdir: Path, tag: str) -> dict:
-    db = workdir / f"{tag}.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), *argv_of(config), "--max-steps", str(STEPS), "--quiet",
-           "--db", str(db), "--output-dir", str(workdir / tag)]
+def measure(config: dict, steps: int, workdir: Path, tag: str) -> dict:
+    args = [*argv_of(config), "--max-steps", str(steps), "--quiet", "--output-dir", str(workdir / tag)]
     began = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    tracker = Tracker(db)
-    (run,) = tracker.runs()
-    scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
-    rates = [m["value"] for m in tracker.metrics(run["id"], "tokens_per_s")]
-    seen = [m["value"] for m in tracker.metrics(run["id"], "tokens_seen")]
+    run, scores, metric = run_train_py(args, workdir / f"{tag}.db", tag)
+    seen = metric("tokens_seen")
     tokens = [b - a for a, b in zip([0.0] + seen, seen)]
-    rss_after = [m["value"] for m in tracker.metrics(run["id"], "memory_mb")]
-    return {"config": config, "steps": STEPS, "peak_rss_mb": scores["peak_rss_mb"], "dtype": run["config"]["dtype"],
-            "step_tokens": tokens, "step_s": [t / r for t, r in zip(tokens, rates)], "rss_after_step_mb": rss_after,
-            "trainable_params": scores["trainable_params"], "wall_s": time.time() - began,
-            "load_avg": open("/proc/loadavg").read().split()[:3], "measured_at": time.strftime("%Y-%m-%d %H:%M")}
+    return {"config": config, "steps": steps, "peak_rss_mb": scores["peak_rss_mb"], "dtype": run["config"]["dtype"],
+            "step_tokens": tokens, "step_s": [t / r for t, r in zip(tokens, metric("tokens_per_s"))],
+            "rss_after_step_mb": metric("memory_mb"), "trainable_params": scores["trainable_params"],
+            "wall_s": time.time() - began, "load_avg": open("/proc/loadavg").read().split()[:3],
+            "machine": machine_record(torch.device("cpu")), "measured_at": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=None, help="comma list of config indices (default: those not measured yet)")
-    args = p.parse_args()
-    results = json.loads(OUT.read_text()) if OUT.is_file() else []
+    p.add_argument("--model", default=None, help="a model other than the embedded default (name or directory)")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    configs = [{**c, "model": args.model} if args.model else c for c in CONFIGS]
+    results = json.loads(out.read_text()) if out.is_file() else []
     done = [json.dumps(r["config"], sort_keys=True) for r in results]
     todo = ([int(i) for i in args.only.split(",")] if args.only else
-            [i for i, c in enumerate(CONFIGS) if json.dumps(c, sort_keys=True) not in done])
+            [i for i, c in enumerate(configs) if json.dumps(c, sort_keys=True) not in done])
     with tempfile.TemporaryDirectory() as tmp:
         for i in todo:
-            row = measure(CONFIGS[i], Path(tmp), f"c{i}")
+            row = measure(configs[i], args.steps, Path(tmp), f"c{i}")
             print(json.dumps({k: row[k] for k in ("config", "peak_rss_mb", "step_s", "wall_s")}), flush=True)
             results.append(row)
-            OUT.write_text(json.dumps(results, indent=1) + "\n")
+            out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -135,12 +135,12 @@ def check_bench(model: str, work: Path) -> dict[str, Any]:
     return {"ok": True, **{f"{r['variant']}_tokens_per_s": round(r["tokens_per_s"], 1) for r in medians}}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--allow-cpu", action="store_true", help="run the checks on a CPU (tiny sizes)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check.json"))
     p.add_argument("--skip", default="", help="comma list of checks to leave out")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import torch
 
     on_gpu = torch.cuda.is_available()

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -28,6 +30,7 @@ from common.generation import generate  # noqa: E402
 from common.protocols import answer_code, program, render  # noqa: E402
 from common.quant import load_model, load_tokenizer  # noqa: E402
 from common.sandbox import check_many, humaneval_program  # noqa: E402
+from machine import machine_line, machine_record  # noqa: E402
 
 
 def score_protocol(model, tokenizer, problems, protocol: str, max_new_tokens: int, batch_size: int,
@@ -57,7 +60,7 @@ def score_protocol(model, tokenizer, problems, protocol: str, max_new_tokens: in
     return {"summary": summary, "rows": rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--benchmark", default="humaneval", help="humaneval, or mbpp / humaneval+ / mbpp+[:PATH.jsonl]")
@@ -67,17 +70,23 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--bf16", action="store_true", help="decode in the model's bf16 (batch-size dependent)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "protocol_pass_rate.json"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     problems = load_hub_benchmark(args.benchmark)[0] if is_hub_benchmark(args.benchmark) else load_humaneval()
     problems = problems[:args.limit]
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, "16bit", default_device()).eval()
+    device = default_device()
+    model = load_model(args.model, "16bit", device).eval()
+    # fp32 decoding (the default) computes in fp32 whatever the weights' dtype
+    dtype = next(model.parameters()).dtype if args.bf16 else torch.float32
+    print(machine_line(device, dtype), flush=True)
     runs = {}
     for protocol in args.protocols.split(","):
         runs[protocol] = score_protocol(model, tokenizer, problems, protocol, args.max_new_tokens, args.batch_size,
                                         fp32=not args.bf16)
         print(json.dumps(runs[protocol]["summary"]), flush=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "benchmark": args.benchmark, "limit": args.limit,
+    Path(args.out).write_text(json.dumps({"model": args.model,
+                                          "machine": machine_record(device, dtype),
+                                          "benchmark": args.benchmark, "limit": args.limit,
                                           "max_new_tokens": args.max_new_tokens, "fp32_decoding": not args.bf16,
                                           "runs": runs}, indent=1) + "\n")
     print("| protocol | pass@1 | passed | non-empty answers | statuses |\n|---|---|---|---|---|")

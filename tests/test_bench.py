@@ -361,3 +361,66 @@ def test_budget_cuts_and_a_budget_below_the_longest_example():
     assert budget_cuts([300], 200) == [0, 1] and budget_cuts([], 200) == [0]
     with pytest.raises(UserError, match="--max-tokens 100 is below --max-seq-len 128"):
         epoch_batches(examples_of_lengths([10]), 4, 0, 0, False, 128, max_tokens=100)
+
+
+@pytest.mark.slow
+def test_batch_invariance_smoke(tiny_model, tmp_path):
+    out = tmp_path / "bi.json"
+    bench_script("batch_invariance").main(["--model", tiny_model, "--prompts", "2", "--batch-size", "2",
+                                           "--max-new-tokens", "4", "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    half = dtype_name(half_dtype(CPU))
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["machine"]["dtype"] == half
+    assert set(report["runs"]) == {f"{half} batch 2", "fp32 batch 2", f"{half} batch 1", "fp32 batch 1"}
+    # fp32 decoding is what evaluate.py relies on to make greedy outputs independent of the batch size
+    assert report["equal_fp32"] == 2 and all(len(run["texts"]) == 2 for run in report["runs"].values())
+
+
+@pytest.mark.slow
+def test_protocol_pass_rate_smoke(tiny_model, tmp_path):
+    out = tmp_path / "ppr.json"
+    bench_script("protocol_pass_rate").main(["--model", tiny_model, "--limit", "2", "--protocols",
+                                             "completion,instruct", "--max-new-tokens", "4", "--batch-size", "2",
+                                             "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["machine"]["dtype"] == "float32"
+    for protocol in ("completion", "instruct"):
+        summary, rows = report["runs"][protocol]["summary"], report["runs"][protocol]["rows"]
+        # a random 2-layer model passes nothing; every program still ran in the sandbox and got an outcome
+        assert summary["problems"] == 2 and summary["passed"] == 0 and sum(summary["statuses"].values()) == 2
+        assert [row["task_id"] for row in rows] == ["HumanEval/0", "HumanEval/1"]
+
+
+@pytest.mark.slow
+def test_estimate_measure_and_check_smoke(tiny_model, tmp_path):
+    """Measure one config on the tiny model, then compare the estimator's prediction with it."""
+    measured, checked = tmp_path / "measured.json", tmp_path / "check.json"
+    bench_script("estimate_measure").main(["--model", tiny_model, "--only", "1", "--steps", "2", "--out",
+                                           str(measured)])
+    (row,) = json.loads(measured.read_text())
+    assert row["config"]["model"] == tiny_model and row["steps"] == 2 and len(row["step_s"]) == 2
+    # peak (getrusage) and per-step RSS (/proc/self/statm) come from the kernel's per-thread counters, which it
+    # syncs lazily: on a tiny model whose peak is its last step they can differ by a fraction of a MB
+    assert row["machine"]["cpu_kind"] == cpu_kind() and row["peak_rss_mb"] >= 0.99 * max(row["rss_after_step_mb"])
+    bench_script("estimate_check").main(["--measured", str(measured), "--out", str(checked)])
+    (check,) = json.loads(checked.read_text())["rows"]
+    assert check["measured_peak_mb"] == row["peak_rss_mb"] and check["predicted_peak_mb"] > 0
+    assert check["peak_error"] == pytest.approx(check["predicted_peak_mb"] / check["measured_peak_mb"] - 1)
+
+
+def test_gpu_check_refuses_a_cpu_without_allow_cpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal is for CPU-only machines")
+    assert bench_script("gpu_check").main([]) == 2
+    assert "--allow-cpu" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
+    """The CUDA check script at tiny size on a CPU (--allow-cpu), two of its checks, so it cannot rot unseen."""
+    out = tmp_path / "gc.json"
+    skip = "train-8bit,train-4bit,paged-adamw-8bit,resume-after-sigterm,sweep-gpu-pinning,train-bench-smoke"
+    assert bench_script("gpu_check").main(["--allow-cpu", "--skip", skip, "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert set(summary["checks"]) == {"train-16bit", "batched-generation"} and summary["passed"] == 2
+    assert summary["checks"]["train-16bit"]["last_loss"] < summary["checks"]["train-16bit"]["first_loss"]
