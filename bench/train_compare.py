@@ -68,9 +68,8 @@ from common.batching import epoch_batches  # noqa: E402
 from common.env import default_device, environment, peak_memory  # noqa: E402
 from flops import lora_params, training_flops  # noqa: E402
 from machine import (add_dtype_flag, bench_dtype, dtype_name, machine_line, machine_record,  # noqa: E402
-                     matmul_gflops, sync, train_quant_flag)
+                     matmul_gflops, run_train_py, sync, train_quant_flag)
 from common.prompts import IGNORE_INDEX  # noqa: E402
-from common.tracker import Tracker  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 BATCH, RANK, ALPHA, DROPOUT, LR, MAX_LEN = 4, 16, 32, 0.05, 2e-4, 512
@@ -89,21 +88,14 @@ Example = dict[str, Any]
 def run_ours(model: str, limit: int, examples: list[Example], seed: int, packing: bool, max_tokens: int | None,
              warmup: int, quant: str, workdir: Path) -> dict:
     """train.py for one epoch over the examples; which examples each step trained on, and the measured seconds."""
-    db = workdir / "ours.db"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--model", model, "--dataset", "stdlib",
-           "--train-limit", str(limit), "--epochs", "1", "--quant", quant, "--rank", str(RANK),
-           "--alpha", str(ALPHA), "--dropout", str(DROPOUT), "--modules", "qkvo", "--batch-size", str(BATCH),
-           "--lr", str(LR), "--seed", str(seed), "--max-seq-len", str(MAX_LEN), "--eval-every", "0",
-           "--eval-gen", "0", "--val-limit", "0", "--save-every", "0", "--quiet", "--db", str(db),
-           "--output-dir", str(workdir / "run")] + (["--packing"] if packing else []) + \
+    args = ["--model", model, "--dataset", "stdlib", "--train-limit", str(limit), "--epochs", "1", "--quant", quant,
+            "--rank", str(RANK), "--alpha", str(ALPHA), "--dropout", str(DROPOUT), "--modules", "qkvo",
+            "--batch-size", str(BATCH), "--lr", str(LR), "--seed", str(seed), "--max-seq-len", str(MAX_LEN),
+            "--eval-every", "0", "--eval-gen", "0", "--val-limit", "0", "--save-every", "0", "--quiet",
+            "--output-dir", str(workdir / "run")] + (["--packing"] if packing else []) + \
         (["--max-tokens", str(max_tokens)] if max_tokens else [])
-    run_quietly(cmd)
-    tracker = Tracker(db)
-    (run,) = tracker.runs()
-    seen = [m["value"] for m in tracker.metrics(run["id"], "tokens_seen")]
-    rates = [m["value"] for m in tracker.metrics(run["id"], "tokens_per_s")]
-    scores = {s["name"]: s["value"] for s in tracker.scores(run["id"], "train")}
-    tracker.close()
+    run, scores, metric = run_train_py(args, workdir / "ours.db", "ours")
+    seen, rates = metric("tokens_seen"), metric("tokens_per_s")
     # train.py's batch order is a pure function of (seed, epoch, layout): recompute it to know each step's examples.
     batches = epoch_batches(examples, BATCH, seed, 0, packing, MAX_LEN, max_tokens)
     steps = [[i for row in batch for i in row] for batch in batches]
