@@ -73,6 +73,10 @@ class TrainState:
     wall_seconds: float = 0.0            # time spent before the last interruption
     skipped_steps: int = 0               # fp16: steps the gradient scaler skipped for inf/NaN gradients
     scaler: dict[str, Any] | None = None  # fp16: the gradient scaler's state (scale, growth tracker)
+    sessions: int = 1                    # processes that have trained this run (1 + resumes)
+    # Peak memory (MB) of the earlier sessions, as of their last checkpoint: a resumed run reports the whole run's
+    # peak, not just its last process's
+    peak_memory: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)   # the recorded config it was started with
 
 
@@ -253,6 +257,7 @@ def start_recording(run: Run, state: TrainState, dropped_data: dict[str, int], d
     resuming = previous is not None and previous["name"] == cfg.name
     if resuming:
         tracker.resume_run(state.run_id)
+        state.sessions += 1
     else:
         state.run_id = tracker.start_run(cfg.name, "train", state.config, suite=cfg.suite,
                                          output_dir=str(run.output_dir), environment=environment())
@@ -319,6 +324,7 @@ def train_loop(cfg: TrainConfig, state: TrainState, run: Run) -> str:
 
 def checkpoint(run: Run, state: TrainState) -> None:
     state.wall_seconds = time.perf_counter() - run.started
+    state.peak_memory = run_peak_memory(state, run.device)
     state.scaler = run.scaler.state_dict() if run.scaler else None
     save_checkpoint(run.output_dir / "checkpoint", run.model, run.optimizer, run.scheduler, asdict(state))
 
@@ -479,8 +485,14 @@ def final_scores(run: Run, state: TrainState, final_step: int, stop_reason: str,
             "final_val_loss": state.best_val_loss if final_is_best else last_val, "last_val_loss": last_val,
             "best_val_loss": state.best_val_loss, "best_step": state.best_step, "final_step": final_step,
             "final_is_best": float(final_is_best), "early_stopped": float(stop_reason == "early_stopping"),
-            **({"skipped_steps": state.skipped_steps} if run.scaler else {}), **peak_memory(run.device),
-            "mmap_threshold_kb": run.cfg.mmap_threshold_kb}
+            **({"skipped_steps": state.skipped_steps} if run.scaler else {}), **run_peak_memory(state, run.device),
+            "sessions": state.sessions, "mmap_threshold_kb": run.cfg.mmap_threshold_kb}
+
+
+def run_peak_memory(state: TrainState, device: torch.device) -> dict[str, float]:
+    """This process's peaks merged with those of the run's earlier sessions."""
+    now = peak_memory(device)
+    return {k: max(now.get(k, 0.0), state.peak_memory.get(k, 0.0)) for k in now.keys() | state.peak_memory.keys()}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
     python bench/estimate_measure.py        # short train.py runs of the configs (slow: minutes each)
     python bench/estimate_check.py          # the table: prediction per config vs what was measured
     python bench/estimate_check.py --fit    # also the least-squares fit of K_ACT, and the time ratio
-    python bench/estimate_check.py --llama  # also predict a 1.1B llama (TinyLlama shape) built from config only
 
 Each measured run is predicted for exactly the steps it ran (same data, seed and batches). Memory: the
 process's peak RSS against the predicted peak; time: the mean seconds of the steps after the first (a
@@ -25,22 +24,27 @@ import torch  # noqa: E402
 from common import estimate as E  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
 from common.predictions import relative_error  # noqa: E402
+from estimate_measure import COMMON, LLAMA, write_llama_1b  # noqa: E402
 
 MEASURED = ROOT / "bench" / "results" / "estimate_measured.json"
 OUT = ROOT / "bench" / "results" / "estimate_check.json"
-COMMON = {"train_limit": 400, "eval_every": 0, "val_limit": 0, "eval_gen": 0, "save_every": 0}
 
 
 def describe(config: dict) -> str:
     extra = "+".join(k.replace("grad_checkpointing", "ckpt") for k in ("packing", "grad_checkpointing")
                      if config.get(k))
-    return (f"{config['quant']} r{config['rank']} {config['modules']} b{config['batch_size']} "
+    model = "1.1B llama " if config.get("model") == LLAMA else ""
+    return (f"{model}{config['quant']} r{config['rank']} {config['modules']} b{config['batch_size']} "
             f"L{config['max_seq_len']}" + (f" {extra}" if extra else ""))
 
 
 def compare(row: dict) -> dict:
-    cfg = TrainConfig(**{**COMMON, **row["config"], "max_steps": row["steps"]})
-    est = E.estimate_run(cfg, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = row["config"]
+        if config.get("model") == LLAMA:  # predicted from its config alone: the weights are never made
+            config = {**config, "model": str(write_llama_1b(Path(tmp) / LLAMA, weights=False))}
+        cfg = TrainConfig(**{**COMMON, **config, "max_steps": row["steps"]})
+        est = E.estimate_run(cfg, torch.device("cpu"))
     measured_s = statistics.mean(row["step_s"][1:])
     predicted_s = statistics.mean(est.step_seconds[1:])
     return {"config": describe(row["config"]), "dtype": est.dtype, "largest": f"{est.largest.rows}x{est.largest.width}",
@@ -67,31 +71,9 @@ def fit(rows: list[dict]) -> None:
     print(f"time: median predicted/measured {ratio:.3f}")
 
 
-def llama_1b() -> dict:
-    """A TinyLlama-1.1B-shaped llama, predicted from its config alone (the weights are never made), in fp32
-    compute as bench/quant_memory.py measured it (bench/RESULTS.md section 5: LoRA r16 qkvo, 1 x 256)."""
-    from transformers import LlamaConfig
-    shape = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32, "num_key_value_heads": 4,
-             "vocab_size": 32000, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        LlamaConfig(num_hidden_layers=22, **shape).save_pretrained(tmp)  # config.json only
-        examples = [{"input_ids": range(256), "labelled": 255}] * 8
-        for quant in ("16bit", "8bit", "4bit"):
-            cfg = TrainConfig(model=tmp, quant=quant, rank=16, modules="qkvo", batch_size=1, max_steps=3,
-                              max_seq_len=256)
-            est = E.estimate_run(cfg, torch.device("cpu"), examples, dtype=torch.float32)
-            out[quant] = {"weights_mb": est.weights_mb, "peak_mb": est.peak_mb, "load_mb": est.load_mb,
-                          "act_logits_mb": est.activations_mb + est.logits_mb, "step_s": est.step_s,
-                          "dtype": est.dtype, "params": est.params}
-            print(E.format_estimate(est, f"1.1B llama, {quant}, 1 x 256 tokens"))
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fit", action="store_true")
-    p.add_argument("--llama", action="store_true")
     p.add_argument("--measured", default=str(MEASURED), help="what bench/estimate_measure.py wrote")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
@@ -109,8 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.fit:
         fit(rows)
     result = {"rows": rows, "constants": {"BASELINE_MB": E.BASELINE_MB, "K_ACT": E.K_ACT, "EFFICIENCY": E.EFFICIENCY}}
-    if args.llama:
-        result["llama_1b"] = llama_1b()
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -2,10 +2,13 @@
 
     python bench/estimate_measure.py                 # every config in CONFIGS not yet in the results file
     python bench/estimate_measure.py --only 0,3      # these configs (indices), again
+    python bench/estimate_measure.py --only 9,10,11  # the 1.1B llama at 16/8/4-bit (builds it: ~1 min, 2.3 GB)
     python bench/estimate_measure.py --model DIR --only 1 --steps 2 --out /tmp/m.json   # another model
 
 Each config runs train.py in a fresh process (so its peak RSS is its own) with --max-steps STEPS,
-no validation, no generation, no checkpoints, on the embedded SmolLM2-135M and the stdlib pairs.
+no validation, no generation, no checkpoints, on the stdlib pairs: the embedded SmolLM2-135M, and a
+1.1B llama (model "llama-1.1b": TinyLlama-1.1B's layer shape with the embedded tokenizer's 49,152-token
+vocabulary, 1.17B parameters) built from its config with random weights, saved as bf16 in a temp dir.
 Per run it records the peak RSS (getrusage, the whole process: imports, data, model load, training),
 the per-step seconds (step tokens / the step's tokens_per_s from the tracker) and the step tokens.
 Appends to bench/results/estimate_measured.json (or --out), keyed by the config; a config names its
@@ -40,7 +43,12 @@ CONFIGS = [
     {"quant": "4bit", "rank": 8, "modules": "all", "batch_size": 8, "max_seq_len": 128},
     {"quant": "4bit", "rank": 64, "modules": "qv", "batch_size": 1, "max_seq_len": 512, "packing": True,
      "grad_checkpointing": True},
-]
+] + [{"model": "llama-1.1b", "quant": quant, "rank": 16, "modules": "qkvo", "batch_size": 1, "max_seq_len": 256}
+     for quant in ("16bit", "8bit", "4bit")]
+LLAMA = "llama-1.1b"
+TINYLLAMA_SHAPE = {"num_hidden_layers": 22, "hidden_size": 2048, "intermediate_size": 5632,
+                   "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
+                   "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
 OUT = ROOT / "bench" / "results" / "estimate_measured.json"
 
 
@@ -52,8 +60,31 @@ def argv_of(config: dict) -> list[str]:
     return args
 
 
+def write_llama_1b(directory: Path, weights: bool) -> Path:
+    """The 1.1B llama with the embedded tokenizer: config and tokenizer, plus random bf16 weights if asked
+    (config only is all common/estimate.py reads)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from common.quant import load_tokenizer
+    tokenizer = load_tokenizer("smollm2-135m")
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         dtype="bfloat16", **TINYLLAMA_SHAPE)
+    if weights:
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(directory)
+    else:
+        config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def measure(config: dict, steps: int, workdir: Path, tag: str) -> dict:
-    args = [*argv_of(config), "--max-steps", str(steps), "--quiet", "--output-dir", str(workdir / tag)]
+    ran = config
+    if config.get("model") == LLAMA:  # built once per invocation, shared by its 16/8/4-bit configs
+        built = workdir / LLAMA
+        ran = {**config, "model": str(built if built.is_dir() else write_llama_1b(built, weights=True))}
+    args = [*argv_of(ran), "--max-steps", str(steps), "--quiet", "--output-dir", str(workdir / tag)]
     began = time.time()
     run, scores, metric = run_train_py(args, workdir / f"{tag}.db", tag)
     seen = metric("tokens_seen")
@@ -73,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
     out = Path(args.out)
-    configs = [{**c, "model": args.model} if args.model else c for c in CONFIGS]
+    configs = [{**c, "model": args.model} if args.model and "model" not in c else c for c in CONFIGS]
     results = json.loads(out.read_text()) if out.is_file() else []
     done = [json.dumps(r["config"], sort_keys=True) for r in results]
     todo = ([int(i) for i in args.only.split(",")] if args.only else

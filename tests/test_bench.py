@@ -424,3 +424,21 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
     summary = json.loads(out.read_text())
     assert set(summary["checks"]) == {"train-16bit", "batched-generation"} and summary["passed"] == 2
     assert summary["checks"]["train-16bit"]["last_loss"] < summary["checks"]["train-16bit"]["first_loss"]
+
+
+def test_the_1b_llama_is_predicted_from_its_config_alone(tmp_path):
+    """bench/estimate_check.py predicts the 1.1B llama rows without making weights: 1.17B parameters, and the
+    4-bit weights about a third of the 16-bit ones (the embeddings and head stay in bf16)."""
+    from common import estimate as E
+    from common.config import TrainConfig
+
+    measure = bench_script("estimate_measure")
+    directory = measure.write_llama_1b(tmp_path / "llama", weights=False)
+    assert not list(directory.glob("*.safetensors"))
+    estimates = {quant: E.estimate_run(TrainConfig(**{**measure.COMMON, **config, "model": str(directory),
+                                                      "max_steps": 3}), CPU, dtype=torch.bfloat16)
+                 for config in measure.CONFIGS if config.get("model") == measure.LLAMA
+                 for quant in [config["quant"]]}
+    assert set(estimates) == {"16bit", "8bit", "4bit"}
+    assert estimates["16bit"].params == pytest.approx(1.17e9, rel=0.01)
+    assert 0.3 < estimates["4bit"].weights_mb / estimates["16bit"].weights_mb < 0.45

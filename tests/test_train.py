@@ -123,12 +123,17 @@ def test_sigterm_saves_and_rerun_resumes_to_the_same_result(tiny_model, tmp_path
     assert run["status"] == "interrupted"
     stopped_at = len(Tracker(db_b).metrics(run["id"], "loss"))
     assert 3 <= stopped_at < 16 and (out_b / "checkpoint" / "state.pt").is_file()
+    first_peak = torch.load(out_b / "checkpoint" / "state.pt", weights_only=False)["progress"]["peak_memory"]
+    assert first_peak["peak_rss_mb"] > 0
 
     resumed = run_script(*common, "--db", str(db_b), "--output-dir", str(out_b))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {stopped_at}" in resumed.stdout
     (run,) = Tracker(db_b).runs()  # the same row continues: no duplicate, nothing lost
     assert run["status"] == "completed"
+    scores = {s["name"]: s["value"] for s in Tracker(db_b).scores(run["id"], "train")}
+    # the recorded peak is the whole run's: at least the interrupted session's, whatever the resumed one used
+    assert scores["sessions"] == 2 and scores["peak_rss_mb"] >= first_peak["peak_rss_mb"]
     losses_b = [m["value"] for m in Tracker(db_b).metrics(run["id"], "loss")]
     losses_a = [m["value"] for m in Tracker(tmp_path / "a.db").metrics(1, "loss")]
     assert len(losses_b) == 16
@@ -277,3 +282,11 @@ def test_instruct_format_trains_and_is_recorded(tiny_model, tmp_path):
     assert run["status"] == "completed" and run["config"]["format"] == "instruct"
     assert run["config"]["template"] == "chat"  # the embedded tokenizer has a chat template
     assert len(db.metrics(run["id"], "val_chrf")) == 1
+
+
+def test_a_resumed_run_keeps_the_peak_of_its_earlier_sessions():
+    cpu = torch.device("cpu")
+    earlier = train.TrainState(peak_memory={"peak_rss_mb": 1e9})
+    assert train.run_peak_memory(earlier, cpu)["peak_rss_mb"] == 1e9
+    this_process = train.run_peak_memory(train.TrainState(), cpu)["peak_rss_mb"]
+    assert 0 < this_process < 1e9
