@@ -3,6 +3,7 @@
     python bench/estimate_measure.py                 # every config in CONFIGS not yet in the results file
     python bench/estimate_measure.py --only 0,3      # these configs (indices), again
     python bench/estimate_measure.py --only 9,10,11  # the 1.1B llama at 16/8/4-bit (builds it: ~1 min, 2.3 GB)
+    python bench/estimate_measure.py --only 12 --steps 10   # the study's reference run, its first 10 steps
     python bench/estimate_measure.py --model DIR --only 1 --steps 2 --out /tmp/m.json   # another model
 
 Each config runs train.py in a fresh process (so its peak RSS is its own) with --max-steps STEPS,
@@ -44,7 +45,12 @@ CONFIGS = [
     {"quant": "4bit", "rank": 64, "modules": "qv", "batch_size": 1, "max_seq_len": 512, "packing": True,
      "grad_checkpointing": True},
 ] + [{"model": "llama-1.1b", "quant": quant, "rank": 16, "modules": "qkvo", "batch_size": 1, "max_seq_len": 256}
-     for quant in ("16bit", "8bit", "4bit")]
+     for quant in ("16bit", "8bit", "4bit")] + [
+    # the study's reference run (sweep.py --suite study, rank question): instruct format, the whole training
+    # split (train_limit None), r16 qkvo, batch 4, length 512; measured with --steps 10
+    {"format": "instruct", "train_limit": None, "quant": "16bit", "rank": 16, "modules": "qkvo", "batch_size": 4,
+     "max_seq_len": 512},
+]
 LLAMA = "llama-1.1b"
 TINYLLAMA_SHAPE = {"num_hidden_layers": 22, "hidden_size": 2048, "intermediate_size": 5632,
                    "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
@@ -56,7 +62,8 @@ def argv_of(config: dict) -> list[str]:
     args = []
     for key, value in {**COMMON, **config}.items():
         flag = "--" + key.replace("_", "-")
-        args += [flag] if value is True else [flag, str(value)]
+        if value is not None:  # None: train.py's default
+            args += [flag] if value is True else [flag, str(value)]
     return args
 
 

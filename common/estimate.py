@@ -26,12 +26,15 @@ T = rows x padded width positions, C = labelled positions, V = vocabulary):
                 autograd (bitsandbytes ctx.tensors), added as (2h + q + i) * c per layer.
     logits    = 12 * C * V       fp32 log-softmax output, its gradient and the logits' gradient,
                                  at labelled positions only (CompletionLoss)
-    train     = baseline + weights + lora + K_ACT * (acts + logits)
-    load      = baseline + checkpoint + weights    CPU only: the checkpoint file's pages are resident (mmap)
-                                                   while the weights are converted / quantized out of it
-                + c * N_linear for 4bit/8bit       assumed: the linears exist in the compute dtype before
-                                                   bitsandbytes quantizes them (one NF4 load measured 1579 MB
-                                                   peak on the 135M model; this gives 1368)
+    train     = baseline + weights + mapped + lora + K_act(n) * acts + K_LOGITS * logits
+                K_act(n) = K_ACT + K_ACT_GROWTH * ln(n / 3) for a run of n >= 3 optimizer steps on a CPU
+                with glibc's default allocator (freed activations pile up on its heap over a run), K_ACT
+                with --mmap-threshold-kb; logits tensors are large enough to be mmapped: no growth
+    load      = CPU only. When the checkpoint's dtype is the compute dtype, the weights are the file's own
+                pages (mmap, no copy): load = baseline + weights + mapped, where mapped = the checkpoint's
+                dense linears for 4bit/8bit (quantized out of the file, whose pages stay mapped because the
+                unquantized tensors still use it), else 0. Otherwise the weights are converted copies:
+                load = baseline + checkpoint + weights (+ c * N_linear staged for 4bit/8bit), mapped = 0.
     peak      = max(train, load)
                 baseline: CPU, the resident size of python + torch + transformers + peft + tokenizer + data
                 (BASELINE_MB, measured); CUDA, 0 (max_memory_allocated counts tensors only).
@@ -69,7 +72,13 @@ from common.errors import UserError, first_line
 MB = 2**20
 # Calibration constants (bench/RESULTS.md section 8 states how each was obtained and the errors it gives).
 BASELINE_MB = 530.0          # CPU RSS before any weight: imports, tokenizer, 400 encoded examples (measured)
-K_ACT = 1.40                 # CPU: peak (activations + logits) / bytes autograd saves; least squares, 3 runs
+K_ACT = 1.40                 # CPU: peak activations / bytes autograd saves, over a 3-step run; least squares
+K_LOGITS = 1.267             # CPU: the same for the logits, whatever the run length (tensors > 32 MiB: mmapped)
+# CPU, glibc's default allocator: the activations' factor grows with the run's optimizer steps n,
+# K_ACT + K_ACT_GROWTH * ln(n / 3), as freed activations stay on a fragmenting heap (bench/RESULTS.md s.9).
+# K_LOGITS and K_ACT_GROWTH: least squares over the study's six seed-0 100-step runs (SmolLM2 and Gemma,
+# r4/r16/r64); its seeds 1-2 and every short run are the held-out check (bench/RESULTS.md s.8).
+K_ACT_GROWTH = 0.332
 K_ACT_CUDA = 1.0             # CUDA: assumed, not measured on a GPU yet
 # Model FLOPs / matmul peak reached by a step: train.py's MFU in bench/RESULTS.md s.1 against the peak of
 # 2048^2 matmuls, on idle machines: fp32 58.6% (AVX2 CPU), bf16 38.3% (AVX512-BF16 CPU); fp16 (older GPUs)
@@ -127,11 +136,13 @@ class Estimate:
     lora_params: int
     baseline_mb: float
     weights_mb: float
+    mapped_mb: float             # CPU: checkpoint pages that stay resident beside quantized weights
     lora_mb: float
     activations_mb: float        # saved activations of the largest micro-batch (before K_ACT)
     load_mb: float               # peak while loading the weights
     logits_mb: float
-    k_act: float
+    k_act: float                 # allocator/backward factor on the activations (grows with the run's steps on CPU)
+    k_logits: float
     peak_mb: float
     step_s: float                # mean over the run's optimizer steps
     tokens_per_s: float          # real tokens per second
@@ -190,20 +201,43 @@ def _is_target(name: str, targets: tuple[str, ...]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def checkpoint_bytes(model: str, config: Any) -> int:
-    """Size of the weight files (a local directory), else parameters x the config's dtype."""
+def checkpoint_info(model: str, config: Any) -> tuple[int, torch.dtype]:
+    """Size of the weight files and the dtype holding most of their bytes: read from the safetensors
+    headers of a local directory (no tensor is read), else parameters x the config's dtype."""
     from pathlib import Path
 
     from common.models import resolve_model
     path = Path(resolve_model(model))
     files = [f for f in path.glob("*") if f.suffix in (".safetensors", ".bin")] if path.is_dir() else []
+    config_dtype = getattr(torch, str(getattr(config, "dtype", None) or "float32").replace("torch.", ""),
+                           torch.float32)
     if files:
-        return sum(f.stat().st_size for f in files)
-    dtype = getattr(torch, str(getattr(config, "dtype", None) or "float32").replace("torch.", ""), torch.float32)
+        by_dtype: dict[str, int] = {}
+        for f in files:
+            if f.suffix == ".safetensors":
+                for name, count in _safetensors_dtype_bytes(f).items():
+                    by_dtype[name] = by_dtype.get(name, 0) + count
+        dtype = SAFETENSORS_DTYPES.get(max(by_dtype, key=by_dtype.get), config_dtype) if by_dtype else config_dtype
+        return sum(f.stat().st_size for f in files), dtype
     with torch.device("meta"):
         from transformers import AutoModelForCausalLM
         params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    return params * torch.finfo(dtype).bits // 8
+    return params * torch.finfo(config_dtype).bits // 8, config_dtype
+
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def _safetensors_dtype_bytes(path) -> dict[str, int]:
+    """Bytes per dtype in a safetensors file, from its JSON header (8-byte length, then the header)."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    out: dict[str, int] = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            start, end = info["data_offsets"]
+            out[info["dtype"]] = out.get(info["dtype"], 0) + end - start
+    return out
 
 
 def weight_bytes(shape: ModelShape, quant: str, dtype_bytes: int) -> int:
@@ -362,19 +396,23 @@ def _measure_matmul_gflops(device: torch.device, dtype: torch.dtype, n: int | No
 def encoded_lengths(cfg: TrainConfig) -> list[dict[str, Any]]:
     """The training split as train.py encodes it, reduced to lengths: [{"input_ids": range(n), "labelled": c}]."""
     return _encoded_lengths(cfg.model, cfg.dataset, cfg.split_seed, cfg.train_limit, cfg.group_key,
-                            cfg.decontaminate, cfg.max_seq_len, cfg.truncate)
+                            cfg.decontaminate, cfg.max_seq_len, cfg.truncate, cfg.format, cfg.columns,
+                            cfg.skip_bad_rows)
 
 
 @functools.lru_cache(maxsize=8)
-def _encoded_lengths(model, dataset, split_seed, train_limit, group_key, decontaminate, max_seq_len, truncate):
+def _encoded_lengths(model, dataset, split_seed, train_limit, group_key, decontaminate, max_seq_len, truncate,
+                     format, columns, skip_bad_rows):
+    """As train.py's build_run loads and encodes the training split (same arguments, same functions)."""
     from common.data import load_splits
     from common.prompts import IGNORE_INDEX, choose_template, encode_examples
     from common.quant import load_tokenizer
     tokenizer = load_tokenizer(model)
     splits = load_splits(dataset, split_seed=split_seed, limit=train_limit, group_key=group_key,
-                         benchmark_files=[f for f in decontaminate.split(",") if f.strip()])
-    template = choose_template(tokenizer, splits.train[0].style)
-    encoded, _ = encode_examples(tokenizer, splits.train, template, max_seq_len, truncate)
+                         benchmark_files=[f for f in decontaminate.split(",") if f.strip()], columns=columns,
+                         skip_bad_rows=skip_bad_rows)
+    template = choose_template(tokenizer, splits.train[0].style, format)
+    encoded, _ = encode_examples(tokenizer, splits.train, template, max_seq_len, truncate, format)
     if not encoded:
         raise UserError(f"no training example fits --max-seq-len {max_seq_len}; raise it or pass --truncate")
     return [{"input_ids": range(len(e["input_ids"])), "labelled": sum(x != IGNORE_INDEX for x in e["labels"][1:])}
@@ -432,12 +470,25 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     logits = 12 * shape.vocab * largest.labelled
     n_lora = shape.lora_params(cfg.rank)
     cuda = device.type == "cuda"
-    k_act = K_ACT_CUDA if cuda else K_ACT
+    steps_run = max(len(steps), 3)
+    if cuda:
+        k_act = k_logits = K_ACT_CUDA
+    else:
+        k_logits = K_LOGITS
+        k_act = K_ACT + (K_ACT_GROWTH * math.log(steps_run / 3) if cfg.mmap_threshold_kb == 0 else 0.0)
     baseline = 0.0 if cuda else BASELINE_MB * MB
     weights = weight_bytes(shape, cfg.quant, c)
-    staged = c * shape.linear_params if cfg.quant in ("4bit", "8bit") else 0  # dense before quantizing
-    load = 0.0 if cuda else baseline + checkpoint_bytes(cfg.model, config) + weights + staged
-    peak = max(baseline + weights + 16 * n_lora + k_act * (acts + logits), load)
+    quantized = cfg.quant in ("4bit", "8bit")
+    ckpt, ckpt_dtype = checkpoint_info(cfg.model, config)
+    if cuda:
+        mapped, load = 0.0, 0.0
+    elif ckpt_dtype == dtype:  # the loaded tensors are the checkpoint file's own pages (mmap), no copy
+        mapped = ckpt - c * shape.other_params if quantized else 0.0
+        load = baseline + weights + mapped
+    else:                      # converted: the file's pages, the new weights and, for 4/8-bit, dense staging
+        mapped = 0.0
+        load = baseline + ckpt + weights + (c * shape.linear_params if quantized else 0)
+    peak = max(baseline + weights + mapped + 16 * n_lora + k_act * acts + k_logits * logits, load)
     gflops = matmul_peak_gflops(device, dtype)
     passes = 3 if cfg.grad_checkpointing else 2
     dequant = DEQUANT_NS.get((cfg.quant, dtype_name), 0.0) * 1e-9 * shape.linear_params * passes
@@ -447,15 +498,20 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     real = sum(b.real for step in steps for b in step)
     total_params = shape.linear_params + shape.other_params
     return Estimate(device.type, dtype_name, cfg.quant, total_params, n_lora,
-                    baseline / MB, weights / MB, 16 * n_lora / MB, acts / MB, load / MB, logits / MB, k_act,
-                    peak / MB,
+                    baseline / MB, weights / MB, mapped / MB, 16 * n_lora / MB, acts / MB, load / MB, logits / MB,
+                    k_act, k_logits, peak / MB,
                     sum(seconds) / len(seconds), real * world / sum(seconds), sum(flops) / len(flops), gflops,
                     len(steps), largest, seconds)
 
 
 def training_peak_mb(est: Estimate) -> float:
     """The predicted peak while training (the loading peak left out)."""
-    return est.baseline_mb + est.weights_mb + est.lora_mb + est.k_act * (est.activations_mb + est.logits_mb)
+    return fixed_mb(est) + est.k_act * est.activations_mb + est.k_logits * est.logits_mb
+
+
+def fixed_mb(est: Estimate) -> float:
+    """What a run holds whatever the batch: baseline, base weights, mapped checkpoint pages, LoRA state."""
+    return est.baseline_mb + est.weights_mb + est.mapped_mb + est.lora_mb
 
 
 def refine(est: Estimate, measured_peak_mb: float, measured_step_s: float, probe: Estimate) -> Estimate:
@@ -465,14 +521,15 @@ def refine(est: Estimate, measured_peak_mb: float, measured_step_s: float, probe
     probe's measured training peak over its predicted one, both less baseline + weights + LoRA;
     time: the step time by measured / predicted.
     """
-    fixed = probe.baseline_mb + probe.weights_mb + probe.lora_mb
+    fixed = fixed_mb(probe)
     variable = training_peak_mb(probe) - fixed
     scale_mem = max(measured_peak_mb - fixed, 0.0) / variable if variable > 0 else 1.0
     scale_time = measured_step_s / probe.step_s if probe.step_s > 0 else 1.0
-    fixed_est = est.baseline_mb + est.weights_mb + est.lora_mb
+    fixed_est = fixed_mb(est)
     train = fixed_est + (training_peak_mb(est) - fixed_est) * scale_mem
     return dataclasses.replace(est, peak_mb=max(train, est.load_mb), step_s=est.step_s * scale_time,
                                tokens_per_s=est.tokens_per_s / scale_time, k_act=est.k_act * scale_mem,
+                               k_logits=est.k_logits * scale_mem,
                                scale_memory=scale_mem, scale_time=scale_time)
 
 
@@ -485,12 +542,14 @@ def format_estimate(est: Estimate, title: str = "estimate") -> str:
         ("parameters", f"{est.params:,} base, {est.lora_params:,} LoRA"),
         ("framework baseline", f"{est.baseline_mb:8.0f} MB"),
         ("base weights", f"{est.weights_mb:8.0f} MB"),
+        *([("checkpoint pages kept mapped", f"{est.mapped_mb:8.0f} MB  the dense linears quantized in place")]
+          if est.mapped_mb else []),
         ("LoRA weights + grads + AdamW", f"{est.lora_mb:8.0f} MB"),
         ("saved activations", f"{est.activations_mb:8.0f} MB  largest micro-batch {b.rows} x {b.width} positions"),
         ("logits (labelled positions)", f"{est.logits_mb:8.0f} MB  {b.labelled} labelled positions"),
-        ("allocator/backward factor", f"{est.k_act:8.2f} x (activations + logits)"
+        ("allocator/backward factors", f"{est.k_act:8.2f} x activations, {est.k_logits:.2f} x logits"
          + (f", probe scale {est.scale_memory:.2f}" if est.scale_memory != 1.0 else "")),
-        ("peak while loading", f"{est.load_mb:8.0f} MB  baseline + checkpoint file + weights"),
+        ("peak while loading", f"{est.load_mb:8.0f} MB"),
         (f"predicted peak ({where})", f"{est.peak_mb:8.0f} MB"),
         ("model FLOPs per step", f"{est.step_flops / 1e9:8.1f} GFLOP  over {est.steps} steps"),
         ("matmul peak (measured, cached)", f"{est.peak_gflops:8.1f} GFLOP/s x efficiency {EFFICIENCY[est.dtype]}"

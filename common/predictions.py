@@ -16,7 +16,7 @@ import torch
 
 from common.config import TrainConfig
 from common.errors import UserError, first_line
-from common.estimate import MB, Estimate, estimate_run, format_estimate, refine, training_peak_mb
+from common.estimate import MB, Estimate, estimate_run, fixed_mb, format_estimate, refine, training_peak_mb
 
 PROBE_STEPS = 3
 
@@ -142,7 +142,7 @@ def print_plan_estimates(planned: list, estimates: dict[str, Estimate], budget_m
             continue
         over = () if budget_mb is None else ("over: skipped" if est.peak_mb > budget_mb else "fits",)
         rows.append((p.name, p.diff, f"{est.peak_mb:.0f}", f"{est.weights_mb:.0f}",
-                     f"{est.k_act * (est.activations_mb + est.logits_mb):.0f}", f"{est.step_s:.2f}",
+                     f"{training_peak_mb(est) - fixed_mb(est):.0f}", f"{est.step_s:.2f}",
                      f"{est.tokens_per_s:.0f}", f"{est.steps * est.step_s / 60:.1f}", *over))
     where = "max_memory_allocated" if any(e.device == "cuda" for e in estimates.values()) else "peak RSS"
     print(tabulate(rows, headers=("run", "config", f"peak MB ({where})", "weights MB", "activations MB",
@@ -156,7 +156,7 @@ def budget_reason(est: Estimate, budget_mb: float) -> str | None:
         return None
     return (f"skipped for budget: predicted peak {est.peak_mb:.0f} MB > --budget-mb {budget_mb:.0f} "
             f"(common/estimate.py; weights {est.weights_mb:.0f} MB, activations+logits "
-            f"{est.k_act * (est.activations_mb + est.logits_mb):.0f} MB)")
+            f"{training_peak_mb(est) - fixed_mb(est):.0f} MB)")
 
 
 def record_skipped(tracker, name: str, suite: str, flags: dict[str, Any], est: Estimate, reason: str) -> int:

@@ -7,6 +7,7 @@ train.py's, the two-layer activation measurement against a deeper model's, and t
 'skipped' status (schema migration 1 -> 2).
 """
 import dataclasses
+import math
 import os
 import json
 import sqlite3
@@ -17,7 +18,11 @@ import torch
 from common.batching import epoch_batches
 from common.config import SweepConfig, TrainConfig
 from common.estimate import (
+    K_ACT,
+    K_ACT_GROWTH,
+    K_LOGITS,
     activation_bytes,
+    encoded_lengths,
     estimate_run,
     format_estimate,
     load_config,
@@ -133,8 +138,8 @@ def test_estimate_parts_add_up_and_checkpointing_saves_memory(tiny_model):
                       max_steps=5)
     plain = estimate_run(cfg, CPU, synthetic_examples())
     ckpt = estimate_run(dataclasses.replace(cfg, grad_checkpointing=True), CPU, synthetic_examples())
-    train_part = plain.baseline_mb + plain.weights_mb + plain.lora_mb + plain.k_act * (
-        plain.activations_mb + plain.logits_mb)
+    train_part = (plain.baseline_mb + plain.weights_mb + plain.mapped_mb + plain.lora_mb
+                  + plain.k_act * plain.activations_mb + plain.k_logits * plain.logits_mb)
     assert plain.peak_mb == pytest.approx(max(train_part, plain.load_mb))
     assert ckpt.step_flops > plain.step_flops
     shape = model_shape(load_config(tiny_model), "all")
@@ -143,6 +148,18 @@ def test_estimate_parts_add_up_and_checkpointing_saves_memory(tiny_model):
     assert activation_bytes(shape, per_layer, outside, b, "32bit", 4, True) < activation_bytes(
         shape, per_layer, outside, b, "32bit", 4, False)
     assert "predicted peak" in format_estimate(plain) and plain.steps == 5
+
+
+def test_a_longer_run_is_predicted_to_hold_more_under_glibcs_default_allocator(tiny_model):
+    """Freed activations stay on glibc's heap and pile up over a run; with a fixed mmap threshold they do not."""
+    cfg = TrainConfig(model=tiny_model, rank=8, modules="all", quant="32bit", batch_size=4, max_seq_len=128)
+    short, long = (estimate_run(dataclasses.replace(cfg, max_steps=n), CPU, synthetic_examples(400))
+                   for n in (3, 100))
+    fixed = estimate_run(dataclasses.replace(cfg, max_steps=100, mmap_threshold_kb=256), CPU,
+                         synthetic_examples(400))
+    assert short.k_act == pytest.approx(K_ACT) and fixed.k_act == pytest.approx(K_ACT)
+    assert long.k_act == pytest.approx(K_ACT + K_ACT_GROWTH * math.log(100 / 3))
+    assert long.k_logits == short.k_logits == K_LOGITS  # logits are mmapped: no growth
 
 
 V1_RUNS = """CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, suite TEXT,
@@ -215,15 +232,23 @@ def test_sweep_budget_records_runs_over_it_as_skipped(tiny_model, data_file, tmp
 
 
 @pytest.mark.slow
-def test_train_run_records_its_prediction_beside_the_measurement(tiny_model, data_file, tmp_path):
+@pytest.mark.parametrize("format", ["completion", "instruct"])
+def test_train_run_records_its_prediction_beside_the_measurement(tiny_model, data_file, tmp_path, format):
+    """The prediction is for the batches the run trains on: the chat template of --format instruct included."""
     import train
     db = tmp_path / "t.db"
-    assert train.main(["--model", tiny_model, "--dataset", data_file, "--max-steps", "3", "--batch-size", "2",
-                       "--quant", "32bit", "--eval-every", "0", "--val-limit", "0", "--eval-gen", "0",
-                       "--save-every", "0", "--quiet", "--db", str(db)]) == 0
-    (row,) = predicted_vs_measured(Tracker(db))
+    args = ["--model", tiny_model, "--dataset", data_file, "--max-steps", "3", "--batch-size", "2", "--quant",
+            "32bit", "--eval-every", "0", "--val-limit", "0", "--eval-gen", "0", "--save-every", "0", "--format",
+            format]
+    assert train.main([*args, "--quiet", "--db", str(db)]) == 0
+    tracker = Tracker(db)
+    (row,) = predicted_vs_measured(tracker)
     assert row["predicted_peak_mb"] > 0 and row["measured_peak_mb"] > 0 and row["measured_step_s"] > 0
     assert row["peak_error"] == pytest.approx(row["predicted_peak_mb"] / row["measured_peak_mb"] - 1)
+    seen = [m["value"] for m in tracker.metrics(row["run_id"], "tokens_seen")]
+    cfg = TrainConfig(model=tiny_model, dataset=data_file, max_steps=3, batch_size=2, format=format)
+    planned = [sum(b.real for b in step) for step in run_batches(cfg, encoded_lengths(cfg))]
+    assert planned == [b - a for a, b in zip([0] + seen, seen)]
 
 
 @pytest.mark.slow
