@@ -205,12 +205,14 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
         return lines + [""]
     lines += ["", "### Recommendation by memory budget", "",
               f"Budgets are the measured peak memories rounded up; each names the best configuration by "
-              f"{quality_name.split(' (')[0]} whose peak fits.", "",
+              f"{quality_name.split(' (')[0]} whose peak fits. A configuration whose training recorded no "
+              f"measured peak is placed by its predicted peak (common/estimate.py), and says so.", "",
               f"- below {budgets[0].text}: none of the measured configurations fits"]
     for b in budgets:
         peak = fmt(b.pick.mean("train.peak_mb"), metric_for("train.peak_mb"))
+        source = " (predicted: no measured peak)" if b.pick.get("train.peak_is_predicted") else ""
         line = (f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
-                f"{'%' if metric.percent else ''}, peak {peak} MB")
+                f"{'%' if metric.percent else ''}, peak {peak} MB{source}")
         if b.previous is not None:
             line += {None: f"; no CI, so whether it beats {b.previous.label} beyond noise is unknown",
                      False: f"; within noise of {b.previous.label}, so the extra memory buys no measurable gain",
@@ -265,7 +267,8 @@ def prediction_lines(study: Study, suite: str) -> list[str]:
     if rows:
         lines += ["### Predicted vs measured", "", md_table(
             ["run", "predicted peak MB", "measured peak MB", "error", "predicted step s", "measured step s", "error"],
-            [[r["name"], f"{r['predicted_peak_mb']:.0f}", f"{r['measured_peak_mb']:.0f}", pct(r["peak_error"]),
+            [[r["name"], f"{r['predicted_peak_mb']:.0f}",
+              f"{r['measured_peak_mb']:.0f}" if r["measured_peak_mb"] else "—", pct(r["peak_error"]),
               f"{r['predicted_step_s']:.2f}" if r["predicted_step_s"] else "—",
               f"{r['measured_step_s']:.2f}" if r["measured_step_s"] else "—", pct(r["step_error"])] for r in rows]),
             ""]

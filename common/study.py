@@ -268,13 +268,18 @@ def pick_eval(study: Study, train_id: int, members: set[int]) -> int | None:
 
 
 def add_cells(study: Study, row: Row, train_id: int | None, eval_id: int | None) -> None:
-    """Append one seed's stored scores to the row's cells (peak memory: GPU allocated, else process RSS)."""
+    """Append one seed's stored scores to the row's cells (peak memory: GPU allocated, else process RSS, else
+    the run's recorded prediction, flagged as train.peak_is_predicted)."""
     values: dict[str, dict[str, Any]] = {}
     if train_id is not None:
         values.update({k: s for k, s in study.scores.get(train_id, {}).items() if k.startswith("train.")})
         peak = study.score(train_id, "train.peak_gpu_allocated_mb") or study.score(train_id, "train.peak_rss_mb")
+        predicted = study.score(train_id, "train.predicted_peak_mb")
         if peak:
             values["train.peak_mb"] = peak
+        elif predicted:  # no measured peak (trained elsewhere, or before peaks were recorded): the prediction
+            values["train.peak_mb"] = predicted
+            values["train.peak_is_predicted"] = {"value": 1.0, "low": None, "high": None}
     if eval_id is not None:
         values.update({k: s for k, s in study.scores.get(eval_id, {}).items() if not k.startswith("train.")})
     for key, s in values.items():

@@ -243,3 +243,25 @@ def test_preregistration_beside_the_results_is_quoted_unchanged(study, tmp_path)
     assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert prereg in text and text.index("## Summary") < text.index(prereg) < text.index("## Suite ")
+
+
+def test_a_run_without_a_measured_peak_is_placed_by_its_prediction(tmp_path):
+    """The memory-budget recommendation uses measured peaks, and a run's recorded prediction (said so) where
+    its training recorded no measured peak."""
+    from study_db import eval_run
+    db = Tracker(tmp_path / "p.db")
+    eval_run(db, "rank", None, "base-16bit-eval", set(), nll_per_token=2.0)
+    r4 = train_run(db, "rank", 4, "16bit", 0, peak=1000, seconds=100)
+    eval_run(db, "rank", r4, "r4-eval", {0, 1}, nll_per_token=1.9)
+    r8 = db.start_run("r8-qkvo-16bit-s0", "train", {"model": "tiny", "rank": 8, "modules": "qkvo", "quant": "16bit",
+                                                     "seed": 0, "alpha": 16, "max_steps": 4}, suite="rank")
+    db.log_scores(r8, "train", {"predicted_peak_mb": 1400.0, "wall_seconds": 120.0})
+    db.finish_run(r8, "completed")
+    eval_run(db, "rank", r8, "r8-eval", set(range(8)), nll_per_token=1.5)
+    db.close()
+    out = tmp_path / "report"
+    assert report.main(["--db", str(tmp_path / "p.db"), "--output-dir", str(out)]) == 0
+    rank = section((out / "RESULTS.md").read_text(), "rank")
+    line = next(line for line in rank.splitlines() if line.startswith("- up to 1.4 GB: **rank=8**"))
+    assert "peak 1400 MB (predicted: no measured peak); better than rank=4 beyond noise" in line
+    assert "predicted" not in next(line for line in rank.splitlines() if "**rank=4**" in line)
