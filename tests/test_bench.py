@@ -417,13 +417,15 @@ def test_gpu_check_refuses_a_cpu_without_allow_cpu(capsys):
 
 @pytest.mark.slow
 def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
-    """The CUDA check script at tiny size on a CPU (--allow-cpu), two of its checks, so it cannot rot unseen."""
+    """The CUDA check script at tiny size on a CPU (--allow-cpu), one of its checks (the others start train.py
+    and sweep.py, which their own tests cover), so the script cannot rot unseen."""
     out = tmp_path / "gc.json"
-    skip = "train-8bit,train-4bit,paged-adamw-8bit,resume-after-sigterm,sweep-gpu-pinning,train-bench-smoke"
+    skip = ("train-16bit,train-8bit,train-4bit,paged-adamw-8bit,resume-after-sigterm,sweep-gpu-pinning,"
+            "train-bench-smoke")
     assert bench_script("gpu_check").main(["--allow-cpu", "--skip", skip, "--out", str(out)]) == 0
     summary = json.loads(out.read_text())
-    assert set(summary["checks"]) == {"train-16bit", "batched-generation"} and summary["passed"] == 2
-    assert summary["checks"]["train-16bit"]["last_loss"] < summary["checks"]["train-16bit"]["first_loss"]
+    assert set(summary["checks"]) == {"batched-generation"} and summary["passed"] == 1
+    assert summary["checks"]["batched-generation"]["identical"] == "8/8"
 
 
 def test_the_1b_llama_is_predicted_from_its_config_alone(tmp_path):
