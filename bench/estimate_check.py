@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from common import estimate as E  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
-from common.predictions import relative_error  # noqa: E402
+from common.predictions import relative_error, step_seconds  # noqa: E402
 from estimate_measure import COMMON, LLAMA, write_llama_1b  # noqa: E402
 
 MEASURED = ROOT / "bench" / "results" / "estimate_measured.json"
@@ -65,11 +65,8 @@ def compare_db(db: Path, exclude: set[int]) -> list[dict]:
             continue
         cfg = TrainConfig(**{k: v for k, v in run["config"].items() if k in fields})
         est = E.estimate_run(cfg, torch.device("cpu"), dtype=getattr(torch, run["config"]["dtype"]))
-        seen = [m["value"] for m in tracker.metrics(run["id"], "tokens_seen")]
-        tokens = [b - a for a, b in zip([0.0] + seen, seen)]
-        step_s = [t / r for t, r in zip(tokens, (m["value"] for m in tracker.metrics(run["id"], "tokens_per_s")))]
-        rows.append(table_row(f"run {run['id']} {run['name']} ({cfg.model})", est, scores["peak_rss_mb"], step_s,
-                              seed=cfg.seed, load_avg=None))
+        rows.append(table_row(f"run {run['id']} {run['name']} ({cfg.model})", est, scores["peak_rss_mb"],
+                              step_seconds(tracker, run["id"]), seed=cfg.seed, load_avg=None))
     return rows
 
 

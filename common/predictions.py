@@ -173,15 +173,20 @@ def record_skipped(tracker, name: str, suite: str, flags: dict[str, Any], est: E
 
 # ---------------------------------------------------------------------------- report
 
-def measured_step_s(tracker, run_id: int) -> float | None:
-    """Median seconds per optimizer step of a run, from its per-step tokens_seen and tokens_per_s
-    (the first step, a warm-up, left out when there are more)."""
+def step_seconds(tracker, run_id: int) -> list[float]:
+    """Seconds of each optimizer step of a run, from its per-step tokens_seen and tokens_per_s ([] when they
+    were not recorded step by step)."""
     seen = [m["value"] for m in tracker.metrics(run_id, "tokens_seen")]
     rates = [m["value"] for m in tracker.metrics(run_id, "tokens_per_s")]
     if not seen or len(seen) != len(rates):
-        return None
+        return []
     tokens = [b - a for a, b in zip([0.0] + seen, seen)]
-    seconds = [t / r for t, r in zip(tokens, rates) if r]
+    return [t / r for t, r in zip(tokens, rates) if r]
+
+
+def measured_step_s(tracker, run_id: int) -> float | None:
+    """Median seconds per optimizer step of a run (the first step, a warm-up, left out when there are more)."""
+    seconds = step_seconds(tracker, run_id)
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds) if seconds else None
 
 
