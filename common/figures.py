@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from common import plots
-from common.compare import pareto
+from common import compare
 from common.study import Cell, Metric, Row, Study, metric_for
 
 
@@ -104,17 +104,44 @@ def quality_vs_cost(suite: str, rows: list[Row], quality: str, out: Path) -> lis
             [error_bar(r.get(quality), scale) for r in ranked], axis_label(metric),
             [r.mean("train.peak_mb") for r in ranked])))
     pts = [r for r in rows if r.mean(quality) is not None]
+    scale, values = _scaled(pts, quality)
     costs = {}
     for cost, name, unit in (("train.peak_mb", "peak memory", "peak memory (MB)"),
                              ("train.wall_seconds", "train time", "train time (s)")):
         if pts and all(r.mean(cost) is not None for r in pts):
-            front = pareto(pts, quality, cost)
+            front = compare.pareto(pts, quality, cost)
             costs[name] = (unit, [r.mean(cost) for r in pts], {pts.index(r) for r in front})
     if costs:
         written.append(("efficiency frontier", plots.frontier(
             out / f"{stem}_frontier.png", f"{suite}: quality vs cost (Pareto front starred)",
-            [r.label for r in pts], _scaled(pts, quality)[1], axis_label(metric), costs)))
+            [r.label for r in pts], values, axis_label(metric), costs,
+            [error_bar(r.get(quality), scale) for r in pts])))
     return written
+
+
+def difference_figure(study: Study, suite: str, rows: list[Row], bases: list[Row], quality: str,
+                      out: Path) -> list[tuple[str, Path]]:
+    """Each config minus the reference, then minus its base model, on the quality metric with the paired 95%
+    interval: the figure that says which differences are real (marginal intervals overlap even when the
+    paired difference is far from zero, because both configs are scored on the same problems)."""
+    reference = compare.reference_row(rows, suite)
+    pairs = [(r, reference) for r in rows if reference and r is not reference]
+    pairs += [(r, compare.matching_base(study, r, bases)) for r in rows]
+    scale = 100.0 if metric_for(quality).percent else 1.0
+    labels, values, intervals = [], [], []
+    for b, a in pairs:
+        d = compare.differences(study, a, b).get(quality) if a else None
+        if d is None or d.low is None or d.high is None:
+            continue
+        labels.append(f"{b.label} − {a.label}")
+        values.append(d.value * scale)
+        intervals.append((d.low * scale, d.high * scale))
+    if not labels:
+        return []
+    return [("paired differences", plots.paired_differences(
+        out / f"{safe_name(suite)}_differences.png",
+        f"{suite}: config minus comparison (red: the paired 95% interval excludes 0)",
+        labels, values, intervals, f"Δ {axis_label(metric_for(quality))}, paired 95% CI"))]
 
 
 def cost_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[tuple[str, Path]]:
@@ -142,5 +169,6 @@ def suite_figures(study: Study, suite: str, rows: list[Row], bases: list[Row], q
     written = loss_curves(study, suite, rows, out) + generation_curves(study, suite, rows, out)
     written += quality_bars(suite, rows, bases, out)
     if quality and rows:
-        written += quality_vs_cost(suite, rows, quality, out)
+        written += quality_vs_cost(suite, rows, quality, out) + difference_figure(study, suite, rows, bases,
+                                                                                 quality, out)
     return written + cost_bars(suite, rows, bases, out)

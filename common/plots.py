@@ -1,4 +1,4 @@
-"""Figures for report.py: loss curves, metric bars with error bars, rank and efficiency plots.
+"""Figures for report.py: loss curves, metric bars with error bars, rank, efficiency and paired-difference plots.
 
 Every function takes plain numbers (no database access), writes one PNG with titled,
 labelled axes (units in the labels) and returns its path. matplotlib runs headless (Agg).
@@ -119,12 +119,18 @@ def rank_plot(path: Path, title: str, ranks: Sequence[int], quality: Sequence[fl
 
 
 def frontier(path: Path, title: str, labels: Sequence[str], quality: Sequence[float], quality_label: str,
-             costs: dict[str, tuple[str, Sequence[float], set[int]]]) -> Path:
-    """Quality against each cost (axis label, values, indices on the Pareto front); front points marked."""
+             costs: dict[str, tuple[str, Sequence[float], set[int]]],
+             quality_err: Sequence[tuple[float, float] | None] | None = None) -> Path:
+    """Quality (with its 95% CI as error bars) against each cost (axis label, values, indices on the
+    Pareto front); front points marked."""
     n = len(costs)
+    errors = quality_err or [None] * len(quality)
+    low = [e[0] if e else math.nan for e in errors]
+    high = [e[1] if e else math.nan for e in errors]
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.4), squeeze=False)
     for ax, (name, (unit, values, front)) in zip(axes[0], costs.items()):
-        ax.scatter(values, quality, color="tab:gray", label="configuration")
+        ax.errorbar(values, quality, yerr=[low, high], fmt="o", color="tab:gray", capsize=3,
+                    label="configuration (95% CI)")
         for i, label in enumerate(labels):
             ax.annotate(label, (values[i], quality[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         points = sorted((values[i], quality[i]) for i in front)
@@ -135,6 +141,26 @@ def frontier(path: Path, title: str, labels: Sequence[str], quality: Sequence[fl
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def paired_differences(path: Path, title: str, labels: Sequence[str], values: Sequence[float],
+                       intervals: Sequence[tuple[float, float]], axis_label: str) -> Path:
+    """Config minus the reference, one row per config, with the paired 95% interval; zero is marked and the
+    differences whose interval excludes it are drawn in red (the only ones the report calls a difference)."""
+    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(labels) + 1.9))
+    for y, (v, (lo, hi)) in enumerate(zip(values, intervals)):
+        beyond = lo > 0 or hi < 0
+        ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]], fmt="o", capsize=4,
+                    color="tab:red" if beyond else "tab:gray")
+    ax.axvline(0.0, color="black", linewidth=0.9)
+    ax.set_yticks(list(range(len(labels))))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.invert_yaxis()
+    ax.set(xlabel=axis_label)
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

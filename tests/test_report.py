@@ -135,7 +135,7 @@ def test_figures_are_valid_pngs(written):
 
     out, text, _ = written
     for name in ["rank_loss.png", "rank_quality.png", "rank_rank.png", "rank_frontier.png", "rank_train_cost.png",
-                 "rank_latency.png", "rank_adapter_size.png", "quant_frontier.png"]:
+                 "rank_latency.png", "rank_adapter_size.png", "quant_frontier.png", "rank_differences.png"]:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         image = matplotlib.image.imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
