@@ -305,6 +305,14 @@ def add_record_intervals(study: Study, row: Row) -> None:
                 continue
             values = [(sum(g) / len(g), *stats.wilson_interval(round(sum(g)), len(g))) for g in grids]
             row.cells[f"{bench}.{name}"] = Cell(values, _pooled(per_seed, grids))
+        # The test-case average keeps each seed's stored bootstrap CI; several seeds on the same problems
+        # get the crossed seeds x problems bootstrap, as the pass rates do.
+        key = f"{bench}.test_case_avg"
+        grids = [[p.graded for _, p in sorted(problems.items())] for problems in per_seed]
+        if key in row.cells and len(grids) > 1 and all(v is not None for g in grids for v in g) \
+                and len({tuple(sorted(s)) for s in per_seed}) == 1:
+            _, low, high = stats.cluster_bootstrap_ci(grids)
+            row.cells[key].pooled = (low, high)
         # Examples too long for --max-seq-len carry no NLL; the stored perplexity leaves them out too.
         scored = [[p for p in s.values() if p.nll is not None] for s in per_seed]
         if all(scored):

@@ -41,7 +41,8 @@ def humaneval_sample(i: int, passed: bool, output: str | None = None, chrf: floa
     generation = output or ("    return x + 1\n" if passed else "    return x\n")
     return {"task_id": f"HumanEval/{i}", "prompt": f"def f{i}(x):\n    \"\"\"Doc {i}.\"\"\"\n",
             "generation": generation, "reference": "    return x + 1\n", "result": "passed" if passed else "failed",
-            "details": {"syntax": None, "chrf": chrf + (10.0 if passed else 0.0), "code": generation}}
+            "details": {"syntax": None, "chrf": chrf + (10.0 if passed else 0.0), "code": generation,
+                        "tests_passed": 2 if passed else i % 2, "tests_total": 2}}
 
 
 def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set[int], *, nll_per_token: float,
@@ -58,10 +59,12 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set
     outputs = outputs or {}
     samples = [humaneval_sample(i, i in passes, outputs.get(i), chrf) for i in range(PROBLEMS)]
     k = len(passes)
+    graded = sum(1.0 if i in passes else (i % 2) / 2 for i in range(PROBLEMS)) / PROBLEMS
     db.log_scores(run, "humaneval", {"pass@1": (k / PROBLEMS, PROBLEMS, None, None),
                                      "chrf": (chrf, PROBLEMS, chrf - 5, chrf + 5),
                                      "bleu": (chrf / 2, PROBLEMS, chrf / 2 - 3, chrf / 2 + 3),
                                      "syntax_ok": (1.0, PROBLEMS, 1.0, 1.0), "seconds_per_problem": 1.5,
+                                     "test_case_avg": (graded, PROBLEMS, graded - 0.05, graded + 0.05),
                                      "tokens_per_s": 20.0})
     heldout = [{"task_id": f"stdlib/mod{j}.fn", "prompt": f"def fn{j}(text):\n",
                 "generation": "" if parent is None else "    return '  ' + text\n",

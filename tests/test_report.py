@@ -48,6 +48,14 @@ def table_row(text: str, label: str, table: str) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")]
 
 
+def table_cell(text: str, label: str, table: str, column: str) -> str:
+    """The cell of row `label` under the column whose header starts with `column`."""
+    part = text[text.index(f"### {table}") + 4:]
+    header = next(line for line in part.splitlines() if line.startswith("|"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    return table_row(text, label, table)[next(i for i, n in enumerate(names) if n.startswith(column))]
+
+
 def test_one_table_per_question_none_wide(written):
     _, text, _ = written
     rank = section(text, "rank")
@@ -78,10 +86,10 @@ def test_bold_and_star_follow_the_tests(written):
     rank = section(text, "rank")
     # pass@1: rank=8 is best but within noise of rank=16, so nothing is bold; its chrF gain is beyond noise.
     assert not any("**" in table_row(rank, label, "Quality on HumanEval")[2] for label in ("rank=8", "rank=16"))
-    assert table_row(rank, "rank=8", "Quality on HumanEval")[5].startswith("**")
+    assert table_cell(rank, "rank=8", "Quality on HumanEval", "chrF").startswith("**")
     base = rank[rank.index("#### Paired differences vs the base model"):]
-    assert table_row(base, "rank=8", "Paired differences vs the base model")[3] == "+40.0 (0 vs 8, p=0.0078) *"
-    assert table_row(base, "rank=4", "Paired differences vs the base model")[3] == "+10.0 (0 vs 2, p=0.5)"
+    assert table_cell(base, "rank=8", "Paired differences vs the base model", "Δ pass@1") == "+40.0 (0 vs 8, p=0.0078) *"
+    assert table_cell(base, "rank=4", "Paired differences vs the base model", "Δ pass@1") == "+10.0 (0 vs 2, p=0.5)"
 
 
 def test_power_section_states_what_no_difference_means(written, study):

@@ -35,6 +35,14 @@ def test_rows_group_seeds_and_recompute_pass_rates_with_wilson_intervals(study):
     assert r16.mean("train.peak_mb") == pytest.approx(1510)
 
 
+def test_test_case_average_of_several_seeds_gets_the_crossed_bootstrap_interval(study):
+    _, rows, _, _ = study
+    r8, r16 = rows["rank=8"].get("humaneval.test_case_avg"), rows["rank=16"].get("humaneval.test_case_avg")
+    assert r8.ci == pytest.approx((r8.mean - 0.05, r8.mean + 0.05))  # one seed: the stored interval
+    per_seed = [v for v, _, _ in r16.values]
+    assert per_seed[0] != per_seed[1] and r16.ci[0] < min(per_seed) and r16.ci[1] > max(per_seed)
+
+
 def test_perplexity_is_recomputed_token_weighted_with_an_interval(study):
     _, _, bases, _ = study
     cell = bases[0].get("heldout.perplexity")
