@@ -42,7 +42,7 @@ test-fast: setup
 # Resumable: run it again after an interruption. results/ is rebuilt from experiments.db.
 study: setup
 	$(PY) sweep.py --suite study
-	$(PY) report.py --output-dir results
+	$(PY) report.py --output-dir results --readme README.md
 
 # On a CUDA machine: every CUDA-specific path in about ten minutes (bench/gpu_check.py).
 gpu-check: setup

@@ -6,10 +6,14 @@ what the data says.
 
     entries = summary_entries(study, suites)     # data: one per (config, comparison)
     table = summary_table(entries)               # markdown, the same text every time for the same data
+    update_readme(Path("README.md"), entries, records)   # report.py --readme: the quoted tables, re-rendered
 """
+import re
+from pathlib import Path
 from typing import Any
 
 from common import compare
+from common.errors import UserError
 from common.study import Row, Study, build_rows
 
 # Primary first (pre-registered: held-out NLL per token), then the graded and the strict execution metric.
@@ -79,31 +83,52 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def summary_lines(entries: list[dict[str, Any]]) -> list[str]:
-    """The findings (paired interval or test excludes zero) and what the design could have detected otherwise."""
+    """The table, then one screen of verdicts: how many comparisons are beyond noise per metric, and for those
+    that are not, what the design could have detected (each NLL comparison; the test-case average and pass@1
+    in aggregate, as most of them are nulls at this model size)."""
     if not entries:
         return []
-    found, null = [], []
-    for e in entries:
-        for key in SUMMARY_KEYS:
-            d = e["differences"].get(key)
-            if d is None:
-                continue
-            what = f"{e['config']} vs {e['versus']} ({e['suite']}), {_HEADERS[key]}: {cell(key, d)}"
-            if d["beyond_noise"]:
-                found.append(what)
-            elif key == "heldout.nll" and d.get("detectable") is not None:
-                null.append(f"{e['config']} vs {e['versus']} ({e['suite']}): NLL/token {cell(key, d)}; the design "
-                            f"detects about ±{d['detectable']:.3f} nats/token")
     lines = ["Config minus the comparison on the same problems; * = the 95% paired interval (or the exact McNemar "
              "test, shown as problems only the comparison passes vs only the config passes) excludes zero. "
              "NLL/token: held-out references, nats, lower is better. pp: percentage points, higher is better.", "",
              summary_table(entries), ""]
-    lines += ["Differences beyond noise:", ""] + ([f"- {f}" for f in found] or ["- none"]) + [""]
-    if null:
-        lines += ["Primary-metric comparisons that did not reach significance, with the smallest NLL difference "
-                  "the design detects at 80% power (2.8 standard errors of the paired difference):", ""]
-        lines += [f"- {n}" for n in null] + [""]
+    counts, null_nll, tail = [], [], []
+    for key in SUMMARY_KEYS:
+        ds = [(e, e["differences"][key]) for e in entries if key in e["differences"]]
+        counts.append(f"{_HEADERS[key].removeprefix('Δ ')} {sum(bool(d['beyond_noise']) for _, d in ds)} of {len(ds)}")
+        nulls = [d for _, d in ds if not d["beyond_noise"]]
+        if key == "heldout.nll":
+            null_nll = [f"- {e['config']} vs {e['versus']} ({e['suite']}): {cell(key, d)}; the design detects "
+                        f"about ±{d['detectable']:.3f} nats/token"
+                        for e, d in ds if not d["beyond_noise"] and d.get("detectable") is not None]
+            continue
+        name = "Test-case average" if key.endswith("test_case_avg") else "Pass@1"
+        same = sum(1 for d in nulls if d["value"] == 0 and d.get("detectable") == 0.0)
+        mcnemar = [d for d in nulls if d["test"] == "McNemar"]
+        bootstrap = sorted(100 * d["detectable"] for d in nulls if d.get("detectable"))
+        parts = []
+        if bootstrap:
+            parts.append(f"{_count(len(bootstrap), 'paired interval')} that could have detected {bootstrap[0]:.1f} to "
+                         f"{bootstrap[-1]:.1f} pp (median {bootstrap[len(bootstrap) // 2]:.1f}) at 80% power")
+        if mcnemar:
+            smallest = min(d["p_value"] for d in mcnemar)
+            parts.append(f"{_count(len(mcnemar), 'exact McNemar test')} (smallest p = {smallest:.2f}; "
+                         "each suite's \"What this design can detect\" gives the difference they resolve)")
+        if same:
+            parts.append(f"{_count(same, 'comparison')} of identical per-problem scores")
+        if parts:
+            tail.append(f"{name} comparisons without a difference: {'; '.join(parts)}.")
+    lines += [f"Beyond noise (* above): {'; '.join(counts)}.", ""]
+    if null_nll:
+        lines += ["Held-out NLL comparisons that did not reach significance, with the smallest difference the design "
+                  "detects at 80% power (2.8 standard errors of the paired difference):", "", *null_nll, ""]
+    for line in tail:
+        lines += [line, ""]
     return lines
 
 
@@ -144,3 +169,32 @@ def base_table(records: list[dict[str, Any]]) -> str:
             seen.add(r.get("eval_run_ids"))
             bases.append(r)
     return config_table(sorted(bases, key=lambda r: (str(r.get("model")), str(r.get("protocol")))))
+
+
+README_TABLES = ("summary", "configs", "bases")
+
+
+def _marked(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+
+
+def check_readme(path: Path) -> None:
+    """Fail before any work when the file lacks a marker pair update_readme needs."""
+    text = path.read_text() if path.is_file() else None
+    if text is None:
+        raise UserError(f"no file at --readme {path}; pass the markdown file whose tables to refresh")
+    for name in README_TABLES:
+        if not _marked(name).search(text):
+            raise UserError(f"{path} has no <!-- {name}:begin --> ... <!-- {name}:end --> markers; add them where "
+                            f"the {name} table belongs, or leave out --readme")
+
+
+def update_readme(path: Path, entries: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """Replace the text between each `<!-- NAME:begin -->` and `<!-- NAME:end -->` marker pair of the file with
+    the table of that name (summary, configs, bases), so that what it quotes is what the data says."""
+    check_readme(path)
+    text = path.read_text()
+    tables = {"summary": summary_table(entries), "configs": config_table(records), "bases": base_table(records)}
+    for name in README_TABLES:
+        text = _marked(name).sub(lambda m, table=tables[name]: m.group(1) + table + "\n" + m.group(2), text)
+    path.write_text(text)

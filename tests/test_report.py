@@ -15,6 +15,7 @@ from study_db import build_study, train_run
 import report
 from common import compare
 from common.study import Study, build_rows, metric_for
+from common.summary import base_table, config_table, summary_table
 from common.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,9 +240,33 @@ def test_summary_opens_the_report_and_matches_its_json(written, study):
                                    next(r for r in rows if r.label == "rank=8"))
     assert r8["heldout.nll"]["value"] == pytest.approx(expected["heldout.nll"].value)
     assert r8["heldout.nll"]["detectable"] > 0
-    beyond = [f"rank=8 vs {v}" for (c, v), e in rank.items() if c == "rank=8"
-              for d in e["differences"].values() if d["beyond_noise"]]
-    assert all(line in text for line in beyond) and "Differences beyond noise:" in text
+    nll = [e["differences"]["heldout.nll"] for e in entries]
+    assert f"NLL/token {sum(d['beyond_noise'] for d in nll)} of {len(nll)};" in text
+
+
+def test_summary_verdicts_count_findings_and_say_what_the_nulls_could_detect():
+    from common.summary import summary_lines
+
+    def d(value, low, high, beyond, test="bootstrap", **extra):
+        out = {"value": value, "low": low, "high": high, "test": test, "beyond_noise": beyond, "n": 164, **extra}
+        if low is not None:
+            out["detectable"] = 2.8 * (high - low) / (2 * 1.96)
+        return out
+
+    entries = [
+        {"suite": "s", "config": "a", "versus": "ref", "kind": "reference", "seeds": "1 vs 1", "differences": {
+            "heldout.nll": d(0.03, 0.02, 0.04, True), "humaneval.test_case_avg": d(0.01, -0.02, 0.04, False),
+            "humaneval.pass@1": d(0.01, None, None, False, "McNemar", p_value=0.5, only_versus=1, only_config=2)}},
+        {"suite": "s", "config": "b", "versus": "ref", "kind": "reference", "seeds": "1 vs 1", "differences": {
+            "heldout.nll": d(-0.001, -0.004, 0.003, False), "humaneval.test_case_avg": d(0.0, 0.0, 0.0, False),
+            "humaneval.pass@1": d(0.0, None, None, False, "McNemar", p_value=1.0, only_versus=0, only_config=0)}}]
+    text = "\n".join(summary_lines(entries))
+    assert "Beyond noise (* above): NLL/token 1 of 2; tests passed (pp) 0 of 2; pass@1 (pp) 0 of 2." in text
+    assert "- b vs ref (s): -0.001 [-0.004, +0.003]; the design detects about ±0.005 nats/token" in text
+    assert "a vs ref" not in text.split("Beyond noise")[1].split("Test-case")[0]   # a finding is not a null
+    assert ("Test-case average comparisons without a difference: 1 paired interval that could have detected "
+            "4.3 to 4.3 pp (median 4.3) at 80% power; 1 comparison of identical per-problem scores.") in text
+    assert "Pass@1 comparisons without a difference: 2 exact McNemar tests (smallest p = 0.50;" in text
 
 
 def test_preregistration_beside_the_results_is_quoted_unchanged(study, tmp_path):
@@ -273,3 +298,29 @@ def test_a_run_without_a_measured_peak_is_placed_by_its_prediction(tmp_path):
     line = next(line for line in rank.splitlines() if line.startswith("- up to 1.4 GB: **rank=8**"))
     assert "peak 1400 MB (predicted: no measured peak); better than rank=4 beyond noise" in line
     assert "predicted" not in next(line for line in rank.splitlines() if "**rank=4**" in line)
+
+
+def test_readme_option_rerenders_only_the_marked_tables(study, tmp_path):
+    path, _ = study
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\nkept\n<!-- summary:begin -->\nstale\n<!-- summary:end -->\nmiddle\n"
+                      "<!-- configs:begin -->\n<!-- configs:end -->\n<!-- bases:begin -->\nold\n<!-- bases:end -->\nend\n")
+    assert report.main(["--db", str(path), "--out", str(tmp_path / "out"), "--no-figures", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    entries = json.loads((tmp_path / "out" / "summary.json").read_text())
+    records = json.loads((tmp_path / "out" / "model_comparison.json").read_text())
+    assert "stale" not in text and "old" not in text
+    assert text.startswith("# Title\nkept\n") and "\nmiddle\n" in text and text.endswith("\nend\n")
+    for table in (summary_table(entries), config_table(records), base_table(records)):
+        assert table in text
+
+
+def test_readme_without_markers_is_a_clear_error(study, tmp_path):
+    path, _ = study
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    done = subprocess.run([sys.executable, str(ROOT / "report.py"), "--db", str(path),
+                           "--output-dir", str(tmp_path / "out"), "--no-figures", "--readme", str(readme)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "summary:begin" in done.stderr
+    assert "Traceback" not in done.stderr and readme.read_text() == "# no markers\n"
+    assert not (tmp_path / "out").exists()          # checked before any work
