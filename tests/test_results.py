@@ -40,3 +40,15 @@ def test_every_finding_is_backed_by_an_interval_or_test_that_excludes_zero():
                 assert d["low"] > 0 or d["high"] < 0
             if d["beyond_noise"] and d["test"] == "McNemar":
                 assert d["p_value"] < 0.05
+
+
+def test_results_say_how_to_reproduce_them_and_where_the_models_come_from():
+    text = (RESULTS / "RESULTS.md").read_text()
+    make = (ROOT / "Makefile").read_text()
+    study = make[make.index("\nstudy:"):].split("\n\n")[0]
+    assert "To reproduce: `python sweep.py --suite study`" in text
+    assert "$(PY) sweep.py --suite study" in study
+    report_args = text.split("then `python report.py ")[1].split("`")[0]
+    assert f"$(PY) report.py {report_args}" in study        # the report was rebuilt exactly as `make study` does
+    assert "gemma-3-270m-q4_k_m.gguf" in text and "Gemma terms of use" in text
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in text and "Apache-2.0" in text
