@@ -154,7 +154,9 @@ def build_parser(cls: type, description: str, removed: dict[str, str] | None = N
     for f, opt, kind in options(cls):
         target = parser
         if opt.group:
-            target = groups.setdefault(opt.group, parser.add_mutually_exclusive_group())
+            if opt.group not in groups:      # not setdefault: that would add an empty group per option
+                groups[opt.group] = parser.add_mutually_exclusive_group()
+            target = groups[opt.group]
         kwargs: dict[str, Any] = {"dest": f.name, "help": opt.help}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
