@@ -432,10 +432,11 @@ def write_report(study: Study, suites: list[str], out: Path, db_name: str, figur
     if entries:
         lines += ["## Summary", "", *summary_lines(entries)]
     (out / "summary.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    # A pre-registration kept beside the results (written before the runs) is quoted unchanged.
-    preregistration = out / "PREREGISTRATION.md"
-    if preregistration.is_file():
-        lines += [preregistration.read_text().rstrip("\n"), ""]
+    # A pre-registration kept beside the results (written before the runs) is quoted unchanged, then what the
+    # study did differently from it, so the registered text itself never needs editing.
+    for name in ("PREREGISTRATION.md", "DEVIATIONS.md"):
+        if (out / name).is_file():
+            lines += [(out / name).read_text().rstrip("\n"), ""]
     all_rows: list[Row] = []
     for suite in suites:
         section, rows = suite_section(study, suite, out, figures)

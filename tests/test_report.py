@@ -275,10 +275,13 @@ def test_summary_verdicts_count_findings_and_say_what_the_nulls_could_detect():
 def test_preregistration_beside_the_results_is_quoted_unchanged(study, tmp_path):
     path, _ = study
     prereg = "## Pre-registration\n\nQ1: does rank matter? Primary metric: NLL.\n"
+    deviations = "## Deviations from the pre-registration\n\n- Two more seeds for Q2.\n"
     (tmp_path / "PREREGISTRATION.md").write_text(prereg)
+    (tmp_path / "DEVIATIONS.md").write_text(deviations)
     assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
-    assert prereg in text and text.index("## Summary") < text.index(prereg) < text.index("## Suite ")
+    assert prereg in text and deviations in text
+    assert text.index("## Summary") < text.index(prereg) < text.index(deviations) < text.index("## Suite ")
 
 
 def test_a_run_without_a_measured_peak_is_placed_by_its_prediction(tmp_path):

@@ -109,7 +109,15 @@ def test_all_runs_shared_configs_once_with_every_suite():
 def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
     planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
     runs = [p for p in planned if p.kind == "adapter"]
-    assert len({p.name for p in runs}) == 9 + 3 + 2 + 2           # rank x 3 seeds, Gemma, modules, quant
+    # rank x 3 seeds, Gemma, modules qv/all x 3 seeds, 4-bit x 3 seeds + 8-bit x 1 (qkvo / 16-bit are rank's r16)
+    assert len({p.name for p in runs}) == 9 + 3 + 6 + 4
+    for suite in ("study-modules", "study-quant"):       # every config a headline compares: three seeds
+        seeds = {}
+        for p in runs:
+            if suite in p.suites:
+                seeds.setdefault((p.flags["modules"], p.flags["quant"]), set()).add(p.flags["seed"])
+        assert {k: v for k, v in seeds.items() if k != ("qkvo", "8bit")} == \
+            {k: {0, 1, 2} for k in seeds if k != ("qkvo", "8bit")}
     central = [p for p in runs if p.name.startswith("r16-qkvo-16bit-s0-") and p.flags.get("model") is None]
     assert len({p.name for p in central}) == 1                  # one training ...
     assert [(p.flags["protocol"], p.suites) for p in central] == [  # ... scored under three protocols
