@@ -63,6 +63,7 @@ from common.scoring import delta_aggregates, paired_deltas, score_records
 MATCH_SETTINGS = ("model", "quant", "dtype", "eval_limit", "n_samples", "temperature", "max_new_tokens",
                   "timeout", "memory_mb")
 SAMPLING_SETTINGS = ("top_p", "seed")  # matched too when temperature > 0
+ENDINGS = ("eos", "stop", "length")
 SUMMARY_METRICS = ("test_case_avg", "syntax_ok", "bleu", "chrf", "perplexity", "nll", "tokens_per_s",
                    "seconds_per_problem")
 
@@ -153,7 +154,7 @@ def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device
                                batch_size=cfg.eval_batch_size, stop=stops, progress=not cfg.quiet,
                                fp32=bench.key["decode"] == "float32" and dtype != torch.float32)
         for s, out in zip(group, outputs):
-            s.generation, s.new_tokens, s.seconds = out.text, out.new_tokens, out.seconds
+            s.generation, s.new_tokens, s.seconds, s.ended = out.text, out.new_tokens, out.seconds, out.ended
     return samples
 
 
@@ -268,6 +269,11 @@ def print_summary(result: RunResult, name: str, config: dict) -> None:
     print(f"eval run {result.run_id} '{name}': protocol {config.get('protocol')}"
           + (f", decoding {', '.join(decode)}" if decode else "") + f"; programs ran under {config.get('isolation')}")
     print(tabulate(rows, headers=("benchmark", "metric", "value", "95% CI", "n", "delta vs base"), tablefmt="github"))
+    for bench, scores in result.scores.items():
+        if "empty" in scores:   # how generation ended says whether a score measures code or output format
+            ends = ", ".join(f"{how} {scores[f'ended.{how}'][0]}" for how in ENDINGS if f"ended.{how}" in scores)
+            print(f"{bench}: {scores['empty'][0]} of {scores['empty'][1]} answers empty"
+                  + (f"; generation ended by {ends}" if ends else ""))
 
 
 # ---------------------------------------------------------------------------- --samples

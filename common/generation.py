@@ -47,6 +47,7 @@ class Generation:
     text: str          # the completion, cut at the first stop sequence
     new_tokens: int    # tokens generated (before cutting), for tokens/s
     seconds: float     # wall time of the batch it was in, shared out by tokens
+    ended: str = "length"   # why it ended: "eos", "stop '<the stop sequence>'" or "length" (max_new_tokens)
 
 
 def stops_for_template(template: str) -> tuple[str, ...]:
@@ -54,19 +55,25 @@ def stops_for_template(template: str) -> tuple[str, ...]:
     return STOP_SEQUENCES if template == "plain" else ALPACA_STOPS if template == "alpaca" else ()
 
 
-def cut_completion(prompt: str, text: str, stops: tuple[str, ...]) -> str:
-    """Cut at the first stop sequence, counting one that begins in the prompt's tail.
+def find_stop(prompt: str, text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """The completion cut at the first stop sequence, counting one that begins in the prompt's tail, and
+    that stop sequence (None: no stop yet).
 
     Generation stops on the whole sequence, so a prompt ending in a newline and a
     completion starting with "```" already matched a newline plus three backticks; the completion is then empty.
     """
     tail = prompt[-max((len(s) for s in stops), default=0):] if stops else ""
-    joined, cut = tail + text, len(tail) + len(text)
+    joined, cut, matched = tail + text, len(tail) + len(text), None
     for s in stops:
         found = joined.find(s, max(0, len(tail) - len(s) + 1))  # must end inside the generated text
-        if found >= 0:
-            cut = min(cut, found)
-    return joined[len(tail):cut]
+        if 0 <= found < cut:
+            cut, matched = found, s
+    return joined[len(tail):cut], matched
+
+
+def cut_completion(prompt: str, text: str, stops: tuple[str, ...]) -> str:
+    """Cut at the first stop sequence (find_stop)."""
+    return find_stop(prompt, text, stops)[0]
 
 
 @functools.lru_cache(maxsize=16)
@@ -135,9 +142,9 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
         rows = _decode_batch(model, tokenizer, [encoded[i] for i in batch], [prompts[i] for i in batch],
                              max_new_tokens, pad_id, warpers, stop)
         seconds = time.perf_counter() - began
-        total = max(sum(len(tokens) for tokens, _ in rows), 1)
-        for (tokens, text), i in zip(rows, batch):
-            results[i] = Generation(text, len(tokens), seconds * len(tokens) / total)
+        total = max(sum(len(tokens) for tokens, _, _ in rows), 1)
+        for (tokens, text, ended), i in zip(rows, batch):
+            results[i] = Generation(text, len(tokens), seconds * len(tokens) / total, ended)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
@@ -158,11 +165,11 @@ def _sampling_warpers(temperature: float, top_p: float, top_k: int) -> LogitsPro
 
 def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]],
                   prompts: list[str], max_new_tokens: int, pad_id: int, warpers: LogitsProcessorList | None,
-                  stops: tuple[str, ...]) -> list[tuple[list[int], str]]:
+                  stops: tuple[str, ...]) -> list[tuple[list[int], str, str]]:
     """Generate for one batch, dropping each row from the batch as soon as it ends.
 
-    Returns, per prompt, the tokens generated (EOS included) and the decoded
-    completion cut at the first stop sequence.
+    Returns, per prompt, the tokens generated (EOS included), the decoded
+    completion cut at the first stop sequence, and why it ended (Generation.ended).
     """
     device = next(model.parameters()).device
     width = max(len(e) for e in encoded)
@@ -173,6 +180,7 @@ def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, en
     cache = DynamicCache(config=model.config)
     tokens: list[list[int]] = [[] for _ in encoded]
     texts = [""] * len(encoded)
+    ended = ["length"] * len(encoded)
     live = list(range(len(encoded)))  # batch row -> prompt index
     for _ in range(max_new_tokens):
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -186,11 +194,13 @@ def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, en
         for row, (i, token) in enumerate(zip(live, chosen.tolist())):
             tokens[i].append(token)
             if token == tokenizer.eos_token_id:
+                ended[i] = "eos"
                 continue
-            text = tokenizer.decode(tokens[i], skip_special_tokens=True)
-            texts[i] = cut_completion(prompts[i], text, stops)
-            if len(texts[i]) == len(text):  # no stop sequence yet
+            texts[i], matched = find_stop(prompts[i], tokenizer.decode(tokens[i], skip_special_tokens=True), stops)
+            if matched is None:
                 keep.append(row)
+            else:
+                ended[i] = f"stop {matched!r}"
         if not keep:
             break
         if len(keep) < len(live):
@@ -201,4 +211,4 @@ def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, en
         input_ids = chosen[:, None]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
         positions = positions[:, -1:] + 1
-    return list(zip(tokens, texts))
+    return list(zip(tokens, texts, ended))

@@ -21,6 +21,7 @@ class Sample:
     generation: str        # the model's output, cut at the stop sequences
     new_tokens: int = 0
     seconds: float = 0.0
+    ended: str | None = None   # common.generation.Generation.ended
 
 
 def execute(samples: list[Sample], programs: list[str], cfg: EvalConfig) -> list:
@@ -110,6 +111,7 @@ def judge_samples(samples: list[Sample], protocol: str, cfg: EvalConfig) -> tupl
                         "syntax": syntax_error_category(prog),
                         "chrf": sentence_chrf(code, reference) if reference else None,
                         "tests_passed": grade.passed if grade else None,
-                        "tests_total": grade.total if grade else None, "new_tokens": s.new_tokens},
+                        "tests_total": grade.total if grade else None, "new_tokens": s.new_tokens,
+                        "ended": s.ended},
         })
     return records, exec_seconds

@@ -9,6 +9,7 @@ name -> (value, n, ci_low, ci_high):
     fail.<status>     counts of failed/error/timeout/memory/syntax_error programs (n = programs)
     error.<Type>      counts by exception or signal name; syntax.<category> counts of compile errors
     syntax_ok         share of programs that compile; Wilson CI with one sample per problem, else bootstrap
+    empty, ended.<how>  counts of samples with no code, and of generations ended by eos / stop / length
     test_case_avg     the APPS test-case average: mean over problems of the share of its assertions (or
                       stdin/stdout cases) a sample passes (common/testcases.py); bootstrap CI over problems
     nll, perplexity   held-out: token-weighted over the references; CI: bootstrap over examples
@@ -76,6 +77,11 @@ def score_records(records: list[dict], ks: list[int]) -> dict[str, tuple]:
     else:
         mean, low, high = bootstrap_ci(compiled)
     scores["syntax_ok"] = (mean, len(groups), low, high)
+    # Empty answers and how generation ended tell a model that writes no code from one that writes wrong code.
+    scores["empty"] = (sum(not (r["details"].get("code") or "").strip() for r in records), len(records), None, None)
+    ended = Counter(r["details"]["ended"].split(" ")[0] for r in records if r["details"].get("ended"))
+    for how, count in sorted(ended.items()):
+        scores[f"ended.{how}"] = (count, len(records), None, None)
     categories = Counter(r["details"]["syntax"] for r in records if r["details"]["syntax"])
     for category, count in sorted(categories.items()):
         scores[f"syntax.{category.replace(' ', '_')}"] = (count, len(records), None, None)

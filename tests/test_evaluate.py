@@ -161,9 +161,10 @@ def test_samples_file_malformed_is_one_line_error(tmp_path, capsys, line, messag
 # ---------------------------------------------------------------------------- models
 
 @pytest.mark.slow
-def test_base_model_evaluation(tiny_model, tmp_path):
+def test_base_model_evaluation(tiny_model, tmp_path, capsys):
     db, out = str(tmp_path / "e.db"), tmp_path / "base"
     assert evaluate.main(["--model", tiny_model, "--db", db, "--output-dir", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
     [run] = eval_runs(db)
     assert run["status"] == "completed" and run["parent_id"] is None
     assert run["name"] == "eval-base:" + Path(tiny_model).name
@@ -183,6 +184,12 @@ def test_base_model_evaluation(tiny_model, tmp_path):
     samples = Tracker(db).samples(run["id"], "humaneval")
     assert [s["task_id"] for s in samples] == [p.id for p in load_humaneval()[:3]]
     assert all(s["result"] in ("passed", *FAIL_STATUSES) for s in samples)
+    # How each generation ended is recorded and counted, with the answers that hold no code.
+    endings = [s["details"]["ended"] for s in samples]
+    assert all(e in ("eos", "length") or e.startswith("stop '") for e in endings)
+    assert sum(he[f"ended.{how}"]["value"] for how in ("eos", "stop", "length") if f"ended.{how}" in he) == 3
+    assert he["empty"]["value"] == sum(not s["details"]["code"].strip() for s in samples) and he["empty"]["n"] == 3
+    assert f"humaneval: {int(he['empty']['value'])} of 3 answers empty; generation ended by " in printed
     assert len(Tracker(db).samples(run["id"], "heldout")) == 3
     dumped = json.loads((out / "samples.json").read_text())
     assert set(dumped["samples"]) == {"humaneval", "heldout"} and "base" not in dumped["samples"]["humaneval"][0]

@@ -2,7 +2,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.generation import STOP_SEQUENCES, cut_completion, extract_code, generate, stop_criteria
+from common.generation import STOP_SEQUENCES, cut_completion, extract_code, find_stop, generate, stop_criteria
 from common.prompts import encode_prompt
 from common.quant import load_tokenizer
 
@@ -12,6 +12,10 @@ def test_stop_sequences_cut_the_completion_including_ones_that_start_in_the_prom
     assert cut_completion("def f():\n", "```", STOP_SEQUENCES) == ""  # "\n```" spans prompt and completion
     assert cut_completion("# note\nif x:\n", "    y = 1\n", STOP_SEQUENCES) == "    y = 1\n"  # stop wholly in prompt
     assert cut_completion("def f():\n", "    return 1\n\nprint(f())", STOP_SEQUENCES) == "    return 1\n"
+    # The earliest stop wins, whatever its place in the list, and is reported.
+    assert find_stop("def f():\n", "    x = 1\n# c\ndef g():", STOP_SEQUENCES) == ("    x = 1", "\n#")
+    assert find_stop("def f():\n", "```", STOP_SEQUENCES) == ("", "\n```")
+    assert find_stop("def f():\n", "    return 1", STOP_SEQUENCES) == ("    return 1", None)
 
 
 def test_code_is_extracted_from_fenced_chat_answers():
@@ -54,6 +58,9 @@ def test_batched_greedy_equals_model_generate_one_prompt_at_a_time(tiny_model):
         expected = _usual_loop(model, tokenizer, prompts, 12, stop)
         batched = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=4, stop=stop)
         assert [g.text for g in batched] == expected
+        assert [g.ended for g in batched] == (["length"] * 4 if not stop else
+                                              [f"stop {stop[0]!r}" if len(e) < len(u) else "length"
+                                               for e, u in zip(expected, unstopped)])
     assert len(expected[1]) < len(unstopped[1])
     assert [g.new_tokens for g in generate(model, tokenizer, prompts, max_new_tokens=12, stop=())] == [12] * 4
 
