@@ -2,9 +2,9 @@
 #   make demo   set up .venv, fine-tune the embedded model briefly, evaluate it
 #   make test   set up .venv, lint, run the whole test suite
 # and for development: make test-fast (the suite without tests marked slow, under a minute), make lint.
-# and the reference study behind README's results (about 4.5 h undisturbed on 2 CPU cores with native bf16):
-#   make study  the pre-registered study (results/PREREGISTRATION.md): rank x 3 seeds, modules, quant,
-#               a Gemma-3-270M replication, base models under three protocols -> results/
+# and the reference study behind README's results (about 6 h undisturbed on 2 CPU cores with native bf16):
+#   make study  the pre-registered study (results/PREREGISTRATION.md, DEVIATIONS.md): rank, modules and 4-bit
+#               x 3 seeds, 8-bit, a Gemma-3-270M replication, base models under three protocols -> results/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
