@@ -300,10 +300,7 @@ def data_lines(study: Study, run_ids: list[int]) -> list[str]:
         combos[f"{c.get('dataset_source', c.get('dataset'))} ({split}): {c.get('train_examples')} train / "
                f"{c.get('val_examples')} validation examples used; removed before splitting: "
                f"{removed or 'nothing'}"].append(run_id)
-    lines = [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
-    from common.models import EMBEDDED
-    models = sorted({study.runs[i]["config"].get("model") for i in run_ids} & set(EMBEDDED))
-    return lines + [f"- model {m}: {EMBEDDED[m].description}" for m in models]
+    return [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
 
 
 def examples_lines(study: Study, rows: list[Row], bases: list[Row], quality: str | None) -> list[str]:
@@ -445,7 +442,7 @@ def write_report(study: Study, suites: list[str], out: Path, db_name: str, figur
     (out / "RESULTS.md").write_text("\n".join(lines).rstrip("\n") + "\n")
     records = comparison_records(study, all_rows)
     write_comparison(records, out)
-    if readme:
+    if readme:   # from the file just written, so README quotes exactly what the committed JSON holds
         update_readme(readme, entries, json.loads((out / "model_comparison.json").read_text()))
     return {"rows": len(all_rows), "configs": sum(1 for r in all_rows if r.kind == "adapter")}
 

@@ -310,7 +310,7 @@ def add_record_intervals(study: Study, row: Row) -> None:
         key = f"{bench}.test_case_avg"
         grids = [[p.graded for _, p in sorted(problems.items())] for problems in per_seed]
         if key in row.cells and len(grids) > 1 and all(v is not None for g in grids for v in g) \
-                and len({tuple(sorted(s)) for s in per_seed}) == 1:
+                and _same_problems(per_seed):
             _, low, high = stats.cluster_bootstrap_ci(grids)
             row.cells[key].pooled = (low, high)
         # Examples too long for --max-seq-len carry no NLL; the stored perplexity leaves them out too.
@@ -325,8 +325,12 @@ def add_record_intervals(study: Study, row: Row) -> None:
                                              tuple(math.log(x) for x in hull) if hull else None)
 
 
+def _same_problems(per_seed: list[dict[str, Problem]]) -> bool:
+    return len({tuple(sorted(s)) for s in per_seed}) == 1
+
+
 def _pooled(per_seed: list[dict[str, Problem]], grids: list[list[float]]) -> tuple[float, float] | None:
-    if len(grids) < 2 or len({tuple(sorted(s)) for s in per_seed}) != 1:
+    if len(grids) < 2 or not _same_problems(per_seed):
         return None
     _, low, high = stats.cluster_proportion_ci(grids)
     return low, high
