@@ -37,7 +37,7 @@ one with the same benchmark identity (file hash / dataset, split seed, template,
 reused. Benchmarks without one are evaluated first on the base model in this process (adapter
 disabled) and recorded as their own eval run, "eval-base:<model>", for later evaluations to reuse.
 
-Generated code never runs in this process: programs go through common.sandbox (bubblewrap when
+Generated code never runs in this process: programs go through common.sandbox.execute (bubblewrap when
 usable). Every sample is stored in the tracker and in <output-dir>/samples.json (prompt, output,
 result, and the base model's output next to it when compared).
 """
@@ -48,16 +48,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
-from common.benchmarks import Benchmark, load_benchmark, parse_benchmarks, prepare_benchmark
+from common.model.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
+from common.judge.benchmarks import Benchmark, load_benchmark, parse_benchmarks, prepare_benchmark
 from common.config import EvalConfig
 from common.errors import UserError, run_cli
-from common.judge import Sample, judge_samples
+from common.judge.verdicts import Sample, judge_samples
 from common.options import parse_config
-from common.protocols import resolve_protocol, train_format_of
+from common.text.protocols import resolve_protocol, train_format_of
 from common.paths import check_writable, sha256_file
-from common.samples import read_samples_file, samples_for_json, write_samples_json
-from common.scoring import delta_aggregates, paired_deltas, score_records
+from common.judge.samples import read_samples_file, samples_for_json, write_samples_json
+from common.judge.scoring import delta_aggregates, paired_deltas, score_records
 
 # Generation settings two evaluations must share for their samples to be compared.
 MATCH_SETTINGS = ("model", "quant", "dtype", "eval_limit", "n_samples", "temperature", "max_new_tokens",
@@ -140,8 +140,8 @@ def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device
     """n_samples generations per problem, one generate() call per (template, stops) group of prompts."""
     import torch
 
-    from common.generation import generate
-    from common.training import autocast
+    from common.text.generation import generate
+    from common.train.steps import autocast
 
     samples = [Sample(p, j, bench.prompts[p.id].text, "") for p in bench.problems for j in range(cfg.n_samples)]
     torch.manual_seed(cfg.seed)
@@ -160,9 +160,9 @@ def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device
 
 def heldout_perplexity(model, tokenizer, bench: Benchmark, records: list[dict], device, dtype) -> dict[str, tuple]:
     """Held-out NLL and perplexity with intervals; each record gets its reference's nll_sum and tokens."""
-    from common.example_nll import example_nlls
-    from common.scoring import heldout_nll
-    from common.training import CompletionLoss
+    from common.train.example_nll import example_nlls
+    from common.judge.scoring import heldout_nll
+    from common.train.steps import CompletionLoss
 
     scores = {"nll_dropped_too_long": (bench.too_long, len(bench.problems), None, None)}
     if bench.encoded:
@@ -177,7 +177,7 @@ def heldout_perplexity(model, tokenizer, bench: Benchmark, records: list[dict], 
 
 def nll_only_records(bench: Benchmark, problems: list) -> list[dict]:
     """Records of heldout examples scored by NLL alone (--heldout-gen): no generation, so no code scores."""
-    from common.protocols import reference_code
+    from common.text.protocols import reference_code
 
     return [{"task_id": p.id, "sample_index": 0, "prompt": bench.prompts[p.id].text, "generation": None,
              "reference": (reference_code(p, bench.key["protocol"]) if p.completion else None) or None,
@@ -279,7 +279,7 @@ def print_summary(result: RunResult, name: str, config: dict) -> None:
 # ---------------------------------------------------------------------------- --samples
 
 def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
-    from common.sandbox import isolation_info
+    from common.sandbox.execute import isolation_info
     from common.tracker import Tracker
 
     if len(names) != 1 or names[0] == "heldout":
@@ -324,8 +324,8 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
 def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     """Evaluate the base model or an adapter (and the base model first when no comparable base run exists)."""
     from common.env import default_device
-    from common.models import DEFAULT_MODEL, model_slug
-    from common.quant import check_quant, compute_dtype, load_tokenizer
+    from common.model.resolve import DEFAULT_MODEL, model_slug
+    from common.model.load import check_quant, compute_dtype, load_tokenizer
     from common.tracker import Tracker
 
     tracker = Tracker(cfg.db)
@@ -414,8 +414,8 @@ def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
 def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapter | None, dtype: str,
                 benchmarks: list[Benchmark]) -> dict[str, Any]:
     """The config recorded with the eval run: what decides whether two evaluations are comparable."""
-    from common.models import model_identity
-    from common.sandbox import isolation_info
+    from common.model.resolve import model_identity
+    from common.sandbox.execute import isolation_info
 
     isolation = isolation_info(cfg.isolation)
     return {"model": model_identity(model_name), "adapter": str(adapter.path.resolve()) if adapter else None,
@@ -433,7 +433,7 @@ def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device
     from peft import PeftModel
 
     from common.errors import first_line
-    from common.quant import load_model
+    from common.model.load import load_model
 
     model = load_model(model_name, quant, device)
     if adapter:

@@ -18,7 +18,7 @@ Prompt template (`--template auto`): the template recorded with the adapter's tr
 a prompt that starts with code (`def `, `async def `, `class `, `import `, `from `, `@`, `#`)
 is completed as plain text; anything else is an instruction and goes through the tokenizer's
 chat template (the Alpaca template when it has none). An explicit --template wins.
-Plain completions stop at the HumanEval stop sequences (common.generation.STOP_SEQUENCES);
+Plain completions stop at the HumanEval stop sequences (common.text.generation.STOP_SEQUENCES);
 chat/Alpaca answers run to EOS and the code is pulled out of their fenced block. `--stop`
 replaces the stop sequences for every template (backslash escapes \\n \\t; `--stop ''` for none).
 After each generation one line says `syntax ok` or `syntax error: <category>` for the prompt +
@@ -41,7 +41,7 @@ dequantized 16-bit base. It writes a standard transformers directory (weights, t
 generation config, lora_merge.json recording the template) that AutoModelForCausalLM loads.
 `--push-to-hub REPO` uploads the adapter, or the merged model with --merge-to; it needs a
 token (`hf auth login` or HF_TOKEN) and the network. `--export-gguf FILE [--gguf-type q8_0]`
-writes the merged model as one GGUF file for llama.cpp / Ollama (common/gguf_export.py).
+writes the merged model as one GGUF file for llama.cpp / Ollama (common/model/gguf_export.py).
 """
 import re
 import sys
@@ -53,18 +53,18 @@ from typing import Any, TextIO
 
 import torch
 
-from common.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
+from common.model.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.config import InferConfig
 from common.errors import UserError, first_line, run_cli
-from common.export import export_to_gguf, hub_token, load_adapter, merge, merged_template, push_to_hub
-from common.generation import extract_code, stop_criteria, stops_for_template
-from common.metrics import syntax_error_category
-from common.models import DEFAULT_MODEL
+from common.model.export import export_to_gguf, hub_token, load_adapter, merge, merged_template, push_to_hub
+from common.text.generation import extract_code, stop_criteria, stops_for_template
+from common.judge.metrics import syntax_error_category
+from common.model.resolve import DEFAULT_MODEL
 from common.options import parse_config
-from common.data import Example
-from common.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
-from common.protocols import program, render, train_format_of
-from common.streaming import StopAwareStreamer
+from common.corpus.splits import Example
+from common.text.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
+from common.text.protocols import program, render, train_format_of
+from common.text.streaming import StopAwareStreamer
 from common.tracker import Tracker
 
 CODE_STARTS = ("def ", "async def ", "class ", "import ", "from ", "@", "#")
@@ -176,7 +176,7 @@ class Session:
     compare: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     recorded_template: str | None = None
-    train_format: str | None = None      # the adapter's training format (common.protocols.train_format_of)
+    train_format: str | None = None      # the adapter's training format (common.text.protocols.train_format_of)
     prompts_done: int = 0
 
     def print(self, text: str = "", end: str = "\n") -> None:
@@ -219,7 +219,7 @@ class Session:
     def generate(self, prompt: str, with_adapter: bool, seed: int) -> Result:
         from transformers import set_seed
 
-        from common.training import autocast
+        from common.train.steps import autocast
         template, why = self.template_for(prompt)
         instruct = self.instruct_example(prompt)
         if instruct:  # a code prompt to an adapter trained in the instruct format: its training prompt
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from common.env import default_device
-    from common.quant import compute_dtype, load_model, load_tokenizer
+    from common.model.load import compute_dtype, load_model, load_tokenizer
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the output
     device = default_device()
     if cfg.push_to_hub and not (cfg.merge_to or cfg.export_gguf):

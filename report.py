@@ -10,14 +10,14 @@ CIs; paired differences against the suite's reference config and against the bas
 test; what the design could detect; Pareto fronts; a recommendation per memory budget; before/after
 examples; failed runs; the environment), model_comparison.csv/.json (the rows as numbers) and PNG figures.
 
-The numbers come from common/study.py (rows, cells, intervals) and common/compare.py (paired tests,
+The numbers come from common/study/rows.py (rows, cells, intervals) and common/study/compare.py (paired tests,
 power, fronts); this file only renders them. A value is bold only when it beats the runner-up beyond
-noise (see common/compare.py for the tests). The same database gives byte-identical markdown.
+noise (see common/study/compare.py for the tests). The same database gives byte-identical markdown.
 
-Planning a study (common/stats.py): with 40 problems an exact McNemar test needs 6 one-way flips
+Planning a study (common/judge/stats.py): with 40 problems an exact McNemar test needs 6 one-way flips
 (15 points) for p < 0.05, and 80% power needs a ~20-point gain even if every flip goes one way; where
 configs disagree on 20% of problems, 80% power for a 10-point pass@1 gain needs ~168 problems
-(`python -c "from common.stats import problems_needed; print(problems_needed(0.10, 0.20))"`).
+(`python -c "from common.judge.stats import problems_needed; print(problems_needed(0.10, 0.20))"`).
 """
 import json
 import shlex
@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import compare
+from common.study import compare
 from common.config import ReportConfig
 from common.errors import UserError, run_cli
 from common.options import parse_config
-from common.study import COST_KEYS, Cell, Metric, Row, Study, build_rows, metric_for
+from common.study.rows import COST_KEYS, Cell, Metric, Row, Study, build_rows, metric_for
 from common.tracker import Tracker
 
 QUALITY_TABLES = [  # (title, columns)
@@ -207,7 +207,7 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
     lines += ["", "### Recommendation by memory budget", "",
               f"Budgets are the measured peak memories rounded up; each names the best configuration by "
               f"{quality_name.split(' (')[0]} whose peak fits. A configuration whose training recorded no "
-              f"measured peak is placed by its predicted peak (common/estimate.py), and says so.", "",
+              f"measured peak is placed by its predicted peak (common/train/estimate.py), and says so.", "",
               f"- below {budgets[0].text}: none of the measured configurations fits"]
     for b in budgets:
         peak = fmt(b.pick.mean("train.peak_mb"), metric_for("train.peak_mb"))
@@ -254,15 +254,15 @@ def environment_lines(study: Study, run_ids: list[int]) -> list[str]:
         combos[f"git {run['git_commit'] or 'unknown'}; {hardware}; {versions or 'versions unknown'}{sandbox}"].append(
             run_id)
     lines = [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
-    from common.models import EMBEDDED
+    from common.model.resolve import EMBEDDED
     models = sorted({study.runs[i]["config"].get("model") for i in run_ids} & set(EMBEDDED))
     return lines + [f"- model {m}: {EMBEDDED[m].description}" for m in models]
 
 
 def prediction_lines(study: Study, suite: str) -> list[str]:
-    """train.py's memory and step-time prediction (common/estimate.py) next to what each run measured;
+    """train.py's memory and step-time prediction (common/train/estimate.py) next to what each run measured;
     runs a sweep skipped as predicted over its --budget-mb."""
-    from common.predictions import predicted_vs_measured, skipped_runs
+    from common.train.predictions import predicted_vs_measured, skipped_runs
 
     def pct(x: float | None) -> str:
         return "—" if x is None else f"{100 * x:+.0f}%"
@@ -354,7 +354,7 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
             lines += pareto_lines(study, rows, quality, quality_name)
         lines += examples_lines(study, rows, bases, quality)
         if figures:
-            from common.figures import suite_figures
+            from common.study.figures import suite_figures
             written = suite_figures(study, suite, rows, bases, quality, out)
             if written:
                 lines += ["### Figures", ""] + [f"![{title}]({path.name})" for title, path in written] + [""]
@@ -410,7 +410,7 @@ def write_comparison(records: list[dict[str, Any]], out: Path) -> None:
 def sweep_command(suites: list[str]) -> str:
     """The sweep.py command that runs these suites: the smallest built-in composite suite made of exactly them
     (`study` for the study's parts), else one --suite per suite."""
-    from common.suites import BUILTIN
+    from common.study.suites import BUILTIN
     composites = sorted((s for s in BUILTIN.values() if s.parts and set(s.parts) == set(suites)), key=lambda s: s.name)
     names = [composites[0].name] if composites else suites
     return " && ".join(f"python sweep.py --suite {name}" for name in names)
@@ -419,7 +419,7 @@ def sweep_command(suites: list[str]) -> str:
 def write_report(study: Study, suites: list[str], out: Path, db_name: str, figures: bool = True,
                  readme: Path | None = None, command: str = "python report.py") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    from common.summary import summary_entries, summary_lines, update_readme
+    from common.study.summary import summary_entries, summary_lines, update_readme
 
     lines = ["# LoRA / QLoRA study results", "",
              f"Generated by report.py from `{db_name}`: {len(study.runs)} run(s) in the database, "
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     suites = [args.suite] if args.suite else study.suites()
     out = Path(args.output_dir or "reports")
     if args.readme:
-        from common.summary import check_readme
+        from common.study.summary import check_readme
         check_readme(Path(args.readme))
     command = " ".join(["python report.py", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
     summary = write_report(study, suites, out, Path(args.db).name, figures=args.figures,

@@ -1,18 +1,18 @@
 """Run a suite of LoRA/QLoRA configurations: train each, evaluate each, plus the base model once.
 
-    python sweep.py --suite rank                        # rank 4..64 at qkvo, 16bit (see common/suites.py)
+    python sweep.py --suite rank                        # rank 4..64 at qkvo, 16bit (see common/study/suites.py)
     python sweep.py --suite all --set max_steps=200 --set eval_limit=40
     python sweep.py --suite quant --seeds 2              # every config over seeds 0 and 1
     python sweep.py --suite-file my_suite.yaml --dry-run # what would run, and what is already done
     python sweep.py --suite smoke --set model=/path/to/tiny-model --quiet
     python sweep.py --suite modules --workers 2          # two runs at once, one GPU each
-    python sweep.py --suite rank --launcher ray          # one Ray task per adapter (common/ray_launcher.py)
+    python sweep.py --suite rank --launcher ray          # one Ray task per adapter (common/study/ray_launcher.py)
 
-Suites (common/suites.py): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
+Suites (common/study/suites.py): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
 qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
 2 problems: checks the pipeline in minutes), `all` (= rank + modules + quant), `seeds` (r16,
 qkvo, 16bit at seeds 0 and 1: run-to-run spread) and `study` (the reference study in
-results/: its parts `study-*` fix every setting, see common/suites.py and the README). The built-in
+results/: its parts `study-*` fix every setting, see common/study/suites.py and the README). The built-in
 suites keep train.py's defaults (one epoch); set the budget with e.g. `--set max_steps=200`.
 A `--suite-file` is YAML or JSON:
 
@@ -57,11 +57,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import suites as S
+from common.study import suites as S
 from common.config import SweepConfig
 from common.errors import UserError, run_cli
 from common.options import parse_config
-from common.plan import (Planned, completed_eval, completed_train, parse_shard, plan, power_note, print_plan,
+from common.study.plan import (Planned, completed_eval, completed_train, parse_shard, plan, power_note, print_plan,
                          print_summary, record_membership, running_elsewhere, selected_suites, shard)
 from common.tracker import Tracker, runs_root
 
@@ -372,7 +372,7 @@ def apply_budget(cfg, tracker: Tracker, planned: list[Planned], record: bool) ->
     """Print every planned train run's prediction; with --budget-mb, mark those over it skipped (and
     `record` them as skipped runs, members of their suites); the base evaluations stay planned."""
     from common.env import default_device
-    from common.predictions import budget_reason, plan_estimates, print_plan_estimates, record_skipped
+    from common.train.predictions import budget_reason, plan_estimates, print_plan_estimates, record_skipped
     estimates = plan_estimates(planned, default_device())
     print_plan_estimates(planned, estimates, cfg.budget_mb)
     for p in planned:
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{marked} run(s) left 'running' by a process that is gone are now marked interrupted",
               file=sys.stderr)
     label = cfg.suite or suites[0].name
-    if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/predictions.py), before anything runs
+    if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/train/predictions.py), before anything runs
         apply_budget(cfg, tracker, planned, record=not (cfg.estimate or cfg.dry_run))
         if cfg.estimate:
             return 0
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / "evaluate.py").is_file():
         raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")
     if cfg.launcher == "ray":
-        from common.ray_launcher import import_ray, run_on_ray
+        from common.study.ray_launcher import import_ray, run_on_ray
         import_ray()  # a missing Ray is a one-line error before anything runs
         root = Path(cfg.output_dir).resolve() if cfg.output_dir else runs_root(tracker)
         tracker.close()

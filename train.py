@@ -12,7 +12,7 @@ validation checkpoint (adapter + tokenizer) in <output-dir>/best, and resumable 
 <output-dir>/checkpoint. With --load-best (the default) the final adapter is the best
 validation checkpoint; --early-stopping N stops after N evaluations without a lower
 validation loss (run_config.json records final_step and stop_reason). --report-to
-tensorboard,wandb,mlflow mirrors the tracker's scalars and config (common/tracking.py).
+tensorboard,wandb,mlflow mirrors the tracker's scalars and config (common/train/mirrors.py).
 Everything is recorded in the run tracker (--db): resolved config, parameter counts,
 per-step loss/lr/grad-norm/tokens-per-second/memory, validation loss and generation
 quality over training, peak memory and wall time. Ctrl-C or SIGTERM saves a checkpoint and marks the run interrupted;
@@ -35,27 +35,27 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from common import suites
-from common.adapters import completed_run
-from common.batching import collate, epoch_batches, label_tokens, real_tokens
+from common.study import suites
+from common.model.adapters import completed_run
+from common.train.batching import collate, epoch_batches, label_tokens, real_tokens
 from common.config import TrainConfig
-from common.data import load_splits
-from common.distributed import StopFlag, ddp_weight_drift, stop_requested, wrap_ddp
+from common.corpus.splits import load_splits
+from common.train.distributed import StopFlag, ddp_weight_drift, stop_requested, wrap_ddp
 from common.env import current_memory_mb, default_device, environment, peak_memory, set_mmap_threshold
 from common.errors import UserError, run_cli
-from common.generation import generate
-from common.predictions import estimate_main, prediction_scores
-from common.lora import attach_lora, parameter_counts, validate_lora_args
-from common.metrics import chrf, perplexity, syntax_error_category
+from common.text.generation import generate
+from common.train.predictions import estimate_main, prediction_scores
+from common.model.lora import attach_lora, parameter_counts, validate_lora_args
+from common.judge.metrics import chrf, perplexity, syntax_error_category
 from common.options import parse_config, recorded
 from common.paths import check_writable
-from common.prompts import choose_template, encode_examples
-from common.protocols import answer_code, program, reference_code, render
-from common.quant import check_quant, compute_dtype, load_model, load_tokenizer
-from common.models import resolve_model
+from common.text.prompts import choose_template, encode_examples
+from common.text.protocols import answer_code, program, reference_code, render
+from common.model.load import check_quant, compute_dtype, load_model, load_tokenizer
+from common.model.resolve import resolve_model
 from common.tracker import Tracker
-from common.tracking import Reporters, open_reporters, parse_report_to
-from common.training import (CompletionLoss, autocast, early_stopping_due, load_best_adapter, load_checkpoint,
+from common.train.mirrors import Reporters, open_reporters, parse_report_to
+from common.train.steps import (CompletionLoss, autocast, early_stopping_due, load_best_adapter, load_checkpoint,
                              make_optimizer, mean_nll, save_best, save_checkpoint)
 
 
@@ -92,7 +92,7 @@ class Run:
     tokenizer: Any
     train_set: list[dict[str, Any]]
     val_set: list[dict[str, Any]]
-    val_examples: list                   # common.data.Example, for generation quality
+    val_examples: list                   # common.corpus.splits.Example, for generation quality
     template: str
     total_steps: int
     device: torch.device

@@ -21,11 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.data import load_humaneval  # noqa: E402
+from common.corpus.splits import load_humaneval  # noqa: E402
 from common.env import default_device  # noqa: E402
-from common.generation import generate  # noqa: E402
-from common.protocols import render  # noqa: E402
-from common.quant import load_model, load_tokenizer  # noqa: E402
+from common.text.generation import generate  # noqa: E402
+from common.text.protocols import render  # noqa: E402
+from common.model.load import load_model, load_tokenizer  # noqa: E402
 from machine import dtype_name, machine_line, machine_record  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Predicted (common/estimate.py) against measured (bench/estimate_measure.py) peak memory and step time.
+"""Predicted (common/train/estimate.py) against measured (bench/estimate_measure.py) peak memory and step time.
 
     python bench/estimate_measure.py        # short train.py runs of the configs (slow: minutes each)
     python bench/estimate_check.py          # the table: prediction per config vs what was measured
@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from common import estimate as E  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
-from common.predictions import relative_error, step_seconds  # noqa: E402
+from common.train.predictions import relative_error, step_seconds  # noqa: E402
 from estimate_measure import COMMON, LLAMA, write_llama_1b  # noqa: E402
 
 MEASURED = ROOT / "bench" / "results" / "estimate_measured.json"

@@ -1,4 +1,4 @@
-"""Measure short train.py runs for checking common/estimate.py (raw figures only; estimate_check.py compares).
+"""Measure short train.py runs for checking common/train/estimate.py (raw figures only; estimate_check.py compares).
 
     python bench/estimate_measure.py                 # every config in CONFIGS not yet in the results file
     python bench/estimate_measure.py --only 0,3      # these configs (indices), again
@@ -69,10 +69,10 @@ def argv_of(config: dict) -> list[str]:
 
 def write_llama_1b(directory: Path, weights: bool) -> Path:
     """The 1.1B llama with the embedded tokenizer: config and tokenizer, plus random bf16 weights if asked
-    (config only is all common/estimate.py reads)."""
+    (config only is all common/train/estimate.py reads)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
     tokenizer = load_tokenizer("smollm2-135m")
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -19,7 +19,7 @@ lookups and the optimizer are left out (well under 1% here).
 """
 from typing import Any
 
-from common.prompts import IGNORE_INDEX
+from common.text.prompts import IGNORE_INDEX
 
 RANK = 16  # the LoRA rank every training bench uses
 

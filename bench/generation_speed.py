@@ -6,7 +6,7 @@
 
 The usual loop is what evaluation scripts commonly do: `model.generate` on one
 prompt at a time with transformers' stop-string criteria, then cut the text.
-Ours is `common.generation.generate`: prompts sorted by length, left-padded
+Ours is `common.text.generation.generate`: prompts sorted by length, left-padded
 batches, and rows that finish leave the batch. Both run on the same rendered
 prompts, greedy, with the evaluation's stops for the template. The default
 template is "chat" (the instruction model answers HumanEval prompts in full,
@@ -39,11 +39,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.data import load_humaneval  # noqa: E402
+from common.corpus.splits import load_humaneval  # noqa: E402
 from common.env import default_device  # noqa: E402
-from common.generation import cut_completion, generate, stop_criteria, stops_for_template  # noqa: E402
-from common.prompts import encode_prompt, render_prompt  # noqa: E402
-from common.quant import load_model, load_tokenizer  # noqa: E402
+from common.text.generation import cut_completion, generate, stop_criteria, stops_for_template  # noqa: E402
+from common.text.prompts import encode_prompt, render_prompt  # noqa: E402
+from common.model.load import load_model, load_tokenizer  # noqa: E402
 from common.tracker import Tracker  # noqa: E402
 from machine import dtype_name, machine_line, machine_record  # noqa: E402
 

@@ -7,7 +7,7 @@ Checks, each on a small llama built from config with the embedded tokenizer (no 
   train-16bit / train-8bit / train-4bit   train.py 20 steps; loss falls; peak from max_memory_allocated
   paged-adamw-8bit                        train.py --optim paged_adamw_8bit (paged on CUDA)
   resume-after-sigterm                    SIGTERM mid-run, rerun, the run completes from its checkpoint
-  batched-generation                      common.generation.generate at batch 8 == model.generate one at a time
+  batched-generation                      common.text.generation.generate at batch 8 == model.generate one at a time
   sweep-gpu-pinning                       sweep.py --workers 2: each child sees one CUDA device
   train-bench-smoke                       bench/train_compare.py at smoke size
 Exit code 0 when every check passed. The summary goes to --out (bench/results/gpu_check.json).
@@ -34,7 +34,7 @@ def build_model(directory: Path, on_gpu: bool) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     width, layers = (512, 4) if on_gpu else (64, 2)
@@ -100,8 +100,8 @@ def check_generation(model: str) -> dict[str, Any]:
     import torch
 
     from common.env import default_device
-    from common.generation import STOP_SEQUENCES, generate
-    from common.quant import compute_dtype, load_model, load_tokenizer
+    from common.text.generation import STOP_SEQUENCES, generate
+    from common.model.load import compute_dtype, load_model, load_tokenizer
 
     device = default_device()
     tokenizer, lm = load_tokenizer(model), load_model(model, "16bit", device)

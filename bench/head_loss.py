@@ -1,4 +1,4 @@
-"""The LM head + cross-entropy alone, plain against fused-chunked (common.training), time and memory.
+"""The LM head + cross-entropy alone, plain against fused-chunked (common.train.steps), time and memory.
 
     python bench/head_loss.py                         # SmolLM2-135M's head: V 49152, d 576; 1000 labelled rows
     python bench/head_loss.py --rows 325 --chunks 128,512 --dtype fp32
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.training import fused_head_cross_entropy  # noqa: E402
+from common.train.steps import fused_head_cross_entropy  # noqa: E402
 from machine import add_dtype_flag, bench_dtype, dtype_name, machine_line, machine_record  # noqa: E402
 
 

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.env import cpu_flags, cpu_kind, device_kind  # noqa: E402
-from common.quant import half_dtype  # noqa: E402
+from common.model.load import half_dtype  # noqa: E402
 
 DTYPE_CHOICES = ("auto", "fp32")
 

@@ -24,13 +24,13 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.batching import collate, epoch_batches  # noqa: E402
-from common.data import load_splits  # noqa: E402
+from common.train.batching import collate, epoch_batches  # noqa: E402
+from common.corpus.splits import load_splits  # noqa: E402
 from common.env import default_device  # noqa: E402
-from common.lora import attach_lora  # noqa: E402
-from common.prompts import choose_template, encode_examples  # noqa: E402
-from common.quant import compute_dtype, load_model, load_tokenizer  # noqa: E402
-from common.training import CompletionLoss, autocast  # noqa: E402
+from common.model.lora import attach_lora  # noqa: E402
+from common.text.prompts import choose_template, encode_examples  # noqa: E402
+from common.model.load import compute_dtype, load_model, load_tokenizer  # noqa: E402
+from common.train.steps import CompletionLoss, autocast  # noqa: E402
 from flops import training_flops  # noqa: E402
 from machine import add_dtype_flag, dtype_name, machine_line, matmul_gflops, sync, train_quant_flag  # noqa: E402
 

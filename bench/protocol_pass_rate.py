@@ -4,9 +4,9 @@
     python bench/protocol_pass_rate.py --limit 16 --protocols instruct --max-new-tokens 320
 
 Until evaluate.py takes --protocol, this is the way to see what a protocol does to a
-base model's score: each problem is rendered with common.protocols.render, generated
+base model's score: each problem is rendered with common.text.protocols.render, generated
 greedily (fp32 decoding by default, so the batch size does not change the outputs),
-turned into a program with common.protocols.program, and run with its tests in the
+turned into a program with common.text.protocols.program, and run with its tests in the
 sandbox. Printed per protocol: pass@1, how many answers are non-empty (the sanitized
 code defines something), the outcome counts and the commonest error types. Writes
 bench/results/protocol_pass_rate.json with every program and outcome.
@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.hub_benchmarks import is_hub_benchmark, load_hub_benchmark  # noqa: E402
-from common.data import load_humaneval  # noqa: E402
+from common.corpus.hub_benchmarks import is_hub_benchmark, load_hub_benchmark  # noqa: E402
+from common.corpus.splits import load_humaneval  # noqa: E402
 from common.env import default_device  # noqa: E402
-from common.generation import generate  # noqa: E402
-from common.protocols import answer_code, program, render  # noqa: E402
-from common.quant import load_model, load_tokenizer  # noqa: E402
-from common.sandbox import check_many, humaneval_program  # noqa: E402
+from common.text.generation import generate  # noqa: E402
+from common.text.protocols import answer_code, program, render  # noqa: E402
+from common.model.load import load_model, load_tokenizer  # noqa: E402
+from common.sandbox.execute import check_many, humaneval_program  # noqa: E402
 from machine import machine_line, machine_record  # noqa: E402
 
 

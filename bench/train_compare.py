@@ -20,7 +20,7 @@ Trainer variants get `use_cpu=True`, without which transformers refuses bf16 the
     b-trl-packing-bfd  (b) TRL SFTTrainer, packing=True, packing_strategy="bfd", max_length 512
     c-trainer-dynamic  (c) Trainer, DataCollatorForSeq2Seq (pad to the batch's longest), group_by_length sampling
 
-The examples are built once, exactly as `train.py --limit N` builds them (common.data.load_splits +
+The examples are built once, exactly as `train.py --limit N` builds them (common.corpus.splits.load_splits +
 encode_examples, max length 512), and the baselines get those token ids and labels pre-tokenized (TRL:
 input_ids + completion_mask, which its completion_only_loss turns into the same labels). Every baseline batch is
 cut back into its sequences and looked up among the examples, and train.py's per-step token counts are checked
@@ -64,12 +64,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from common.batching import epoch_batches  # noqa: E402
+from common.train.batching import epoch_batches  # noqa: E402
 from common.env import default_device, environment, peak_memory  # noqa: E402
 from flops import lora_params, training_flops  # noqa: E402
 from machine import (add_dtype_flag, bench_dtype, dtype_name, machine_line, machine_record,  # noqa: E402
                      matmul_gflops, run_train_py, sync, train_quant_flag)
-from common.prompts import IGNORE_INDEX  # noqa: E402
+from common.text.prompts import IGNORE_INDEX  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 BATCH, RANK, ALPHA, DROPOUT, LR, MAX_LEN = 4, 16, 32, 0.05, 2e-4, 512
@@ -132,7 +132,7 @@ def child_main(spec_path: str) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
-    from common.quant import compute_dtype, load_model, load_tokenizer
+    from common.model.load import compute_dtype, load_model, load_tokenizer
 
     spec = json.loads(Path(spec_path).read_text())
     variant, examples = spec["variant"], spec["examples"]
@@ -259,9 +259,9 @@ def run_quietly(cmd: list[str]) -> None:
 
 def build_examples(model: str, limit: int, seed: int) -> tuple[list[Example], str]:
     """The training examples of `train.py --limit <limit>`, encoded exactly as train.py encodes them."""
-    from common.data import load_splits
-    from common.prompts import choose_template, encode_examples
-    from common.quant import load_tokenizer
+    from common.corpus.splits import load_splits
+    from common.text.prompts import choose_template, encode_examples
+    from common.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(model)
     splits = load_splits("stdlib", split_seed=seed, limit=limit)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         return child_main(args.child)
     from transformers import AutoConfig
 
-    from common.models import resolve_model
+    from common.model.resolve import resolve_model
 
     device = default_device()
     dtype = bench_dtype(args.dtype, device)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from common.options import option
 
-DEFAULT_MODEL = "smollm2-135m"   # the embedded SmolLM2-135M-Instruct (common/models.py)
+DEFAULT_MODEL = "smollm2-135m"   # the embedded SmolLM2-135M-Instruct (common/model/resolve.py)
 QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
 TEMPLATES = ("plain", "chat", "alpaca")
 ISOLATION_MODES = ("auto", "bwrap", "landlock", "none")
@@ -101,8 +101,8 @@ class TrainConfig:
     tensorboard: str | None = option(None, "TensorBoard event files here (implies --report-to tensorboard; default "
                                            "<output-dir>/tensorboard)", record=False, metavar="DIR")
     quiet: bool = option(False, "no progress bar; a log line every 10 steps", record=False)
-    estimate: bool = option(False, "print the predicted peak memory and step time (common/estimate.py), then exit "
-                                   "before loading weights", record=False)
+    estimate: bool = option(False, "print the predicted peak memory and step time (common/train/estimate.py), "
+                                   "then exit before loading weights", record=False)
     probe: bool = option(False, "with --estimate: run 3 real steps and rescale the prediction by them", record=False)
 
 
@@ -166,8 +166,8 @@ class EvalConfig:
 @dataclass
 class SweepConfig:
     """sweep.py: run a suite of configurations, resumably."""
-    suite: str | None = option(None, "built-in suite to run (common/suites.py)", group="which")
-    suite_file: str | None = option(None, "YAML/JSON suite: name, base, axes, groups (see common/suites.py)",
+    suite: str | None = option(None, "built-in suite to run (common/study/suites.py)", group="which")
+    suite_file: str | None = option(None, "YAML/JSON suite: name, base, axes, groups (see common/study/suites.py)",
                                     group="which")
     set: list[str] = option([], "override an option for every run, KEY=VALUE (repeatable; any train.py or "
                                 "evaluate.py option marked for sweeps, e.g. max_steps=50)", metavar="KEY=VALUE")

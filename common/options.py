@@ -12,7 +12,7 @@ and everything else is derived from it:
     accepts an int; a bool becomes `--truncate/--no-truncate`), the default shown in --help;
   - `--config FILE` (YAML/JSON) defaults, checked against the field names (`parse_config`);
   - the recorded run config (`recorded`: the fields with record=True);
-  - the sweep's flag tables in common/suites.py (the fields with sweep=True).
+  - the sweep's flag tables in common/study/suites.py (the fields with sweep=True).
 
 Old spellings (`deprecated=("--limit",)`) still work for one release and print a one-line
 notice saying the new name. Adding an option is one line in one dataclass.

@@ -22,7 +22,7 @@ def tiny_model(tmp_path_factory) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -2,9 +2,9 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.batching import collate, epoch_batches, label_tokens, pack_rows, real_tokens
-from common.prompts import IGNORE_INDEX
-from common.training import CompletionLoss
+from common.train.batching import collate, epoch_batches, label_tokens, pack_rows, real_tokens
+from common.text.prompts import IGNORE_INDEX
+from common.train.steps import CompletionLoss
 
 
 def fake_examples(n: int, seed: int = 0) -> list[dict]:

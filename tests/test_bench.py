@@ -20,8 +20,8 @@ from flops import lora_params, training_flops  # noqa: E402
 from machine import bench_dtype, dtype_name, machine_record, matmul_gflops, train_quant_flag  # noqa: E402
 
 from common.env import cpu_flags, cpu_kind  # noqa: E402
-from common.prompts import IGNORE_INDEX  # noqa: E402
-from common.quant import cpu_has_native_bf16, half_dtype  # noqa: E402
+from common.text.prompts import IGNORE_INDEX  # noqa: E402
+from common.model.load import cpu_has_native_bf16, half_dtype  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -244,7 +244,7 @@ def lora_llama(dtype: torch.dtype, tie: bool = True):
     """A 2-layer llama with LoRA r4 on all linear layers, random weights, LoRA B non-zero so gradients flow."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common.lora import attach_lora
+    from common.model.lora import attach_lora
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -267,7 +267,7 @@ def prompt_masked_batch() -> dict[str, torch.Tensor]:
 
 
 def loss_and_grads(loss_fn, batch, dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    from common.training import autocast
+    from common.train.steps import autocast
 
     loss_fn.model.zero_grad(set_to_none=True)
     with autocast(CPU, dtype):
@@ -279,7 +279,7 @@ def loss_and_grads(loss_fn, batch, dtype) -> tuple[torch.Tensor, dict[str, torch
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("tie", [True, False])
 def test_fused_head_cross_entropy_gives_the_same_loss_and_gradients(dtype, tol, tie):
-    from common.training import CompletionLoss
+    from common.train.steps import CompletionLoss
 
     model, batch = lora_llama(dtype, tie), prompt_masked_batch()
     plain_loss, plain_grads = loss_and_grads(CompletionLoss(model), batch, dtype)
@@ -292,7 +292,7 @@ def test_fused_head_cross_entropy_gives_the_same_loss_and_gradients(dtype, tol, 
 
 
 def test_fused_head_cross_entropy_without_grad_and_with_a_softcap():
-    from common.training import CompletionLoss, fused_head_cross_entropy
+    from common.train.steps import CompletionLoss, fused_head_cross_entropy
 
     model, batch = lora_llama(torch.float32), prompt_masked_batch()
     with torch.no_grad():
@@ -311,7 +311,7 @@ def test_fused_head_cross_entropy_without_grad_and_with_a_softcap():
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_default():
-    from common.training import adamw
+    from common.train.steps import adamw
 
     torch.manual_seed(0)
     start = [torch.randn(16, 24), torch.randn(24, 16), torch.randn(7)]
@@ -338,7 +338,7 @@ def examples_of_lengths(lengths: list[int]) -> list[dict]:
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_token_budget_bounds_every_step_and_covers_each_example_once(packing):
-    from common.batching import epoch_batches
+    from common.train.batching import epoch_batches
 
     generator = torch.Generator().manual_seed(0)
     examples = examples_of_lengths(torch.randint(5, 120, (200,), generator=generator).tolist())
@@ -354,7 +354,7 @@ def test_token_budget_bounds_every_step_and_covers_each_example_once(packing):
 
 
 def test_budget_cuts_and_a_budget_below_the_longest_example():
-    from common.batching import budget_cuts, epoch_batches
+    from common.train.batching import budget_cuts, epoch_batches
     from common.errors import UserError
 
     assert budget_cuts([10, 20, 30, 100, 200], 200) == [0, 3, 4, 5]
@@ -431,7 +431,7 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
 def test_the_1b_llama_is_predicted_from_its_config_alone(tmp_path):
     """bench/estimate_check.py predicts the 1.1B llama rows without making weights: 1.17B parameters, and the
     4-bit weights about a third of the 16-bit ones (the embeddings and head stay in bf16)."""
-    from common import estimate as E
+    from common.train import estimate as E
     from common.config import TrainConfig
 
     measure = bench_script("estimate_measure")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common import suites as S
+from common.study import suites as S
 from common.config import EvalConfig, InferConfig, ReportConfig, SweepConfig, TrainConfig
 from common.errors import UserError
 from common.options import build_parser, option, parse_config, recorded, sweepable

@@ -1,4 +1,4 @@
-"""Tests for common/data.py and common/stdlib_pairs.py: real mining, real files, real splits."""
+"""Tests for common/corpus/splits.py and common/corpus/stdlib_pairs.py: real mining, real files, real splits."""
 import ast
 import json
 import textwrap
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from common import data, stdlib_pairs
-from common.data import Example, load_humaneval, load_splits, read_benchmark_file
+from common.corpus import splits as data
+
+from common.corpus import stdlib_pairs
+from common.corpus.splits import Example, load_humaneval, load_splits, read_benchmark_file
 from common.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from common import suites
-from common.data import load_splits, read_apps, read_benchmark_file
+from common.study import suites
+from common.corpus.splits import load_splits, read_apps, read_benchmark_file
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

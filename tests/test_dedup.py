@@ -1,8 +1,8 @@
-"""Tests for common/dedup.py: normalisation, planted near-copies found, different functions kept."""
+"""Tests for common/corpus/dedup.py: normalisation, planted near-copies found, different functions kept."""
 import pytest
 
-from common.data import load_humaneval
-from common.dedup import jaccard, near_duplicates, normalise, shingle_hashes
+from common.corpus.splits import load_humaneval
+from common.corpus.dedup import jaccard, near_duplicates, normalise, shingle_hashes
 
 ORIGINAL = '''def parse_header(line, default_charset="utf-8"):
     """Split a header line into its value and a dict of parameters."""

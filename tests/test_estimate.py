@@ -1,4 +1,4 @@
-"""common/estimate.py: the parts of the prediction that are exact are checked exactly, on tiny models.
+"""common/train/estimate.py: the parts of the prediction that are exact are checked exactly, on tiny models.
 
 Whole-process peak RSS depends on the machine (imports, allocator), so all configurations are checked by
 bench/estimate_check.py, and the study's here (slow: three real steps on the embedded model, within 15%;
@@ -16,9 +16,9 @@ import sqlite3
 import pytest
 import torch
 
-from common.batching import epoch_batches
+from common.train.batching import epoch_batches
 from common.config import SweepConfig, TrainConfig
-from common.estimate import (
+from common.train.estimate import (
     K_ACT,
     K_ACT_GROWTH,
     K_LOGITS,
@@ -32,9 +32,9 @@ from common.estimate import (
     saved_bytes_per_token,
     weight_bytes,
 )
-from common.lora import attach_lora, parameter_counts
-from common.predictions import plan_estimates, predicted_vs_measured, skipped_runs
-from common.quant import compute_dtype, load_model
+from common.model.lora import attach_lora, parameter_counts
+from common.train.predictions import plan_estimates, predicted_vs_measured, skipped_runs
+from common.model.load import compute_dtype, load_model
 from common.tracker import Tracker
 
 CPU = torch.device("cpu")
@@ -210,8 +210,8 @@ def data_file(tmp_path_factory) -> str:
 
 def test_sweep_budget_records_runs_over_it_as_skipped(tiny_model, data_file, tmp_path, capsys):
     import sweep
-    from common import suites as S
-    from common.plan import plan
+    from common.study import suites as S
+    from common.study.plan import plan
     suite = tmp_path / "budget.json"
     suite.write_text(json.dumps({"name": "budget", "base": {"model": tiny_model, "dataset": data_file,
                                                               "max_steps": 2, "quant": "32bit"},
@@ -265,7 +265,7 @@ def test_estimate_probe_measures_three_steps_and_rescales(tiny_model, data_file,
 
 def test_matmul_peak_cache_keeps_the_best_and_remeasures_when_quieter(tmp_path, monkeypatch):
     """A peak measured while other jobs ran is low; a quieter machine measures again and keeps the higher."""
-    from common import estimate
+    from common.train import estimate
 
     monkeypatch.setenv("LORA_STUDY_CACHE", str(tmp_path))
     measurements = iter([50.0, 400.0])

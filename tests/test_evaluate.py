@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import evaluate
-from common.scoring import FAIL_STATUSES, paired_deltas
-from common.data import load_humaneval
+from common.judge.scoring import FAIL_STATUSES, paired_deltas
+from common.corpus.splits import load_humaneval
 from common.errors import run_cli
 from common.tracker import Tracker
 
@@ -44,7 +44,7 @@ def make_adapter(model_dir: str, out: Path, db: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from common.lora import attach_lora
+    from common.model.lora import attach_lora
 
     model = attach_lora(AutoModelForCausalLM.from_pretrained(model_dir), 4, None, 0.0, "qkvo")
     torch.manual_seed(1)
@@ -72,7 +72,7 @@ def humaneval5():
 # ---------------------------------------------------------------------------- scoring pieces
 
 def test_sacrebleu_corpus_ci_equals_corpus_metric_ci(humaneval5):
-    from common.metrics import bleu, chrf, corpus_metric_ci, sacrebleu_corpus_ci
+    from common.judge.metrics import bleu, chrf, corpus_metric_ci, sacrebleu_corpus_ci
 
     hyps = [p.completion for p in humaneval5]
     refs = [p.completion.replace("return", "yield") for p in humaneval5]
@@ -170,7 +170,7 @@ def test_base_model_evaluation(tiny_model, tmp_path, capsys):
     assert run["name"] == "eval-base:" + Path(tiny_model).name
     config = run["config"]
     assert config["adapter"] is None and config["benchmarks"] == ["humaneval", "heldout"]
-    from common.sandbox import isolation_info
+    from common.sandbox.execute import isolation_info
     assert config["eval_limit"] == 3 and config["isolation"] == isolation_info("auto")["name"] and config["seed"] == 0
     he = scores_of(db, run["id"], "humaneval")
     assert 0.0 <= he["pass@1"]["value"] <= 1.0 and he["pass@1"]["n"] == 3

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from common.data import load_splits
+from common.corpus.splits import load_splits
 from common.errors import UserError
-from common.formats import Example, parse_columns, read_records_file, row_to_example
-from common.prompts import IGNORE_INDEX, encode_example
-from common.quant import load_tokenizer
+from common.corpus.formats import Example, parse_columns, read_records_file, row_to_example
+from common.text.prompts import IGNORE_INDEX, encode_example
+from common.model.load import load_tokenizer
 
 CHAT = [{"role": "system", "content": "You write Python."},
         {"role": "user", "content": "Add two numbers."},

@@ -2,9 +2,9 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.generation import STOP_SEQUENCES, cut_completion, extract_code, find_stop, generate, stop_criteria
-from common.prompts import encode_prompt
-from common.quant import load_tokenizer
+from common.text.generation import STOP_SEQUENCES, cut_completion, extract_code, find_stop, generate, stop_criteria
+from common.text.prompts import encode_prompt
+from common.model.load import load_tokenizer
 
 
 def test_stop_sequences_cut_the_completion_including_ones_that_start_in_the_prompt():

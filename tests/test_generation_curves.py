@@ -4,8 +4,8 @@ import pytest
 from study_db import build_study
 
 import report
-from common import figures
-from common.study import Study, build_rows
+from common.study import figures
+from common.study.rows import Study, build_rows
 from common.tracker import Tracker
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infer
 from common.errors import UserError
-from common.gguf_export import export_gguf, gguf_pre_tokenizer, llama_permute
-from common.models import embedded_gguf
+from common.model.gguf_export import export_gguf, gguf_pre_tokenizer, llama_permute
+from common.model.resolve import embedded_gguf
 
 PROMPT = "def fibonacci(n):\n    # the 12th number is 144\n"
 

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from common.hub_benchmarks import is_hub_benchmark, load_hub_benchmark
+from common.corpus.hub_benchmarks import is_hub_benchmark, load_hub_benchmark
 from common.errors import UserError
-from common.generation import cut_completion
-from common.protocols import MODULE_STOPS, program, render
-from common.quant import load_tokenizer
-from common.sandbox import humaneval_program
+from common.text.generation import cut_completion
+from common.text.protocols import MODULE_STOPS, program, render
+from common.model.load import load_tokenizer
+from common.sandbox.execute import humaneval_program
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

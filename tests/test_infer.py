@@ -17,8 +17,8 @@ import torch
 
 import infer
 from common.errors import run_cli
-from common.export import MERGE_RECORD
-from common.quant import half_dtype
+from common.model.export import MERGE_RECORD
+from common.model.load import half_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCS = ["add", "sub", "mul", "neg", "double", "triple", "square", "cube", "half", "inc", "dec", "is_zero",
@@ -93,7 +93,7 @@ def sections(out: str) -> dict[str, str]:
 
 
 def greedy(model, tokenizer, prompt: str, n: int = 12) -> str:
-    from common.generation import generate
+    from common.text.generation import generate
     return generate(model, tokenizer, [prompt], "plain", max_new_tokens=n, stop=None)[0].text
 
 
@@ -114,10 +114,10 @@ def test_single_prompt_streams_and_reports_syntax(tiny_model, capsys):
 
 @pytest.mark.slow
 def test_streamed_text_equals_batch_generate(tiny_model):
-    """What is streamed and checked is exactly what common.generation.generate (evaluation) produces."""
-    from common.generation import STOP_SEQUENCES, generate
-    from common.prompts import render_prompt
-    from common.quant import load_model, load_tokenizer
+    """What is streamed and checked is exactly what common.text.generation.generate (evaluation) produces."""
+    from common.text.generation import STOP_SEQUENCES, generate
+    from common.text.prompts import render_prompt
+    from common.model.load import load_model, load_tokenizer
     tokenizer, model = load_tokenizer(tiny_model), load_model(tiny_model, "32bit", torch.device("cpu"))
     printed = io.StringIO()
     session = infer.Session(model, tokenizer, None, torch.device("cpu"), torch.float32, max_new_tokens=12,
@@ -134,7 +134,7 @@ def test_streamed_text_equals_batch_generate(tiny_model):
 
 
 def test_streamer_never_prints_past_a_stop_sequence(tiny_model):
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     written = []
     streamer = infer.StopAwareStreamer(tokenizer, ["\ndef", "\n#"], written.append, "def f():\n")
@@ -147,7 +147,7 @@ def test_streamer_never_prints_past_a_stop_sequence(tiny_model):
 
 
 def test_streamer_counts_a_stop_that_begins_in_the_prompt(tiny_model):
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     written = []
     streamer = infer.StopAwareStreamer(tokenizer, ["\n```"], written.append, "def f():\n")
@@ -172,7 +172,7 @@ def test_stop_flag_escapes():
 
 
 def test_template_rule(tiny_model):
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
     session = infer.Session(None, load_tokenizer(tiny_model), None, torch.device("cpu"), torch.float32)
     for code in ("def f(x):", "  class A:", "import os", "from x import y", "@cache", "# add two numbers",
                  "async def f():"):
@@ -241,7 +241,7 @@ def _merge_matches(adapter: dict, merged: Path, tiny_model: str, base_quant: str
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from common.quant import compute_dtype, load_model, load_tokenizer
+    from common.model.load import compute_dtype, load_model, load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     reference = PeftModel.from_pretrained(load_model(tiny_model, base_quant, torch.device("cpu")), adapter["dir"])
     loaded = AutoModelForCausalLM.from_pretrained(merged)

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from common.errors import UserError
-from common.lora import attach_lora, parameter_counts, resolve_target_modules, validate_lora_args
+from common.model.lora import attach_lora, parameter_counts, resolve_target_modules, validate_lora_args
 
 
 def test_presets_map_llama_names(tiny_model):

@@ -1,4 +1,4 @@
-"""Tests for common.metrics: pass@k against brute force, syntax categories, BLEU/chrF, bootstrap."""
+"""Tests for common.judge.metrics: pass@k against brute force, syntax categories, BLEU/chrF, bootstrap."""
 import math
 from itertools import combinations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.errors import UserError
-from common.metrics import (
+from common.judge.metrics import (
     bleu,
     bootstrap_ci,
     chrf,
@@ -167,10 +167,10 @@ def test_example_nlls_split_the_batched_mean_exactly(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from common.example_nll import example_nlls
-    from common.prompts import IGNORE_INDEX
-    from common.stats import perplexity_ci
-    from common.training import CompletionLoss, mean_nll
+    from common.train.example_nll import example_nlls
+    from common.text.prompts import IGNORE_INDEX
+    from common.judge.stats import perplexity_ci
+    from common.train.steps import CompletionLoss, mean_nll
 
     g = torch.Generator().manual_seed(0)
     examples = []

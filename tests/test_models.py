@@ -6,13 +6,13 @@ import time
 import pytest
 import torch
 
-from common import models
+from common.model import resolve as models
 from common.errors import UserError
 
 
 @pytest.mark.slow
 def test_embedded_model_loads_offline_and_generates():
-    from common.quant import load_model, load_tokenizer
+    from common.model.load import load_model, load_tokenizer
     tokenizer = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m", "32bit", torch.device("cpu"))
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
@@ -68,7 +68,7 @@ def test_missing_local_directory_and_hub_ids(tmp_path):
 
 
 def test_hub_id_offline_is_a_one_line_error():
-    from common.quant import load_tokenizer
+    from common.model.load import load_tokenizer
     with pytest.raises(UserError, match="cannot load tokenizer for 'nobody/no-such-model'"):
         load_tokenizer("nobody/no-such-model")
 

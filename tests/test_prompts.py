@@ -3,12 +3,12 @@ import copy
 
 import pytest
 
-from common.data import Example
+from common.corpus.splits import Example
 from common.errors import UserError
-from common.prompts import INSTRUCTION as REQUEST
-from common.prompts import (IGNORE_INDEX, RESPONSE, choose_template, encode_example, encode_examples, render_instruct,
+from common.text.prompts import INSTRUCTION as REQUEST
+from common.text.prompts import (IGNORE_INDEX, RESPONSE, choose_template, encode_example, encode_examples, render_instruct,
                             render_prompt)
-from common.quant import load_tokenizer
+from common.model.load import load_tokenizer
 
 CODE = Example(id="a", prompt='def add(a, b):\n    """Add two numbers."""\n', completion="    return a + b\n",
                style="completion")

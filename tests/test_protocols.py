@@ -3,13 +3,13 @@ import copy
 
 import pytest
 
-from common.data import Example, load_humaneval
+from common.corpus.splits import Example, load_humaneval
 from common.errors import UserError
-from common.generation import STOP_SEQUENCES
-from common.prompts import INSTRUCTION, RESPONSE, STDIO_INSTRUCTION
-from common.protocols import (SHOT, answer_code, check_same_protocol, program, reference_code, render,
+from common.text.generation import STOP_SEQUENCES
+from common.text.prompts import INSTRUCTION, RESPONSE, STDIO_INSTRUCTION
+from common.text.protocols import (SHOT, answer_code, check_same_protocol, program, reference_code, render,
                               resolve_protocol, train_format_of)
-from common.quant import load_tokenizer
+from common.model.load import load_tokenizer
 
 STDIO = Example("apps:1", "Read n and print n squared.", "```python\nn = int(input())\nprint(n * n)\n```",
                 "instruction", tests={"inputs": ["3\n"], "outputs": ["9\n"]})

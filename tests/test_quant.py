@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from common.errors import UserError
-from common.lora import attach_lora
-from common.quant import check_quant, disable_cpu_4bit_repacking, load_model
+from common.model.lora import attach_lora
+from common.model.load import check_quant, disable_cpu_4bit_repacking, load_model
 
 CPU = torch.device("cpu")
 

@@ -13,9 +13,9 @@ import pytest
 from study_db import build_study, train_run
 
 import report
-from common import compare
-from common.study import Study, build_rows, metric_for
-from common.summary import base_table, config_table, summary_table
+from common.study import compare
+from common.study.rows import Study, build_rows, metric_for
+from common.study.summary import base_table, config_table, summary_table
 from common.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,7 +230,7 @@ def test_no_ci_never_reads_as_a_real_difference(tmp_path):
 
 def test_summary_opens_the_report_and_matches_its_json(written, study):
     out, text, _ = written
-    from common.summary import summary_table
+    from common.study.summary import summary_table
     entries = json.loads((out / "summary.json").read_text())
     assert text.index("## Summary") < text.index("## Suite ")
     assert summary_table(entries) in text                        # the table is the JSON, rendered
@@ -248,7 +248,7 @@ def test_summary_opens_the_report_and_matches_its_json(written, study):
 
 
 def test_summary_verdicts_count_findings_and_say_what_the_nulls_could_detect():
-    from common.summary import summary_lines
+    from common.study.summary import summary_lines
 
     def d(value, low, high, beyond, test="bootstrap", **extra):
         out = {"value": value, "low": low, "high": high, "test": test, "beyond_noise": beyond, "n": 164, **extra}

@@ -7,7 +7,7 @@ without updating README fails.
 import json
 from pathlib import Path
 
-from common.summary import base_table, config_table, summary_table
+from common.study.summary import base_table, config_table, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

@@ -1,4 +1,4 @@
-"""Tests for common.sandbox: outcomes are classified right and hostile programs stay contained.
+"""Tests for common.sandbox.execute: outcomes are classified right and hostile programs stay contained.
 
 Every containment test runs in each isolation mode (bubblewrap, Landlock,
 none), skipping with the reason those this machine lacks. Tests whose id says
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from common import landlock, sandbox
+from common.sandbox import landlock
+
+from common.sandbox import execute as sandbox
 from common.errors import UserError
-from common.sandbox import check_many, check_program, check_stdio, humaneval_program, isolation_name
+from common.sandbox.execute import check_many, check_program, check_stdio, humaneval_program, isolation_name
 
 BWRAP_USABLE = sandbox._bwrap() is not None
 LANDLOCK_ABI = landlock.abi_version()

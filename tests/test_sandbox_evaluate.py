@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import evaluate
-from common import landlock, sandbox
-from common.data import load_humaneval
+from common.sandbox import landlock
+from common.sandbox import execute as sandbox
+from common.corpus.splits import load_humaneval
 from common.tracker import Tracker
 
 ATTACKS = [

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from common import landlock, sandbox
-from common.sandbox import check_many, check_program
+from common.sandbox import landlock
+
+from common.sandbox import execute as sandbox
+from common.sandbox.execute import check_many, check_program
 from common.tracker import Tracker
 
 BWRAP_USABLE = sandbox._bwrap() is not None

@@ -1,4 +1,4 @@
-"""common/landlock.py on its own, each restriction applied in a forked child; parts of the sandbox server alone."""
+"""common/sandbox/landlock.py on its own, each restriction applied in a forked child; parts of the sandbox server alone."""
 import ctypes
 import errno
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common import landlock
+from common.sandbox import landlock
 
 ABI = landlock.abi_version()
 needs_landlock = pytest.mark.skipif(not ABI, reason="this kernel has no Landlock")
@@ -90,7 +90,7 @@ def test_forbid_sockets_leaves_socketpair_and_refuses_io_uring():
 
 
 def test_server_imports_only_the_standard_library():
-    server = Path(__file__).resolve().parent.parent / "common" / "sandbox_server.py"
+    server = Path(__file__).resolve().parent.parent / "common" / "sandbox" / "server.py"
     probe = ("import runpy, sys\n"
              f"runpy.run_path({str(server)!r}, run_name='probe')\n"
              "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))\n")
@@ -102,7 +102,7 @@ def test_server_imports_only_the_standard_library():
 
 @pytest.mark.parametrize("children_file", [True, False], ids=["proc-children", "scan-proc"])
 def test_server_finds_its_children(children_file, monkeypatch):
-    from common import sandbox_server
+    from common.sandbox import server as sandbox_server
 
     def without_children_file(path, *args, **kwargs):
         if str(path).endswith("/children"):

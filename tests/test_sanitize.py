@@ -1,5 +1,5 @@
 """The AST sanitizer: fenced, unfenced, multi-block, prose-around-code and truncated answers."""
-from common.sanitize import fenced_blocks, longest_parsable, sanitize, with_prompt_context
+from common.text.sanitize import fenced_blocks, longest_parsable, sanitize, with_prompt_context
 
 FUNC = "def add(a, b):\n    return a + b\n"
 

@@ -1,8 +1,8 @@
-"""common/stats.py against published values, hand-computed cases and small seeded simulations."""
+"""common/judge/stats.py against published values, hand-computed cases and small seeded simulations."""
 import numpy as np
 import pytest
 
-from common import stats
+from common.judge import stats
 
 # Newcombe (1998), Statistics in Medicine 17:857-872, Table I: methods 3 (Wilson score) and 5 (Clopper-Pearson).
 NEWCOMBE = [  # k, n, Wilson, Clopper-Pearson

@@ -1,11 +1,13 @@
-"""The study model (common/study.py, common/compare.py) on a hand-written database: numbers, not prose."""
+"""The study model (common/study/rows.py, common/study/compare.py) on a hand-written database: numbers, not prose."""
 import math
 
 import pytest
 from study_db import PROBLEMS, build_study, eval_run, train_run
 
-from common import compare, stats
-from common.study import Study, build_rows, nice_budget
+from common.study import compare
+
+from common.judge import stats
+from common.study.rows import Study, build_rows, nice_budget
 from common.tracker import Tracker
 
 

@@ -1,4 +1,4 @@
-"""sweep.py and common/suites.py: suite expansion, --set, planning, and real sweeps with the tiny model.
+"""sweep.py and common/study/suites.py: suite expansion, --set, planning, and real sweeps with the tiny model.
 
 The end-to-end tests run the real train.py and evaluate.py as the sweep's children (tiny
 2-layer model, 2-40 steps, 2 HumanEval problems, 8 new tokens): two sweeps writing one
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import sweep
-from common import suites as S
+from common.study import suites as S
 from common.errors import UserError
 from common.tracker import Tracker
 
@@ -414,7 +414,7 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
 
     import sweep
     from common.config import SweepConfig
-    from common.plan import Planned
+    from common.study.plan import Planned
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     runs = [Planned("adapter", ["s"], {}, "", f"run{i}", f"run{i}-eval") for i in range(6)]
@@ -446,7 +446,7 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
 
 
 def test_shards_partition_the_plan_stably_and_evenly():
-    from common.plan import parse_shard, plan, shard, training_cost
+    from common.study.plan import parse_shard, plan, shard, training_cost
 
     planned = plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
     parts = [shard(planned, i, 3) for i in range(3)]
@@ -467,7 +467,7 @@ def test_shards_partition_the_plan_stably_and_evenly():
 
 
 def test_shards_balance_cost_not_count():
-    from common.plan import shard
+    from common.study.plan import shard
 
     planned = [sweep.Planned("adapter", ["s"], {"rank": r}, "", f"r{r}", f"r{r}-eval") for r in range(1, 12)]
     cost = {"r1": 10.0}

@@ -1,4 +1,4 @@
-"""Tests for common/testcases.py: graded programs run for real (trusted, hand-made or HumanEval code)."""
+"""Tests for common/judge/testcases.py: graded programs run for real (trusted, hand-made or HumanEval code)."""
 import subprocess
 import sys
 import time
@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from common.data import load_humaneval
+from common.corpus.splits import load_humaneval
 from common.errors import UserError
-from common.testcases import GradedResult, graded_program, graded_stdio, parse_graded
+from common.judge.testcases import GradedResult, graded_program, graded_stdio, parse_graded
 
 PROMPT = "def step(x):\n    \"\"\"x + 1, for x >= 0.\"\"\"\n"
 # Right except: 2 and 8 give -1, negatives raise, 99 loops forever.

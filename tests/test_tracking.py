@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import train
-from common import tracking
+from common.train import mirrors as tracking
 from common.errors import UserError
 from common.tracker import Tracker
-from common.tracking import Reporters, flat_config, parse_report_to
+from common.train.mirrors import Reporters, flat_config, parse_report_to
 
 CONFIG = {"rank": 16, "data_dropped": {"duplicate": 2}, "target_modules": ["q_proj", "v_proj"], "alpha": None}
 

@@ -225,10 +225,10 @@ def test_a_new_database_trains_afresh_beside_it(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_fp16_trains_with_a_gradient_scaler_and_skips_an_overflow(tiny_model, tmp_path, monkeypatch):
     """The T4 path (fp16, no bf16) on a CPU: loss falls, an inf step is skipped and counted, nothing turns NaN."""
-    import common.quant
-    from common.training import CompletionLoss
+    import common.model.load
+    from common.train.steps import CompletionLoss
 
-    monkeypatch.setattr(common.quant, "half_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(common.model.load, "half_dtype", lambda device: torch.float16)
     real_forward = CompletionLoss.forward
     calls = {"train": 0}
 

@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from common.adapters import adapter_from_dir, check_base_model
-from common.models import model_identity, resolve_model
+from common.model.adapters import adapter_from_dir, check_base_model
+from common.model.resolve import model_identity, resolve_model
 from common.tracker import Tracker
-from common.training import early_stopping_due
+from common.train.steps import early_stopping_due
 
 FAST = ["--train-limit", "24", "--max-seq-len", "256", "--batch-size", "4", "--eval-gen", "0", "--val-limit", "8",
         "--quiet", "--modules", "all", "--eval-every", "1", "--lr", "0.3"]
@@ -68,7 +68,7 @@ def test_adapter_records_a_loadable_base_that_still_reads_as_the_embedded_name(t
 def test_saving_an_adapter_of_the_embedded_model_is_warning_free(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from common.quant import load_model
+    from common.model.load import load_model
     model = get_peft_model(load_model("smollm2-135m", "32bit", torch.device("cpu")),
                            LoraConfig(r=2, target_modules=["q_proj"]))
     model.peft_config["default"].base_model_name_or_path = resolve_model("smollm2-135m")  # as train.py does

@@ -1,0 +1,409 @@
+"""Statistics for comparing evaluations: intervals, paired tests, power, and a cluster bootstrap over seeds.
+
+Pure functions of numbers (numpy and the standard library; no scipy). Every interval is two-sided at
+`confidence` (0.95 by default); every bootstrap is seeded, so the same input gives the same numbers.
+
+    from common.judge.stats import wilson_interval, mcnemar_exact, minimum_detectable_difference
+    wilson_interval(3, 40)                      # (0.0258, 0.1987): 3 of 40 problems passed
+    mcnemar_exact([1, 0, 1, ...], [1, 1, 1, ...])  # paired pass/fail of two systems on the same problems
+    minimum_detectable_difference(40, 0.2)      # smallest pass@1 gain 40 problems can detect at 80% power
+
+Proportions (pass rates, compile rates) get Wilson or Clopper-Pearson intervals, which never have zero
+width at 0/n or n/n (a percentile bootstrap collapses to [0, 0] there). Paired pass/fail outcomes get the
+exact McNemar test; continuous per-problem scores get a paired bootstrap; perplexity, a ratio of sums,
+gets a token-weighted bootstrap over examples.
+"""
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+ALPHA = 0.05
+POWER = 0.8
+
+
+# ---------------------------------------------------------------------------- proportions
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def _check_counts(k: int, n: int) -> None:
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"a proportion needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (Wilson 1927; Newcombe 1998, method 3).
+
+        p = k/n, z = Phi^-1((1 + confidence)/2)
+        centre = (p + z^2 / 2n) / (1 + z^2/n)
+        half   = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2 / 4n^2)
+
+    The interval inverts the score test, so at k = 0 it is [0, z^2/(n + z^2)] rather than [0, 0].
+    """
+    _check_counts(k, n)
+    z = _z(confidence)
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At k = 0 (k = n) the bound is exactly 0 (1); the formula leaves float residue there.
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    """log(k!) for k = 0..n."""
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=float)))])
+
+
+def binomial_pmf(n: int, p: float) -> np.ndarray:
+    """P(X = k) for k = 0..n, X ~ Binomial(n, p), computed in log space (no overflow for large n)."""
+    k = np.arange(n + 1)
+    if p <= 0.0 or p >= 1.0:
+        return (k == (0 if p <= 0.0 else n)).astype(float)
+    lf = _log_factorials(n)
+    return np.exp(lf[n] - lf[k] - lf[n - k] + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed exactly."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return float(min(1.0, binomial_pmf(n, p)[:k + 1].sum()))
+
+
+def _bisect(f, target: float, increasing: bool) -> float:
+    low, high = 0.0, 1.0
+    for _ in range(60):  # 2^-60: far below any printed digit
+        mid = (low + high) / 2
+        if (f(mid) < target) == increasing:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson 1934) interval: the p whose binomial tails equal (1 - confidence)/2.
+
+        low  = p with P(X >= k | n, p) = tail   (0 when k = 0)
+        high = p with P(X <= k | n, p) = tail   (1 when k = n)
+
+    Found by bisection on the exact binomial CDF (the same as the Beta(k, n-k+1) and Beta(k+1, n-k)
+    quantiles). Conservative: coverage is at least `confidence` for every p.
+    """
+    _check_counts(k, n)
+    tail = (1 - confidence) / 2
+    low = 0.0 if k == 0 else _bisect(lambda p: 1 - binomial_cdf(k - 1, n, p), tail, increasing=True)
+    high = 1.0 if k == n else _bisect(lambda p: binomial_cdf(k, n, p), tail, increasing=False)
+    return low, high
+
+
+# ---------------------------------------------------------------------------- bootstrap
+
+def _percentiles(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(estimates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap of the mean over len(values) draws with replacement."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    rows = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
+    return float(x.mean()), *_percentiles(x[rows].mean(axis=1), confidence)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean(b - a), low, high) for per-problem scores of two systems on the same problems, in the same order.
+
+    Resampling problems keeps each pair (a_i, b_i) together: the bootstrap of d_i = b_i - a_i.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    return bootstrap_mean_ci(np.asarray(b, dtype=float) - np.asarray(a, dtype=float), n_resamples, confidence, seed)
+
+
+def paired_corpus_bootstrap(hyp_a: list[str], hyp_b: list[str], references: list[str], metric_name: str,
+                            n_resamples: int = 1000, confidence: float = 0.95,
+                            seed: int = 0) -> tuple[float, float, float]:
+    """(M(b) - M(a), low, high) for corpus BLEU or chrF (sacrebleu defaults) of two systems on the same references.
+
+    Corpus BLEU/chrF are functions of per-segment statistics summed over the corpus, so each resample
+    draws len(references) segment indices with replacement, sums both systems' statistics over the same
+    indices, and takes the difference of the two scores (Koehn 2004, paired bootstrap resampling).
+    """
+    import sacrebleu
+
+    if not len(hyp_a) == len(hyp_b) == len(references) or not references:
+        raise ValueError("paired corpus bootstrap needs two equally long, non-empty hypothesis lists and references")
+    metric = sacrebleu.metrics.BLEU() if metric_name == "bleu" else sacrebleu.metrics.CHRF()
+    stats_a = np.array(metric._extract_corpus_statistics(hyp_a, [references]), dtype=float)
+    stats_b = np.array(metric._extract_corpus_statistics(hyp_b, [references]), dtype=float)
+
+    def score(stats: np.ndarray, rows: np.ndarray) -> float:
+        return float(metric._compute_score_from_stats(stats[rows].sum(axis=0)).score)
+
+    everything = np.arange(len(references))
+    rng = np.random.default_rng(seed)
+    estimates = np.array([score(stats_b, rows) - score(stats_a, rows)
+                          for rows in rng.integers(0, len(references), size=(n_resamples, len(references)))])
+    return score(stats_b, everything) - score(stats_a, everything), *_percentiles(estimates, confidence)
+
+
+def perplexity_ci(nll_sums: Sequence[float], tokens: Sequence[int], n_resamples: int = 2000,
+                  confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(perplexity, low, high) over examples, token-weighted.
+
+        perplexity = exp(sum_i nll_i / sum_i t_i)
+
+    with nll_i the summed negative log-likelihood (nats) of example i's t_i tokens. Each resample draws
+    examples with replacement and recomputes the ratio of sums, so long examples weigh as much as
+    their tokens, exactly as in the point estimate.
+    """
+    nll, t = np.asarray(nll_sums, dtype=float), np.asarray(tokens, dtype=float)
+    if nll.size == 0 or nll.size != t.size or t.sum() <= 0:
+        raise ValueError("perplexity_ci needs one (nll sum, token count) per example and some tokens")
+    rows = np.random.default_rng(seed).integers(0, nll.size, size=(n_resamples, nll.size))
+    estimates = np.exp(nll[rows].sum(axis=1) / t[rows].sum(axis=1))
+    return float(np.exp(nll.sum() / t.sum())), *_percentiles(estimates, confidence)
+
+
+def paired_perplexity_difference(nll_a: Sequence[float], nll_b: Sequence[float], tokens: Sequence[int],
+                                 n_resamples: int = 2000, confidence: float = 0.95,
+                                 seed: int = 0) -> tuple[float, float, float]:
+    """(ppl_b - ppl_a, low, high) on the same examples (same tokens), token-weighted, examples resampled jointly."""
+    a, b, t = (np.asarray(x, dtype=float) for x in (nll_a, nll_b, tokens))
+    if not a.size == b.size == t.size or a.size == 0:
+        raise ValueError("paired perplexity needs equally long, non-empty per-example sums")
+    rows = np.random.default_rng(seed).integers(0, a.size, size=(n_resamples, a.size))
+    total = t[rows].sum(axis=1)
+    estimates = np.exp(b[rows].sum(axis=1) / total) - np.exp(a[rows].sum(axis=1) / total)
+    return float(np.exp(b.sum() / t.sum()) - np.exp(a.sum() / t.sum())), *_percentiles(estimates, confidence)
+
+
+# ---------------------------------------------------------------------------- seeds x problems
+
+def _seed_problem_matrix(per_seed: Sequence[Sequence[float]]) -> np.ndarray:
+    lengths = {len(s) for s in per_seed}
+    if not per_seed or len(lengths) != 1 or 0 in lengths:
+        raise ValueError("a cluster bootstrap needs one equally long, non-empty score list per seed")
+    return np.asarray(per_seed, dtype=float)
+
+
+def cluster_bootstrap_ci(per_seed: Sequence[Sequence[float]], n_resamples: int = 2000, confidence: float = 0.95,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """(grand mean, low, high) of a seeds x problems score matrix, resampling seeds and problems.
+
+    per_seed[s][j] is the score of seed s on problem j (the same problems, in the same order, for every
+    seed). Each resample draws S seeds and J problems with replacement, independently, and averages
+    the S x J sub-matrix: a crossed two-way bootstrap, so the interval carries both the run-to-run
+    (seed) spread and the problem sampling. With few seeds the seed draw is coarse (2 seeds: 3
+    distinct draws), which widens the interval rather than hiding the spread.
+    """
+    x = _seed_problem_matrix(per_seed)
+    rng = np.random.default_rng(seed)
+    seeds, problems = _draw_counts(rng, x.shape[0], n_resamples), _draw_counts(rng, x.shape[1], n_resamples)
+    return float(x.mean()), *_percentiles(_resampled_means(x, seeds, problems), confidence)
+
+
+def _draw_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np.ndarray:
+    """How often each of `size` items is drawn in each resample of `size` draws with replacement."""
+    return rng.multinomial(size, np.full(size, 1 / size), size=n_resamples)
+
+
+def _resampled_means(x: np.ndarray, seed_counts: np.ndarray, problem_counts: np.ndarray) -> np.ndarray:
+    """Mean of each resampled sub-matrix: sum_ij c_i x_ij k_j / (S J), for seed counts c and problem counts k."""
+    return np.einsum("rs,sj,rj->r", seed_counts, x, problem_counts) / (x.shape[0] * x.shape[1])
+
+
+def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]], per_seed_b: Sequence[Sequence[float]],
+                             n_resamples: int = 2000, confidence: float = 0.95,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """(mean(B) - mean(A), low, high) for two configs scored on the same problems, each with its own seeds.
+
+    Problems are drawn once per resample and shared by both sides (the pairing); each side's seeds are
+    drawn with replacement on their own. A side with one seed contributes only problem sampling.
+    """
+    a, b = _seed_problem_matrix(per_seed_a), _seed_problem_matrix(per_seed_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired configs need the same problems, got {a.shape[1]} and {b.shape[1]}")
+    rng = np.random.default_rng(seed)
+    problems = _draw_counts(rng, a.shape[1], n_resamples)
+    seeds_a, seeds_b = _draw_counts(rng, a.shape[0], n_resamples), _draw_counts(rng, b.shape[0], n_resamples)
+    estimates = _resampled_means(b, seeds_b, problems) - _resampled_means(a, seeds_a, problems)
+    return float(b.mean() - a.mean()), *_percentiles(estimates, confidence)
+
+
+def paired_nll_difference(per_seed_a: Sequence[Sequence[float]], per_seed_b: Sequence[Sequence[float]],
+                          tokens: Sequence[int], n_resamples: int = 2000, confidence: float = 0.95,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(NLL/token of B - NLL/token of A, low, high) on the same references, each config with its own seeds.
+
+    per_seed_x[s][j] is seed s's summed NLL of reference j, which has tokens[j] tokens on both sides. The
+    estimate is token-weighted (total NLL / total tokens, averaged over seeds). Resampling as in
+    paired_cluster_bootstrap: references drawn once per resample for both sides, seeds on their own;
+    with one seed per side this is the plain paired bootstrap over references.
+    """
+    a, b = _seed_problem_matrix(per_seed_a), _seed_problem_matrix(per_seed_b)
+    t = np.asarray(tokens, dtype=float)
+    if not a.shape[1] == b.shape[1] == t.size:
+        raise ValueError("paired NLL needs the same references (and token counts) on both sides")
+    rng = np.random.default_rng(seed)
+    problems = _draw_counts(rng, t.size, n_resamples)
+    seeds_a, seeds_b = _draw_counts(rng, a.shape[0], n_resamples), _draw_counts(rng, b.shape[0], n_resamples)
+
+    def per_token(x: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
+        return np.einsum("rs,sj,rj->r", seed_counts, x, problems) / (x.shape[0] * (problems @ t))
+
+    estimates = per_token(b, seeds_b) - per_token(a, seeds_a)
+    return float((b.sum(axis=1).mean() - a.sum(axis=1).mean()) / t.sum()), *_percentiles(estimates, confidence)
+
+
+def cluster_proportion_ci(per_seed: Sequence[Sequence[float]], n_resamples: int = 2000, confidence: float = 0.95,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(pass rate, low, high) of 0/1 outcomes over seeds x problems, never zero-width at 0 or 1.
+
+    The hull of the crossed cluster bootstrap (cluster_bootstrap_ci) and the Wilson interval of the
+    seed-averaged rate with n = the number of problems (the seeds add no new problems). The bootstrap
+    alone collapses to [0, 0] when no seed passes anything; Wilson alone ignores the seed spread.
+    """
+    mean, low, high = cluster_bootstrap_ci(per_seed, n_resamples, confidence, seed)
+    problems = len(per_seed[0])
+    w_low, w_high = wilson_interval(round(mean * problems), problems, confidence)
+    return mean, min(low, w_low), max(high, w_high)
+
+
+def seed_spread(per_seed_means: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1) of the per-seed means; None for fewer than two seeds."""
+    x = np.asarray(per_seed_means, dtype=float)
+    return float(x.std(ddof=1)) if x.size > 1 else None
+
+
+# ---------------------------------------------------------------------------- McNemar and power
+
+@dataclass(frozen=True)
+class McNemar:
+    only_a: int      # problems A passes and B fails
+    only_b: int      # problems B passes and A fails
+    n: int           # problems compared
+    p_value: float
+
+    @property
+    def difference(self) -> float:
+        """pass@1(B) - pass@1(A) = (only_b - only_a) / n."""
+        return (self.only_b - self.only_a) / self.n
+
+
+def mcnemar_exact(passed_a: Sequence[bool], passed_b: Sequence[bool]) -> McNemar:
+    """Exact McNemar test on paired pass/fail outcomes of two systems on the same problems.
+
+    Only discordant problems carry information. Under H0 (equal pass rates) each of the
+    d = only_a + only_b discordant problems favours B with probability 1/2, so
+
+        p = min(1, 2 * P(X <= min(only_a, only_b))),  X ~ Binomial(d, 1/2)
+
+    (two-sided, doubling the smaller tail); p = 1 when d = 0.
+    """
+    if len(passed_a) != len(passed_b) or not passed_a:
+        raise ValueError(f"McNemar needs equally long, non-empty outcome lists, got {len(passed_a)}, {len(passed_b)}")
+    only_a = sum(bool(x) and not bool(y) for x, y in zip(passed_a, passed_b))
+    only_b = sum(bool(y) and not bool(x) for x, y in zip(passed_a, passed_b))
+    return McNemar(only_a, only_b, len(passed_a), mcnemar_p(only_a, only_b))
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """The exact two-sided McNemar p-value from the discordant counts (see mcnemar_exact)."""
+    d = only_a + only_b
+    return 1.0 if d == 0 else min(1.0, 2 * binomial_cdf(min(only_a, only_b), d, 0.5))
+
+
+@functools.cache
+def _critical_count(d: int, alpha: float) -> int:
+    """The largest k with 2 P(X <= k) <= alpha, X ~ Bin(d, 1/2): reject when min(only_a, only_b) <= k; -1 if none."""
+    tails = 2 * np.cumsum(binomial_pmf(d, 0.5))[:d // 2 + 1]
+    return int(np.searchsorted(tails, alpha * (1 + 1e-12), side="right")) - 1
+
+
+def min_one_way_flips(alpha: float = ALPHA) -> int:
+    """Fewest discordant problems, all in one direction, for which the exact McNemar p <= alpha: 2 * 2^-d <= alpha."""
+    return max(1, math.ceil(math.log2(2 / alpha)))
+
+
+def mcnemar_power(n: int, difference: float, discordance: float, alpha: float = ALPHA) -> float:
+    """Power of the exact McNemar test at level alpha for n problems.
+
+    discordance = P(the two systems disagree on a problem) = p10 + p01, difference = p10 - p01 (the
+    pass@1 gain), so 0 <= |difference| <= discordance <= 1. With D ~ Bin(n, discordance) discordant
+    problems and, given D = d, B ~ Bin(d, q), q = (discordance + difference) / (2 discordance):
+
+        power = sum_d P(D = d) * P(min(B, d - B) <= k_d),  k_d the critical count of _critical_count(d)
+    """
+    if not 0 <= abs(difference) <= discordance <= 1 or n < 1:
+        raise ValueError(f"need 0 <= |difference| <= discordance <= 1 and n >= 1, got {difference}, {discordance}, {n}")
+    if discordance == 0:
+        return 0.0
+    q = (discordance + difference) / (2 * discordance)
+    weights = binomial_pmf(n, discordance)
+    power = 0.0
+    for d in range(min_one_way_flips(alpha), n + 1):
+        if weights[d] < 1e-15:
+            continue
+        k = _critical_count(d, alpha)
+        if k < 0:
+            continue
+        tails = np.cumsum(binomial_pmf(d, q))
+        # Reject when B <= k or B >= d - k (disjoint since k < d/2).
+        power += weights[d] * (tails[k] + 1 - tails[d - k - 1])
+    return min(1.0, power)
+
+
+def minimum_detectable_difference(n: int, discordance: float | None = None, alpha: float = ALPHA,
+                                  power: float = POWER, step: float = 0.005) -> float | None:
+    """The smallest pass@1 difference the exact McNemar test detects with the given power, on a grid of `step`.
+
+    discordance: the share of problems on which the two systems disagree (observed, or assumed); None
+    means every disagreement goes one way (discordance = difference), the most favourable case, which
+    gives the floor no design with n problems can beat. None when no difference up to the discordance
+    reaches the power.
+    """
+    grid = np.arange(step, (discordance if discordance is not None else 1.0) + 1e-12, step)
+    for delta in (round(float(x), 10) for x in grid):  # no 0.04999999 from the float grid
+        if mcnemar_power(n, delta, delta if discordance is None else discordance, alpha) >= power:
+            return delta
+    return None
+
+
+def problems_needed(difference: float, discordance: float | None = None, alpha: float = ALPHA,
+                    power: float = POWER, max_n: int = 5000) -> int | None:
+    """The fewest problems n for which mcnemar_power(n, difference, discordance) >= power (None above max_n).
+
+    Found by doubling, then bisection. Power of an exact test is not strictly monotone in n (the
+    critical counts jump), so the answer is an n that reaches the power where n - 1 does not: the
+    smallest such n up to a saw-tooth of a few problems.
+    """
+    discordance = difference if discordance is None else discordance
+
+    def enough(n: int) -> bool:
+        return mcnemar_power(n, difference, discordance, alpha) >= power
+
+    high = min_one_way_flips(alpha)
+    while not enough(high):
+        if high >= max_n:
+            return None
+        high = min(max_n, high * 2)
+    low = max(0, high // 2)      # not enough(low) holds, or low = 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high

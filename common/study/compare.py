@@ -1,0 +1,290 @@
+"""Comparisons within a suite: paired differences vs the reference config and the base model, power, Pareto fronts.
+
+Everything returns data (report.py renders it). Two evaluations are paired only when they share a
+benchmark identity (Study.benchmark_identity: benchmark, data key, protocol, and the same problem ids).
+
+    diffs = differences(study, row, reference_row)       # B = row, A = reference; B - A per metric
+    power = suite_power(all_differences)                 # what "no difference" means for this design
+
+Tests and what "beyond noise" means (alpha = 0.05, two-sided):
+- pass@1 and syntax ok, one sample per problem, one seed each: exact McNemar on the per-problem
+  outcomes (p < alpha). With several seeds on either side: paired cluster bootstrap over seeds x
+  problems (95% CI excludes 0).
+- chrF (mean sentence chrF per problem): paired bootstrap over problems, or the cluster bootstrap.
+- held-out NLL per token: token-weighted paired bootstrap over examples, or the cluster bootstrap.
+- no per-problem samples in the database: evaluate.py's stored paired delta against the base model
+  (its 95% CI excludes 0 for every seed).
+"""
+from dataclasses import dataclass
+
+from common.judge import stats
+from common.study.rows import Cell, Metric, Row, Study, metric_for
+from common.study.suites import BUILTIN, CENTRAL
+
+COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "nll"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """B - A on one metric, with its test."""
+    key: str                       # "<benchmark>.<metric>"
+    value: float
+    low: float | None              # 95% CI of the difference (bootstrap tests)
+    high: float | None
+    test: str                      # "McNemar" | "bootstrap" | "cluster bootstrap" | "stored"
+    beyond_noise: bool | None      # None: no interval or test to judge by
+    p_value: float | None = None   # McNemar
+    only_a: int | None = None      # McNemar discordant counts: problems only A passes, only B passes
+    only_b: int | None = None
+    n: int | None = None           # problems paired
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a McNemar test on n problems could detect (alpha = 0.05, 80% power)."""
+    n: int
+    discordance: float | None      # observed share of problems where two configs disagree (pooled)
+    detectable: float | None       # smallest pass@1 difference at the observed discordance (None: none)
+    floor: float                   # smallest difference in the most favourable case (all flips one way)
+    min_flips: int                 # one-way flips needed for p < 0.05 at all
+    needed: dict[float, int | None]  # target difference -> problems needed at the observed discordance
+
+
+def reference_row(rows: list[Row], suite: str) -> Row | None:
+    """The suite's reference config (Suite.reference; the central config for suites not built in)."""
+    reference = BUILTIN[suite].reference if suite in BUILTIN else CENTRAL
+    wanted = {k: v for k, v in reference.items() if k != "seed"}
+    for row in rows:
+        if all(row.config.get(k) == v for k, v in wanted.items()) and \
+                ("seed" not in reference or reference["seed"] in row.seeds):
+            return row
+    return None
+
+
+def matching_base(study: Study, row: Row, bases: list[Row]) -> Row | None:
+    """The base evaluation whose settings best match the row's (newest eval) settings; the newest on a tie."""
+    if not bases or not row.eval_ids:
+        return bases[0] if bases else None
+    config = study.runs[row.eval_ids[-1]]["config"]
+    keys = ("model", "quant", "benchmarks", "benchmark", "eval_limit", "n_samples", "temperature", "max_new_tokens")
+    return max(bases, key=lambda b: (sum(b.config.get(k) == config.get(k) for k in keys if k in config),
+                                     b.eval_ids[0]))
+
+
+def _paired_grids(study: Study, a: Row, b: Row, bench: str) -> tuple[list, list] | None:
+    """Per-seed problem lists of both rows on `bench`, in the same problem order; None when not comparable."""
+    if not a.eval_ids or not b.eval_ids or a is b:
+        return None
+    identities = {study.benchmark_identity(e, bench) for e in a.eval_ids + b.eval_ids}
+    if len(identities) != 1 or not next(iter(identities))[3]:
+        return None
+    tasks = next(iter(identities))[3]
+    return tuple([[study.problems(e, bench)[t] for t in tasks] for e in row.eval_ids] for row in (a, b))
+
+
+def differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
+    """B - A for every compared metric on every benchmark both rows share; stored deltas when A is a base row."""
+    memo_key = ("differences", a.kind, tuple(a.eval_ids), tuple(b.eval_ids))
+    if memo_key not in study.memo:
+        study.memo[memo_key] = _differences(study, a, b)
+    return study.memo[memo_key]
+
+
+def _differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
+    out: dict[str, Difference] = {}
+    shared = set(study.benchmarks(a.eval_ids[0])) & set(study.benchmarks(b.eval_ids[0])) \
+        if a.eval_ids and b.eval_ids else set()
+    for bench in sorted(shared):
+        grids = _paired_grids(study, a, b, bench)
+        if grids is None:
+            continue
+        for name in COMPARED:
+            diff = _difference(f"{bench}.{name}", *grids)
+            if diff:
+                out[diff.key] = diff
+    if a.kind == "base":
+        for key, cell in b.cells.items():
+            bench, _, name = key.partition(".")
+            if name.startswith("delta.") and f"{bench}.{name[6:]}" not in out and cell.values:
+                out[f"{bench}.{name[6:]}"] = _stored(f"{bench}.{name[6:]}", cell)
+    return out
+
+
+def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
+    attr = {"pass@1": "passed", "test_case_avg": "graded", "syntax_ok": "compiled", "chrf": "chrf",
+            "nll": "nll"}[key.split(".", 1)[1]]
+    if attr == "nll":  # examples dropped as too long carry no NLL on either side
+        kept = [j for j in range(len(grid_a[0])) if all(s[j].nll is not None for s in grid_a + grid_b)]
+        grid_a, grid_b = [[s[j] for j in kept] for s in grid_a], [[s[j] for j in kept] for s in grid_b]
+        if not kept:
+            return None
+    values_a = [[getattr(p, attr) for p in seed] for seed in grid_a]
+    values_b = [[getattr(p, attr) for p in seed] for seed in grid_b]
+    if any(v is None for seed in values_a + values_b for v in seed):
+        return None
+    n = len(values_a[0])
+    one_seed = len(values_a) == len(values_b) == 1
+    if attr == "nll":  # per token, token-weighted; the seeds of one config share the split, so its tokens
+        tokens = [p.tokens for p in grid_a[0]]
+        if any([p.tokens for p in seed] != tokens for seed in grid_a + grid_b):
+            return None
+        value, low, high = stats.paired_nll_difference(values_a, values_b, tokens)
+        return Difference(key, value, low, high, "bootstrap" if one_seed else "cluster bootstrap",
+                          low > 0 or high < 0, n=n)
+    binary = attr in ("passed", "compiled") and all(p.n_samples == 1 for seed in grid_a + grid_b for p in seed)
+    if binary and one_seed:
+        m = stats.mcnemar_exact(values_a[0], values_b[0])
+        return Difference(key, m.difference, None, None, "McNemar", m.p_value < stats.ALPHA, m.p_value,
+                          m.only_a, m.only_b, n)
+    if one_seed:
+        value, low, high = stats.paired_bootstrap(values_a[0], values_b[0])
+        return Difference(key, value, low, high, "bootstrap", low > 0 or high < 0, n=n)
+    value, low, high = stats.paired_cluster_bootstrap(values_a, values_b)
+    return Difference(key, value, low, high, "cluster bootstrap", low > 0 or high < 0, n=n)
+
+
+def _stored(key: str, cell: Cell) -> Difference:
+    """evaluate.py's paired delta vs the base model: beyond noise when every seed's CI excludes 0 on one side."""
+    with_ci = all(lo is not None and hi is not None for _, lo, hi in cell.values)
+    beyond = (all(lo > 0 for _, lo, _ in cell.values) or all(hi < 0 for _, _, hi in cell.values)) if with_ci else None
+    low, high = cell.ci if cell.ci else (None, None)
+    return Difference(key, cell.mean, low, high, "stored", beyond)
+
+
+def suite_power(diffs: list[Difference], targets: tuple[float, ...] = (0.05, 0.10)) -> Power | None:
+    """Power of the suite's design from its McNemar pass@1 comparisons (pooled discordance); None without any."""
+    mcnemar = [d for d in diffs if d.test == "McNemar" and d.key.endswith(".pass@1")]
+    if not mcnemar:
+        return None
+    n = max(d.n for d in mcnemar)
+    discordance = sum(d.only_a + d.only_b for d in mcnemar) / sum(d.n for d in mcnemar)
+    detectable = stats.minimum_detectable_difference(n, discordance) if discordance > 0 else None
+    needed = {t: stats.problems_needed(t, max(discordance, t)) for t in targets}
+    return Power(n, discordance, detectable, stats.minimum_detectable_difference(n) or 1.0,
+                 stats.min_one_way_flips(), needed)
+
+
+# ---------------------------------------------------------------------------- choosing
+
+def better(metric: Metric, a: float, b: float) -> bool:
+    return a < b if metric.better == "lower" else a > b
+
+
+def separated(study: Study, a: Row, b: Row, key: str) -> bool | None:
+    """Whether rows a and b differ on `key` beyond noise: the paired test when there is one, else whether
+    both have intervals (95% CI, or mean ± std over seeds) and they are disjoint; None when either has none."""
+    diff = differences(study, a, b).get(key) if key.split(".", 1)[0] != "train" else None
+    if diff is not None:
+        return diff.beyond_noise
+    ia, ib = (a.get(key) and a.get(key).interval()), (b.get(key) and b.get(key).interval())
+    if not ia or not ib:
+        return None
+    return ia[1] < ib[0] or ib[1] < ia[0]
+
+
+def best_row(study: Study, rows: list[Row], key: str) -> Row | None:
+    """The best row on `key` when it beats the runner-up beyond noise; None otherwise (ties, noise, no direction)."""
+    metric = metric_for(key)
+    ranked = sorted([r for r in rows if r.get(key)], key=lambda r: (
+        -r.mean(key) if metric.better == "higher" else r.mean(key), r.label))
+    if metric.better is None or len(ranked) < 2 or ranked[0].mean(key) == ranked[1].mean(key):
+        return None
+    return ranked[0] if separated(study, ranked[0], ranked[1], key) else None
+
+
+def quality_metric(rows: list[Row], bases: list[Row]) -> tuple[str | None, str]:
+    """Held-out NLL per token when every config has it (the sensitive signal: at 135M-1B parameters strict
+    pass@1 is a few percent and mostly ties), else pass@1 when anything solves something, else chrF, else
+    validation loss; and why."""
+    everything = rows + bases
+    if rows and all(r.get("heldout.nll") for r in rows):
+        return "heldout.nll", "held-out NLL per token (lower is better)"
+    if any((r.mean("humaneval.pass@1") or 0) > 0 for r in everything):
+        return "humaneval.pass@1", "pass@1 on HumanEval"
+    for key, name in (("humaneval.chrf", "chrF on HumanEval"), ("heldout.chrf", "chrF on the held-out split")):
+        if any(r.get(key) for r in rows):
+            has_pass = any(r.get("humaneval.pass@1") for r in everything)
+            why = " (pass@1 is 0 for every configuration, so it cannot rank them)" if has_pass else ""
+            return key, name + why
+    if any(r.get("train.final_val_loss") for r in rows):
+        return "train.final_val_loss", "validation loss (lower is better; no evaluation scores)"
+    return None, "no quality score"
+
+
+def pareto(rows: list[Row], quality: str, cost: str) -> list[Row]:
+    """Rows no other row beats on both quality (higher, or lower for a loss) and cost (lower), by cost."""
+    q = metric_for(quality)
+    points = [r for r in rows if r.mean(quality) is not None and r.mean(cost) is not None]
+
+    def dominates(o: Row, r: Row) -> bool:
+        at_least = not better(q, r.mean(quality), o.mean(quality)) and o.mean(cost) <= r.mean(cost)
+        return at_least and (better(q, o.mean(quality), r.mean(quality)) or o.mean(cost) < r.mean(cost))
+    front = [r for r in points if not any(dominates(o, r) for o in points if o is not r)]
+    return sorted(front, key=lambda r: (r.mean(cost), r.label))
+
+
+@dataclass(frozen=True)
+class Budget:
+    text: str                      # "1.1 GB"
+    pick: Row                      # the best config by quality whose peak memory fits
+    previous: Row | None           # the pick at the next smaller budget
+    separated: bool | None         # pick vs previous on quality: beyond noise? (None: cannot tell)
+
+
+def budgets(study: Study, rows: list[Row], quality: str) -> list[Budget]:
+    """For each measured peak memory on the Pareto front (rounded up), the best config that fits."""
+    from common.study.rows import nice_budget
+
+    metric = metric_for(quality)
+    front = pareto(rows, quality, "train.peak_mb")
+    out: list[Budget] = []
+    for limit, text in sorted({nice_budget(r.mean("train.peak_mb")) for r in front}):
+        fits = [r for r in front if r.mean("train.peak_mb") <= limit + 1e-9]
+        pick = min(fits, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality),
+                                        r.mean("train.peak_mb"), r.label))
+        previous = out[-1].pick if out else None
+        if previous is not pick:
+            out.append(Budget(text, pick, previous, separated(study, previous, pick, quality) if previous else None))
+    return out
+
+
+@dataclass(frozen=True)
+class Examples:
+    row: Row                       # the best config by the quality metric
+    adapter_eval: int
+    base_eval: int
+    pairs: list[tuple[tuple[str, str], dict, dict]]   # ((benchmark, task_id), adapter sample, base sample)
+
+
+def pick_examples(study: Study, rows: list[Row], bases: list[Row], quality: str | None, n: int = 3) -> Examples | None:
+    """Before/after samples of the best config against its base: up to n problems whose outcome differs (fixed
+    first, then broken), one HumanEval problem both fail with different outputs, one held-out example."""
+    if not rows or not bases or quality is None:
+        return None
+    metric = metric_for(quality)
+    scored = [r for r in rows if r.mean(quality) is not None and r.eval_ids]
+    if not scored:
+        return None
+    best = min(scored, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality), r.label))
+    adapter_eval, base_eval = best.eval_ids[-1], matching_base(study, best, bases).eval_ids[0]
+    adapter, base = ({(s["benchmark"], s["task_id"]): s for s in study.tracker.samples(run)
+                      if s["sample_index"] == 0 and s["generation"] is not None} for run in (adapter_eval, base_eval))
+
+    def kind(k: tuple[str, str]) -> int:
+        passed_a, passed_b = adapter[k]["result"] == "passed", base[k]["result"] == "passed"
+        if passed_a != passed_b:
+            return 0 if passed_a else 1
+        return 2 if adapter[k]["generation"] != base[k]["generation"] else 3
+
+    ranked = sorted(set(adapter) & set(base), key=lambda k: (kind(k), k[0] != "humaneval", k[0], _natural(k[1])))
+    if not ranked:
+        return None
+    picked = [k for k in ranked if kind(k) < 2][:n]
+    picked += [k for k in ranked if kind(k) == 2 and k[0] == "humaneval"][:1]
+    picked += [k for k in ranked if k[0] != "humaneval" and k not in picked][:1]
+    return Examples(best, adapter_eval, base_eval, [(k, adapter[k], base[k]) for k in picked])
+
+
+def _natural(text: str) -> tuple:
+    import re
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text))

@@ -1,0 +1,382 @@
+"""The study model: the tracker's runs as report rows (one per trained config) with cells of numbers.
+
+No markdown here: report.py renders what this module returns, and the tests check these numbers.
+
+    study = Study(Tracker("experiments.db"))
+    adapters, bases = build_rows(study, "rank")
+    adapters[0].label, adapters[0].mean("humaneval.pass@1"), adapters[0].get("humaneval.pass@1").ci
+
+Which runs belong to a suite: runs started under it and runs recorded as its members
+(Tracker.memberships), plus their child eval runs. Runs of one config with different seeds are one
+row; each cell keeps the per-seed values, and for several seeds a cluster-bootstrap interval over
+seeds x problems. Pass rates and compile rates are recomputed from the per-problem samples with a
+Wilson interval (never zero-width at 0/n or n/n); other scores are read as evaluate.py stored them.
+"""
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.judge import stats
+from common.tracker import Tracker
+
+NO_SUITE = "unassigned"
+# Train-config keys that name or place a run rather than define what was trained, and the sizes the
+# seed's data split produced: runs differing only in these are seeds of one config.
+IDENTITY_KEYS = {"name", "output_dir", "suite", "seed", "train_examples", "val_examples", "data_dropped"}
+_LABEL_SKIP = {"alpha", "target_modules", "dtype", "template", "dataset_source", "world_size", "device"}
+_MODULE_ORDER = ["qv", "qkv", "qkvo", "mlp", "all"]
+DEFAULT_PROTOCOL = "completion"   # evaluations recorded before `protocol` existed were plain completions
+
+
+# ---------------------------------------------------------------------------- metrics
+
+@dataclass(frozen=True)
+class Metric:
+    key: str             # "<benchmark>.<score name>", e.g. "humaneval.pass@1", or "train.peak_mb"
+    title: str           # column header
+    better: str | None   # "higher" | "lower" | None
+    digits: int = 2
+    percent: bool = False    # stored as a fraction, shown as %
+
+
+_METRICS = {  # score name -> (title, better, digits, percent)
+    "syntax_ok": ("syntax ok %", "higher", 1, True), "test_case_avg": ("tests passed %", "higher", 1, True),
+    "bleu": ("BLEU", "higher", 1, False),
+    "chrf": ("chrF", "higher", 1, False), "perplexity": ("perplexity", "lower", 2, False),
+    "nll": ("NLL", "lower", 3, False), "seconds_per_problem": ("gen s/problem", "lower", 2, False),
+    "tokens_per_s": ("gen tok/s", "higher", 0, False), "trainable_params": ("trainable params", "lower", 0, False),
+    "trainable_pct": ("trainable %", "lower", 3, False), "adapter_mb": ("adapter MB", "lower", 2, False),
+    "peak_mb": ("peak mem MB", "lower", 0, False), "wall_seconds": ("train s", "lower", 1, False),
+    "train_tokens_per_s": ("train tok/s", "higher", 0, False), "final_val_loss": ("val loss", "lower", 3, False),
+}
+
+
+def metric_for(key: str) -> Metric:
+    bench, _, name = key.partition(".")
+    where = "" if bench in ("humaneval", "train") else f" ({bench})"
+    if name.startswith("pass@"):
+        return Metric(key, f"{name}{where}", "higher", 1, True)
+    title, better, digits, percent = _METRICS.get(name, (name, None, 3, False))
+    return Metric(key, title + where, better, digits, percent)
+
+
+COST_KEYS = ["train.trainable_params", "train.adapter_mb", "train.peak_mb", "train.wall_seconds",
+             "train.train_tokens_per_s", "humaneval.seconds_per_problem", "humaneval.tokens_per_s"]
+# Per benchmark, in column order.
+QUALITY_NAMES = ["pass@1", "test_case_avg", "syntax_ok", "bleu", "chrf", "nll", "perplexity"]
+
+
+# ---------------------------------------------------------------------------- cells and rows
+
+@dataclass
+class Cell:
+    """One metric of one row: per-seed (value, ci_low, ci_high), and a pooled interval for several seeds."""
+    values: list[tuple[float, float | None, float | None]] = field(default_factory=list)
+    pooled: tuple[float, float] | None = None     # cluster bootstrap over seeds x problems
+
+    @property
+    def mean(self) -> float:
+        return sum(v for v, _, _ in self.values) / len(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """The seed spread: sample standard deviation of the per-seed values (None for one seed)."""
+        return stats.seed_spread([v for v, _, _ in self.values])
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        if len(self.values) == 1 and self.values[0][1] is not None and self.values[0][2] is not None:
+            return self.values[0][1], self.values[0][2]
+        return self.pooled
+
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% CI; for several seeds without a pooled interval, mean ± std."""
+        if self.ci:
+            return self.ci
+        if self.std is not None:
+            return self.mean - self.std, self.mean + self.std
+        return None
+
+
+@dataclass
+class Row:
+    suite: str
+    kind: str                                   # "adapter" | "base"
+    label: str
+    config: dict[str, Any]
+    seeds: list[Any] = field(default_factory=list)
+    train_ids: list[int] = field(default_factory=list)
+    eval_ids: list[int] = field(default_factory=list)
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+    def get(self, key: str) -> Cell | None:
+        cell = self.cells.get(key)
+        return cell if cell and cell.values else None
+
+    def mean(self, key: str) -> float | None:
+        cell = self.get(key)
+        return cell.mean if cell else None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of one evaluation, from its samples."""
+    passed: float | None          # share of samples that passed (None: no tests)
+    compiled: float | None        # share of samples that compile (None: not recorded)
+    chrf: float | None            # mean sentence chrF against the reference
+    graded: float | None = None   # test-case average: share of the problem's assertions passed (mean over samples)
+    nll: float | None = None      # summed NLL of the reference tokens (nats), when evaluate.py recorded it
+    tokens: int | None = None
+    n_samples: int = 1
+
+
+# ---------------------------------------------------------------------------- reading the db
+
+class Study:
+    """Everything in the database, indexed for the report."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.runs = {r["id"]: r for r in tracker.runs()}
+        self.scores = tracker.all_scores()
+        self.members: dict[str, set[int]] = defaultdict(set)
+        for suite, ids in tracker.memberships().items():
+            self.members[suite] |= {i for i in ids if i in self.runs}
+        self.children: dict[int, list[int]] = defaultdict(list)
+        for run in self.runs.values():
+            if run["parent_id"] is not None:
+                self.children[run["parent_id"]].append(run["id"])
+        assigned = set().union(*self.members.values()) if self.members else set()
+        for ids in list(self.members.values()):
+            for run_id in list(ids):
+                assigned.update(self.children.get(run_id, []))
+        loose = {i for i in self.runs if i not in assigned}
+        if loose:
+            self.members[NO_SUITE] = loose
+        self._problems: dict[tuple[int, str], dict[str, Problem]] = {}
+        self.memo: dict[tuple, Any] = {}   # computed comparisons (common/study/compare.py), by the eval ids compared
+
+    def suites(self) -> list[str]:
+        return sorted(self.members, key=lambda s: (s == NO_SUITE, s))
+
+    def score(self, run_id: int, key: str) -> dict[str, Any] | None:
+        s = self.scores.get(run_id, {}).get(key)
+        return s if s and s["value"] is not None else None
+
+    def problems(self, eval_id: int, bench: str) -> dict[str, Problem]:
+        """task_id -> Problem for one benchmark of one eval run (empty when no samples were recorded)."""
+        if (eval_id, bench) not in self._problems:
+            by_task: dict[str, list[dict]] = defaultdict(list)
+            for s in self.tracker.samples(eval_id, bench):
+                by_task[s["task_id"]].append(s)
+            self._problems[(eval_id, bench)] = {t: _problem(rows) for t, rows in by_task.items()}
+        return self._problems[(eval_id, bench)]
+
+    def benchmark_identity(self, eval_id: int, bench: str) -> tuple:
+        """What must match for two evaluations to be paired: benchmark, its data key, protocol, problem ids."""
+        config = self.runs[eval_id]["config"]
+        data_key = json.dumps((config.get("benchmark_keys") or {}).get(bench), sort_keys=True, default=str)
+        return (bench, data_key, config.get("protocol", DEFAULT_PROTOCOL), tuple(sorted(self.problems(eval_id, bench))))
+
+    def benchmarks(self, eval_id: int) -> list[str]:
+        return sorted({k.split(".", 1)[0] for k in self.scores.get(eval_id, {})} - {"train"})
+
+
+def _problem(rows: list[dict]) -> Problem:
+    tested = [r for r in rows if r["result"] is not None]
+    details = [r["details"] or {} for r in rows]
+    chrfs = [d["chrf"] for d in details if d.get("chrf") is not None]
+    nll = details[0].get("nll_sum")
+    return Problem(passed=sum(r["result"] == "passed" for r in tested) / len(tested) if tested else None,
+                   compiled=(sum(d["syntax"] is None for d in details) / len(details)
+                             if all("syntax" in d for d in details) else None),
+                   chrf=sum(chrfs) / len(chrfs) if chrfs else None,
+                   graded=(sum(d["tests_passed"] / d["tests_total"] for d in details) / len(details)
+                           if all(d.get("tests_total") for d in details) else None),
+                   nll=nll, tokens=details[0].get("tokens") if nll is not None else None, n_samples=len(rows))
+
+
+# ---------------------------------------------------------------------------- rows
+
+def group_key(config: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in IDENTITY_KEYS}, sort_keys=True, default=str)
+
+
+def build_rows(study: Study, suite: str) -> tuple[list[Row], list[Row]]:
+    """(adapter rows, base rows) of a suite: completed runs only; the newest run of a config and seed counts."""
+    members = study.members[suite]
+    groups: dict[str, Row] = {}
+    picked: dict[str, dict[Any, tuple[int, int | None]]] = defaultdict(dict)   # group -> seed -> (train, eval)
+    for run_id in sorted(members, reverse=True):
+        run = study.runs[run_id]
+        if run["kind"] != "train" or run["status"] != "completed":
+            continue
+        key = group_key(run["config"])
+        groups.setdefault(key, Row(suite, "adapter", "", {k: v for k, v in run["config"].items()
+                                                          if k not in IDENTITY_KEYS}))
+        seed = run["config"].get("seed")
+        if seed not in picked[key]:
+            picked[key][seed] = (run_id, pick_eval(study, run_id, members))
+    for key, row in groups.items():
+        for seed in sorted(picked[key], key=lambda s: (s is None, s if isinstance(s, int) else 0, str(s))):
+            train_id, eval_id = picked[key][seed]
+            row.seeds.append(seed)
+            row.train_ids.append(train_id)
+            if eval_id is not None:
+                row.eval_ids.append(eval_id)
+            add_cells(study, row, train_id, eval_id)
+        add_record_intervals(study, row)
+    adapters = list(groups.values())
+    label_rows(adapters)
+    return adapters, base_rows(study, suite)
+
+
+def base_rows(study: Study, suite: str) -> list[Row]:
+    bases: dict[str, Row] = {}
+    for run_id in sorted(study.members[suite], reverse=True):
+        run = study.runs[run_id]
+        if run["kind"] != "eval" or run["parent_id"] is not None or run["status"] != "completed":
+            continue
+        config = {k: v for k, v in run["config"].items() if k not in ("name", "suite")}
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in bases:
+            bases[key] = Row(suite, "base", "base model", config, eval_ids=[run_id])
+            add_cells(study, bases[key], None, run_id)
+            add_record_intervals(study, bases[key])
+    rows = sorted(bases.values(), key=lambda r: r.eval_ids[0])
+    if len(rows) > 1:
+        varying = [k for k in sorted({k for r in rows for k in r.config})
+                   if len({json.dumps(r.config.get(k), default=str) for r in rows}) > 1]
+        for r in rows:
+            shown = [f"{k}={_short(r.config.get(k))}" for k in varying
+                     if k in ("quant", "model", "eval_limit", "benchmarks", "seed")]
+            r.label = "base model" + (f" ({' '.join(shown)})" if shown else f" (run {r.eval_ids[0]})")
+    return rows
+
+
+def pick_eval(study: Study, train_id: int, members: set[int]) -> int | None:
+    done = [i for i in study.children.get(train_id, []) if study.runs[i]["kind"] == "eval"
+            and study.runs[i]["status"] == "completed"]
+    # An evaluation that is a member of other suites only (another protocol, say) is not this suite's;
+    # one of no suite at all (recorded before memberships existed) still is.
+    preferred = [i for i in done if i in members] or [
+        i for i in done if not any(i in m for m in study.members.values())]
+    return max(preferred) if preferred else None
+
+
+def add_cells(study: Study, row: Row, train_id: int | None, eval_id: int | None) -> None:
+    """Append one seed's stored scores to the row's cells (peak memory: GPU allocated, else process RSS, else
+    the run's recorded prediction, flagged as train.peak_is_predicted)."""
+    values: dict[str, dict[str, Any]] = {}
+    if train_id is not None:
+        values.update({k: s for k, s in study.scores.get(train_id, {}).items() if k.startswith("train.")})
+        peak = study.score(train_id, "train.peak_gpu_allocated_mb") or study.score(train_id, "train.peak_rss_mb")
+        predicted = study.score(train_id, "train.predicted_peak_mb")
+        if peak:
+            values["train.peak_mb"] = peak
+        elif predicted:  # no measured peak (trained elsewhere, or before peaks were recorded): the prediction
+            values["train.peak_mb"] = predicted
+            values["train.peak_is_predicted"] = {"value": 1.0, "low": None, "high": None}
+    if eval_id is not None:
+        values.update({k: s for k, s in study.scores.get(eval_id, {}).items() if not k.startswith("train.")})
+    for key, s in values.items():
+        if s["value"] is not None:
+            row.cells.setdefault(key, Cell()).values.append((s["value"], s["low"], s["high"]))
+
+
+def add_record_intervals(study: Study, row: Row) -> None:
+    """Recompute pass@1, syntax ok and perplexity from per-problem samples, where every seed recorded them.
+
+    One sample per problem: k of n problems, with a Wilson interval. Perplexity: token-weighted bootstrap
+    over examples. Several seeds on the same problems: a cluster bootstrap over seeds x problems.
+    """
+    if not row.eval_ids or len(row.eval_ids) != len(row.seeds or [None]):
+        return
+    for bench in study.benchmarks(row.eval_ids[0]):
+        per_seed = [study.problems(e, bench) for e in row.eval_ids]
+        if not all(per_seed):
+            continue
+        for name, attr in (("pass@1", "passed"), ("syntax_ok", "compiled")):
+            grids = [[getattr(p, attr) for _, p in sorted(problems.items())] for problems in per_seed]
+            if any(v is None for g in grids for v in g) or any(p.n_samples != 1 for s in per_seed for p in s.values()):
+                continue
+            values = [(sum(g) / len(g), *stats.wilson_interval(round(sum(g)), len(g))) for g in grids]
+            row.cells[f"{bench}.{name}"] = Cell(values, _pooled(per_seed, grids))
+        # The test-case average keeps each seed's stored bootstrap CI; several seeds on the same problems
+        # get the crossed seeds x problems bootstrap, as the pass rates do.
+        key = f"{bench}.test_case_avg"
+        grids = [[p.graded for _, p in sorted(problems.items())] for problems in per_seed]
+        if key in row.cells and len(grids) > 1 and all(v is not None for g in grids for v in g) \
+                and _same_problems(per_seed):
+            _, low, high = stats.cluster_bootstrap_ci(grids)
+            row.cells[key].pooled = (low, high)
+        # Examples too long for --max-seq-len carry no NLL; the stored perplexity leaves them out too.
+        scored = [[p for p in s.values() if p.nll is not None] for s in per_seed]
+        if all(scored):
+            values = [stats.perplexity_ci([p.nll for p in s], [p.tokens for p in s]) for s in scored]
+            # Seeds of one config hold out different examples when their splits differ: no crossed
+            # bootstrap; the hull of the per-seed intervals is the (conservative) interval.
+            hull = (min(v[1] for v in values), max(v[2] for v in values)) if len(values) > 1 else None
+            row.cells[f"{bench}.perplexity"] = Cell(values, hull)
+            row.cells[f"{bench}.nll"] = Cell([tuple(math.log(x) for x in v) for v in values],
+                                             tuple(math.log(x) for x in hull) if hull else None)
+
+
+def _same_problems(per_seed: list[dict[str, Problem]]) -> bool:
+    return len({tuple(sorted(s)) for s in per_seed}) == 1
+
+
+def _pooled(per_seed: list[dict[str, Problem]], grids: list[list[float]]) -> tuple[float, float] | None:
+    if len(grids) < 2 or not _same_problems(per_seed):
+        return None
+    _, low, high = stats.cluster_proportion_ci(grids)
+    return low, high
+
+
+def _sort_value(key: str, value: Any) -> tuple:
+    if key == "modules" and value in _MODULE_ORDER:
+        return (0, _MODULE_ORDER.index(value), "")
+    if key == "quant":
+        m = re.match(r"(\d+)", str(value))
+        if m:
+            return (0, int(m.group(1)), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0, str(value))
+
+
+def label_rows(rows: list[Row]) -> None:
+    """Label each row by the flags that vary across the suite's rows (`rank=16`), in a stable order."""
+    if not rows:
+        return
+    keys = sorted({k for r in rows for k in r.config} - _LABEL_SKIP)
+    varying = [k for k in keys if len({json.dumps(r.config.get(k), default=str) for r in rows}) > 1]
+    for r in rows:
+        if varying:
+            r.label = " ".join(f"{k}={_short(r.config.get(k))}" for k in varying)
+        else:
+            c = r.config
+            r.label = f"r{c.get('rank')}-{str(c.get('modules')).replace(',', '+')}-{c.get('quant')}"
+    rows.sort(key=lambda r: tuple(_sort_value(k, r.config.get(k)) for k in varying) + (r.label,))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str) and "/" in value:
+        return value.rstrip("/").rsplit("/", 1)[-1]
+    if isinstance(value, (list, tuple)):
+        return "+".join(_short(v) for v in value)
+    return str(value)
+
+
+def nice_budget(mb: float) -> tuple[float, str]:
+    """A round memory budget at or above `mb`: 2 significant digits, in MB or GB."""
+    unit, value = ("GB", mb / 1024) if mb >= 1024 else ("MB", mb)
+    magnitude = 10 ** (math.floor(math.log10(value)) - 1) if value > 0 else 1
+    rounded = math.ceil(round(value / magnitude, 9)) * magnitude
+    text = f"{rounded:.{max(0, -int(math.floor(math.log10(magnitude))))}f}"
+    return (rounded * 1024 if unit == "GB" else rounded), f"{text} {unit}"
