@@ -96,7 +96,7 @@ def test_server_imports_only_the_standard_library():
              "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))\n")
     # run_name 'probe' takes the package import path, so the repository root must be importable
     modules = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                             cwd=server.parent.parent).stdout.split()
+                             cwd=server.parents[2]).stdout.split()
     assert "common" in modules and not {"torch", "numpy", "transformers"} & set(modules)
 
 
