@@ -209,7 +209,7 @@ def data_file(tmp_path_factory) -> str:
 
 
 def test_sweep_budget_records_runs_over_it_as_skipped(tiny_model, data_file, tmp_path, capsys):
-    import sweep
+    from common.study import runner
     from common.study import suites as S
     from common.study.plan import plan
     suite = tmp_path / "budget.json"
@@ -222,8 +222,8 @@ def test_sweep_budget_records_runs_over_it_as_skipped(tiny_model, data_file, tmp
     budget = (small.peak_mb + large.peak_mb) / 2
     tracker = Tracker(tmp_path / "b.db")
     cfg = dataclasses.replace(SweepConfig(), budget_mb=budget)
-    sweep.apply_budget(cfg, tracker, planned, record=True)
-    sweep.apply_budget(cfg, tracker, planned, record=True)  # re-planning finds the record, adds none
+    runner.apply_budget(cfg, tracker, planned, record=True)
+    runner.apply_budget(cfg, tracker, planned, record=True)  # re-planning finds the record, adds none
     skipped = [p for p in planned if p.outcome == "skipped"]
     assert len(skipped) == 1 and "batch_size=8" in skipped[0].diff.replace(" ", "").replace(":", "=")
     (row,) = skipped_runs(tracker)

@@ -15,6 +15,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import train
+from common.train import loop
+from common.train.loop import TrainState, run_peak_memory
 from common.errors import UserError, run_cli
 from common.tracker import Tracker
 
@@ -150,7 +152,7 @@ def test_sigterm_saves_and_rerun_resumes_to_the_same_result(tiny_model, tmp_path
 def test_a_crash_marks_the_run_failed_and_keeps_its_records(tiny_model, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
-    monkeypatch.setattr(train, "run_validation", broken)
+    monkeypatch.setattr(loop, "run_validation", broken)
     with pytest.raises(RuntimeError):
         train.main(train_args(tiny_model, tmp_path, "--max-steps", "4", "--eval-every", "2"))
     (run,) = Tracker(tmp_path / "e.db").runs()
@@ -262,9 +264,11 @@ def test_fp16_trains_with_a_gradient_scaler_and_skips_an_overflow(tiny_model, tm
 def test_paged_adamw_8bit_is_wired_and_trains_on_a_cpu(tiny_model, tmp_path, capsys):
     import bitsandbytes as bnb
 
-    cfg = train.TrainConfig(optim="paged_adamw_8bit", lr=0.01, weight_decay=0.1)
+    from common.config import TrainConfig
+    from common.train.steps import make_optimizer
+    cfg = TrainConfig(optim="paged_adamw_8bit", lr=0.01, weight_decay=0.1)
     model = torch.nn.Linear(8, 8)
-    optimizer = train.make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     assert isinstance(optimizer, bnb.optim.PagedAdamW8bit)
     assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (0.01, 0.1)
     assert train.main(train_args(tiny_model, tmp_path, "--max-steps", "3", "--optim", "paged_adamw_8bit",
@@ -286,7 +290,7 @@ def test_instruct_format_trains_and_is_recorded(tiny_model, tmp_path):
 
 def test_a_resumed_run_keeps_the_peak_of_its_earlier_sessions():
     cpu = torch.device("cpu")
-    earlier = train.TrainState(peak_memory={"peak_rss_mb": 1e9})
-    assert train.run_peak_memory(earlier, cpu)["peak_rss_mb"] == 1e9
-    this_process = train.run_peak_memory(train.TrainState(), cpu)["peak_rss_mb"]
+    earlier = TrainState(peak_memory={"peak_rss_mb": 1e9})
+    assert run_peak_memory(earlier, cpu)["peak_rss_mb"] == 1e9
+    this_process = run_peak_memory(TrainState(), cpu)["peak_rss_mb"]
     assert 0 < this_process < 1e9

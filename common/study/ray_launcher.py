@@ -85,14 +85,14 @@ def run_on_ray(cfg: SweepConfig, planned: list[Planned], root: Path, log: Callab
 def run_task(fields: dict[str, Any], group: list[Planned], snapshot: bytes, root: str) -> dict[str, Any]:
     """On a Ray worker: run `group` (one adapter's train + evaluations, or a base evaluation) with sweep.py's
     Sweep against a copy of the driver's database; return that database, the outcomes and the files written."""
-    import sweep  # the checkout's sweep.py, on PYTHONPATH
+    from common.study.runner import Sweep  # the checkout, on PYTHONPATH
 
     with tempfile.TemporaryDirectory(prefix="lora-ray-") as scratch:
         db = Path(scratch) / "task.db"
         db.write_bytes(snapshot)
         cfg = SweepConfig(**{**fields, "db": str(db), "output_dir": root, "workers": 1, "launcher": "local",
                              "quiet": True})
-        runner = sweep.Sweep(cfg, group)
+        runner = Sweep(cfg, group)
         try:
             for p in group:
                 runner.execute(p, None)

@@ -5,11 +5,24 @@ Only LoRA weights train; the frozen (possibly 4-bit) base is identical on every 
 construction, so DDP is told to ignore it, and the check at the end measures how far the
 adapters on the processes drifted apart (0.0 when DDP kept them in sync).
 """
+import os
 import signal
 import sys
 
 import torch
 import torch.distributed as dist
+
+
+def init_processes() -> tuple[int, int, torch.device]:
+    """(world size, rank, device) of this process; joins the process group torchrun/accelerate set up."""
+    from common.env import default_device
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = default_device()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return world, rank, device
 
 
 def wrap_ddp(loss_fn: torch.nn.Module) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """Predictions at work: train.py --estimate/--probe, the prediction recorded with every run, the sweep's
 --estimate/--budget-mb, and predicted-vs-measured rows for report.py. The model is common/train/estimate.py.
 
-    train.py --estimate [--probe]      estimate_main(...)
+    train.py --estimate [--probe]      common/train/build.py estimate(...) -> probe_and_refine(...)
     train.py (every run)              prediction_scores(...) -> scores predicted_peak_mb, predicted_step_s
     sweep.py --estimate/--budget-mb   plan_estimates(planned, device), over_budget(...), record_skipped(...)
     report.py                         predicted_vs_measured(tracker) -> rows with the relative errors
@@ -16,29 +16,9 @@ import torch
 
 from common.config import TrainConfig
 from common.errors import UserError, first_line
-from common.train.estimate import MB, Estimate, estimate_run, fixed_mb, format_estimate, refine, training_peak_mb
+from common.train.estimate import MB, Estimate, estimate_run, fixed_mb, refine, training_peak_mb
 
 PROBE_STEPS = 3
-
-
-def estimate_main(cfg: TrainConfig, device: torch.device, world: int, build: Callable[[Any], tuple[Any, Any]],
-                  step: Callable[[Any, Any, list], Any]) -> int:
-    """train.py --estimate [--probe]: print the prediction; with --probe, `build(out_dir)` the run (train.py's
-    build_run: data, weights, LoRA, optimizer) and run PROBE_STEPS of `step(run, state, rows)`."""
-    from pathlib import Path
-
-    from common.study.suites import train_name
-    est = estimate_run(cfg, device, world=world)
-    print(format_estimate(est, f"estimate for {cfg.name or train_name(dataclasses.asdict(cfg))}"))
-    if cfg.probe:
-        if world > 1:
-            raise UserError("--probe runs on one process; run it without torchrun/accelerate")
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            run, state = build(Path(tmp))
-            est = probe_and_refine(cfg, est, run.train_set, device, lambda rows: step(run, state, rows))
-        print(format_estimate(est, "refined by the probe"))
-    return 0
 
 
 def lengths_of(encoded: list[dict[str, Any]]) -> list[dict[str, Any]]:
