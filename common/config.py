@@ -206,8 +206,9 @@ class ReportConfig:
                                 choices=("running", "completed", "failed", "interrupted", "skipped"))
     export: str | None = option(None, "write all runs (with scores) to a file", choices=("json", "csv"))
     figures: bool = option(True, "draw the PNG figures (--no-figures: tables only)")
-    readme: str | None = option(None, "also re-render the tables this markdown file quotes between "
-                                      "<!-- summary|configs|bases:begin/end --> markers", metavar="FILE")
+    readme: str | None = option(None, "also re-render the tables this markdown file and the docs/*.md beside "
+                                      "it quote between <!-- summary|configs|bases:begin/end --> markers",
+                                metavar="FILE")
 
 
 @dataclass

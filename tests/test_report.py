@@ -13,6 +13,7 @@ import pytest
 from study_db import build_study, train_run
 
 import report
+from common.errors import UserError
 from common.study import compare
 from common.study.rows import Study, build_rows, metric_for
 from common.study.summary import base_table, config_table, summary_table
@@ -319,6 +320,40 @@ def test_readme_option_rerenders_only_the_marked_tables(study, tmp_path):
     assert text.startswith("# Title\nkept\n") and "\nmiddle\n" in text and text.endswith("\nend\n")
     for table in (summary_table(entries), config_table(records), base_table(records)):
         assert table in text
+
+
+def test_readme_option_rerenders_the_tables_that_moved_to_docs_pages(study, tmp_path):
+    """README keeps the summary; docs/*.md beside it hold the rest (and may quote the summary again)."""
+    path, _ = study
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n<!-- summary:begin -->\nstale\n<!-- summary:end -->\nend\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "study.md").write_text("# Study\n<!-- summary:begin -->\n<!-- summary:end -->\nmiddle\n"
+                                   "<!-- configs:begin -->\nold\n<!-- configs:end -->\n")
+    (docs / "evaluation.md").write_text("# Evaluation\n<!-- bases:begin -->\nold\n<!-- bases:end -->\nend\n")
+    (docs / "gpus.md").write_text("# GPUs, no markers\n")
+    assert report.main(["--db", str(path), "--out", str(tmp_path / "out"), "--no-figures", "--readme", str(readme)]) == 0
+    entries = json.loads((tmp_path / "out" / "summary.json").read_text())
+    records = json.loads((tmp_path / "out" / "model_comparison.json").read_text())
+    summary, configs, bases = summary_table(entries), config_table(records), base_table(records)
+    assert readme.read_text() == f"# Title\n<!-- summary:begin -->\n{summary}\n<!-- summary:end -->\nend\n"
+    assert (docs / "study.md").read_text() == (f"# Study\n<!-- summary:begin -->\n{summary}\n<!-- summary:end -->\n"
+                                               f"middle\n<!-- configs:begin -->\n{configs}\n<!-- configs:end -->\n")
+    assert (docs / "evaluation.md").read_text() == f"# Evaluation\n<!-- bases:begin -->\n{bases}\n<!-- bases:end -->\nend\n"
+    assert (docs / "gpus.md").read_text() == "# GPUs, no markers\n"
+
+
+def test_readme_option_needs_each_table_marked_in_readme_or_docs(study, tmp_path):
+    path, _ = study
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- summary:begin -->\nstale\n<!-- summary:end -->\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "study.md").write_text("<!-- configs:begin -->\nold\n<!-- configs:end -->\n")
+    with pytest.raises(UserError, match=r"docs/\*\.md has <!-- bases:begin -->"):
+        report.main(["--db", str(path), "--output-dir", str(tmp_path / "out"), "--no-figures", "--readme", str(readme)])
+    assert "stale" in readme.read_text() and "old" in (tmp_path / "docs" / "study.md").read_text()
+    assert not (tmp_path / "out").exists()          # checked before any work
 
 
 def test_readme_without_markers_is_a_clear_error(study, tmp_path):

@@ -1,16 +1,27 @@
-"""The committed study: README and results/RESULTS.md say what results/*.json say.
+"""The committed study: README, docs/ and results/RESULTS.md say what results/*.json say.
 
-report.py writes results/ from the database in one go; README quotes two of its tables. Both tables are
-re-rendered here from the committed JSON, so an edited number, a stale README or a report rebuilt
-without updating README fails.
+report.py writes results/ from the database in one go; README quotes its summary table, docs/study.md the summary
+and the per-config table, docs/evaluation.md the base models' table. Every marked table is re-rendered here from
+the committed JSON, so an edited number, a stale page or a report rebuilt without updating the pages fails.
 """
 import json
+import re
 from pathlib import Path
 
-from common.study.summary import base_table, config_table, summary_table
+from common.study.summary import README_TABLES, base_table, config_table, quoting_files, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+
+
+def marked_blocks(name: str) -> dict[str, str]:
+    """The text between each `<!-- name:begin/end -->` pair, by the file (README.md or docs/*.md) that holds it."""
+    blocks = {}
+    for path in quoting_files(ROOT / "README.md"):
+        found = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", path.read_text(), re.S)
+        if found:
+            blocks[str(path.relative_to(ROOT))] = found.group(1)
+    return blocks
 
 
 def test_readme_and_results_quote_the_summary_json():
@@ -18,13 +29,19 @@ def test_readme_and_results_quote_the_summary_json():
     assert entries, "results/summary.json is empty: run `make study`"
     table = summary_table(entries)
     assert table in (RESULTS / "RESULTS.md").read_text()
-    assert table in (ROOT / "README.md").read_text()
+    assert table in (ROOT / "README.md").read_text()        # the one-screen summary stays in README
 
 
-def test_readme_quotes_the_per_config_table_of_the_comparison_json():
+def test_every_marked_table_in_readme_and_docs_is_the_one_the_json_renders():
+    entries = json.loads((RESULTS / "summary.json").read_text())
     records = json.loads((RESULTS / "model_comparison.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert config_table(records) in readme and base_table(records) in readme
+    tables = {"summary": summary_table(entries), "configs": config_table(records), "bases": base_table(records)}
+    for name in README_TABLES:
+        blocks = marked_blocks(name)
+        assert blocks, f"no README.md or docs/*.md page holds the {name} table"
+        for path, block in blocks.items():
+            assert block == tables[name] + "\n", f"{path}: the {name} table is stale; run `make study`"
+    assert "docs/study.md" in marked_blocks("configs") and "docs/evaluation.md" in marked_blocks("bases")
 
 
 def test_results_open_with_the_summary_then_the_preregistration():

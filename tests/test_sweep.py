@@ -509,11 +509,11 @@ def run_summary(db: str) -> list[tuple]:
 
 @pytest.mark.slow
 def test_smoke_suite_in_three_slurm_shards_merges_to_the_one_process_report(workdir, tiny_model, tmp_path):
-    """The README's SLURM script, run as SLURM would (array tasks 0-2), then merged: same runs and scores."""
+    """docs/sweeps.md's SLURM script, run as SLURM would (array tasks 0-2), then merged: same runs and scores."""
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    script = re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", readme, re.S).group(1)
+    page = (ROOT / "docs" / "sweeps.md").read_text()
+    script = re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", page, re.S).group(1)
     script = script.replace("python sweep.py", f"{sys.executable} {ROOT / 'sweep.py'}")
     (tmp_path / "shards.sbatch").write_text(script)
     args = ["--suite", "smoke", "--quiet", *common_sets(workdir, tiny_model)]

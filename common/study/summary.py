@@ -1,12 +1,14 @@
 """The one-screen summary of a study: each config against its suite's reference and its base, on the primary metrics.
 
 report.py writes it at the top of RESULTS.md and, as data, to results/summary.json; README quotes the
-table, and tests/test_results.py re-renders it from the JSON to check that README and RESULTS.md still say
+table (docs/study.md quotes it and the per-config table, docs/evaluation.md the base models'), and
+tests/test_results.py re-renders them from the JSON to check that README, docs and RESULTS.md still say
 what the data says.
 
     entries = summary_entries(study, suites)     # data: one per (config, comparison)
     table = summary_table(entries)               # markdown, the same text every time for the same data
     update_readme(Path("README.md"), entries, records)   # report.py --readme: the quoted tables, re-rendered
+                                                         # in README.md and in every docs/*.md beside it
 """
 import re
 from pathlib import Path
@@ -178,23 +180,33 @@ def _marked(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
 
 
+def quoting_files(readme: Path) -> list[Path]:
+    """The README and the markdown pages of the docs/ folder beside it: the files whose marked tables
+    `report.py --readme README.md` refreshes, so a table keeps being re-rendered whichever page holds it."""
+    return [readme, *sorted((readme.parent / "docs").glob("*.md"))]
+
+
 def check_readme(path: Path) -> None:
-    """Fail before any work when the file lacks a marker pair update_readme needs."""
-    text = path.read_text() if path.is_file() else None
-    if text is None:
+    """Fail before any work when no file update_readme would rewrite holds a marker pair it needs."""
+    if not path.is_file():
         raise UserError(f"no file at --readme {path}; pass the markdown file whose tables to refresh")
+    texts = [file.read_text() for file in quoting_files(path)]
     for name in README_TABLES:
-        if not _marked(name).search(text):
-            raise UserError(f"{path} has no <!-- {name}:begin --> ... <!-- {name}:end --> markers; add them where "
-                            f"the {name} table belongs, or leave out --readme")
+        if not any(_marked(name).search(text) for text in texts):
+            raise UserError(f"neither {path} nor {path.parent / 'docs'}/*.md has <!-- {name}:begin --> ... "
+                            f"<!-- {name}:end --> markers; add them where the {name} table belongs, or leave out "
+                            f"--readme")
 
 
 def update_readme(path: Path, entries: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
-    """Replace the text between each `<!-- NAME:begin -->` and `<!-- NAME:end -->` marker pair of the file with
-    the table of that name (summary, configs, bases), so that what it quotes is what the data says."""
+    """Replace the text between each `<!-- NAME:begin -->` and `<!-- NAME:end -->` marker pair of the README and
+    of every docs/*.md beside it with the table of that name (summary, configs, bases), so that what each page
+    quotes is what the data says. Files without markers are left untouched."""
     check_readme(path)
-    text = path.read_text()
     tables = {"summary": summary_table(entries), "configs": config_table(records), "bases": base_table(records)}
-    for name in README_TABLES:
-        text = _marked(name).sub(lambda m, table=tables[name]: m.group(1) + table + "\n" + m.group(2), text)
-    path.write_text(text)
+    for file in quoting_files(path):
+        text = new = file.read_text()
+        for name in README_TABLES:
+            new = _marked(name).sub(lambda m, table=tables[name]: m.group(1) + table + "\n" + m.group(2), new)
+        if new != text:
+            file.write_text(new)
