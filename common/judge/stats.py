@@ -559,6 +559,18 @@ def minimum_detectable_difference(n: int, discordance: float | None = None, alph
     return None
 
 
+def mcnemar_detectable(n: int, discordance: float, alpha: float = ALPHA, power: float = POWER,
+                       step: float = 0.005) -> float | None:
+    """The smallest pass@1 difference delta the exact McNemar test on n problems detects with the given power,
+    when the two systems disagree on max(discordance, delta) of the problems (a difference of delta needs at
+    least delta disagreement). discordance = 0 gives the floor (every disagreement one way). None: none up to 1.
+    """
+    for delta in (round(float(x), 10) for x in np.arange(step, 1.0 + 1e-12, step)):
+        if mcnemar_power(n, delta, max(discordance, delta), alpha) >= power:
+            return delta
+    return None
+
+
 def problems_needed(difference: float, discordance: float | None = None, alpha: float = ALPHA,
                     power: float = POWER, max_n: int = 5000) -> int | None:
     """The fewest problems n for which mcnemar_power(n, difference, discordance) >= power (None above max_n).
