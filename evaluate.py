@@ -159,7 +159,8 @@ def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device
 
 
 def heldout_perplexity(model, tokenizer, bench: Benchmark, records: list[dict], device, dtype) -> dict[str, tuple]:
-    """Held-out NLL and perplexity with intervals; each record gets its reference's nll_sum and tokens."""
+    """Held-out NLL and perplexity with intervals; each record gets its reference's nll_sum, tokens and split group."""
+    from common.corpus.splits import group_of
     from common.train.example_nll import example_nlls
     from common.judge.scoring import heldout_nll
     from common.train.steps import CompletionLoss
@@ -168,9 +169,11 @@ def heldout_perplexity(model, tokenizer, bench: Benchmark, records: list[dict], 
     if bench.encoded:
         per_example = example_nlls(CompletionLoss(model), bench.encoded, tokenizer.pad_token_id, device, dtype)
         by_id = {ex["id"]: pair for ex, pair in zip(bench.encoded, per_example)}
+        groups = {p.id: group_of(p) for p in bench.problems}   # the unit the split drew: the report resamples it
         for r in records:
             if r["task_id"] in by_id:
                 r["details"]["nll_sum"], r["details"]["tokens"] = by_id[r["task_id"]]
+                r["details"]["group"] = groups[r["task_id"]]
         scores.update(heldout_nll(per_example))
     return scores
 

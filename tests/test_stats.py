@@ -141,3 +141,93 @@ def test_paired_nll_difference_is_token_weighted_and_seed_aware():
     assert spread[2] - spread[1] > same[2] - same[1]
     with pytest.raises(ValueError):
         stats.paired_nll_difference(a, b, tokens[:3])
+
+
+def test_crossed_functions_take_two_dimensional_arrays():
+    a, b = np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]]), np.array([[2.0, 3.0, 4.0]])
+    tokens = np.array([1, 2, 3])
+    assert stats.cluster_bootstrap_ci(a, n_resamples=50)[0] == pytest.approx(2.0)
+    assert stats.paired_cluster_bootstrap(a, b, n_resamples=50)[0] == pytest.approx(1.0)
+    assert stats.paired_nll_difference(a, b, tokens, n_resamples=50)[0] == pytest.approx(9 / 6 - 6 / 6)
+    with pytest.raises(ValueError, match="equally long"):
+        stats.cluster_bootstrap_ci(np.zeros((0, 3)))
+
+
+def _clustered_null(rng: np.random.Generator, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two configs' scores on references from files: a shared file effect on the B - A difference, mean 0."""
+    groups = np.repeat(np.arange(sizes.size), sizes)
+    a = rng.normal(2.0, 0.3, size=groups.size)
+    b = a + rng.normal(0, 0.2, size=sizes.size)[groups] + rng.normal(0, 0.05, size=groups.size)
+    return a, b, groups
+
+
+def test_clustered_interval_covers_a_null_difference_at_the_nominal_rate_where_the_per_example_one_does_not():
+    rng = np.random.default_rng(7)
+    sizes = np.array([40, 35, 30, 29] + [4] * 21)                # 218 references in 25 files, 4 files hold most
+    trials, per_example, clustered = 300, 0, 0
+    for t in range(trials):
+        a, b, groups = _clustered_null(rng, sizes)
+        _, low, high = stats.paired_cluster_bootstrap([a], [b], n_resamples=300, seed=t)
+        per_example += low <= 0 <= high
+        _, low, high = stats.paired_cluster_bootstrap([a], [b], n_resamples=300, seed=t, groups=groups)
+        clustered += low <= 0 <= high
+    assert clustered / trials >= 0.88                               # nominal 0.95, a little less with 25 clusters
+    assert per_example / trials <= 0.6                              # references treated as independent
+
+
+def test_clusters_group_examples_for_the_nll_too():
+    tokens = [10, 10, 10, 10]
+    a, b = [[10.0, 10.0, 10.0, 10.0]], [[5.0, 6.0, 14.0, 15.0]]    # one file gains, the other loses
+    _, low, high = stats.paired_nll_difference(a, b, tokens, n_resamples=400)
+    _, c_low, c_high = stats.paired_nll_difference(a, b, tokens, n_resamples=400, groups=["x", "x", "y", "y"])
+    assert c_high - c_low > high - low
+    value, _, _ = stats.nll_per_token_ci([[1.0, 3.0], [3.0, 5.0]], [1, 3], groups=["f", "g"])
+    assert value == pytest.approx((4 / 4 + 8 / 4) / 2)
+    with pytest.raises(ValueError, match="one group per example"):
+        stats.nll_per_token_ci([[1.0, 3.0]], [1, 3], groups=["f"])
+
+
+def test_bootstrap_z_test_interval_and_detectable_difference_agree():
+    estimates = np.random.default_rng(0).normal(0.1, 0.05, size=4000)
+    test = stats.bootstrap_z_test(0.1, estimates)
+    assert test.se == pytest.approx(0.05, rel=0.05)
+    assert test.p_value == pytest.approx(2 * stats.NormalDist().cdf(-0.1 / test.se))
+    assert (test.low > 0) == (test.p_value < 0.05)
+    assert stats.z_detectable(test.se) == pytest.approx(2.8016 * test.se, rel=1e-3)
+    assert stats.bootstrap_z_test(0.0, np.zeros(10)).p_value == 1.0
+
+
+def test_sign_flip_p_equals_an_exact_enumeration_on_a_small_case():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2, size=(2, 11)).astype(float)              # 2 seeds of A, 3 of B, 11 problems
+    b = (rng.random((3, 11)) < 0.7).astype(float)
+    result = stats.sign_flip_test(a, b)
+    d = b.mean(axis=0) - a.mean(axis=0)
+    observed = abs(d.sum())
+    flips = [abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-12
+             for signs in itertools.product((1, -1), repeat=d.size)]
+    assert result.p_value == pytest.approx(sum(flips) / len(flips))
+    assert result.value == pytest.approx(d.mean()) and result.n == 11
+    # One seed a side: the exact McNemar test.
+    one_a, one_b = [1, 0, 0, 0, 1, 0, 1, 0, 0], [1, 1, 1, 1, 1, 0, 0, 1, 1]
+    assert stats.sign_flip_test([one_a], [one_b]).p_value == pytest.approx(stats.mcnemar_exact(one_a, one_b).p_value)
+    with pytest.raises(ValueError, match="0/1"):
+        stats.sign_flip_test([[0.5, 1.0]], [[1.0, 1.0]])
+
+
+def test_sign_flip_detectable_is_the_normal_approximation_of_its_own_null():
+    d = [1.0] * 10 + [0.0] * 30
+    assert stats.sign_flip_detectable(d) == pytest.approx(stats.z_detectable(np.sqrt(10) / 40))
+
+
+def test_holm_and_benjamini_hochberg_match_hand_computed_values():
+    # statsmodels is not installed; multipletests(p, method="holm" / "fdr_bh") gives these (checked by hand).
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005, 0.01, 0.03, 0.04 -> Holm x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert stats.holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # BH: 4p/k = 0.02, 0.02, 0.04, 0.04 -> running min from the top
+    assert stats.benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and stats.benjamini_hochberg([0.5, 0.9]) == [0.9, 0.9]
+    assert stats.holm([]) == [] and stats.benjamini_hochberg([0.02]) == [0.02]

@@ -2,12 +2,12 @@
 import math
 
 import pytest
-from study_db import PROBLEMS, build_study, eval_run, train_run
+from study_db import PROBLEMS, build_study, eval_run, humaneval_sample, train_run
 
 from common.study import compare
 
 from common.judge import stats
-from common.study.rows import Study, build_rows, nice_budget
+from common.study.rows import Problem, Study, build_rows, nice_budget
 from common.tracker import Tracker
 
 
@@ -54,28 +54,37 @@ def test_perplexity_is_recomputed_token_weighted_with_an_interval(study):
     assert cell.ci[0] < cell.mean < cell.ci[1]
 
 
-def test_paired_differences_against_the_base_use_exact_mcnemar(study):
+def test_paired_differences_against_the_base_use_exact_mcnemar_but_one_seed_gets_no_star(study):
     s, rows, bases, _ = study
     r8 = compare.differences(s, bases[0], rows["rank=8"])
     d = r8["humaneval.pass@1"]
-    assert (d.test, d.only_a, d.only_b, d.n) == ("McNemar", 0, 8, PROBLEMS)
-    assert d.p_value == pytest.approx(2 * 0.5 ** 8) and d.beyond_noise and d.value == pytest.approx(0.4)
+    assert (d.test, d.only_a, d.only_b, d.n, d.seeds) == ("McNemar", 0, 8, PROBLEMS, (1, 1))
+    assert d.p_value == pytest.approx(2 * 0.5 ** 8) and d.value == pytest.approx(0.4)
+    assert not d.beyond_noise and d.note == compare.ONE_SEED        # p < 0.05, but seed variation not measured
+    assert d.detectable == stats.mcnemar_detectable(PROBLEMS, 8 / PROBLEMS)
+    # The suite's pass@1 family: r4 and r8 vs the reference and vs the base, r16 vs the base.
+    assert d.family_size == 5 and d.p_adjusted >= d.p_value and d.q_value <= d.p_adjusted
     r4 = compare.differences(s, bases[0], rows["rank=4"])["humaneval.pass@1"]
     assert (r4.only_b, r4.p_value, r4.beyond_noise) == (2, 0.5, False)
     nll = r8["heldout.nll"]
-    assert nll.test == "bootstrap" and nll.value < 0 and nll.high < 0 and nll.beyond_noise
+    assert nll.test == "bootstrap z" and nll.value < 0 and nll.high < 0 and not nll.beyond_noise
+    assert nll.unit == "references (no split groups recorded)" and nll.p_value < 0.05
+    assert nll.detectable == pytest.approx(2.8016 * (nll.high - nll.low) / (2 * 1.96), rel=1e-3)
     assert r8["humaneval.chrf"].low > 0                           # +15 on every problem, +10 more where it passes
 
 
-def test_differences_against_a_multi_seed_reference_use_the_cluster_bootstrap(study):
+def test_differences_against_a_multi_seed_reference_use_the_sign_flip_test(study):
     s, rows, _, _ = study
     reference = compare.reference_row(list(rows.values()), "rank")
     assert reference is rows["rank=16"]
     d = compare.differences(s, reference, rows["rank=4"])["humaneval.pass@1"]
-    assert d.test == "cluster bootstrap" and d.value == pytest.approx(0.10 - 0.325)
-    assert d.high < 0 and d.beyond_noise
+    assert d.test == "sign-flip permutation" and d.value == pytest.approx(0.10 - 0.325) and d.seeds == (2, 1)
+    # Per-problem rate differences -1 (problems 2-5) and -1/2 (problem 6): |T| >= 4.5 in 2 of 2^5 sign flips,
+    # where a percentile bootstrap of the same data excludes zero.
+    assert d.p_value == pytest.approx(2 / 32) and not d.beyond_noise and d.note == compare.ONE_SEED
+    assert len(d.seed_pair_p) == 2 and d.seed_pair_p[0] == pytest.approx(stats.mcnemar_p(4, 0))
     nll = compare.differences(s, reference, rows["rank=4"])["heldout.nll"]  # seeds x references, token-weighted
-    assert nll.test == "cluster bootstrap" and nll.low < nll.value < nll.high
+    assert nll.test == "bootstrap z" and nll.low < nll.value < nll.high and nll.unit.startswith("seeds x ")
     assert compare.differences(s, reference, reference) == {}
 
 
@@ -109,13 +118,13 @@ def test_power_of_the_design(study):
 def test_bold_only_beyond_noise_pareto_and_budgets(study):
     s, rows, _, _ = study
     adapters = list(rows.values())
-    # r8 passes 8 of 20, the reference 6.5 on average: not separable; but its chrF gain is consistent.
+    # r8 passes 8 of 20, the reference 6.5 on average: not separable; its chrF gain is consistent but one seed.
     assert compare.best_row(s, adapters, "humaneval.pass@1") is None
-    assert compare.best_row(s, adapters, "humaneval.chrf") is rows["rank=8"]
+    assert compare.best_row(s, adapters, "humaneval.chrf") is None
     assert compare.pareto(adapters, "humaneval.pass@1", "train.peak_mb") == [rows["rank=4"], rows["rank=8"]]
     budgets = compare.budgets(s, adapters, "humaneval.pass@1")
     assert [(b.text, b.pick.label) for b in budgets] == [("1000 MB", "rank=4"), ("1.1 GB", "rank=8")]
-    assert budgets[1].previous is rows["rank=4"] and budgets[1].separated   # 6 one-way flips: p = 1/32
+    assert budgets[1].previous is rows["rank=4"] and budgets[1].separated is False  # p = 1/32, but 1 seed each
     assert nice_budget(493.5) == (500, "500 MB") and nice_budget(3.21 * 1024)[1] == "3.3 GB"
 
 
@@ -136,7 +145,7 @@ def test_before_after_examples_pick_fixed_then_both_failed_then_heldout(study):
     assert keys[4][0] == "heldout" and len(keys) == 5
 
 
-def test_without_samples_the_stored_delta_decides(tmp_path):
+def test_without_samples_the_stored_delta_is_shown_but_never_starred(tmp_path):
     db = Tracker(tmp_path / "s.db")
     base = db.start_run("base", "eval", {"model": "tiny"}, suite="s")
     db.log_scores(base, "humaneval", {"pass@1": (0.1, 10, 0.0, 0.3)})
@@ -150,8 +159,9 @@ def test_without_samples_the_stored_delta_decides(tmp_path):
     db.close()
     s = Study(Tracker(tmp_path / "s.db"))
     rows, bases = build_rows(s, "s")
-    verdicts = [compare.differences(s, bases[0], r)["humaneval.pass@1"].beyond_noise for r in rows]
-    assert verdicts == [True, False, None]
+    diffs = [compare.differences(s, bases[0], r)["humaneval.pass@1"] for r in rows]
+    assert [(d.test, d.beyond_noise, d.note) for d in diffs] == [("stored", None, compare.STORED)] * 3
+    assert (diffs[0].value, diffs[0].low, diffs[0].high) == pytest.approx((0.2, 0.05, 0.35))  # CI excludes 0
 
 
 def test_a_value_without_an_interval_is_never_called_separated(study):
@@ -184,3 +194,92 @@ def test_tracker_memberships_and_scores(tmp_path):
     db.log_membership(other, ["quant"])
     assert db.memberships() == {"rank": {run}, "quant": {run, other}, "seeds": {run}}
     assert db.all_scores() == {run: {"train.peak_rss_mb": {"value": 5.0, "n": None, "low": None, "high": None}}}
+
+
+def _seeded_eval(db: Tracker, suite: str, train: int | None, name: str, passes: set[int], nll_per_token: float,
+                 empty: bool = False) -> int:
+    """An evaluation whose held-out references come from 4 source files, recorded with their split group."""
+    run = db.start_run(name, "eval", {"model": "tiny", "benchmark_keys": {"heldout": {"group_key": "file"}}},
+                       suite=suite, parent_id=train)
+    samples = [humaneval_sample(i, i in passes) for i in range(PROBLEMS)]
+    for sample in samples if empty else []:
+        sample["generation"], sample["details"]["code"] = "", ""
+    heldout = [{"task_id": f"stdlib:file{j % 4}.py:fn{j}", "generation": None, "result": None,
+                "details": {"nll_sum": nll_per_token * (10 + j), "tokens": 10 + j, "group": f"file{j % 4}.py"}}
+               for j in range(12)]
+    db.log_scores(run, "humaneval", {"pass@1": len(passes) / PROBLEMS})
+    db.log_scores(run, "heldout", {"nll": nll_per_token})
+    db.log_samples(run, "humaneval", samples)
+    db.log_samples(run, "heldout", heldout)
+    db.finish_run(run, "completed")
+    return run
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """rank=4: 3 seeds, clearly better than the base; rank=8 and rank=16: one seed each, 10 passes apart by
+    seed noise alone (same config family, different runs); suite `e`: everything empty."""
+    path = tmp_path_factory.mktemp("seeded") / "s.db"
+    db = Tracker(path)
+    _seeded_eval(db, "s", None, "base", set(), 2.0)
+    for seed, nll in enumerate((1.50, 1.52, 1.48)):
+        _seeded_eval(db, "s", train_run(db, "s", 4, "16bit", seed, peak=1, seconds=1), f"r4-{seed}",
+                     set(range(10 + seed)), nll)
+    _seeded_eval(db, "s", train_run(db, "s", 8, "16bit", 0, peak=1, seconds=1), "r8", set(range(12)), 1.6)
+    _seeded_eval(db, "s", train_run(db, "s", 16, "16bit", 0, peak=1, seconds=1), "r16", set(range(2)), 1.61)
+    _seeded_eval(db, "e", None, "base", set(), 2.0, empty=True)
+    for seed in (0, 1):
+        _seeded_eval(db, "e", train_run(db, "e", 4, "16bit", seed, peak=1, seconds=1), f"e{seed}", set(), 1.9,
+                     empty=True)
+    db.close()
+    study = Study(Tracker(path))
+    rows, bases = build_rows(study, "s")
+    return study, {r.label: r for r in rows}, bases
+
+
+def test_one_seed_a_side_gets_no_star_however_small_its_p(seeded):
+    s, rows, bases = seeded
+    # Seed noise planted between two one-seed runs: 10 one-way flips, p = 2^-9, and an NLL gap.
+    d = compare.differences(s, rows["rank=16"], rows["rank=8"])
+    assert d["humaneval.pass@1"].p_value == pytest.approx(2 * 0.5 ** 10)
+    assert d["heldout.nll"].p_value < 0.05
+    for diff in d.values():
+        assert diff.beyond_noise is False and diff.note == compare.ONE_SEED and diff.seeds == (1, 1)
+    against_base = compare.differences(s, bases[0], rows["rank=8"])["humaneval.pass@1"]
+    assert against_base.p_adjusted < 0.05 and not against_base.beyond_noise
+
+
+def test_several_seeds_a_side_can_be_starred_after_holm(seeded):
+    s, rows, bases = seeded
+    d = compare.differences(s, bases[0], rows["rank=4"])
+    flip = d["humaneval.pass@1"]
+    assert flip.test == "sign-flip permutation" and flip.seeds == (1, 3) and flip.seed_aware
+    # The family: rank=4 and rank=8 vs the reference (rank=16), all three vs the base.
+    assert flip.family_size == 5 and flip.beyond_noise and flip.p_value < flip.p_adjusted <= 5 * flip.p_value < 0.05
+    nll = d["heldout.nll"]
+    assert nll.unit == "seeds x 4 split groups" and nll.beyond_noise and nll.value == pytest.approx(-0.5, abs=1e-9)
+    family = compare.suite_family(s, "s")
+    for diffs in family.values():
+        for diff in diffs.values():
+            if diff.p_adjusted is not None:
+                assert diff.beyond_noise == (diff.seed_aware and diff.p_adjusted < 0.05)
+
+
+def test_split_groups_are_resampled_for_the_nll_cells(seeded):
+    _, rows, _ = seeded
+    cell = rows["rank=4"].get("heldout.nll")
+    per_seed = [v for v, _, _ in cell.values]
+    assert per_seed == pytest.approx([1.50, 1.52, 1.48]) and cell.ci[0] < 1.50 < cell.ci[1]
+    assert rows["rank=4"].get("heldout.perplexity").mean == pytest.approx(sum(math.exp(x) for x in per_seed) / 3)
+
+
+def test_degenerate_comparisons_stay_out_of_the_family(seeded):
+    s, _, _ = seeded
+    rows, bases = build_rows(s, "e")
+    d = compare.differences(s, bases[0], rows[0])
+    assert d["humaneval.pass@1"].degenerate == "every answer empty" and d["humaneval.pass@1"].family_size is None
+    assert d["humaneval.pass@1"].beyond_noise is False
+    assert d["heldout.nll"].degenerate is None and d["heldout.nll"].family_size == 1   # NLL needs no answer
+    same = compare._difference("humaneval.pass@1", [[Problem(1.0, 1.0, 1.0), Problem(0.0, 1.0, 1.0)]] * 2,
+                               [[Problem(1.0, 1.0, 1.0), Problem(0.0, 1.0, 1.0)]] * 2, (True, True))
+    assert same.degenerate == "identical per-problem scores" and same.p_value == 1.0

@@ -10,8 +10,15 @@ Pure functions of numbers (numpy and the standard library; no scipy). Every inte
 
 Proportions (pass rates, compile rates) get Wilson or Clopper-Pearson intervals, which never have zero
 width at 0/n or n/n (a percentile bootstrap collapses to [0, 0] there). Paired pass/fail outcomes get the
-exact McNemar test; continuous per-problem scores get a paired bootstrap; perplexity, a ratio of sums,
-gets a token-weighted bootstrap over examples.
+exact McNemar test (one seed a side) or the exact sign-flip permutation test on per-problem pass rates
+averaged over seeds (sign_flip_test). Continuous scores and NLL per token get a crossed bootstrap over
+seeds x clusters (crossed_bootstrap, paired_crossed_bootstrap): the cluster is the unit the data were
+drawn by (held-out references: their split group, e.g. the source file), so correlated examples of one
+group are not counted as independent evidence. A comparison's family (a suite's comparisons of one
+metric) is corrected with holm (family-wise error) and benjamini_hochberg (false discovery rate).
+
+    holm([0.01, 0.04, 0.03, 0.005])             # [0.03, 0.06, 0.06, 0.02]
+    sign_flip_test(seeds_a, seeds_b).p_value    # 0/1 outcomes, seeds x problems per side
 """
 import functools
 import math
@@ -192,29 +199,27 @@ def paired_perplexity_difference(nll_a: Sequence[float], nll_b: Sequence[float],
     return float(np.exp(b.sum() / t.sum()) - np.exp(a.sum() / t.sum())), *_percentiles(estimates, confidence)
 
 
-# ---------------------------------------------------------------------------- seeds x problems
+# ---------------------------------------------------------------------------- seeds x clusters
 
-def _seed_problem_matrix(per_seed: Sequence[Sequence[float]]) -> np.ndarray:
-    lengths = {len(s) for s in per_seed}
-    if not per_seed or len(lengths) != 1 or 0 in lengths:
+def _seed_problem_matrix(per_seed: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """per_seed as a float matrix (seeds x examples); a list of lists and a 2-D array alike."""
+    try:
+        x = np.asarray(per_seed, dtype=float)
+    except ValueError:  # ragged lists
+        x = np.empty((0, 0))
+    if x.ndim != 2 or 0 in x.shape:
         raise ValueError("a cluster bootstrap needs one equally long, non-empty score list per seed")
-    return np.asarray(per_seed, dtype=float)
+    return x
 
 
-def cluster_bootstrap_ci(per_seed: Sequence[Sequence[float]], n_resamples: int = 2000, confidence: float = 0.95,
-                         seed: int = 0) -> tuple[float, float, float]:
-    """(grand mean, low, high) of a seeds x problems score matrix, resampling seeds and problems.
-
-    per_seed[s][j] is the score of seed s on problem j (the same problems, in the same order, for every
-    seed). Each resample draws S seeds and J problems with replacement, independently, and averages
-    the S x J sub-matrix: a crossed two-way bootstrap, so the interval carries both the run-to-run
-    (seed) spread and the problem sampling. With few seeds the seed draw is coarse (2 seeds: 3
-    distinct draws), which widens the interval rather than hiding the spread.
-    """
-    x = _seed_problem_matrix(per_seed)
-    rng = np.random.default_rng(seed)
-    seeds, problems = _draw_counts(rng, x.shape[0], n_resamples), _draw_counts(rng, x.shape[1], n_resamples)
-    return float(x.mean()), *_percentiles(_resampled_means(x, seeds, problems), confidence)
+def _clusters(groups: Sequence[object] | None, size: int) -> tuple[np.ndarray, int]:
+    """(cluster index of each example, number of clusters); every example is its own cluster without groups."""
+    if groups is None:
+        return np.arange(size), size
+    if len(groups) != size:
+        raise ValueError(f"need one group per example, got {len(groups)} groups for {size} examples")
+    _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    return inverse.ravel(), int(inverse.max()) + 1
 
 
 def _draw_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np.ndarray:
@@ -222,56 +227,140 @@ def _draw_counts(rng: np.random.Generator, size: int, n_resamples: int) -> np.nd
     return rng.multinomial(size, np.full(size, 1 / size), size=n_resamples)
 
 
-def _resampled_means(x: np.ndarray, seed_counts: np.ndarray, problem_counts: np.ndarray) -> np.ndarray:
-    """Mean of each resampled sub-matrix: sum_ij c_i x_ij k_j / (S J), for seed counts c and problem counts k."""
-    return np.einsum("rs,sj,rj->r", seed_counts, x, problem_counts) / (x.shape[0] * x.shape[1])
+def _example_counts(rng: np.random.Generator, groups: Sequence[object] | None, size: int,
+                    n_resamples: int) -> np.ndarray:
+    """Per resample, how often each example is drawn when whole clusters are drawn with replacement."""
+    inverse, n_clusters = _clusters(groups, size)
+    return _draw_counts(rng, n_clusters, n_resamples)[:, inverse]
 
 
-def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]], per_seed_b: Sequence[Sequence[float]],
-                             n_resamples: int = 2000, confidence: float = 0.95,
-                             seed: int = 0) -> tuple[float, float, float]:
-    """(mean(B) - mean(A), low, high) for two configs scored on the same problems, each with its own seeds.
+def _resampled_means(x: np.ndarray, seed_counts: np.ndarray, example_counts: np.ndarray,
+                     weights: np.ndarray) -> np.ndarray:
+    """Seed-averaged weighted mean of each resample: sum_sj c_s x_sj k_j / (S sum_j k_j w_j).
 
-    Problems are drawn once per resample and shared by both sides (the pairing); each side's seeds are
-    drawn with replacement on their own. A side with one seed contributes only problem sampling.
+    x holds per-example sums (NLL sums, with weights = token counts) or per-example scores (weights = 1),
+    so the estimate is a ratio of sums, as the point estimate is, whatever sizes the drawn clusters have.
+    """
+    return np.einsum("rs,sj,rj->r", seed_counts, x, example_counts) / (x.shape[0] * (example_counts @ weights))
+
+
+def _weights(weights: Sequence[float] | None, size: int) -> np.ndarray:
+    w = np.ones(size) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (size,) or w.sum() <= 0:
+        raise ValueError("need one positive weight (token count) per example")
+    return w
+
+
+def crossed_bootstrap(per_seed: Sequence[Sequence[float]] | np.ndarray, weights: Sequence[float] | None = None,
+                      groups: Sequence[object] | None = None, n_resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, np.ndarray]:
+    """(estimate, resampled estimates) of a seeds x examples matrix, resampling seeds and clusters, crossed.
+
+    per_seed[s][j] is seed s's score (or summed NLL, with weights = tokens) on example j, the same examples
+    in the same order for every seed. Each resample draws S seeds and, independently, as many clusters as
+    there are (groups: the unit the split was drawn by, e.g. the source file; None: each example) with
+    replacement, and recomputes the weighted mean. With few seeds the seed draw is coarse (2 seeds: 3
+    distinct draws), which widens the interval rather than hiding the spread.
+    """
+    x = _seed_problem_matrix(per_seed)
+    w = _weights(weights, x.shape[1])
+    rng = np.random.default_rng(seed)
+    seeds = _draw_counts(rng, x.shape[0], n_resamples)
+    examples = _example_counts(rng, groups, x.shape[1], n_resamples)
+    return float(x.sum() / (x.shape[0] * w.sum())), _resampled_means(x, seeds, examples, w)
+
+
+def paired_crossed_bootstrap(per_seed_a: Sequence[Sequence[float]] | np.ndarray,
+                             per_seed_b: Sequence[Sequence[float]] | np.ndarray,
+                             weights: Sequence[float] | None = None, groups: Sequence[object] | None = None,
+                             n_resamples: int = 2000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """(mean(B) - mean(A), resampled differences) for two configs on the same examples, each with its own seeds.
+
+    Clusters are drawn once per resample and shared by both sides (the pairing); each side's seeds are
+    drawn with replacement on their own. A side with one seed contributes only the cluster sampling.
     """
     a, b = _seed_problem_matrix(per_seed_a), _seed_problem_matrix(per_seed_b)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired configs need the same problems, got {a.shape[1]} and {b.shape[1]}")
+        raise ValueError(f"paired configs need the same examples, got {a.shape[1]} and {b.shape[1]}")
+    w = _weights(weights, a.shape[1])
     rng = np.random.default_rng(seed)
-    problems = _draw_counts(rng, a.shape[1], n_resamples)
+    examples = _example_counts(rng, groups, a.shape[1], n_resamples)
     seeds_a, seeds_b = _draw_counts(rng, a.shape[0], n_resamples), _draw_counts(rng, b.shape[0], n_resamples)
-    estimates = _resampled_means(b, seeds_b, problems) - _resampled_means(a, seeds_a, problems)
-    return float(b.mean() - a.mean()), *_percentiles(estimates, confidence)
+    estimates = _resampled_means(b, seeds_b, examples, w) - _resampled_means(a, seeds_a, examples, w)
+    return float((b.sum() / b.shape[0] - a.sum() / a.shape[0]) / w.sum()), estimates
 
 
-def paired_nll_difference(per_seed_a: Sequence[Sequence[float]], per_seed_b: Sequence[Sequence[float]],
-                          tokens: Sequence[int], n_resamples: int = 2000, confidence: float = 0.95,
-                          seed: int = 0) -> tuple[float, float, float]:
+def cluster_bootstrap_ci(per_seed: Sequence[Sequence[float]] | np.ndarray, n_resamples: int = 2000,
+                         confidence: float = 0.95, seed: int = 0,
+                         groups: Sequence[object] | None = None) -> tuple[float, float, float]:
+    """(grand mean, low, high) of a seeds x problems score matrix: percentile interval of crossed_bootstrap."""
+    value, estimates = crossed_bootstrap(per_seed, None, groups, n_resamples, seed)
+    return value, *_percentiles(estimates, confidence)
+
+
+def nll_per_token_ci(per_seed_nll: Sequence[Sequence[float]] | np.ndarray, tokens: Sequence[int],
+                     groups: Sequence[object] | None = None, n_resamples: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(NLL per token, low, high) of one config: per-seed summed NLL per reference, seeds x clusters resampled."""
+    value, estimates = crossed_bootstrap(per_seed_nll, tokens, groups, n_resamples, seed)
+    return value, *_percentiles(estimates, confidence)
+
+
+def paired_cluster_bootstrap(per_seed_a: Sequence[Sequence[float]] | np.ndarray,
+                             per_seed_b: Sequence[Sequence[float]] | np.ndarray, n_resamples: int = 2000,
+                             confidence: float = 0.95, seed: int = 0,
+                             groups: Sequence[object] | None = None) -> tuple[float, float, float]:
+    """(mean(B) - mean(A), low, high): percentile interval of paired_crossed_bootstrap."""
+    value, estimates = paired_crossed_bootstrap(per_seed_a, per_seed_b, None, groups, n_resamples, seed)
+    return value, *_percentiles(estimates, confidence)
+
+
+def paired_nll_difference(per_seed_a: Sequence[Sequence[float]] | np.ndarray,
+                          per_seed_b: Sequence[Sequence[float]] | np.ndarray, tokens: Sequence[int],
+                          n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+                          groups: Sequence[object] | None = None) -> tuple[float, float, float]:
     """(NLL/token of B - NLL/token of A, low, high) on the same references, each config with its own seeds.
 
-    per_seed_x[s][j] is seed s's summed NLL of reference j, which has tokens[j] tokens on both sides. The
-    estimate is token-weighted (total NLL / total tokens, averaged over seeds). Resampling as in
-    paired_cluster_bootstrap: references drawn once per resample for both sides, seeds on their own;
-    with one seed per side this is the plain paired bootstrap over references.
+    per_seed_x[s][j] is seed s's summed NLL of reference j, which has tokens[j] tokens on both sides; the
+    estimate is token-weighted (total NLL / total tokens, averaged over seeds).
     """
-    a, b = _seed_problem_matrix(per_seed_a), _seed_problem_matrix(per_seed_b)
-    t = np.asarray(tokens, dtype=float)
-    if not a.shape[1] == b.shape[1] == t.size:
-        raise ValueError("paired NLL needs the same references (and token counts) on both sides")
-    rng = np.random.default_rng(seed)
-    problems = _draw_counts(rng, t.size, n_resamples)
-    seeds_a, seeds_b = _draw_counts(rng, a.shape[0], n_resamples), _draw_counts(rng, b.shape[0], n_resamples)
-
-    def per_token(x: np.ndarray, seed_counts: np.ndarray) -> np.ndarray:
-        return np.einsum("rs,sj,rj->r", seed_counts, x, problems) / (x.shape[0] * (problems @ t))
-
-    estimates = per_token(b, seeds_b) - per_token(a, seeds_a)
-    return float((b.sum(axis=1).mean() - a.sum(axis=1).mean()) / t.sum()), *_percentiles(estimates, confidence)
+    value, estimates = paired_crossed_bootstrap(per_seed_a, per_seed_b, tokens, groups, n_resamples, seed)
+    return value, *_percentiles(estimates, confidence)
 
 
-def cluster_proportion_ci(per_seed: Sequence[Sequence[float]], n_resamples: int = 2000, confidence: float = 0.95,
-                          seed: int = 0) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class ZTest:
+    """A difference judged by a z test whose standard error is that of a (clustered, crossed) bootstrap."""
+    value: float
+    se: float
+    low: float       # value -/+ z se: the interval this test inverts, so it excludes 0 exactly when p < alpha
+    high: float
+    p_value: float
+
+
+def bootstrap_z_test(value: float, estimates: np.ndarray, confidence: float = 0.95) -> ZTest:
+    """Two-sided z test of value = 0 with se = the bootstrap standard deviation; p = 1 when se = 0 and value = 0.
+
+    The same standard error gives the detectable difference (z_detectable), so the verdict and the power
+    statement come from one test.
+    """
+    se = float(np.std(estimates, ddof=1))
+    z = _z(confidence)
+    if se == 0:
+        return ZTest(value, 0.0, value, value, 1.0 if value == 0 else 0.0)
+    return ZTest(value, se, value - z * se, value + z * se, 2 * NormalDist().cdf(-abs(value) / se))
+
+
+def z_detectable(se: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true difference a two-sided z test with this standard error detects with the given power.
+
+        delta = (z_{1 - alpha/2} + z_{power}) * se        (2.80 se at alpha 0.05, power 0.8)
+    """
+    return (NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)) * se
+
+
+def cluster_proportion_ci(per_seed: Sequence[Sequence[float]] | np.ndarray, n_resamples: int = 2000,
+                          confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """(pass rate, low, high) of 0/1 outcomes over seeds x problems, never zero-width at 0 or 1.
 
     The hull of the crossed cluster bootstrap (cluster_bootstrap_ci) and the Wilson interval of the
@@ -279,7 +368,7 @@ def cluster_proportion_ci(per_seed: Sequence[Sequence[float]], n_resamples: int 
     alone collapses to [0, 0] when no seed passes anything; Wilson alone ignores the seed spread.
     """
     mean, low, high = cluster_bootstrap_ci(per_seed, n_resamples, confidence, seed)
-    problems = len(per_seed[0])
+    problems = _seed_problem_matrix(per_seed).shape[1]
     w_low, w_high = wilson_interval(round(mean * problems), problems, confidence)
     return mean, min(low, w_low), max(high, w_high)
 
@@ -288,6 +377,92 @@ def seed_spread(per_seed_means: Sequence[float]) -> float | None:
     """Sample standard deviation (n - 1) of the per-seed means; None for fewer than two seeds."""
     x = np.asarray(per_seed_means, dtype=float)
     return float(x.std(ddof=1)) if x.size > 1 else None
+
+
+# ---------------------------------------------------------------------------- binary outcomes over seeds
+
+@dataclass(frozen=True)
+class SignFlip:
+    """Paired sign-flip permutation test on per-problem pass rates averaged over each side's seeds."""
+    value: float             # mean over problems of (rate_B - rate_A)
+    p_value: float           # exact two-sided: P(|T| >= |t|) over all 2^n sign flips
+    n: int
+    differences: tuple[float, ...]   # per-problem rate_B - rate_A
+
+
+def sign_flip_test(per_seed_a: Sequence[Sequence[float]] | np.ndarray,
+                   per_seed_b: Sequence[Sequence[float]] | np.ndarray) -> SignFlip:
+    """Exact paired permutation test for 0/1 outcomes of two configs, each with its own seeds, on the same problems.
+
+    Per problem j, d_j = mean over B's seeds - mean over A's seeds. Under H0 (the configs are exchangeable
+    on every problem) each d_j is as likely as -d_j, so T = sum_j d_j is compared with its distribution
+    over all 2^n sign flips. The d_j are multiples of 1 / (S_a S_b), so that distribution is computed
+    exactly by convolution on that lattice. With one seed a side this is the exact McNemar test.
+    """
+    a, b = _seed_problem_matrix(per_seed_a), _seed_problem_matrix(per_seed_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired configs need the same problems, got {a.shape[1]} and {b.shape[1]}")
+    if not np.isin(a, (0, 1)).all() or not np.isin(b, (0, 1)).all():
+        raise ValueError("the sign-flip test here is exact for 0/1 outcomes only")
+    # Integer lattice: S_a S_b d_j = S_a (passes of B) - S_b (passes of A).
+    steps = (a.shape[0] * b.sum(axis=0) - b.shape[0] * a.sum(axis=0)).round().astype(int)
+    d = steps / (a.shape[0] * b.shape[0])
+    return SignFlip(float(d.mean()), sign_flip_p(steps), a.shape[1], tuple(float(x) for x in d))
+
+
+def sign_flip_p(steps: Sequence[int] | np.ndarray) -> float:
+    """Exact two-sided p of sum(steps) under independent random signs: P(|sum +-|s_j|| >= |sum s_j|)."""
+    s = np.abs(np.asarray(steps, dtype=int))
+    s = s[s > 0]
+    observed = abs(int(np.sum(steps)))
+    distribution = np.ones(1)                  # P(T = t) for t = -total..total, built one problem at a time
+    for step in s:
+        kernel = np.zeros(2 * step + 1)
+        kernel[0] = kernel[-1] = 0.5
+        distribution = np.convolve(distribution, kernel)
+    t = np.arange(distribution.size) - (distribution.size - 1) // 2
+    return float(min(1.0, distribution[np.abs(t) >= observed].sum()))
+
+
+def sign_flip_detectable(differences: Sequence[float], alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest mean difference the sign-flip test detects with the given power, in the normal approximation.
+
+    Under H0 the mean of sign-flipped d_j has standard error sqrt(sum d_j^2) / n; a true shift of delta is
+    found with the given power when delta >= (z_{1 - alpha/2} + z_{power}) * that standard error.
+    """
+    d = np.asarray(differences, dtype=float)
+    return z_detectable(float(np.sqrt((d * d).sum())) / d.size, alpha, power)
+
+
+# ---------------------------------------------------------------------------- families
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm (1979) step-down adjusted p-values: controls the family-wise error rate under any dependence.
+
+        sorted p_(1) <= ... <= p_(m):  adj_(i) = max_{k <= i} min(1, (m - k + 1) p_(k))
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg (1995) q-values: controls the false discovery rate (independent or positively dependent).
+
+        sorted p_(1) <= ... <= p_(m):  q_(i) = min_{k >= i} min(1, m p_(k) / k)
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    scaled = m * p[order] / np.arange(1, m + 1)
+    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()
 
 
 # ---------------------------------------------------------------------------- McNemar and power
@@ -380,6 +555,18 @@ def minimum_detectable_difference(n: int, discordance: float | None = None, alph
     grid = np.arange(step, (discordance if discordance is not None else 1.0) + 1e-12, step)
     for delta in (round(float(x), 10) for x in grid):  # no 0.04999999 from the float grid
         if mcnemar_power(n, delta, delta if discordance is None else discordance, alpha) >= power:
+            return delta
+    return None
+
+
+def mcnemar_detectable(n: int, discordance: float, alpha: float = ALPHA, power: float = POWER,
+                       step: float = 0.005) -> float | None:
+    """The smallest pass@1 difference delta the exact McNemar test on n problems detects with the given power,
+    when the two systems disagree on max(discordance, delta) of the problems (a difference of delta needs at
+    least delta disagreement). discordance = 0 gives the floor (every disagreement one way). None: none up to 1.
+    """
+    for delta in (round(float(x), 10) for x in np.arange(step, 1.0 + 1e-12, step)):
+        if mcnemar_power(n, delta, max(discordance, delta), alpha) >= power:
             return delta
     return None
 

@@ -4,24 +4,36 @@ Everything returns data (report.py renders it). Two evaluations are paired only 
 benchmark identity (Study.benchmark_identity: benchmark, data key, protocol, and the same problem ids).
 
     diffs = differences(study, row, reference_row)       # B = row, A = reference; B - A per metric
+    family = suite_family(study, "rank")                 # every comparison the report makes, Holm-adjusted
     power = suite_power(all_differences)                 # what "no difference" means for this design
 
-Tests and what "beyond noise" means (alpha = 0.05, two-sided):
-- pass@1 and syntax ok, one sample per problem, one seed each: exact McNemar on the per-problem
-  outcomes (p < alpha). With several seeds on either side: paired cluster bootstrap over seeds x
-  problems (95% CI excludes 0).
-- chrF (mean sentence chrF per problem): paired bootstrap over problems, or the cluster bootstrap.
-- held-out NLL per token: token-weighted paired bootstrap over examples, or the cluster bootstrap.
-- no per-problem samples in the database: evaluate.py's stored paired delta against the base model
-  (its 95% CI excludes 0 for every seed).
+Tests (alpha = 0.05, two-sided), decided before any data were seen:
+- pass@1 and syntax ok, one sample per problem: exact McNemar with one evaluation a side; otherwise the
+  exact sign-flip permutation test on per-problem pass rates averaged over each side's seeds (McNemar
+  per seed pair is kept beside it). No percentile bootstrap decides a pass/fail verdict.
+- test-case average, chrF, several samples per problem: z test with the standard error of the crossed
+  bootstrap over seeds x problems.
+- held-out NLL per token (token-weighted): the same z test, resampling seeds x split groups (the source
+  file for stdlib, --group-key for user data): the split drew groups, so the bootstrap draws groups.
+- no per-problem samples in the database: evaluate.py's stored paired delta is shown, never starred.
+
+A verdict (`beyond_noise`, the star) needs all of: a seed-aware design (>= 2 seeds on every trained side;
+a base model has no training seed), a non-degenerate comparison (not identical per-problem scores, not
+every answer empty on both sides), and a Holm-adjusted p < alpha within its family: the suite's
+comparisons (each config vs the reference, each config vs its base) of one metric. Each difference
+carries the smallest difference its own test detects at 80% power (`detectable`).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from common.judge import stats
-from common.study.rows import Cell, Metric, Row, Study, metric_for
+from common.study.rows import Cell, Metric, Problem, Row, Study, build_rows, metric_for, reference_groups
 from common.study.suites import BUILTIN, CENTRAL
 
 COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "nll"]
+ONE_SEED = "one seed: seed variation not measured"
+STORED = "stored per-seed delta: no per-problem records for a seed-aware, corrected test"
 
 
 @dataclass(frozen=True)
@@ -29,14 +41,24 @@ class Difference:
     """B - A on one metric, with its test."""
     key: str                       # "<benchmark>.<metric>"
     value: float
-    low: float | None              # 95% CI of the difference (bootstrap tests)
+    low: float | None              # 95% CI of the difference (the interval the z test inverts)
     high: float | None
-    test: str                      # "McNemar" | "bootstrap" | "cluster bootstrap" | "stored"
-    beyond_noise: bool | None      # None: no interval or test to judge by
-    p_value: float | None = None   # McNemar
+    test: str                      # "McNemar" | "sign-flip permutation" | "bootstrap z" | "stored"
+    beyond_noise: bool | None      # the verdict (see the module docstring); None: no test to judge by
+    p_value: float | None = None   # raw two-sided p of the test
     only_a: int | None = None      # McNemar discordant counts: problems only A passes, only B passes
     only_b: int | None = None
-    n: int | None = None           # problems paired
+    n: int | None = None           # problems (references) paired
+    p_adjusted: float | None = None    # Holm within the family (None: not in a family)
+    q_value: float | None = None       # Benjamini-Hochberg within the family
+    family_size: int | None = None
+    seeds: tuple[int, int] = (1, 1)    # evaluations of A and of B
+    seed_aware: bool = False           # >= 2 seeds on every trained side
+    degenerate: str | None = None      # why the comparison carries no information, when it does not
+    unit: str = ""                     # what the test treats as independent (what a bootstrap resampled)
+    detectable: float | None = None    # smallest difference this test detects at 80% power (alpha 0.05)
+    seed_pair_p: tuple[float, ...] = ()   # exact McNemar p per (seed of A, seed of B), when several
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,73 @@ def matching_base(study: Study, row: Row, bases: list[Row]) -> Row | None:
                                      b.eval_ids[0]))
 
 
+def suite_pairs(study: Study, suite: str) -> list[tuple[Row, Row, str]]:
+    """(config, comparison, "reference" | "base"): every comparison a suite's report makes, the reference's first."""
+    rows, bases = build_rows(study, suite)
+    reference = reference_row(rows, suite)
+    pairs = []
+    for row in sorted(rows, key=lambda r: r is not reference):
+        if reference and row is not reference:
+            pairs.append((row, reference, "reference"))
+        base = matching_base(study, row, bases)
+        if base is not None:
+            pairs.append((row, base, "base"))
+    return pairs
+
+
+def _pair_key(a: Row, b: Row) -> tuple:
+    return a.kind, tuple(a.eval_ids), tuple(b.eval_ids)
+
+
+def suite_family(study: Study, suite: str) -> dict[tuple, dict[str, Difference]]:
+    """Every comparison of the suite (suite_pairs), by pair, with Holm and BH adjustment per metric.
+
+    The family of a metric is the suite's distinct, non-degenerate comparisons of it that have a p-value
+    (one-seed ones included: they cannot be starred, but they were made, so they count).
+    """
+    memo_key = ("family", suite)
+    if memo_key not in study.memo:
+        raw: dict[tuple, dict[str, Difference]] = {}
+        for row, other, _ in suite_pairs(study, suite):
+            raw.setdefault(_pair_key(other, row), _memo_differences(study, other, row))
+        study.memo[memo_key] = adjust_families(raw)
+    return study.memo[memo_key]
+
+
+def adjust_families(raw: dict[tuple, dict[str, Difference]]) -> dict[tuple, dict[str, Difference]]:
+    """Holm-adjusted p and BH q per metric over the pairs; the star only where Holm survives."""
+    members: dict[str, list[tuple[tuple, Difference]]] = {}
+    for pair, diffs in raw.items():
+        for key, d in diffs.items():
+            if d.p_value is not None and d.degenerate is None:
+                members.setdefault(key, []).append((pair, d))
+    out = {pair: dict(diffs) for pair, diffs in raw.items()}
+    for key, family in members.items():
+        p = [d.p_value for _, d in family]
+        for (pair, d), holm, q in zip(family, stats.holm(p), stats.benjamini_hochberg(p)):
+            out[pair][key] = replace(d, p_adjusted=holm, q_value=q, family_size=len(p),
+                                     beyond_noise=d.seed_aware and holm < stats.ALPHA)
+    return out
+
+
+def differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
+    """B - A for every compared metric on every benchmark both rows share; stored deltas when A is a base row.
+
+    A pair the suite's report makes is judged within its family (suite_family); any other pair (the
+    runner-up for bold, budgets) by its own raw test, with the same seed and degeneracy rules.
+    """
+    family = suite_family(study, a.suite) if a.suite in study.members and a is not b else {}
+    found = family.get(_pair_key(a, b))
+    return found if found is not None else _memo_differences(study, a, b)
+
+
+def _memo_differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
+    memo_key = ("differences", a.kind, tuple(a.eval_ids), tuple(b.eval_ids))
+    if memo_key not in study.memo:
+        study.memo[memo_key] = _differences(study, a, b)
+    return study.memo[memo_key]
+
+
 def _paired_grids(study: Study, a: Row, b: Row, bench: str) -> tuple[list, list] | None:
     """Per-seed problem lists of both rows on `bench`, in the same problem order; None when not comparable."""
     if not a.eval_ids or not b.eval_ids or a is b:
@@ -82,24 +171,17 @@ def _paired_grids(study: Study, a: Row, b: Row, bench: str) -> tuple[list, list]
     return tuple([[study.problems(e, bench)[t] for t in tasks] for e in row.eval_ids] for row in (a, b))
 
 
-def differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
-    """B - A for every compared metric on every benchmark both rows share; stored deltas when A is a base row."""
-    memo_key = ("differences", a.kind, tuple(a.eval_ids), tuple(b.eval_ids))
-    if memo_key not in study.memo:
-        study.memo[memo_key] = _differences(study, a, b)
-    return study.memo[memo_key]
-
-
 def _differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
     out: dict[str, Difference] = {}
     shared = set(study.benchmarks(a.eval_ids[0])) & set(study.benchmarks(b.eval_ids[0])) \
         if a.eval_ids and b.eval_ids else set()
+    trained = (a.kind == "adapter", b.kind == "adapter")
     for bench in sorted(shared):
         grids = _paired_grids(study, a, b, bench)
         if grids is None:
             continue
         for name in COMPARED:
-            diff = _difference(f"{bench}.{name}", *grids)
+            diff = _difference(f"{bench}.{name}", *grids, trained)
             if diff:
                 out[diff.key] = diff
     if a.kind == "base":
@@ -110,9 +192,12 @@ def _differences(study: Study, a: Row, b: Row) -> dict[str, Difference]:
     return out
 
 
-def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
-    attr = {"pass@1": "passed", "test_case_avg": "graded", "syntax_ok": "compiled", "chrf": "chrf",
-            "nll": "nll"}[key.split(".", 1)[1]]
+_ATTRIBUTES = {"pass@1": "passed", "test_case_avg": "graded", "syntax_ok": "compiled", "chrf": "chrf", "nll": "nll"}
+
+
+def _difference(key: str, grid_a: list[list[Problem]], grid_b: list[list[Problem]],
+                trained: tuple[bool, bool]) -> Difference | None:
+    attr = _ATTRIBUTES[key.split(".", 1)[1]]
     if attr == "nll":  # examples dropped as too long carry no NLL on either side
         kept = [j for j in range(len(grid_a[0])) if all(s[j].nll is not None for s in grid_a + grid_b)]
         grid_a, grid_b = [[s[j] for j in kept] for s in grid_a], [[s[j] for j in kept] for s in grid_b]
@@ -122,33 +207,69 @@ def _difference(key: str, grid_a: list, grid_b: list) -> Difference | None:
     values_b = [[getattr(p, attr) for p in seed] for seed in grid_b]
     if any(v is None for seed in values_a + values_b for v in seed):
         return None
-    n = len(values_a[0])
-    one_seed = len(values_a) == len(values_b) == 1
-    if attr == "nll":  # per token, token-weighted; the seeds of one config share the split, so its tokens
-        tokens = [p.tokens for p in grid_a[0]]
-        if any([p.tokens for p in seed] != tokens for seed in grid_a + grid_b):
-            return None
-        value, low, high = stats.paired_nll_difference(values_a, values_b, tokens)
-        return Difference(key, value, low, high, "bootstrap" if one_seed else "cluster bootstrap",
-                          low > 0 or high < 0, n=n)
+    seeds = (len(values_a), len(values_b))
+    seed_aware = all(n >= 2 for n, is_trained in zip(seeds, trained) if is_trained)
+    common = dict(n=len(values_a[0]), seeds=seeds, seed_aware=seed_aware, note="" if seed_aware else ONE_SEED)
+    if attr == "nll":
+        return _nll_difference(key, grid_a, grid_b, values_a, values_b, common)
+    degenerate = _degenerate(grid_a, grid_b, values_a, values_b)
     binary = attr in ("passed", "compiled") and all(p.n_samples == 1 for seed in grid_a + grid_b for p in seed)
-    if binary and one_seed:
+    if binary:
+        diff = _binary_difference(key, values_a, values_b, common)
+    else:
+        value, estimates = stats.paired_crossed_bootstrap(values_a, values_b)
+        diff = _z_difference(key, value, estimates, ("seeds x " if max(seeds) > 1 else "") + "problems", common)
+    return replace(diff, degenerate=degenerate, beyond_noise=diff.beyond_noise and degenerate is None)
+
+
+def _degenerate(grid_a: list[list[Problem]], grid_b: list[list[Problem]], values_a: list, values_b: list) -> str | None:
+    """Why a generation metric's comparison carries no information: every answer empty, or the same scores."""
+    if all(p.empty for seed in grid_a + grid_b for p in seed):
+        return "every answer empty"
+    if np.allclose(np.mean(values_a, axis=0), np.mean(values_b, axis=0), rtol=0, atol=1e-12):
+        return "identical per-problem scores"
+    return None
+
+
+def _nll_difference(key: str, grid_a: list[list[Problem]], grid_b: list[list[Problem]], values_a: list,
+                    values_b: list, common: dict) -> Difference | None:
+    """Token-weighted NLL per token; the seeds of one config share the split, so its tokens and groups."""
+    tokens = [p.tokens for p in grid_a[0]]
+    if any([p.tokens for p in seed] != tokens for seed in grid_a + grid_b):
+        return None
+    groups = reference_groups(grid_a[0])
+    value, estimates = stats.paired_crossed_bootstrap(values_a, values_b, tokens, groups)
+    unit = f"{len(set(groups))} split groups" if groups else "references (no split groups recorded)"
+    return _z_difference(key, value, estimates, ("seeds x " if max(common["seeds"]) > 1 else "") + unit, common)
+
+
+def _z_difference(key: str, value: float, estimates: np.ndarray, unit: str, common: dict) -> Difference:
+    test = stats.bootstrap_z_test(value, estimates)
+    return Difference(key, value, test.low, test.high, "bootstrap z",
+                      common["seed_aware"] and test.p_value < stats.ALPHA, test.p_value, unit=unit,
+                      detectable=stats.z_detectable(test.se), **common)
+
+
+def _binary_difference(key: str, values_a: list, values_b: list, common: dict) -> Difference:
+    """Exact McNemar with one evaluation a side, else the sign-flip test with McNemar per seed pair beside it."""
+    n = common["n"]
+    if common["seeds"] == (1, 1):
         m = stats.mcnemar_exact(values_a[0], values_b[0])
-        return Difference(key, m.difference, None, None, "McNemar", m.p_value < stats.ALPHA, m.p_value,
-                          m.only_a, m.only_b, n)
-    if one_seed:
-        value, low, high = stats.paired_bootstrap(values_a[0], values_b[0])
-        return Difference(key, value, low, high, "bootstrap", low > 0 or high < 0, n=n)
-    value, low, high = stats.paired_cluster_bootstrap(values_a, values_b)
-    return Difference(key, value, low, high, "cluster bootstrap", low > 0 or high < 0, n=n)
+        return Difference(key, m.difference, None, None, "McNemar", common["seed_aware"] and m.p_value < stats.ALPHA,
+                          m.p_value, m.only_a, m.only_b, unit="problems (exact)",
+                          detectable=stats.mcnemar_detectable(n, (m.only_a + m.only_b) / n), **common)
+    flip = stats.sign_flip_test(values_a, values_b)
+    pairs = tuple(stats.mcnemar_exact(a, b).p_value for a in values_a for b in values_b)
+    return Difference(key, flip.value, None, None, "sign-flip permutation",
+                      common["seed_aware"] and flip.p_value < stats.ALPHA, flip.p_value,
+                      unit="problems (pass rates averaged over seeds)",
+                      detectable=stats.sign_flip_detectable(flip.differences), seed_pair_p=pairs, **common)
 
 
 def _stored(key: str, cell: Cell) -> Difference:
-    """evaluate.py's paired delta vs the base model: beyond noise when every seed's CI excludes 0 on one side."""
-    with_ci = all(lo is not None and hi is not None for _, lo, hi in cell.values)
-    beyond = (all(lo > 0 for _, lo, _ in cell.values) or all(hi < 0 for _, _, hi in cell.values)) if with_ci else None
+    """evaluate.py's paired delta vs the base model: shown with its interval, never starred (no p, no family)."""
     low, high = cell.ci if cell.ci else (None, None)
-    return Difference(key, cell.mean, low, high, "stored", beyond)
+    return Difference(key, cell.mean, low, high, "stored", None, seeds=(1, len(cell.values)), note=STORED)
 
 
 def suite_power(diffs: list[Difference], targets: tuple[float, ...] = (0.05, 0.10)) -> Power | None:

@@ -131,6 +131,8 @@ class Problem:
     nll: float | None = None      # summed NLL of the reference tokens (nats), when evaluate.py recorded it
     tokens: int | None = None
     n_samples: int = 1
+    group: str | None = None      # the split group of a held-out reference (its source file, or --group-key)
+    empty: bool = False           # every sample's answer is empty
 
 
 # ---------------------------------------------------------------------------- reading the db
@@ -196,7 +198,17 @@ def _problem(rows: list[dict]) -> Problem:
                    chrf=sum(chrfs) / len(chrfs) if chrfs else None,
                    graded=(sum(d["tests_passed"] / d["tests_total"] for d in details) / len(details)
                            if all(d.get("tests_total") for d in details) else None),
-                   nll=nll, tokens=details[0].get("tokens") if nll is not None else None, n_samples=len(rows))
+                   nll=nll, tokens=details[0].get("tokens") if nll is not None else None, n_samples=len(rows),
+                   group=_split_group(rows[0]), empty=all(not (r["generation"] or "").strip() for r in rows))
+
+
+def _split_group(record: dict) -> str | None:
+    """The group the split was drawn by: recorded by evaluate.py; stdlib ids (stdlib:FILE:NAME) carry it in
+    records made before it was recorded; None when unknown (each reference is then its own cluster)."""
+    group = (record["details"] or {}).get("group")
+    if group is None and record["task_id"].startswith("stdlib:") and record["task_id"].count(":") >= 2:
+        group = record["task_id"].split(":")[1]
+    return group
 
 
 # ---------------------------------------------------------------------------- rows
@@ -290,8 +302,9 @@ def add_cells(study: Study, row: Row, train_id: int | None, eval_id: int | None)
 def add_record_intervals(study: Study, row: Row) -> None:
     """Recompute pass@1, syntax ok and perplexity from per-problem samples, where every seed recorded them.
 
-    One sample per problem: k of n problems, with a Wilson interval. Perplexity: token-weighted bootstrap
-    over examples. Several seeds on the same problems: a cluster bootstrap over seeds x problems.
+    One sample per problem: k of n problems, with a Wilson interval. NLL per token and perplexity:
+    token-weighted bootstrap over the references' split groups (nll_cells). Several seeds on the same
+    problems: a crossed bootstrap over seeds x problems (or x split groups).
     """
     if not row.eval_ids or len(row.eval_ids) != len(row.seeds or [None]):
         return
@@ -314,15 +327,37 @@ def add_record_intervals(study: Study, row: Row) -> None:
             _, low, high = stats.cluster_bootstrap_ci(grids)
             row.cells[key].pooled = (low, high)
         # Examples too long for --max-seq-len carry no NLL; the stored perplexity leaves them out too.
-        scored = [[p for p in s.values() if p.nll is not None] for s in per_seed]
+        scored = [{t: p for t, p in s.items() if p.nll is not None} for s in per_seed]
         if all(scored):
-            values = [stats.perplexity_ci([p.nll for p in s], [p.tokens for p in s]) for s in scored]
-            # Seeds of one config hold out different examples when their splits differ: no crossed
-            # bootstrap; the hull of the per-seed intervals is the (conservative) interval.
-            hull = (min(v[1] for v in values), max(v[2] for v in values)) if len(values) > 1 else None
-            row.cells[f"{bench}.perplexity"] = Cell(values, hull)
-            row.cells[f"{bench}.nll"] = Cell([tuple(math.log(x) for x in v) for v in values],
-                                             tuple(math.log(x) for x in hull) if hull else None)
+            row.cells[f"{bench}.nll"], row.cells[f"{bench}.perplexity"] = nll_cells(scored)
+
+
+def reference_groups(problems: list[Problem]) -> list[str] | None:
+    """The split group of each reference, or None when any is unknown (references are then resampled singly)."""
+    groups = [p.group for p in problems]
+    return None if any(g is None for g in groups) else groups
+
+
+def nll_cells(per_seed: list[dict[str, Problem]]) -> tuple[Cell, Cell]:
+    """NLL per token and perplexity: per seed, and pooled over seeds x split groups when the seeds share their
+    references; seeds with different held-out splits get the hull of their intervals (conservative)."""
+    values = []
+    for problems in per_seed:
+        ordered = [p for _, p in sorted(problems.items())]
+        values.append(stats.nll_per_token_ci([[p.nll for p in ordered]], [p.tokens for p in ordered],
+                                             reference_groups(ordered)))
+    pooled = None
+    if len(per_seed) > 1:
+        ordered = [[p for _, p in sorted(s.items())] for s in per_seed]
+        if _same_problems(per_seed) and all([p.tokens for p in s] == [p.tokens for p in ordered[0]] for s in ordered):
+            _, low, high = stats.nll_per_token_ci([[p.nll for p in s] for s in ordered],
+                                                  [p.tokens for p in ordered[0]], reference_groups(ordered[0]))
+            pooled = (low, high)
+        else:
+            pooled = (min(v[1] for v in values), max(v[2] for v in values))
+    perplexity = Cell([tuple(math.exp(x) for x in v) for v in values],
+                      tuple(math.exp(x) for x in pooled) if pooled else None)
+    return Cell(values, pooled), perplexity
 
 
 def _same_problems(per_seed: list[dict[str, Problem]]) -> bool:

@@ -1,9 +1,15 @@
 """The one-screen summary of a study: each config against its suite's reference and its base, on the primary metrics.
 
 report.py writes it at the top of RESULTS.md and, as data, to results/summary.json; README quotes the
+<<<<<<< HEAD
 table (docs/study.md quotes it and the per-config table, docs/evaluation.md the base models'), and
 tests/test_results.py re-renders them from the JSON to check that README, docs and RESULTS.md still say
 what the data says.
+=======
+table, and tests/test_results.py re-renders it from the JSON to check that README and RESULTS.md still say
+what the data says. Verdicts are common/study/compare.py's: seed-aware tests, Holm within each suite's
+family of one metric, degenerate comparisons apart.
+>>>>>>> h-stats
 
     entries = summary_entries(study, suites)     # data: one per (config, comparison)
     table = summary_table(entries)               # markdown, the same text every time for the same data
@@ -14,65 +20,70 @@ import re
 from pathlib import Path
 from typing import Any
 
-from common.study import compare
 from common.errors import UserError
-from common.study.rows import Row, Study, build_rows
+from common.study import compare
+from common.study.rows import Study
 
 # Primary first (pre-registered: held-out NLL per token), then the graded and the strict execution metric.
 SUMMARY_KEYS = ["heldout.nll", "humaneval.test_case_avg", "humaneval.pass@1"]
 _HEADERS = {"heldout.nll": "Δ NLL/token", "humaneval.test_case_avg": "Δ tests passed (pp)",
             "humaneval.pass@1": "Δ pass@1 (pp)"}
-# The detectable difference at 80% power and two-sided alpha 0.05 is (1.96 + 0.84) standard errors.
-_DETECTABLE_SE = 2.8
+_SHORT_TEST = {"McNemar": "McNemar", "sign-flip permutation": "sign-flip", "bootstrap z": "z", "stored": "stored"}
 
 
 def summary_entries(study: Study, suites: list[str]) -> list[dict[str, Any]]:
     """Every adapter config vs its base model, and vs its suite's reference config when it has one (the
-    reference first)."""
+    reference first), with the verdicts of the suite's families."""
     entries = []
     for suite in suites:
-        rows, bases = build_rows(study, suite)
-        reference = compare.reference_row(rows, suite)
-        pairs: list[tuple[Row, Row | None, str]] = []
-        for row in sorted(rows, key=lambda r: r is not reference):
-            if reference and row is not reference:
-                pairs.append((row, reference, "reference"))
-            pairs.append((row, compare.matching_base(study, row, bases), "base"))
-        for row, other, versus in pairs:
-            if other is None:
-                continue
+        for row, other, versus in compare.suite_pairs(study, suite):
             diffs = compare.differences(study, other, row)
             found = {k: _as_dict(diffs[k]) for k in SUMMARY_KEYS if k in diffs}
             if found:
                 entries.append({"suite": suite, "config": row.label, "versus": other.label, "kind": versus,
                                 "seeds": f"{len(row.seeds) or 1} vs {len(other.seeds) or 1}"
                                 if other.kind == "adapter" else f"{len(row.seeds) or 1}",
-                                "differences": found})
+                                "runs": [other.eval_ids, row.eval_ids], "differences": found})
     return entries
 
 
 def _as_dict(d: compare.Difference) -> dict[str, Any]:
     out: dict[str, Any] = {"value": d.value, "low": d.low, "high": d.high, "test": d.test,
-                           "beyond_noise": d.beyond_noise, "n": d.n}
+                           "beyond_noise": d.beyond_noise, "n": d.n, "p_value": d.p_value,
+                           "p_adjusted": d.p_adjusted, "q_value": d.q_value, "family_size": d.family_size,
+                           "seed_aware": d.seed_aware, "degenerate": d.degenerate, "unit": d.unit,
+                           "detectable": d.detectable, "note": d.note}
     if d.test == "McNemar":
-        out.update(p_value=d.p_value, only_versus=d.only_a, only_config=d.only_b)
-    if d.low is not None and d.high is not None:
-        out["detectable"] = _DETECTABLE_SE * (d.high - d.low) / (2 * 1.96)
+        out.update(only_versus=d.only_a, only_config=d.only_b)
+    if d.seed_pair_p:
+        out["mcnemar_per_seed_pair"] = list(d.seed_pair_p)
     return out
 
 
+def _p(p: float) -> str:
+    return f"={p:.2g}" if p >= 0.001 else "<0.001"
+
+
 def cell(key: str, d: dict[str, Any] | None) -> str:
-    """`+0.012 [+0.004, +0.020] *`; pass@1 and test-case average in percentage points; McNemar as counts and p."""
+    """`-0.012 [-0.020, -0.004] z p=0.003, Holm=0.02 *`: the difference (pass@1 and test-case average in
+    percentage points), its interval or McNemar counts, the test's name, raw and Holm-adjusted p; `*` when
+    beyond noise, `†` when a trained side has one seed; degenerate comparisons say why instead."""
     if d is None:
         return "—"
     scale, digits = (1.0, 3) if key.endswith(".nll") else (100.0, 1)
-    star = " *" if d["beyond_noise"] else ""
+    text = f"{scale * d['value']:+.{digits}f}"
+    if d.get("degenerate"):
+        return f"{text} ({d['degenerate']})"
     if d["test"] == "McNemar":
-        counts = f"{d['only_versus']} vs {d['only_config']}, p={d['p_value']:.2f}"
-        return f"{scale * d['value']:+.{digits}f} ({counts}){star}"
-    if d["low"] is None:
-        return f"{scale * d['value']:+.{digits}f}"
-    return f"{scale * d['value']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]{star}"
+        text += f" ({d['only_versus']} vs {d['only_config']})"
+    elif d["low"] is not None:
+        text += f" [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
+    text += f" {_SHORT_TEST.get(d['test'], d['test'])}"
+    if d.get("p_value") is not None:
+        text += f" p{_p(d['p_value'])}" + (f", Holm{_p(d['p_adjusted'])}" if d.get("p_adjusted") is not None else "")
+    if d["test"] != "stored" and not d.get("seed_aware"):
+        text += " †"
+    return text + (" *" if d["beyond_noise"] else "")
 
 
 def summary_table(entries: list[dict[str, Any]]) -> str:
@@ -89,49 +100,74 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+LEGEND = ("Config minus the comparison on the same problems. Tests, fixed before the data: pass@1 with one "
+          "evaluation a side, exact McNemar (shown as problems only the comparison passes vs only the config "
+          "passes); with several seeds, an exact sign-flip permutation test on per-problem pass rates averaged "
+          "over seeds; test-case average and held-out NLL/token, a z test with the standard error of a bootstrap "
+          "that resamples seeds x problems (held-out references: seeds x their split groups, the unit the split "
+          "drew). p: raw; Holm: adjusted within the suite's comparisons of that metric. * = Holm p < 0.05 with "
+          "at least 2 seeds on every trained side; † = one seed: seed variation not measured, never starred. "
+          "NLL/token: nats, lower is better. pp: percentage points, higher is better.")
+
+
+def distinct(entries: list[dict[str, Any]], key: str) -> tuple[list[tuple[dict, dict]], list[tuple[dict, dict]]]:
+    """(counted, degenerate): each comparison of `key` once (suites share configs), degenerate ones apart. A
+    comparison made in several suites counts as beyond noise only when it is so in every suite's family."""
+    first: dict[str, tuple[dict, dict]] = {}
+    beyond: dict[str, bool] = {}
+    for e in entries:
+        d = e["differences"].get(key)
+        if d is None:
+            continue
+        pair = repr(e.get("runs") or (e["suite"], e["config"], e["versus"]))
+        first.setdefault(pair, (e, d))
+        beyond[pair] = beyond.get(pair, True) and bool(d["beyond_noise"])
+    counted = [(e, {**d, "beyond_noise": beyond[p]}) for p, (e, d) in first.items() if not d.get("degenerate")]
+    return counted, [(e, d) for e, d in first.values() if d.get("degenerate")]
+
+
 def summary_lines(entries: list[dict[str, Any]]) -> list[str]:
-    """The table, then one screen of verdicts: how many comparisons are beyond noise per metric, and for those
-    that are not, what the design could have detected (each NLL comparison; the test-case average and pass@1
-    in aggregate, as most of them are nulls at this model size)."""
+    """The table, then one screen of verdicts over distinct, non-degenerate comparisons: how many are beyond
+    noise per metric, what the nulls' own tests could have detected, and the degenerate comparisons apart."""
     if not entries:
         return []
-    lines = ["Config minus the comparison on the same problems; * = the 95% paired interval (or the exact McNemar "
-             "test, shown as problems only the comparison passes vs only the config passes) excludes zero. "
-             "NLL/token: held-out references, nats, lower is better. pp: percentage points, higher is better.", "",
-             summary_table(entries), ""]
-    counts, null_nll, tail = [], [], []
+    lines = [LEGEND, "", summary_table(entries), ""]
+    counts, null_nll, tail, apart = [], [], [], []
     for key in SUMMARY_KEYS:
-        ds = [(e, e["differences"][key]) for e in entries if key in e["differences"]]
-        counts.append(f"{_HEADERS[key].removeprefix('Δ ')} {sum(bool(d['beyond_noise']) for _, d in ds)} of {len(ds)}")
-        nulls = [d for _, d in ds if not d["beyond_noise"]]
+        ds, degenerate = distinct(entries, key)
+        name = _HEADERS[key].removeprefix("Δ ")
+        counts.append(f"{name} {sum(bool(d['beyond_noise']) for _, d in ds)} of {len(ds)}")
+        apart += [f"- {e['config']} vs {e['versus']} ({e['suite']}), {name}: {d['degenerate']}" for e, d in degenerate]
+        nulls = [(e, d) for e, d in ds if not d["beyond_noise"]]
         if key == "heldout.nll":
-            null_nll = [f"- {e['config']} vs {e['versus']} ({e['suite']}): {cell(key, d)}; the design detects "
-                        f"about ±{d['detectable']:.3f} nats/token"
-                        for e, d in ds if not d["beyond_noise"] and d.get("detectable") is not None]
+            null_nll = [f"- {e['config']} vs {e['versus']} ({e['suite']}): {cell(key, d)}; " + (
+                f"the design detects about ±{d['detectable']:.3f} nats/token (resampled: {d['unit']})"
+                if d.get("seed_aware") else compare.ONE_SEED) for e, d in nulls if d.get("detectable") is not None]
             continue
-        name = "Test-case average" if key.endswith("test_case_avg") else "Pass@1"
-        same = sum(1 for d in nulls if d["value"] == 0 and d.get("detectable") == 0.0)
-        mcnemar = [d for d in nulls if d["test"] == "McNemar"]
-        bootstrap = sorted(100 * d["detectable"] for d in nulls if d.get("detectable"))
-        parts = []
-        if bootstrap:
-            parts.append(f"{_count(len(bootstrap), 'paired interval')} that could have detected {bootstrap[0]:.1f} to "
-                         f"{bootstrap[-1]:.1f} pp (median {bootstrap[len(bootstrap) // 2]:.1f}) at 80% power")
-        if mcnemar:
-            smallest = min(d["p_value"] for d in mcnemar)
-            parts.append(f"{_count(len(mcnemar), 'exact McNemar test')} (smallest p = {smallest:.2f}; "
-                         "each suite's \"What this design can detect\" gives the difference they resolve)")
-        if same:
-            parts.append(f"{_count(same, 'comparison')} of identical per-problem scores")
-        if parts:
-            tail.append(f"{name} comparisons without a difference: {'; '.join(parts)}.")
-    lines += [f"Beyond noise (* above): {'; '.join(counts)}.", ""]
+        tail += _null_line("Test-case average" if key.endswith("test_case_avg") else "Pass@1", [d for _, d in nulls])
+    lines += [f"Beyond noise (* above), distinct comparisons that carry information: {'; '.join(counts)}.", ""]
     if null_nll:
-        lines += ["Held-out NLL comparisons that did not reach significance, with the smallest difference the design "
-                  "detects at 80% power (2.8 standard errors of the paired difference):", "", *null_nll, ""]
-    for line in tail:
-        lines += [line, ""]
+        lines += ["Held-out NLL comparisons without a finding, with the smallest difference the same z test detects "
+                  "at 80% power (2.8 standard errors, before the family correction), or why none is claimed:", "",
+                  *null_nll, ""]
+    lines += tail
+    if apart:
+        lines += ["Degenerate comparisons (not counted above and outside every family):", "", *apart, ""]
     return lines
+
+
+def _null_line(name: str, nulls: list[dict[str, Any]]) -> list[str]:
+    """What the tests of comparisons without a finding could have detected, per test (each its own power)."""
+    parts = []
+    for test in ("McNemar", "sign-flip permutation", "bootstrap z"):
+        found = sorted(100 * d["detectable"] for d in nulls if d["test"] == test and d.get("detectable") is not None)
+        if found:
+            parts.append(f"{_count(len(found), _SHORT_TEST[test] + ' test')} that could have detected "
+                         f"{found[0]:.1f} to {found[-1]:.1f} pp (median {found[len(found) // 2]:.1f}) at 80% power")
+    one_seed = sum(1 for d in nulls if d["test"] != "stored" and not d.get("seed_aware"))
+    if one_seed:
+        parts.append(f"{one_seed} of them with one seed on a trained side (†)")
+    return [f"{name} comparisons without a finding: {'; '.join(parts)}.", ""] if parts else []
 
 
 # Columns of the per-config table README quotes: (header, comparison-record key, format).
