@@ -14,7 +14,7 @@ from study_db import build_study, train_run
 
 import report
 from common.errors import UserError
-from common.study import compare
+from common.study import compare, markdown
 from common.study.rows import Study, build_rows, metric_for
 from common.study.summary import base_table, config_table, summary_table
 from common.tracker import Tracker
@@ -77,7 +77,7 @@ def test_quality_cells_render_the_models_intervals_and_seed_spread(written, stud
     rows = {r.label: r for r in build_rows(s, "rank")[0]}
     r16 = table_row(rank, "rank=16", "Quality on HumanEval")
     assert r16[1] == "2 (0,1)"
-    assert r16[2] == report.fmt_cell(rows["rank=16"].get("humaneval.pass@1"), metric_for("humaneval.pass@1"))
+    assert r16[2] == markdown.fmt_cell(rows["rank=16"].get("humaneval.pass@1"), metric_for("humaneval.pass@1"))
     assert r16[2].startswith("32.5 [") and r16[2].endswith("sd 3.5")
     assert table_row(rank, "base model", "Quality on HumanEval")[2] == "0.0 [0.0, 16.1]"   # Wilson, never [0, 0]
     assert table_row(rank, "rank=8", "Cost")[2] == "8,000 (0.080%)"
@@ -213,11 +213,11 @@ def test_list_and_export(study, tmp_path, capsys):
 
 def test_formatting():
     metric = metric_for("humaneval.pass@1")
-    assert report.fmt(-0.0001, metric, signed=True) == "+0.0"
-    assert report.compact_ids([5, 1, 2, 3, 7]) == "1-3,5,7"
+    assert markdown.fmt(-0.0001, metric, signed=True) == "+0.0"
+    assert markdown.compact_ids([5, 1, 2, 3, 7]) == "1-3,5,7"
     d = compare.Difference("heldout.chrf", 2.0, -1.0, 5.0, "bootstrap", False)
-    assert report.fmt_difference(d) == "+2.0 [-1.0, +5.0]"
-    assert report.fmt_difference(compare.Difference("humaneval.pass@1", 0.3, None, None, "McNemar", True,
+    assert markdown.fmt_difference(d) == "+2.0 [-1.0, +5.0]"
+    assert markdown.fmt_difference(compare.Difference("humaneval.pass@1", 0.3, None, None, "McNemar", True,
                                                     0.03125, 0, 6, 20)) == "+30.0 (0 vs 6, p=0.031) *"
 
 

@@ -140,8 +140,6 @@ def start_recording(run: Run, state: TrainState, dropped_data: dict[str, int], d
           f"{run.total_steps} steps" + (f", resuming at step {state.step}" if state.step else ""), flush=True)
 
 
-
-
 def estimate(cfg: TrainConfig, device: torch.device, world: int, rank: int) -> int:
     """train.py --estimate: print the prediction; with --probe, build the run in a scratch directory and rescale
     the prediction by its first optimizer steps."""

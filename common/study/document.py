@@ -1,0 +1,309 @@
+"""The results document: RESULTS.md, model_comparison.csv/.json and summary.json of the suites in a database.
+
+    write_report(study, suites, out, db_name, figures=True, readme=None, command="python report.py")
+
+Per suite: one table per question (cost; quality on each benchmark with 95% CIs), paired differences against
+the suite's reference config and the base model with their tests, what the design could detect, Pareto fronts,
+a recommendation per memory budget, before/after examples, failed runs, the environment. The numbers come from
+common/study/rows.py and common/study/compare.py; this module only arranges them.
+"""
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from common.study import compare
+from common.study.markdown import (QUALITY_TABLES, block, compact_ids, cost_table, difference_table,
+                                   fmt, fmt_cell, md_table, quality_table)
+from common.study.rows import COST_KEYS, Row, Study, build_rows, metric_for
+
+def differences_section(study: Study, suite: str, rows: list[Row], bases: list[Row]) -> tuple[list[str], list]:
+    """The two difference tables (vs reference, vs base) and every Difference computed, for the power."""
+    reference = compare.reference_row(rows, suite)
+    lines, every = [], []
+    for title, pairs in (
+            (f"vs the reference config ({reference.label})" if reference else "", [(r, reference) for r in rows
+                                                                                   if r is not reference]),
+            ("vs the base model", [(r, compare.matching_base(study, r, bases)) for r in rows])):
+        if not title:
+            continue
+        diffs = {i: compare.differences(study, a, b) if a else {} for i, (b, a) in enumerate(pairs)}
+        every += [d for ds in diffs.values() for d in ds.values()]
+        table = difference_table(pairs, diffs)
+        if table:
+            lines += [f"#### Paired differences {title}", "", table, ""]
+    if lines:
+        lines = ["### Paired differences", "",
+                 "Config minus the comparison, on the same problems. pass@1 and syntax ok: exact McNemar test, "
+                 "shown as (problems only the comparison passes vs only the config passes, p); chrF (mean "
+                 "per-problem sentence chrF), test-case average and held-out NLL per token (token-weighted): "
+                 "95% paired bootstrap CI; (seeds): cluster bootstrap over seeds x problems. "
+                 "* = beyond noise (p < 0.05, or the CI excludes 0); — = not paired "
+                 "(different problems or protocol, or no per-problem records).", ""] + lines
+    return lines, every
+
+
+def power_lines(power: compare.Power | None) -> list[str]:
+    if power is None:
+        return []
+
+    def pts(x: float) -> str:
+        return f"{100 * x:.1f}"
+    seen = (f"a difference of {pts(power.detectable)} points with 80% power" if power.detectable else
+            "no difference up to that discordance with 80% power")
+    needed = "; ".join(f"{pts(t)} points needs about {n} problems" if n else f"{pts(t)} points needs over 5000"
+                       for t, n in power.needed.items())
+    return ["### What this design can detect", "",
+            f"With n = {power.n} problems and the observed discordance of {pts(power.discordance)}% (the share of "
+            f"problems on which two configurations disagree), an exact McNemar test at α = 0.05 detects {seen}. "
+            f"Even with every disagreement in one direction, {power.n} problems cannot detect less than "
+            f"{pts(power.floor)} points at 80% power, and p < 0.05 needs at least {power.min_flips} one-way flips "
+            f"({pts(power.min_flips / power.n)} points). So a pass@1 difference reported as within noise is not "
+            f"evidence that two configurations are equal: smaller real differences would mostly go undetected. "
+            f"At this discordance, detecting {needed}.", ""]
+
+
+def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str) -> list[str]:
+    metric = metric_for(quality)
+    lines = ["### Pareto front", "", f"Quality = {quality_name}.", ""]
+    for cost, cost_name in (("train.peak_mb", "peak memory"), ("train.wall_seconds", "train time")):
+        front = compare.pareto(rows, quality, cost)
+        if front:
+            lines.append(f"- vs {cost_name}: " + "; ".join(
+                f"{r.label} ({metric.title} {fmt(r.mean(quality), metric)}{'%' if metric.percent else ''}, "
+                f"{fmt(r.mean(cost), metric_for(cost))} {'MB' if cost.endswith('mb') else 's'})" for r in front))
+    budgets = compare.budgets(study, rows, quality)
+    if not budgets:
+        return lines + [""]
+    lines += ["", "### Recommendation by memory budget", "",
+              f"Budgets are the measured peak memories rounded up; each names the best configuration by "
+              f"{quality_name.split(' (')[0]} whose peak fits. A configuration whose training recorded no "
+              f"measured peak is placed by its predicted peak (common/train/estimate.py), and says so.", "",
+              f"- below {budgets[0].text}: none of the measured configurations fits"]
+    for b in budgets:
+        peak = fmt(b.pick.mean("train.peak_mb"), metric_for("train.peak_mb"))
+        source = " (predicted: no measured peak)" if b.pick.get("train.peak_is_predicted") else ""
+        line = (f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
+                f"{'%' if metric.percent else ''}, peak {peak} MB{source}")
+        if b.previous is not None:
+            line += {None: f"; no CI, so whether it beats {b.previous.label} beyond noise is unknown",
+                     False: f"; within noise of {b.previous.label}, so the extra memory buys no measurable gain",
+                     True: f"; better than {b.previous.label} beyond noise"}[b.separated]
+        lines.append(line)
+    return lines + [""]
+
+
+def failure_table(study: Study, suite: str) -> list[list[str]]:
+    body = []
+    for run_id in sorted(study.members[suite]):
+        run = study.runs[run_id]
+        if run["status"] in ("completed", "skipped"):  # skipped runs have their own table
+            continue
+        done = [r["id"] for r in study.runs.values() if r["name"] == run["name"] and r["kind"] == run["kind"]
+                and r["status"] == "completed"]
+        error = " ".join((run["error"] or "").split())
+        body.append([str(run_id), run["kind"], run["name"], run["status"], error[:160] or "—",
+                     compact_ids(done) if done else "—"])
+    return body
+
+
+def environment_lines(study: Study, run_ids: list[int]) -> list[str]:
+    combos: dict[str, list[int]] = defaultdict(list)
+    for run_id in run_ids:
+        run = study.runs[run_id]
+        hw = run["hardware"] or {}
+        hardware = ", ".join(x for x in [
+            f"GPU {hw['gpu']} x{hw.get('gpu_count', 1)} ({hw.get('gpu_memory_gb')} GB)" if hw.get("gpu") else "",
+            f"CPU {hw.get('cpu', '?')} ({hw.get('cpu_count', '?')} cores"
+            + (f", {hw['cpu_kind']}" if hw.get("cpu_kind") else "") + f", {hw.get('memory_gb', '?')} GB RAM)",
+            hw.get("platform", "")] if x)
+        versions = ", ".join(f"{k} {v}" for k, v in sorted((run["versions"] or {}).items()))
+        sandbox = f"; generated code ran under {run['config']['isolation']}" \
+            if run["kind"] == "eval" and run["config"].get("isolation") else ""
+        combos[f"git {run['git_commit'] or 'unknown'}; {hardware}; {versions or 'versions unknown'}{sandbox}"].append(
+            run_id)
+    lines = [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
+    from common.model.resolve import EMBEDDED
+    models = sorted({study.runs[i]["config"].get("model") for i in run_ids} & set(EMBEDDED))
+    return lines + [f"- model {m}: {EMBEDDED[m].description}" for m in models]
+
+
+def prediction_lines(study: Study, suite: str) -> list[str]:
+    """train.py's memory and step-time prediction (common/train/estimate.py) next to what each run measured;
+    runs a sweep skipped as predicted over its --budget-mb."""
+    from common.train.predictions import predicted_vs_measured, skipped_runs
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:+.0f}%"
+
+    lines = []
+    rows = [r for r in predicted_vs_measured(study.tracker) if r["run_id"] in study.members[suite]]
+    if rows:
+        lines += ["### Predicted vs measured", "", md_table(
+            ["run", "predicted peak MB", "measured peak MB", "error", "predicted step s", "measured step s", "error"],
+            [[r["name"], f"{r['predicted_peak_mb']:.0f}",
+              f"{r['measured_peak_mb']:.0f}" if r["measured_peak_mb"] else "—", pct(r["peak_error"]),
+              f"{r['predicted_step_s']:.2f}" if r["predicted_step_s"] else "—",
+              f"{r['measured_step_s']:.2f}" if r["measured_step_s"] else "—", pct(r["step_error"])] for r in rows]),
+            ""]
+    skipped = [r for r in skipped_runs(study.tracker) if r["run_id"] in study.members[suite]]
+    if skipped:
+        lines += ["### Skipped for the memory budget", "", md_table(
+            ["run", "predicted peak MB", "reason"],
+            [[r["name"], f"{r['predicted_peak_mb']:.0f}" if r["predicted_peak_mb"] else "—", r["reason"] or ""]
+             for r in skipped]), ""]
+    return lines
+
+
+def data_lines(study: Study, run_ids: list[int]) -> list[str]:
+    """Per training data and split: examples used and what cleaning removed, by reason (train.py's run config)."""
+    combos: dict[str, list[int]] = defaultdict(list)
+    for run_id in run_ids:
+        c = study.runs[run_id]["config"]
+        if study.runs[run_id]["kind"] != "train" or "data_dropped" not in c:
+            continue
+        removed = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(c["data_dropped"].items()) if n)
+        split = f"split seed {c.get('split_seed', 0)}, grouped by {c.get('group_key') or 'source file'}" \
+            if c.get("dataset") == "stdlib" else f"split seed {c.get('split_seed', 0)}, group key " \
+            f"{c.get('group_key') or 'none'}"
+        combos[f"{c.get('dataset_source', c.get('dataset'))} ({split}): {c.get('train_examples')} train / "
+               f"{c.get('val_examples')} validation examples used; removed before splitting: "
+               f"{removed or 'nothing'}"].append(run_id)
+    return [f"- runs {compact_ids(ids)}: {key}" for key, ids in sorted(combos.items(), key=lambda kv: min(kv[1]))]
+
+
+def examples_lines(study: Study, rows: list[Row], bases: list[Row], quality: str | None) -> list[str]:
+    picked = compare.pick_examples(study, rows, bases, quality)
+    if picked is None:
+        return []
+    out = ["### Before and after", "",
+           f"Base model (eval run {picked.base_eval}) against the best configuration by {metric_for(quality).title}, "
+           f"{picked.row.label} (eval run {picked.adapter_eval}): up to 3 problems where the outcome differs, one "
+           "HumanEval problem both fail, one held-out example.", ""]
+    for (bench, task), a, b in picked.pairs:
+        out += [f"#### {bench} {task}", "",
+                f"Result: base **{b.get('result') or '—'}**, adapter **{a.get('result') or '—'}**", "",
+                "Prompt:", "", block(a.get("prompt") or b.get("prompt") or "", tail=True), "",
+                "Base model output:", "", block(b.get("generation") or ""), "",
+                f"Adapter output ({picked.row.label}):", "", block(a.get("generation") or ""), ""]
+        if a.get("reference") and a.get("result") != "passed":
+            out += ["Reference:", "", block(a["reference"]), ""]
+    return out
+
+
+def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[list[str], list[Row]]:
+    rows, bases = build_rows(study, suite)
+    lines = [f"## Suite `{suite}`", ""]
+    if not rows and not bases:
+        lines += ["No completed runs in this suite.", ""]
+    else:
+        n_seeds = max((len(r.seeds) for r in rows), default=0)
+        lines += [f"{len(rows)} trained configuration(s)" + (f", up to {n_seeds} seeds each" if n_seeds > 1 else "")
+                  + f", {len(bases)} base-model evaluation(s). Brackets: 95% CIs (pass and compile rates from one "
+                  "sample per problem: Wilson; "
+                  "several seeds: cluster bootstrap over seeds x problems); sd: the spread across seeds. "
+                  "Bold: best in its column beyond noise.", "",
+                  "### Cost", "", cost_table(rows, bases), "",
+                  "Peak memory: torch max allocated on GPU runs, peak process RSS on CPU runs. "
+                  "Train time is wall-clock including evaluation during training.", ""]
+        for title, keys in QUALITY_TABLES:
+            if any(r.get(k) for r in rows + bases for k in keys):
+                lines += [f"### {title}", "", quality_table(study, rows, bases, keys), ""]
+        section, diffs = differences_section(study, suite, rows, bases)
+        lines += section + power_lines(compare.suite_power(diffs))
+        quality, quality_name = compare.quality_metric(rows, bases)
+        if quality and rows:
+            lines += pareto_lines(study, rows, quality, quality_name)
+        lines += examples_lines(study, rows, bases, quality)
+        if figures:
+            from common.study.figures import suite_figures
+            written = suite_figures(study, suite, rows, bases, quality, out)
+            if written:
+                lines += ["### Figures", ""] + [f"![{title}]({path.name})" for title, path in written] + [""]
+    failures = failure_table(study, suite)
+    if failures:
+        lines += ["### Failed, interrupted and running runs", "",
+                  md_table(["id", "kind", "name", "status", "error", "completed run(s) of that name"], failures), ""]
+    env_ids = sorted(i for i in study.members[suite] if study.runs[i]["status"] == "completed")
+    lines += prediction_lines(study, suite)
+    data = data_lines(study, env_ids)
+    if data:
+        lines += ["### Data", "", *data, ""]
+    if env_ids:
+        lines += ["### Environment", "", *environment_lines(study, env_ids), ""]
+    return lines, bases + rows
+
+
+def comparison_records(study: Study, rows: list[Row]) -> list[dict[str, Any]]:
+    keys = COST_KEYS + ["train.trainable_pct"] + [k for _, ks in QUALITY_TABLES for k in ks]
+    records = []
+    for r in rows:
+        evaluated = study.runs[r.eval_ids[-1]]["config"] if r.eval_ids else {}
+        rec: dict[str, Any] = {"suite": r.suite, "config": r.label, "kind": r.kind, "n_seeds": len(r.seeds),
+                               "model": evaluated.get("model"), "protocol": evaluated.get("protocol"),
+                               "seeds": ",".join(str(s) for s in r.seeds), "train_run_ids": compact_ids(r.train_ids),
+                               "eval_run_ids": compact_ids(r.eval_ids)}
+        for key in [k for k in keys if r.get(k)]:
+            cell = r.get(key)
+            rec[key] = cell.mean
+            if cell.std is not None:
+                rec[f"{key}.std"] = cell.std
+            if cell.ci:
+                rec[f"{key}.ci_low"], rec[f"{key}.ci_high"] = cell.ci
+        records.append(rec)
+    return records
+
+
+def write_comparison(records: list[dict[str, Any]], out: Path) -> None:
+    import csv
+    columns: list[str] = []
+    for rec in records:
+        columns += [k for k in rec if k not in columns]
+    with open(out / "model_comparison.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in rec.items()})
+    (out / "model_comparison.json").write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+
+
+def sweep_command(suites: list[str]) -> str:
+    """The sweep.py command that runs these suites: the smallest built-in composite suite made of exactly them
+    (`study` for the study's parts), else one --suite per suite."""
+    from common.study.suites import BUILTIN
+    composites = sorted((s for s in BUILTIN.values() if s.parts and set(s.parts) == set(suites)), key=lambda s: s.name)
+    names = [composites[0].name] if composites else suites
+    return " && ".join(f"python sweep.py --suite {name}" for name in names)
+
+
+def write_report(study: Study, suites: list[str], out: Path, db_name: str, figures: bool = True,
+                 readme: Path | None = None, command: str = "python report.py") -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    from common.study.summary import summary_entries, summary_lines, update_readme
+
+    lines = ["# LoRA / QLoRA study results", "",
+             f"Generated by report.py from `{db_name}`: {len(study.runs)} run(s) in the database, "
+             f"suite(s) {', '.join(f'`{s}`' for s in suites)}. To reproduce: `{sweep_command(suites)}` "
+             f"(resumable: run it again after an interruption), then `{command}`.", ""]
+    entries = summary_entries(study, suites)
+    if entries:
+        lines += ["## Summary", "", *summary_lines(entries)]
+    (out / "summary.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    # A pre-registration kept beside the results (written before the runs) is quoted unchanged, then what the
+    # study did differently from it, so the registered text itself never needs editing.
+    for name in ("PREREGISTRATION.md", "DEVIATIONS.md"):
+        if (out / name).is_file():
+            lines += [(out / name).read_text().rstrip("\n"), ""]
+    all_rows: list[Row] = []
+    for suite in suites:
+        section, rows = suite_section(study, suite, out, figures)
+        lines += section
+        all_rows += rows
+    (out / "RESULTS.md").write_text("\n".join(lines).rstrip("\n") + "\n")
+    records = comparison_records(study, all_rows)
+    write_comparison(records, out)
+    if readme:   # from the file just written, so README quotes exactly what the committed JSON holds
+        update_readme(readme, entries, json.loads((out / "model_comparison.json").read_text()))
+    return {"rows": len(all_rows), "configs": sum(1 for r in all_rows if r.kind == "adapter")}
+
+
