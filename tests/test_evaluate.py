@@ -328,7 +328,8 @@ def test_crash_or_ctrl_c_marks_the_run(tmp_path, capsys, monkeypatch, humaneval5
     def explode(*args, **kwargs):
         raise exception("boom")
 
-    monkeypatch.setattr(evaluate, "judge_samples", explode)
+    from common.judge import verdicts
+    monkeypatch.setattr(verdicts, "judge_samples", explode)
     argv = ["--samples", samples, "--db", db, "--output-dir", str(tmp_path / "out"), "--quiet"]
     if code is None:
         with pytest.raises(exception):  # a bug keeps its traceback
