@@ -61,12 +61,21 @@ there is no network at all, UDP included. The interpreter's prefix stays
 reachable through a directory fd (/proc/self/fd/N), should it live where
 that uid cannot look (e.g. /root/.pyenv); a program then cannot exec it anew.
 
+Every mode also gives each program an empty session keyring of its own (the
+caller's keys would otherwise be its to read) and a seccomp filter that fails
+what no scored program needs (landlock.NEVER_NEEDED: keyctl, add_key,
+request_key, bpf, perf_event_open, userfaultfd, mount and namespace calls,
+clone with CLONE_NEW*, modules, kexec, ptrace, io_uring...).
+
 The guard is a `sys.addaudithook` hook, which the program cannot remove: it
-refuses fork/exec/spawn, subprocess, signals to other processes, ctypes,
-sockets, changing resource limits and any write, delete or rename outside the
+refuses fork/exec/spawn, subprocess, signals to other processes, every ctypes
+event (whatever name _ctypes was loaded under), loading _ctypes, the C-API
+test modules or _posixshmem under any name, SQLite, sockets, changing
+resource limits and any write, delete, rename, FIFO or device node outside the
 working directory. It runs in every mode, so that a program scores the same
-in all, but it is a second layer only: tests/test_sandbox_hostile.py runs the
-hostile programs with guard=False. Limits are set in the forked child, never
+in all, but it is a tripwire, not a boundary (pure Python has ways past an
+audit hook): tests/test_sandbox_hostile.py runs the hostile programs with
+guard=False. Limits are set in the forked child, never
 by a preexec_fn, which is unsafe in a threaded caller (check_many runs
 programs from threads).
 
@@ -372,9 +381,10 @@ def _warn_unconfined() -> None:
         reach = ("an unprivileged uid without network: it can read what any user may and write world-writable "
                  "places (/tmp, /var/tmp, /dev/shm)" if _own_uid("none") else
                  "you: it can read and change your files, reach the network and kill your processes")
-        print(f"WARNING: --isolation none: generated code runs with resource limits and an in-process guard only, "
-              f"as {reach}, and a deliberate program gets past the guard. Use --isolation auto (bubblewrap or "
-              "Landlock) for code you do not trust.", file=sys.stderr, flush=True)
+        print(f"WARNING: --isolation none: generated code runs with resource limits, a syscall filter and an "
+              f"in-process guard only, as {reach}. The guard is a tripwire, not a security boundary: a deliberate "
+              "program gets past it. Use --isolation auto (bubblewrap or Landlock) for code you do not trust.",
+              file=sys.stderr, flush=True)
 
 
 def _server(mode: str) -> Server:

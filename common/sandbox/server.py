@@ -62,7 +62,7 @@ READABLE = ["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc"
 
 DENIED_EVENTS = {
     "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn",
-    "os.spawn", "os.system", "subprocess.Popen", "ctypes.dlopen",
+    "os.spawn", "os.system", "subprocess.Popen",
     "resource.setrlimit", "resource.prlimit", "socket.bind", "socket.connect",
     "socket.getaddrinfo", "socket.gethostbyaddr", "socket.gethostbyname",
     "socket.sendmsg", "socket.sendto",
@@ -74,6 +74,13 @@ PATH_EVENTS = {
     "os.link": 2, "os.rename": 2, "os.symlink": 2, "shutil.move": 2,
 }
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# Extension modules a program may not load, under any name (the last part of a dotted name is what
+# picks a C extension's init function): native calls, C-API pokes, shared memory outside the workdir.
+DENIED_MODULES = {"_ctypes", "_testcapi", "_testinternalcapi", "_testmultiphase", "_posixshmem",
+                  "_xxsubinterpreters", "_xxinterpchannels"}
+# Modules the guard patches: loaded afresh (after a program took them out of sys.modules) they would
+# come back unpatched.
+PATCHED_MODULES = {"posix", "_posixsubprocess", "_signal"}
 
 
 def set_limit(which, soft, hard):
@@ -146,21 +153,42 @@ def install_guard(workdir):
             path, _, flags = args
             if flags & WRITE_FLAGS and not isinstance(path, int) and not inside(path):
                 deny(f"writing {path!r}")
-        elif event in DENIED_EVENTS or event == "import" and args[0] == "_ctypes":
-            deny(event)
+        elif event in DENIED_EVENTS or event.startswith(("ctypes.", "sqlite3.")):
+            deny(event)  # every ctypes call raises one (dlopen, dlsym, call_function...); SQLite opens files unseen
+        elif event == "import" and denied_module(*args[:2]):
+            deny(f"importing {args[0]}")
         elif event in PATH_EVENTS and not all(map(inside, args[:PATH_EVENTS[event]])):
             deny(f"{event} outside the working directory")
 
     def blocked(*args, **kwargs):
         deny("this call")
 
-    # These raise no audit event: pidfds signal other processes, and fork_exec
-    # is what subprocess and multiprocessing start processes with.
+    def confined(function):  # a function of a path that raises no audit event
+        def call(path, *args, dir_fd=None, **kwargs):
+            if dir_fd is not None or not inside(path):
+                deny(f"{function.__name__} outside the working directory")
+            return function(path, *args, **kwargs)
+        return call
+
+    # These raise no audit event: pidfds signal other processes, fork_exec
+    # is what subprocess and multiprocessing start processes with, and FIFOs
+    # and device nodes are files made without an open.
     for module, name in [(_posixsubprocess, "fork_exec"), (os, "pidfd_open"), (posix, "pidfd_open"),
                          (signal, "pidfd_send_signal"), (_signal, "pidfd_send_signal")]:
         if hasattr(module, name):
             setattr(module, name, blocked)
+    for name in ("mkfifo", "mknod"):
+        wrapped = confined(getattr(posix, name))
+        setattr(posix, name, wrapped)
+        setattr(os, name, wrapped)
     sys.addaudithook(hook)
+
+
+def denied_module(name, filename=None):
+    """Whether the guard refuses to load module `name` (from `filename`): see DENIED_MODULES, PATCHED_MODULES."""
+    base = str(name).rpartition(".")[2]
+    stem = os.path.basename(str(filename or "")).split(".")[0]
+    return base in DENIED_MODULES | PATCHED_MODULES or stem in DENIED_MODULES
 def run(path, workdir, guard):
     with open(path, "rb") as f:
         source = f.read()
