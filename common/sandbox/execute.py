@@ -70,7 +70,8 @@ clone with CLONE_NEW*, modules, kexec, ptrace, io_uring...).
 The guard is a `sys.addaudithook` hook, which the program cannot remove: it
 refuses fork/exec/spawn, subprocess, signals to other processes, every ctypes
 event (whatever name _ctypes was loaded under), loading _ctypes, the C-API
-test modules or _posixshmem under any name, SQLite, sockets, changing
+test modules or _posixshmem under any name, SQLite databases outside the
+working directory (not SQL's ATTACH or VACUUM INTO, which no event shows), sockets, changing
 resource limits and any write, delete, rename, FIFO or device node outside the
 working directory. It runs in every mode, so that a program scores the same
 in all, but it is a tripwire, not a boundary (pure Python has ways past an
