@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -167,3 +168,27 @@ def test_graded_stdio_counts_every_case():
     assert graded_stdio(program, inputs, outputs, timeout_s=1.0, isolation="none") == GradedResult(3, 5)
     with pytest.raises(UserError, match="as many outputs as inputs"):
         graded_stdio(program, inputs, outputs[:2], isolation="none")
+
+
+def test_a_program_that_timed_out_is_not_run_again_by_the_graded_metric(monkeypatch):
+    from common.config import EvalConfig
+    from common.judge import verdicts
+    from common.sandbox import execute
+
+    problem = SimpleNamespace(tests={"entry_point": "step", "test": "def check(candidate):\n"
+                                     "    assert candidate(1) == 2\n    assert candidate(2) == 3\n"
+                                     "    assert candidate(5) == 6\n"})
+    programs = [PROMPT + "    while True:\n        pass\n", PROMPT + "    return x + 1\n"]
+    samples = [verdicts.Sample(problem, i, "", "") for i in range(2)]
+    cfg = EvalConfig(timeout=1.0, exec_workers=1, quiet=True)
+    strict = verdicts.execute(samples, programs, cfg)
+    assert [r.status for r in strict] == ["timeout", "passed"]
+    ran = []
+    check_many = execute.check_many
+    monkeypatch.setattr(execute, "check_many", lambda batch, *args, **kwargs: ran.extend(batch)
+                        or check_many(batch, *args, **kwargs))
+    assert verdicts.graded(samples, programs, cfg, strict) == [GradedResult(0, 3), GradedResult(3, 3)]
+    assert len(ran) == 1 and "while True" not in ran[0]  # the looping program cost one time-out, not one per assert
+    ran.clear()
+    assert verdicts.graded(samples, programs, cfg)[1] == GradedResult(3, 3)  # without strict results: both run
+    assert len(ran) == 2
