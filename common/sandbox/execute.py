@@ -102,7 +102,13 @@ ABI 7, tests run as root unless said otherwise):
   signals to the server, its group, the test process and kill(-1); fork and
   thread storms, memory bombs, endless output, a setsid'd process that
   writes later: contained, nothing survives the program; connecting to a
-  Unix socket outside the working directory. Bubblewrap without Landlock (a
+  Unix socket outside the working directory; reading a key of the caller's
+  session keyring (keyctl, request_key, /proc/keys ids), every syscall in
+  landlock.NEVER_NEEDED and clone(CLONE_NEWUSER) (EPERM, also through a
+  _ctypes loaded under a dotted name); a 1500-deep directory tree (removed,
+  the evaluation goes on, nothing left in the temp directory); a wrong
+  graded answer reading its own file, argv, environment and fds for the
+  marker (found nothing, scored 0). Bubblewrap without Landlock (a
   kernel without it) does not stop that outside /tmp and /run (a read-only
   mount does not cover sockets: a program connected to one in /var/tmp,
   measured by hand), and lets programs bind inside its empty network
