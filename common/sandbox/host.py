@@ -11,7 +11,6 @@ import math
 import os
 import secrets
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from common.sandbox.server import remove_tree
 
 PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +44,8 @@ def _bootstrap() -> str:
 
 SERVER_BOOTSTRAP = _bootstrap()
 OUTPUT_CAP = 64 * 1024  # bytes kept per stream; the rest is read and dropped
+CHANNEL_CAP = 4 * 1024 * 1024  # bytes kept (the first) of what a program writes on its private channel
+CHANNEL_FD = 5  # the program's end of its private channel (see Server.run), when it has one
 FILE_SIZE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file a program may write
 EXTRA_TASKS = 64  # RLIMIT_NPROC headroom: processes and threads a program may add
 KILL_GRACE_S = 1.0  # after the program ended, how long to keep draining pipes
@@ -61,6 +64,7 @@ class Run:
     timed_out: bool
     server_lost: bool  # the server died or hung during the run: nothing it said counts
     duration_s: float
+    channel: str = ""  # what the program wrote on its private channel (the first CHANNEL_CAP bytes)
 
 
 def _environment(tmp_base: str) -> dict[str, str]:
@@ -99,15 +103,21 @@ class Server:
 
     def run(
         self, program: str, stdin: str | None, timeout_s: float, memory_mb: int, guard: bool, cap: int = OUTPUT_CAP,
-        tail: bool = False,
+        tail: bool = False, channel: str | None = None,
     ) -> Run:
-        """Run `program` once; stdin=None means /dev/null; tail: keep the end of stdout, not its start."""
+        """Run `program` once; stdin=None means /dev/null; tail: keep the end of stdout, not its start.
+
+        channel: give the program a private channel, a stream socket at fd CHANNEL_FD on which it can
+        read `channel` and a newline, then EOF, and write what Run.channel returns. A harness that
+        reads it before any untrusted code runs holds a secret that is in no file, argument,
+        environment variable or stream the program can reach.
+        """
         nonce = secrets.token_hex(16)
         workdir = "sandbox-" + secrets.token_hex(8)  # chosen here, so that the host can remove what a lost server left
         limits = [memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1, FILE_SIZE_LIMIT, EXTRA_TASKS]
         message = " ".join(map(str, [workdir, repr(float(timeout_s)), *limits, int(guard)])).encode()
-        sent: list[int] = []  # program, stdin, stdout, stderr, report, nonce: the order the server expects
-        readers: list[int] = []  # stdout, stderr, report
+        sent: list[int] = []  # program, stdin, stdout, stderr, report, nonce[, channel]: the server's order
+        readers: list[int] = []  # stdout, stderr, report[, channel]
         try:
             sent.append(_memfd(program.encode()))
             sent.append(os.open(os.devnull, os.O_RDONLY) if stdin is None else _memfd(stdin.encode()))
@@ -119,6 +129,13 @@ class Server:
             sent.append(nonce_r)
             os.write(nonce_w, nonce.encode())  # fits in the pipe buffer; the program's process reads it first thing
             os.close(nonce_w)
+            if channel is not None:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                with ours, theirs:
+                    ours.sendall(channel.encode() + b"\n")  # fits in the socket buffer
+                    ours.shutdown(socket.SHUT_WR)
+                    readers.append(ours.detach())
+                    sent.append(theirs.detach())
             self._send(message, sent)
             while sent:  # the server and the program hold them now: EOF must come from their side
                 os.close(sent.pop())
@@ -134,8 +151,8 @@ class Server:
         """Read stdout, stderr and the report until the server says the program is done and they are drained.
 
         Keeps the first `cap` bytes of stdout (what a judge compares; the last
-        with `tail`) and the last `cap` bytes of stderr and the report (tracebacks and the report
-        come last); the rest is read and dropped, so a program printing
+        with `tail`), the last `cap` bytes of stderr and the report (tracebacks and the report
+        come last) and the first CHANNEL_CAP bytes of the channel; the rest is read and dropped, so a program printing
         gigabytes neither blocks nor fills the caller's memory. The server
         kills all the program left when it ends, so the pipes reach EOF; a
         server that dies, or does not answer within the time limit plus
@@ -144,6 +161,8 @@ class Server:
         rules would be spread over several functions that must agree.
         """
         kept = {fd: bytearray() for fd in readers}
+        # the streams whose start is kept, with how much of it
+        first = ({} if tail else {readers[0]: cap}) | {fd: CHANNEL_CAP for fd in readers[3:]}
         sock = self.sock.fileno()
         start = time.monotonic()
         deadline = start + timeout_s + SERVER_GRACE_S
@@ -180,25 +199,29 @@ class Server:
                         fields = message.split()
                         if len(fields) == 4 and fields[0] == b"done":
                             returncode, timed_out, reusable = int(fields[1]), fields[2] == b"1", fields[3] == b"1"
-                            if not reusable:
-                                self._stop()
+                            if not reusable:  # it could not clean up: try here too
+                                self._stop(None, workdir)
                         else:  # it died (or was made to say something else)
                             self._stop(program_pid, workdir)
                             lost = True
                         continue
-                    chunk = os.read(key.fd, 65536)
+                    try:
+                        chunk = os.read(key.fd, 65536)
+                    except ConnectionResetError:  # the program's channel closed with the line unread in it
+                        chunk = b""
                     if not chunk:
                         selector.unregister(key.fd)
-                    elif key.fd == readers[0] and not tail:
-                        kept[key.fd] += chunk[: max(0, cap - len(kept[key.fd]))]
+                    elif key.fd in first:
+                        kept[key.fd] += chunk[: max(0, first[key.fd] - len(kept[key.fd]))]
                     else:
                         kept[key.fd] += chunk
                         del kept[key.fd][:-cap]
-        stdout, stderr, report = (bytes(kept[fd]).decode(errors="replace") for fd in readers)
+        stdout, stderr, report, *channel = (bytes(kept[fd]).decode(errors="replace") for fd in readers)
         prefix = nonce + " "
         lines = report.splitlines()
         outcome = next((line[len(prefix) :] for line in reversed(lines) if line.startswith(prefix)), None)
-        return Run(outcome, returncode, stdout, stderr, timed_out, lost, (ended or time.monotonic()) - start)
+        return Run(outcome, returncode, stdout, stderr, timed_out, lost, (ended or time.monotonic()) - start,
+                   "".join(channel))
 
     def _start(self) -> None:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -245,7 +268,7 @@ class Server:
         self.sock.close()
         self.proc = self.sock = None
         if self.mode != "bwrap" and workdir is not None:
-            shutil.rmtree(os.path.join(self.tmp_base, workdir), ignore_errors=True)
+            remove_tree(os.path.join(self.tmp_base, workdir))
 
 
 def _memfd(data: bytes) -> int:

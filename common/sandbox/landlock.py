@@ -15,14 +15,18 @@ fork and exec. What a kernel can handle grows with its ABI version:
     ABI 7  (6.15)  audit logging flags (nothing new to restrict)
 
 Not handled by any ABI so far: UDP and other non-TCP sockets, pathname Unix
-sockets, and file metadata (chmod, chown, utime, xattrs). `forbid_sockets`
-closes the first two with a one-rule seccomp filter: no socket(2) at all.
+sockets, file metadata (chmod, chown, utime, xattrs) and the kernel keyring.
+`forbid_syscalls` closes the sockets (no socket(2) at all) and the keyring
+with a seccomp filter that also fails every syscall a scored program never
+needs (NEVER_NEEDED); `join_fresh_session_keyring` drops the keys a process
+inherited.
 
 Usage (in a process that is about to run untrusted code):
     from common.sandbox import landlock
     abi = landlock.abi_version()   # 0: no Landlock here
     landlock.restrict(abi, writable=[workdir], readable=["/usr", "/etc"], writable_files=["/dev/null"])
-    landlock.forbid_sockets()      # after restrict, which sets no_new_privs
+    landlock.join_fresh_session_keyring()
+    landlock.forbid_syscalls(sockets=True)
 """
 import ctypes
 import functools
@@ -35,10 +39,33 @@ _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
-# (AUDIT_ARCH_*, socket(2)'s number) of the architectures forbid_sockets knows;
-# io_uring_setup is 425 on both (io_uring can make sockets without socket(2)).
-_SOCKET_SYSCALL = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
-_IO_URING_SETUP = 425
+# AUDIT_ARCH_* and the column of the syscall numbers below, for the architectures forbid_syscalls knows.
+_ARCH = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
+# Syscalls a program scored for correctness never needs: (x86_64, aarch64) numbers.
+NEVER_NEEDED = {
+    "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "unshare": (272, 97), "setns": (308, 268), "open_tree": (428, 428), "move_mount": (429, 429),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "mount_setattr": (442, 442), "kexec_load": (246, 104), "kexec_file_load": (320, 294),
+    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "pidfd_getfd": (438, 438), "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142), "syslog": (103, 116),
+    "acct": (163, 89), "quotactl": (179, 60), "settimeofday": (164, 170), "clock_settime": (227, 112),
+    "adjtimex": (159, 171), "clock_adjtime": (305, 266), "sethostname": (170, 161),
+    "setdomainname": (171, 162), "fanotify_init": (300, 262),
+}
+_SOCKET, _CLONE, _CLONE3 = (41, 198), (56, 220), 435
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_CLONE_NEW_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_EPERM, _EACCES, _ENOSYS = 1, 13, 38
+# BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_JMP|JSET|K, BPF_RET|K
+_LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_SECCOMP_RET_KILL_PROCESS, _SECCOMP_RET_ERRNO, _SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 
 # File-system access rights (include/uapi/linux/landlock.h).
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -144,37 +171,85 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def can_forbid_sockets() -> bool:
-    """Whether `forbid_sockets` knows this architecture."""
-    return platform.system() == "Linux" and platform.machine() in _SOCKET_SYSCALL
+def can_filter_syscalls() -> bool:
+    """Whether `forbid_syscalls` knows this architecture."""
+    return platform.system() == "Linux" and platform.machine() in _ARCH
 
 
-def forbid_sockets() -> bool:
-    """Make socket(2) fail with EACCES for the calling thread and all it later starts; False if the arch is unknown.
+def _deny(nr: int, errno: int) -> list[tuple[int, int, int, int]]:
+    """BPF: when the loaded syscall number is `nr`, fail it with `errno`; else go on."""
+    return [(_JEQ, 0, 1, nr), (_RET, 0, 0, _SECCOMP_RET_ERRNO | errno)]
 
-    A seccomp filter: a system call of another architecture (or x86_64's x32
-    numbers) kills the process; socket(2), and io_uring_setup(2) (io_uring
-    makes sockets of its own), fail with EACCES; everything else is allowed.
-    socketpair(2) stays (asyncio's event loop needs it): it makes two connected
-    ends and reaches nothing. So no UDP, TCP, netlink or Unix socket to
-    anything outside. Needs no_new_privs set (`restrict` sets it).
-    """
-    if not can_forbid_sockets():
-        return False
-    arch, socket_nr = _SOCKET_SYSCALL[platform.machine()]
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+
+def _filter_program(sockets: bool) -> list[tuple[int, int, int, int]]:
+    """The seccomp BPF program `forbid_syscalls` installs (see there)."""
+    arch, column = _ARCH[platform.machine()]
     program = [
-        (ld, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 0, 6, arch),  # another architecture: to the kill
-        (ld, 0, 0, 0),  # seccomp_data.nr
-        (jge, 4, 0, 0x40000000),  # x32: to the kill
-        (jeq, 2, 0, socket_nr),  # socket(2): to EACCES
-        (jeq, 1, 0, _IO_URING_SETUP),  # io_uring_setup(2): to EACCES
-        (ret, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
-        (ret, 0, 0, 0x00050000 | 13),  # SECCOMP_RET_ERRNO | EACCES
-        (ret, 0, 0, 0x80000000),  # SECCOMP_RET_KILL_PROCESS
+        (_LD, 0, 0, 4),  # seccomp_data.arch
+        (_JEQ, 1, 0, arch),
+        (_RET, 0, 0, _SECCOMP_RET_KILL_PROCESS),  # another architecture's numbering
+        (_LD, 0, 0, 0),  # seccomp_data.nr
+        (_JGE, 0, 1, 0x40000000),
+        (_RET, 0, 0, _SECCOMP_RET_KILL_PROCESS),  # x86_64's x32 numbering
     ]
+    if sockets:
+        program += _deny(_SOCKET[column], _EACCES)
+    for numbers in NEVER_NEEDED.values():
+        program += _deny(numbers[column], _EPERM)
+    # glibc falls back from clone3 (whose flags sit in memory, out of a filter's reach) to clone on ENOSYS.
+    program += _deny(_CLONE3, _ENOSYS)
+    program += [
+        (_JEQ, 0, 3, _CLONE[column]),
+        (_LD, 0, 0, 16),  # seccomp_data.args[0], low half: clone's flags
+        (_JSET, 0, 1, _CLONE_NEW_NAMESPACES),
+        (_RET, 0, 0, _SECCOMP_RET_ERRNO | _EPERM),
+        (_RET, 0, 0, _SECCOMP_RET_ALLOW),
+    ]
+    return program
+
+
+def forbid_syscalls(sockets: bool) -> bool:
+    """Fail, for the calling thread and all it later starts, the syscalls no scored program needs.
+
+    A seccomp filter (it sets no_new_privs, which a filter needs without
+    CAP_SYS_ADMIN): every syscall in NEVER_NEEDED fails with EPERM (the
+    kernel keyring, bpf, perf, userfaultfd, mounts and namespaces, modules,
+    kexec, ptrace and process_vm_*, io_uring, clocks, reboot...), so does
+    clone(2) with a CLONE_NEW* flag, and clone3(2) with ENOSYS (glibc then
+    uses clone). sockets: socket(2) fails with EACCES too; socketpair(2)
+    stays (asyncio's event loop needs it): it makes two connected ends and
+    reaches nothing, so no UDP, TCP, netlink or Unix socket to anything
+    outside. A syscall of another architecture (or x86_64's x32 numbers)
+    kills the process. Returns False, installing nothing, on an architecture
+    this module does not know.
+    """
+    if not can_filter_syscalls():
+        return False
+    program = _filter_program(sockets)
     filters = (_SockFilter * len(program))(*[_SockFilter(*insn) for insn in program])
     fprog = _SockFprog(len(program), filters)
-    _check(_libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
     return True
+
+
+def join_fresh_session_keyring() -> bool:
+    """Give the calling process a new, empty session keyring; False where the kernel has no keyrings.
+
+    Children inherit their parent's session keyring, and possessing a
+    keyring grants its possessor permissions whatever the uid: without this,
+    a program could read the caller's keys (call it before forbid_syscalls,
+    which then stops keyctl altogether).
+    """
+    if not can_filter_syscalls():
+        return False
+    libc = _libc()
+    column = _ARCH[platform.machine()][1]
+    if libc.syscall(ctypes.c_long(NEVER_NEEDED["keyctl"][column]), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                    None) >= 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno == _ENOSYS:
+        return False
+    raise OSError(errno, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING): {os.strerror(errno)}")
