@@ -16,6 +16,10 @@ import pytest
 import torch
 
 import infer
+from common.inference.console import DEMO_PROMPTS
+from common.inference.session import Session
+from common.inference.settings import unescape
+from common.text.streaming import StopAwareStreamer
 from common.errors import run_cli
 from common.model.export import MERGE_RECORD
 from common.model.load import half_dtype
@@ -120,7 +124,7 @@ def test_streamed_text_equals_batch_generate(tiny_model):
     from common.model.load import load_model, load_tokenizer
     tokenizer, model = load_tokenizer(tiny_model), load_model(tiny_model, "32bit", torch.device("cpu"))
     printed = io.StringIO()
-    session = infer.Session(model, tokenizer, None, torch.device("cpu"), torch.float32, max_new_tokens=12,
+    session = Session(model, tokenizer, None, torch.device("cpu"), torch.float32, max_new_tokens=12,
                             out=printed)
     for prompt, template, stops in [("def add(a, b):\n", "plain", STOP_SEQUENCES),
                                     ("Write a function that adds two numbers.", "chat", ())]:
@@ -137,7 +141,7 @@ def test_streamer_never_prints_past_a_stop_sequence(tiny_model):
     from common.model.load import load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     written = []
-    streamer = infer.StopAwareStreamer(tokenizer, ["\ndef", "\n#"], written.append, "def f():\n")
+    streamer = StopAwareStreamer(tokenizer, ["\ndef", "\n#"], written.append, "def f():\n")
     streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt, skipped
     for token in tokenizer("    return 1\n\ndef other():\n    pass", add_special_tokens=False)["input_ids"]:
         streamer.put(torch.tensor([token]))
@@ -150,7 +154,7 @@ def test_streamer_counts_a_stop_that_begins_in_the_prompt(tiny_model):
     from common.model.load import load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     written = []
-    streamer = infer.StopAwareStreamer(tokenizer, ["\n```"], written.append, "def f():\n")
+    streamer = StopAwareStreamer(tokenizer, ["\n```"], written.append, "def f():\n")
     streamer.put(torch.tensor([[1, 2, 3]]))
     for token in tokenizer("```python", add_special_tokens=False)["input_ids"]:
         streamer.put(torch.tensor([token]))
@@ -168,12 +172,12 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model, capsys):
 
 
 def test_stop_flag_escapes():
-    assert infer.unescape(r"\n\tx\\n") == "\n\tx\\n"
+    assert unescape(r"\n\tx\\n") == "\n\tx\\n"
 
 
 def test_template_rule(tiny_model):
     from common.model.load import load_tokenizer
-    session = infer.Session(None, load_tokenizer(tiny_model), None, torch.device("cpu"), torch.float32)
+    session = Session(None, load_tokenizer(tiny_model), None, torch.device("cpu"), torch.float32)
     for code in ("def f(x):", "  class A:", "import os", "from x import y", "@cache", "# add two numbers",
                  "async def f():"):
         assert session.template_for(code)[0] == "plain"
@@ -229,8 +233,8 @@ def test_interactive_end_of_input_runs_the_pending_prompt(tiny_model, capsys):
 @pytest.mark.slow
 def test_demo_without_adapter_runs_base_only(tiny_model, capsys):
     out, _ = run_main(["--model", tiny_model, "--quant", "32bit", "--demo", "--max-new-tokens", "4"], capsys)
-    assert out.count("##### ") == len(infer.DEMO_PROMPTS) and "=== " not in out
-    assert out.count("--- syntax") == len(infer.DEMO_PROMPTS)
+    assert out.count("##### ") == len(DEMO_PROMPTS) and "=== " not in out
+    assert out.count("--- syntax") == len(DEMO_PROMPTS)
     assert "summary" in out
 
 
