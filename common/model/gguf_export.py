@@ -10,11 +10,21 @@ llama.cpp and transformers (`from_pretrained(dir, gguf_file=...)`) read the file
   - a tied lm_head is not written (llama.cpp reuses token_embd).
 Types: f16 stores 2-D weights as float16; q8_0 quantizes 2-D weights whose rows are a multiple
 of 32 to Q8_0 (blocks of 32 int8 with one fp16 scale, ~8.5 bits a weight); 1-D tensors (norms,
-biases) stay float32 in both. The tokenizer goes in as llama.cpp expects: byte-level BPE
-(GPT-2 style, e.g. SmolLM2, Qwen2) as "gpt2" with its merges, sentencepiece-style BPE with byte
-fallback (Llama 2, Gemma) as "llama" with scores; special token ids and the chat template from
-the tokenizer's files. `pre` names llama.cpp's pre-tokenizer (e.g. "smollm", "qwen2"); it is
-copied from the embedded model's own GGUF when there is one, else "default".
+biases) stay float32 in both.
+
+The tokenizer is written from the (fast) tokenizer itself, as llama.cpp's convert_hf_to_gguf.py does:
+  - model: byte-level BPE (GPT-2 style, e.g. SmolLM2, Qwen2) as "gpt2" with its merges;
+    sentencepiece-style BPE with byte fallback (Llama 2, Gemma) as "llama" with scores that rank
+    the tokens in merge order (llama.cpp merges the best-scored pair first);
+  - token types: CONTROL for special added tokens (and ones that look special, <|...|>), else
+    USER_DEFINED for added tokens, BYTE for <0xNN>, UNUSED for embedding rows the tokenizer lacks,
+    NORMAL otherwise. llama.cpp matches CONTROL and USER_DEFINED tokens whole in the text: a
+    special token typed NORMAL is split into pieces (<|im_start|> became 7 tokens);
+  - BOS/EOS/UNK/PAD ids, add_bos/add_eos/add_space_prefix as the tokenizer really behaves (always
+    written: Ollama adds BOS when the key is missing), and tokenizer.chat_template.
+For the embedded SmolLM2 and Gemma-3 this gives the original GGUF's token types, ids, flags and
+template (tests/test_gguf_export.py). `pre` names llama.cpp's pre-tokenizer (e.g. "smollm", "qwen2");
+it is copied from the embedded model's own GGUF when there is one, else "default".
 """
 import json
 import re
@@ -206,7 +216,7 @@ def add_tokenizer(writer, tokenizer, n_vocab: int, arch: str, pre: str) -> None:
     chat template, all read from the tokenizer itself."""
     spec = tokenizer_spec(tokenizer)
     kind = vocab_kind(spec)
-    tokens, types = vocabulary(tokenizer, n_vocab, kind, arch.startswith("gemma"))
+    tokens, types = vocabulary(tokenizer, n_vocab, kind, gemma=arch.startswith("gemma") and kind == "llama")
     writer.add_tokenizer_model(kind)
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
