@@ -1,15 +1,19 @@
-"""GGUF export: the file transformers reads back (gguf_file=) generates what the merged model generates."""
+"""GGUF export: the file transformers reads back (gguf_file=) generates what the merged model generates, and
+its tokenizer metadata (token types, special ids, flags, chat template) is the embedded original GGUF's."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gguf import GGUFReader, TokenType
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infer
 from common.errors import UserError
-from common.model.gguf_export import export_gguf, gguf_pre_tokenizer, llama_permute
-from common.model.resolve import embedded_gguf
+from common.model.gguf_export import export_gguf, gguf_pre_tokenizer, llama_permute, vocabulary
+from common.model.load import load_tokenizer
+from common.model.resolve import EMBEDDED, embedded_gguf
 
 PROMPT = "def fibonacci(n):\n    # the 12th number is 144\n"
 
@@ -101,3 +105,88 @@ def test_unsupported_architecture_and_type(tiny_gpt2, tmp_path):
 
 def test_embedded_models_pre_tokenizer_is_carried():
     assert gguf_pre_tokenizer(embedded_gguf("smollm2-135m")) == "smollm"
+
+
+# What llama.cpp and Ollama read to tokenize and to stop. `pre` is left out: it is copied from the original only
+# for the embedded model itself, not for a tiny model built with its tokenizer (see the test above).
+TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                  "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
+                  "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix",
+                  "tokenizer.chat_template")
+
+
+def field(reader: GGUFReader, key: str, default=None):
+    found = reader.get_field(key)
+    return found.contents() if found is not None else default
+
+
+def export_tiny(model, tokenizer, tmp_path: Path) -> Path:
+    """Save `model` with `tokenizer` as a model directory and export it the way users do: infer.py --export-gguf."""
+    model_dir, out = tmp_path / "model", tmp_path / "tiny.gguf"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    assert infer.main(["--model", str(model_dir), "--quant", "32bit", "--export-gguf", str(out)]) == 0
+    return out
+
+
+def assert_same_tokenizer(exported: Path, original: Path) -> None:
+    ours, theirs = GGUFReader(str(exported)), GGUFReader(str(original))
+    types, expected = field(ours, "tokenizer.ggml.token_type"), field(theirs, "tokenizer.ggml.token_type")
+    wrong = [i for i, (a, b) in enumerate(zip(types, expected)) if a != b]
+    assert len(types) == len(expected) and not wrong, f"{len(wrong)} token types differ, first ids {wrong[:5]}"
+    for key in TOKENIZER_KEYS:
+        assert field(ours, key) == field(theirs, key), key
+    # A missing add_eos_token reads as false in llama.cpp and Ollama alike; ours is always written.
+    assert field(ours, "tokenizer.ggml.add_eos_token") == field(theirs, "tokenizer.ggml.add_eos_token", False)
+
+
+def test_smollm2_export_has_the_original_tokenizer_metadata(tiny_model, tmp_path):
+    """17 CONTROL tokens (<|im_start|> ...): written as NORMAL, llama.cpp split them into plain text."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    exported = export_tiny(AutoModelForCausalLM.from_pretrained(tiny_model), tokenizer, tmp_path)
+    assert_same_tokenizer(exported, embedded_gguf("smollm2-135m"))
+    assert field(GGUFReader(str(exported)), "tokenizer.ggml.token_type").count(TokenType.CONTROL) == 17
+
+
+def gemma_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec(EMBEDDED["gemma3-270m"].module) is not None
+
+
+@pytest.mark.skipif(not gemma_available(), reason=f"needs the Gemma package: {EMBEDDED['gemma3-270m'].install}")
+def test_gemma_export_has_the_original_tokenizer_metadata(tmp_path):
+    """Sentencepiece-style: BYTE tokens, user-defined runs of spaces and newlines, scores in merge order."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    tokenizer = load_tokenizer("gemma3-270m")
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256)
+    exported = export_tiny(Gemma3ForCausalLM(config), tokenizer, tmp_path)
+    original = embedded_gguf("gemma3-270m")
+    assert_same_tokenizer(exported, original)
+    types = np.array(field(GGUFReader(str(exported)), "tokenizer.ggml.token_type"))
+    ours = np.array(field(GGUFReader(str(exported)), "tokenizer.ggml.scores"))
+    theirs = np.array(field(GGUFReader(str(original)), "tokenizer.ggml.scores"))
+    normal = types == TokenType.NORMAL
+    # llama.cpp merges the best-scored pair first: only the order of the normal tokens' scores matters.
+    assert np.all(np.diff(ours[normal]) < 0) and np.all(np.diff(theirs[normal]) <= 0)
+    assert np.array_equal(ours[~normal], theirs[~normal])
+
+
+def test_vocabulary_pads_unused_rows_and_refuses_missing_ones():
+    tokenizer = load_tokenizer("smollm2-135m")
+    tokens, types = vocabulary(tokenizer, len(tokenizer) + 2, "gpt2", gemma=False)
+    assert tokens[-2:] == [f"[PAD{len(tokenizer)}]", f"[PAD{len(tokenizer) + 1}]"]
+    assert types[-2:] == [TokenType.UNUSED] * 2 and types[1] == TokenType.CONTROL and types[100] == TokenType.NORMAL
+    with pytest.raises(UserError, match="resize the embeddings"):
+        vocabulary(tokenizer, len(tokenizer) - 1, "gpt2", gemma=False)
+
+
+def test_llama_cpp_tokenizes_a_chat_prompt_as_transformers_does(tiny_model, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional extra (not installed)")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    exported = export_tiny(AutoModelForCausalLM.from_pretrained(tiny_model), tokenizer, tmp_path)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Write def add(a, b) in Python."}],
+                                           tokenize=False, add_generation_prompt=True)
+    vocab = llama_cpp.Llama(model_path=str(exported), vocab_only=True, verbose=False)
+    # add_bos=True lets llama.cpp add BOS where the file says to (it says not to), as transformers' default does.
+    assert vocab.tokenize(prompt.encode(), add_bos=True, special=True) == tokenizer(prompt)["input_ids"]
