@@ -63,7 +63,7 @@ from common.errors import UserError, run_cli
 from common.options import parse_config
 from common.study.plan import (Planned, completed_eval, completed_train, parse_shard, plan, power_note, print_plan,
                          print_summary, record_membership, running_elsewhere, selected_suites, shard)
-from common.tracker import Tracker, runs_root
+from common.tracker import Tracker, check_merge_source, runs_root
 
 ROOT = Path(__file__).resolve().parent
 INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
@@ -393,12 +393,10 @@ def failure_message(script: str, code: int, tail: str) -> str:
 
 def merge_databases(sources: list[str], db: str) -> int:
     """One database from the shards' (see Tracker.merge_from); report.py, evaluate.py and infer.py read it."""
+    for source in sources:
+        check_merge_source(source, db)  # every shard before anything is written
     target = Tracker(db)
     for source in sources:
-        if not Path(source).is_file():
-            raise UserError(f"--merge {source}: no such database")
-        if Path(source).resolve() == target.path.resolve():
-            raise UserError(f"--merge {source} is --db itself; merge into another file")
         other = Tracker(source)
         counts = target.merge_from(other)
         other.close()
@@ -420,11 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     planned = plan(suites, S.parse_set(cfg.set), cfg.seeds)
     if cfg.shard:
         planned = shard(planned, *parse_shard(cfg.shard))
-    tracker = Tracker(cfg.db)
-    marked = tracker.mark_orphans_interrupted()
-    if marked:
-        print(f"{marked} run(s) left 'running' by a process that is gone are now marked interrupted",
-              file=sys.stderr)
+    tracker = Tracker(cfg.db)  # marks runs left 'running' by a process that is gone interrupted
     label = cfg.suite or suites[0].name
     if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/train/predictions.py), before anything runs
         apply_budget(cfg, tracker, planned, record=not (cfg.estimate or cfg.dry_run))
