@@ -376,7 +376,7 @@ def apply_budget(cfg, tracker: Tracker, planned: list[Planned], record: bool) ->
     estimates = plan_estimates(planned, default_device())
     print_plan_estimates(planned, estimates, cfg.budget_mb)
     for p in planned:
-        reason = budget_reason(estimates[p.name], cfg.budget_mb) if p.name in estimates and cfg.budget_mb else None
+        reason = budget_reason(estimates[p.name], cfg.budget_mb) if p.name in estimates else None
         if reason:
             p.outcome, p.error = "skipped", reason
         if reason and record:
@@ -412,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.seeds is not None and cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    if cfg.budget_mb is not None:  # refused before the database is opened
+        from common.train.predictions import check_budget_mb
+        check_budget_mb(cfg.budget_mb)
     if cfg.merge:
         return merge_databases(cfg.merge, cfg.db)
     suites = selected_suites(cfg)

@@ -82,3 +82,65 @@ def test_merge_refuses_files_that_are_not_our_databases(tmp_path, capsys, conten
         sweep.main(["--merge", str(source), "--db", str(target)])
     assert message in one_line(e) and "pass a shard's --db file" in str(e.value)
     assert source.read_bytes() == before and not target.exists()
+
+
+# ---------------------------------------------------------------------------- sweep --budget-mb
+
+@pytest.mark.parametrize("budget", ["-1", "nan", "0", "inf"])
+def test_budget_must_be_a_positive_finite_number(tmp_path, budget):
+    import sweep
+    db = tmp_path / "s.db"
+    with pytest.raises(UserError) as e:
+        sweep.main(["--suite", "rank", "--dry-run", "--budget-mb", budget, "--db", str(db)])
+    assert "--budget-mb must be a positive number of MB" in one_line(e)
+    assert not db.exists()
+
+
+def test_the_plan_table_and_the_sweep_agree_on_the_budget(tiny_model, tmp_path, capsys):
+    import dataclasses
+    import json
+
+    import sweep
+    from common.config import SweepConfig
+    from common.study import suites as S
+    from common.study.plan import plan
+    data = tmp_path / "data.jsonl"
+    ops = [(fn, op) for fn in ("abs", "len", "str", "int", "float", "sorted", "max", "min") for op in "+-*%"]
+    data.write_text("".join(json.dumps({"prompt": f"def f_{i}(x):\n    \"\"\"Return {fn}(x) {op} {i}.\"\"\"\n",
+                                        "completion": f"    return {fn}(x) {op} {i}\n"}) + "\n"
+                            for i, (fn, op) in enumerate(ops)))
+    suite = tmp_path / "budget.json"
+    suite.write_text(json.dumps({"name": "budget", "base": {"model": tiny_model, "dataset": str(data),
+                                                              "max_steps": 2, "quant": "32bit"},
+                                 "axes": {"batch_size": [1, 8]}}))
+    planned = plan([S.load_suite_file(str(suite))], {}, None)
+    from common.train.predictions import plan_estimates
+    peaks = sorted(e.peak_mb for e in plan_estimates(planned, __import__("torch").device("cpu")).values())
+    assert peaks[0] < peaks[1]
+    for budget in (peaks[0], (peaks[0] + peaks[1]) / 2, peaks[1]):  # equal to a peak: it fits, in both
+        for p in planned:
+            p.outcome = "pending"
+        capsys.readouterr()
+        sweep.apply_budget(dataclasses.replace(SweepConfig(), budget_mb=budget), Tracker(tmp_path / "b.db"), planned,
+                           record=False)
+        table = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("| ") and "budget" not in line.split("|")[1]}
+        for p in (p for p in planned if p.kind == "adapter"):  # base evaluations are not predicted
+            assert ("over: skipped" in table[p.name]) == (p.outcome == "skipped"), (budget, table[p.name])
+            assert ("fits" in table[p.name]) == (p.outcome == "pending")
+        assert [p.outcome for p in planned].count("skipped") == (1 if budget < peaks[1] else 0)
+
+
+# ---------------------------------------------------------------------------- --columns
+
+@pytest.mark.parametrize("spec, message", [
+    ("prompt=question,completion=answer,completion=repo", "maps completion twice (completion=answer and "
+                                                          "completion=repo); keep one"),
+    ("prompt=text,completion=text", "maps the column 'text' twice (onto prompt and completion); keep one"),
+])
+def test_columns_mapping_a_field_twice_is_an_error(spec, message):
+    from common.corpus.formats import parse_columns
+    with pytest.raises(UserError) as e:
+        parse_columns(spec)
+    assert message in one_line(e)
+    assert parse_columns("prompt=question,completion=answer") == {"question": "prompt", "answer": "completion"}
