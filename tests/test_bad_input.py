@@ -144,3 +144,27 @@ def test_columns_mapping_a_field_twice_is_an_error(spec, message):
         parse_columns(spec)
     assert message in one_line(e)
     assert parse_columns("prompt=question,completion=answer") == {"question": "prompt", "answer": "completion"}
+
+
+# ---------------------------------------------------------------------------- data that filtering empties
+
+def test_emptied_data_says_what_each_filter_removed_and_the_fix(tiny_model, tmp_path):
+    import json
+
+    import train
+    from common.corpus.splits import load_humaneval
+    first = load_humaneval()[0]
+    rows = [{"prompt": "def plus(a, b):\n    \"\"\"Return the sum.\"\"\"\n", "completion": "    return a + b\n"}] * 4
+    rows += [{"prompt": f"def plus_{i}(x, y):\n    \"\"\"Return the sum.\"\"\"\n", "completion": "    return x + y\n"}
+             for i in range(3)]
+    rows += [{"prompt": first.prompt, "completion": first.completion}]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "t.db"
+    with pytest.raises(UserError) as e:
+        train.main(["--model", tiny_model, "--dataset", str(data), "--db", str(db), "--quant", "32bit", "--quiet"])
+    message = one_line(e)
+    assert "only 1 usable examples after filtering (8 read; removed 3 exact duplicates, " in message
+    assert "3 duplicates up to names and literals" in message and "1 HumanEval overlaps" in message
+    assert message.endswith("need at least 3 (one each for train, validation and test): add distinct examples")
+    assert not Tracker(db).runs()
