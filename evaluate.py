@@ -3,7 +3,7 @@
     python evaluate.py                                  # embedded base model on humaneval,heldout
     python evaluate.py --run-id 3                       # the adapter of train run 3 (its output dir, from --db)
     python evaluate.py --run-name NAME                  # the newest completed train run called NAME
-    python evaluate.py --adapter runs/NAME              # a PEFT adapter directory (run_config.json read if there)
+    python evaluate.py --adapter runs/NAME              # PEFT adapter dir (no run_config.json: add --quant, --protocol)
     python evaluate.py --benchmark humaneval --eval-limit 20 --n-samples 10 --temperature 0.8 --k 1,5,10
     python evaluate.py --benchmark my_problems.jsonl    # HumanEval-format or stdin/stdout-format problems
     python evaluate.py --samples completions.jsonl      # score completions made elsewhere; no model loaded
@@ -48,7 +48,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from common.model.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
+from common.model.adapters import (Adapter, adapter_from_dir, adapter_from_run, check_base_model,
+                                   require_training_record)
 from common.judge.benchmarks import Benchmark, load_benchmark, parse_benchmarks, prepare_benchmark
 from common.config import EvalConfig
 from common.errors import UserError, run_cli
@@ -330,6 +331,7 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
 
     tracker = Tracker(cfg.db)
     adapter = resolve_adapter(cfg, tracker)
+    require_training_record(adapter, cfg.quant, cfg.protocol)
     train = adapter.train_config if adapter else {}
     model_name = cfg.model or (adapter.base_model if adapter else None) or DEFAULT_MODEL
     inherit_settings(cfg, adapter)

@@ -168,3 +168,42 @@ def test_emptied_data_says_what_each_filter_removed_and_the_fix(tiny_model, tmp_
     assert "3 duplicates up to names and literals" in message and "1 HumanEval overlaps" in message
     assert message.endswith("need at least 3 (one each for train, validation and test): add distinct examples")
     assert not Tracker(db).runs()
+
+
+# ---------------------------------------------------------------------------- adapters without a training record
+
+@pytest.fixture(scope="module")
+def bare_adapter(tiny_model, tmp_path_factory) -> Path:
+    """A PEFT adapter directory as another tool saves it: no run_config.json."""
+    from transformers import AutoModelForCausalLM
+
+    from common.model.lora import attach_lora
+    out = tmp_path_factory.mktemp("bare") / "adapter"
+    attach_lora(AutoModelForCausalLM.from_pretrained(tiny_model), 4, None, 0.0, "qkvo").save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("given, missing", [([], "pass --quant and --protocol explicitly"),
+                                            (["--quant", "32bit"], "pass --protocol explicitly"),
+                                            (["--protocol", "completion"], "pass --quant explicitly")])
+def test_an_adapter_without_run_config_needs_its_settings_named(bare_adapter, tmp_path, given, missing):
+    import evaluate
+    db = tmp_path / "e.db"
+    Tracker(db).start_run("earlier", "eval", {})
+    with pytest.raises(UserError) as e:
+        evaluate.main(["--adapter", str(bare_adapter), *given, "--db", str(db), "--output-dir", str(tmp_path / "out"),
+                       "--quiet"])
+    assert "has no run_config.json" in one_line(e) and missing in str(e.value)
+    assert [r["name"] for r in Tracker(db).runs()] == ["earlier"] and not (tmp_path / "out").exists()
+
+
+def test_an_adapter_without_run_config_is_evaluated_as_named(bare_adapter, tmp_path, monkeypatch):
+    import evaluate
+
+    def stop(model_name, quant, adapter, device):
+        raise RuntimeError(f"loading {quant}")
+    monkeypatch.setattr(evaluate, "load_eval_model", stop)
+    with pytest.raises(RuntimeError, match="loading 32bit"):
+        evaluate.main(["--adapter", str(bare_adapter), "--quant", "32bit", "--protocol", "completion", "--benchmark",
+                       "humaneval", "--eval-limit", "1", "--db", str(tmp_path / "e.db"), "--output-dir",
+                       str(tmp_path / "out"), "--quiet"])
