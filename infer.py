@@ -56,7 +56,8 @@ import torch
 from common.model.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
 from common.config import InferConfig
 from common.errors import UserError, first_line, run_cli
-from common.model.export import export_to_gguf, hub_token, load_adapter, merge, merged_template, push_to_hub
+from common.model.export import (check_export_targets, export_to_gguf, hub_token, load_adapter, merge,
+                                 merged_template, push_to_hub)
 from common.text.generation import extract_code, stop_criteria, stops_for_template
 from common.judge.metrics import syntax_error_category
 from common.model.resolve import DEFAULT_MODEL
@@ -142,6 +143,7 @@ def validate(cfg, adapter: Adapter | None) -> None:
         target = Path(cfg.merge_to)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise UserError(f"--merge-to {target} exists and is not an empty directory; pass a new directory")
+    check_export_targets(cfg.merge_to, cfg.export_gguf)  # before the load and merge
 
 
 # ---------------------------------------------------------------------------- generation

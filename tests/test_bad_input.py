@@ -1,5 +1,6 @@
 """Bad input and unreliable surroundings (issue 29 item 6): each is a one-line error before any long work,
 or a visible note recorded with the run, and nothing already recorded is overwritten or lost."""
+import os
 import signal
 import sqlite3
 import subprocess
@@ -207,3 +208,38 @@ def test_an_adapter_without_run_config_is_evaluated_as_named(bare_adapter, tmp_p
         evaluate.main(["--adapter", str(bare_adapter), "--quant", "32bit", "--protocol", "completion", "--benchmark",
                        "humaneval", "--eval-limit", "1", "--db", str(tmp_path / "e.db"), "--output-dir",
                        str(tmp_path / "out"), "--quiet"])
+
+
+# ---------------------------------------------------------------------------- export destinations
+
+def unwritable_targets(tmp_path: Path) -> list[tuple[str, str]]:
+    """(path, expected message) pairs that fail for root too, and a read-only folder when not root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me\n")
+    cases = [(str(blocker / "out" / "model.gguf"), "is a file, not a directory")]
+    if os.geteuid() != 0:  # root writes into a read-only folder
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((str(locked / "model.gguf"), "cannot be written (Permission denied"))
+    return cases
+
+
+def test_export_gguf_to_an_unwritable_path_fails_before_loading(tiny_model, tmp_path, monkeypatch):
+    import infer
+    monkeypatch.setattr("common.model.load.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    for target, message in [*unwritable_targets(tmp_path), (str(tmp_path), "is a directory; pass a file name")]:
+        with pytest.raises(UserError) as e:
+            infer.main(["--model", tiny_model, "--export-gguf", target])
+        assert message in one_line(e) and "--export-gguf" in str(e.value)
+    assert (tmp_path / "a-file").read_text() == "keep me\n"
+
+
+def test_merge_to_an_unwritable_path_fails_before_loading(bare_adapter, tiny_model, tmp_path, monkeypatch):
+    import infer
+    monkeypatch.setattr("common.model.load.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    for target, message in unwritable_targets(tmp_path):
+        merged = str(Path(target).parent / "merged")
+        with pytest.raises(UserError) as e:
+            infer.main(["--adapter", str(bare_adapter), "--model", tiny_model, "--quant", "32bit", "--merge-to", merged])
+        assert message.split(" (")[0] in one_line(e) and "--merge-to" in str(e.value)
+    assert (tmp_path / "a-file").read_text() == "keep me\n"
