@@ -243,3 +243,40 @@ def test_merge_to_an_unwritable_path_fails_before_loading(bare_adapter, tiny_mod
             infer.main(["--adapter", str(bare_adapter), "--model", tiny_model, "--quant", "32bit", "--merge-to", merged])
         assert message.split(" (")[0] in one_line(e) and "--merge-to" in str(e.value)
     assert (tmp_path / "a-file").read_text() == "keep me\n"
+
+
+# ---------------------------------------------------------------------------- samples.json of runs sharing a name
+
+def test_evaluations_sharing_a_name_keep_each_others_samples(tmp_path):
+    import json
+
+    import evaluate
+    from common.corpus.splits import load_humaneval
+    problems = load_humaneval()[:2]
+    db = tmp_path / "e.db"
+    for answer in ("right", "wrong"):
+        rows = [{"task_id": p.id, "completion": p.completion if answer == "right" else "    return 0\n"}
+                for p in problems]
+        samples = tmp_path / f"{answer}.jsonl"
+        samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert evaluate.main(["--samples", str(samples), "--name", "same", "--db", str(db), "--quiet"]) == 0
+    right, wrong = Tracker(db).runs(kind="eval")
+    folder = Path(right["output_dir"])
+    assert Path(wrong["output_dir"]) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["samples-run2.json", "samples.json"]
+    first = json.loads((folder / "samples.json").read_text())
+    second = json.loads((folder / "samples-run2.json").read_text())
+    assert (first["run_id"], second["run_id"]) == (right["id"], wrong["id"]) == (1, 2)
+    assert first["scores"]["humaneval"]["pass@1"]["value"] == 1.0
+    assert second["scores"]["humaneval"]["pass@1"]["value"] == 0.0
+
+
+def test_samples_files_of_one_run_id_from_several_databases_never_replace_each_other(tmp_path):
+    import json
+
+    from common.judge.samples import write_samples_json
+    paths = [write_samples_json(tmp_path, 1, f"db{i}", {}, {}, {}, {"humaneval": [i]}) for i in range(3)]
+    assert [p.name for p in paths[:2]] == ["samples.json", "samples-run1.json"]
+    assert paths[2].name.startswith("samples-run1-") and len(set(paths)) == 3
+    assert [json.loads(p.read_text())["name"] for p in paths] == ["db0", "db1", "db2"]
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left behind
