@@ -3,7 +3,7 @@
     python evaluate.py                                  # embedded base model on humaneval,heldout
     python evaluate.py --run-id 3                       # the adapter of train run 3 (its output dir, from --db)
     python evaluate.py --run-name NAME                  # the newest completed train run called NAME
-    python evaluate.py --adapter runs/NAME              # a PEFT adapter directory (run_config.json read if there)
+    python evaluate.py --adapter runs/NAME              # PEFT adapter dir (no run_config.json: add --quant, --protocol)
     python evaluate.py --benchmark humaneval --eval-limit 20 --n-samples 10 --temperature 0.8 --k 1,5,10
     python evaluate.py --benchmark my_problems.jsonl    # HumanEval-format or stdin/stdout-format problems
     python evaluate.py --samples completions.jsonl      # score completions made elsewhere; no model loaded
@@ -102,12 +102,14 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     from common.env import default_device
     from common.evaluation.runs import load_eval_model, print_summary, producer, run_evaluation
     from common.evaluation.settings import find_base_run, inherit_settings, resolve_adapter
+    from common.model.adapters import require_training_record
     from common.model.load import check_quant, compute_dtype
     from common.model.resolve import DEFAULT_MODEL
     from common.tracker import Tracker
 
     tracker = Tracker(cfg.db)
     adapter = resolve_adapter(cfg, tracker)
+    require_training_record(adapter, cfg.quant, cfg.protocol)
     model_name = cfg.model or (adapter.base_model if adapter else None) or DEFAULT_MODEL
     inherit_settings(cfg, adapter)
     device = default_device()
@@ -133,7 +135,7 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     print_summary(result, name, config)
     if base_runs:
         print(f"delta vs base eval run(s) {', '.join(sorted({str(i) for i in base_runs.values()}))}")
-    print(f"samples: {output_dir / 'samples.json'}")
+    print(f"samples: {result.samples_path}")
     return 0
 
 

@@ -57,13 +57,11 @@ from common.options import parse_config
 
 def merge_databases(sources: list[str], db: str) -> int:
     """One database from the shards' (see Tracker.merge_from); report.py, evaluate.py and infer.py read it."""
-    from common.tracker import Tracker
+    from common.tracker import Tracker, check_merge_source
+    for source in sources:
+        check_merge_source(source, db)  # every shard before anything is written
     target = Tracker(db)
     for source in sources:
-        if not Path(source).is_file():
-            raise UserError(f"--merge {source}: no such database")
-        if Path(source).resolve() == target.path.resolve():
-            raise UserError(f"--merge {source} is --db itself; merge into another file")
         other = Tracker(source)
         counts = target.merge_from(other)
         other.close()
@@ -79,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.seeds is not None and cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    if cfg.budget_mb is not None:  # refused before the database is opened
+        from common.train.predictions import check_budget_mb
+        check_budget_mb(cfg.budget_mb)
     if cfg.merge:
         return merge_databases(cfg.merge, cfg.db)
     # Imported after parsing, so that --help and option errors answer before torch loads.
@@ -90,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     planned = plan(suites, S.parse_set(cfg.set), cfg.seeds)
     if cfg.shard:
         planned = shard(planned, *parse_shard(cfg.shard))
-    tracker = Tracker(cfg.db)
-    marked = tracker.mark_orphans_interrupted()
-    if marked:
-        print(f"{marked} run(s) left 'running' by a process that is gone are now marked interrupted",
-              file=sys.stderr)
+    tracker = Tracker(cfg.db)  # marks runs left 'running' by a process that is gone interrupted
     label = cfg.suite or suites[0].name
     if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/train/predictions.py), before anything runs
         apply_budget(cfg, tracker, planned, record=not (cfg.estimate or cfg.dry_run))

@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import sqlite3
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, Iterable, Iterator
 
 from common.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION = "lora-code-study"
 # skipped: planned by a sweep but not run, the reason in `error` (e.g. predicted over --budget-mb).
 STATUSES = ("running", "completed", "failed", "interrupted", "skipped")
@@ -61,7 +62,8 @@ CREATE TABLE runs (
     pid INTEGER,
     git_commit TEXT,
     versions TEXT,
-    hardware TEXT
+    hardware TEXT,
+    process_start TEXT
 );
 CREATE INDEX runs_by_hash ON runs (config_hash, kind);
 CREATE INDEX runs_by_suite ON runs (suite);
@@ -113,8 +115,14 @@ def _allow_skipped(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA writable_schema=OFF")
 
 
+def _add_process_start(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: runs.process_start, which tells a run's live process from a later one reusing its pid."""
+    if "process_start" not in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}:
+        conn.execute("ALTER TABLE runs ADD COLUMN process_start TEXT")
+
+
 # Migration N upgrades a database from schema version N to N+1 (SQL statements, or a function of the connection).
-_MIGRATIONS: dict[int, Any] = {1: _allow_skipped}
+_MIGRATIONS: dict[int, Any] = {1: _allow_skipped, 2: _add_process_start}
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -136,6 +144,7 @@ class Tracker:
             self.conn.execute("PRAGMA busy_timeout = 60000")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
+            self._check_integrity()
             self._ensure_schema()
         except sqlite3.DatabaseError as e:
             self.conn.close()
@@ -143,6 +152,23 @@ class Tracker:
             # and closing the file from Python would drop this process's SQLite locks on it.
             raise UserError(f"{self.path} is not a usable experiments database ({e}); "
                             "pass another --db or move the file away") from e
+        except UserError:
+            self.conn.close()
+            raise
+        marked = self.mark_orphans_interrupted()
+        if marked:
+            print(f"note: {self.path}: run(s) {', '.join(map(str, marked))} were left 'running' by a process that "
+                  "is gone (killed?) and are now marked interrupted", file=sys.stderr)
+
+    def _check_integrity(self) -> None:
+        """Refuse a damaged file now: SQLite reads only the pages a query touches, so a corrupt page
+        would otherwise surface as a traceback at the first write there, after a run's work is done.
+        quick_check reads every page (about 0.05 s for 100 MB) but skips the costlier index checks."""
+        problems = [row[0] for row in self.conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            detail = "; ".join(line for p in problems for line in p.splitlines() if not line.startswith("***"))
+            raise UserError(f"{self.path} is damaged (SQLite quick_check: {detail[:200]}); recover what it holds "
+                            f"with `sqlite3 {self.path} .recover | sqlite3 recovered.db`, or pass another --db")
 
     def _ensure_schema(self) -> None:
         with self._write():
@@ -205,19 +231,20 @@ class Tracker:
         with self._write():
             cur = self.conn.execute(
                 "INSERT INTO runs (name, suite, kind, status, config, config_hash, parent_id, output_dir,"
-                " started_at, host, pid, git_commit, versions, hardware)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " started_at, host, pid, git_commit, versions, hardware, process_start)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, suite, kind, json.dumps(config, sort_keys=True, default=str), config_hash(config),
                  parent_id, output_dir, time.time(), socket.gethostname(), os.getpid(),
                  env.get("git_commit"), json.dumps(env.get("versions", {}), sort_keys=True),
-                 json.dumps(env.get("hardware", {}), sort_keys=True)))
+                 json.dumps(env.get("hardware", {}), sort_keys=True), process_start(os.getpid())))
             return int(cur.lastrowid)
 
     def resume_run(self, run_id: int) -> None:
         """Mark an interrupted run as running again in this process."""
         with self._write():
-            self.conn.execute("UPDATE runs SET status='running', error=NULL, finished_at=NULL, host=?, pid=?"
-                              " WHERE id=?", (socket.gethostname(), os.getpid(), run_id))
+            self.conn.execute("UPDATE runs SET status='running', error=NULL, finished_at=NULL, host=?, pid=?,"
+                              " process_start=? WHERE id=?",
+                              (socket.gethostname(), os.getpid(), process_start(os.getpid()), run_id))
 
     def finish_run(self, run_id: int, status: str, error: str | None = None,
                    wall_seconds: float | None = None) -> None:
@@ -264,16 +291,22 @@ class Tracker:
                             wall_seconds=time.perf_counter() - began)
             raise
 
-    def mark_orphans_interrupted(self) -> int:
-        """A `running` row whose process (on this host) is gone was killed: say so."""
-        host = socket.gethostname()
-        orphans = [r["id"] for r in self.conn.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?",
-                                                      (host,)) if not pid_alive(r["pid"])]
+    def mark_orphans_interrupted(self) -> list[int]:
+        """Mark `running` rows whose process is gone (see run_process_alive) interrupted; returns their ids.
+
+        Every Tracker does this when it opens, so a kill -9'd run is resumable (train.py) and re-planned
+        (sweep.py) at once. The update repeats what was read, so a run resumed meanwhile is left alone."""
+        rows = self.conn.execute("SELECT id, host, pid, process_start FROM runs WHERE status='running' AND host=?",
+                                 (socket.gethostname(),)).fetchall()
+        stale = [r for r in rows if not run_process_alive(dict(r))]
+        if not stale:
+            return []
         with self._write():
-            for run_id in orphans:
+            for r in stale:
                 self.conn.execute("UPDATE runs SET status='interrupted', error='process gone (killed?)',"
-                                  " finished_at=? WHERE id=? AND status='running'", (time.time(), run_id))
-        return len(orphans)
+                                  " finished_at=? WHERE id=? AND status='running' AND pid IS ? AND process_start IS ?",
+                                  (time.time(), r["id"], r["pid"], r["process_start"]))
+        return [r["id"] for r in stale]
 
     # ---- metrics, scores, samples ----------------------------------------
 
@@ -387,7 +420,7 @@ class Tracker:
 
     def _copy_run(self, other: "Tracker", run: dict[str, Any], parent_id: int | None, ids: dict[int, int]) -> int:
         columns = ("name", "suite", "kind", "status", "config_hash", "output_dir", "started_at", "finished_at",
-                   "wall_seconds", "error", "host", "pid", "git_commit")
+                   "wall_seconds", "error", "host", "pid", "git_commit", "process_start")
         values = [run[c] for c in columns] + [json.dumps(run["config"], sort_keys=True, default=str),
                                               json.dumps(run["versions"], sort_keys=True),
                                               json.dumps(run["hardware"], sort_keys=True), parent_id]
@@ -427,6 +460,35 @@ class Tracker:
         else:
             raise UserError(f"cannot export to {path}: use a .json or .csv file name")
         return path
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_merge_source(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Refuse a --merge source that is not an experiments database, before anything opens it read-write
+    (a Tracker would turn an empty or foreign file into a database of ours)."""
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"--merge {source}: no such database; pass a shard's --db file")
+    if path.resolve() == Path(target).resolve():
+        raise UserError(f"--merge {source} is --db itself; merge into another file")
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        what = "is empty" if not header else "is not an SQLite database"
+        raise UserError(f"--merge {source} {what}; pass a shard's --db file (made by train.py, evaluate.py "
+                        "or sweep.py)")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            app = conn.execute("SELECT value FROM meta WHERE key='application'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"--merge {source} is not an experiments database ({e}); pass a shard's --db file") from e
+    if not app or app[0] != APPLICATION:
+        raise UserError(f"--merge {source} is an SQLite database of another program; pass a shard's --db file")
 
 
 def runs_root(tracker: Tracker) -> Path:
@@ -508,3 +570,26 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return True  # no /proc (macOS): trust kill(0)
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, as "<boot id>:<clock ticks since boot>" (Linux), else None.
+
+    A pid is reused once its process is gone; the start time tells the process that started a
+    run from a later one that happens to have the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = f.read().rsplit(")", 1)[1].split()[19]
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{f.read().strip()}:{ticks}"
+    except (OSError, IndexError):
+        return None
+
+
+def run_process_alive(run: dict[str, Any]) -> bool:
+    """Whether the process that recorded a run still runs (callers check that the run's host is this one);
+    a live process whose start time differs from the recorded one reuses the pid of a dead run."""
+    if not pid_alive(run["pid"]):
+        return False
+    recorded = run.get("process_start")
+    return recorded is None or process_start(run["pid"]) in (None, recorded)

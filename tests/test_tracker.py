@@ -37,7 +37,7 @@ def test_a_running_row_whose_process_is_gone_is_marked_interrupted(tmp_path):
             f"Tracker({str(tmp_path / 'e.db')!r}).start_run('dead', 'train', {{}})")
     subprocess.run([sys.executable, "-c", code], check=True)
     mine = db.start_run("alive", "train", {})
-    assert db.mark_orphans_interrupted() == 1
+    assert len(db.mark_orphans_interrupted()) == 1
     statuses = {r["name"]: r["status"] for r in db.runs()}
     assert statuses == {"dead": "interrupted", "alive": "running"}
     assert mine

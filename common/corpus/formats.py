@@ -56,6 +56,13 @@ def parse_columns(spec: str | None) -> dict[str, str]:
             raise UserError(f"--columns {spec!r}: write OURS=THEIRS pairs, e.g. prompt=question,completion=answer")
         if ours not in COLUMN_TARGETS:
             raise UserError(f"--columns: {ours!r} is not a field we read; map onto one of {', '.join(COLUMN_TARGETS)}")
+        # A second mapping would silently replace the first: say which one to drop instead.
+        if ours in mapping.values():
+            first = next(t for t, o in mapping.items() if o == ours)
+            raise UserError(f"--columns {spec!r} maps {ours} twice ({ours}={first} and {ours}={theirs}); keep one")
+        if theirs in mapping:
+            raise UserError(f"--columns {spec!r} maps the column {theirs!r} twice (onto {mapping[theirs]} and "
+                            f"{ours}); keep one")
         mapping[theirs] = ours
     return mapping
 

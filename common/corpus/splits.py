@@ -185,13 +185,45 @@ def deal_groups(order: list[str], sizes: dict[str, int], target: int) -> tuple[l
     return taken, [g for g in order if g not in chosen]
 
 
+# What each filter of clean_splits (and the readers) removes, in words, and the fix when it empties the data.
+DROP_REASONS = {
+    "duplicate": ("exact duplicates", "add distinct examples"),
+    "normalised_duplicate": ("duplicates up to names and literals", "add distinct examples"),
+    "near_duplicate": ("near-duplicates (shingle Jaccard >= 0.8)", "add distinct examples"),
+    "humaneval_entry_point": ("HumanEval overlaps (a HumanEval function name)",
+                              "use data that does not copy HumanEval, the benchmark"),
+    "humaneval_ngram": (f"HumanEval overlaps ({NGRAM} tokens in common)",
+                        "use data that does not copy HumanEval, the benchmark"),
+    "benchmark_near_duplicate": ("near-copies of a benchmark problem",
+                                 "use data that does not copy the benchmarks (HumanEval, --decontaminate files)"),
+    "bad_row": ("malformed rows", "fix the malformed rows (without --skip-bad-rows the first one is named)"),
+}
+
+
+def describe_drops(dropped: dict[str, int], kept: int) -> str:
+    """`12 read; removed 6 exact duplicates, 5 near-duplicates (...)`: what each filter took, largest first."""
+    removed = sorted(((n, reason) for reason, n in dropped.items() if n), key=lambda pair: (-pair[0], pair[1]))
+    parts = [f"{n} {DROP_REASONS.get(reason, (reason.replace('_', ' '),))[0]}" for n, reason in removed]
+    return f"{kept + sum(n for n, _ in removed)} read; " + (f"removed {', '.join(parts)}" if parts
+                                                             else "none removed")
+
+
+def drop_fix(dropped: dict[str, int]) -> str:
+    """The fix for the filter that removed the most; more data when none removed anything."""
+    reason = max(dropped, key=lambda r: dropped[r], default=None)
+    if reason is None or not dropped[reason]:
+        return "add data"
+    return DROP_REASONS.get(reason, ("", "add data"))[1]
+
+
 def assign_splits(given: dict[str, list[Example]], dropped: dict[str, int], seed: int, val_fraction: float,
                   test_fraction: float, source: str) -> tuple[list[Example], list[Example], list[Example]]:
     """Return (train, validation, test), dealing the splits the source lacks out of its train groups."""
     total = sum(len(examples) for examples in given.values())
+    filtered = describe_drops(dropped, total)  # before heldout_group, which removes from `total`
     if total < 3:
-        raise UserError(f"{source}: only {total} usable examples after filtering; need at least 3 "
-                        "(one each for train, validation and test)")
+        raise UserError(f"{source}: only {total} usable examples after filtering ({filtered}); "
+                        f"need at least 3 (one each for train, validation and test): {drop_fix(dropped)}")
     test = given.get("test") or []
     validation = given.get("validation") or []
     held_groups = {group_of(e) for e in test + validation}
@@ -213,9 +245,9 @@ def assign_splits(given: dict[str, list[Example]], dropped: dict[str, int], seed
     train = [e for group in sorted(order) for e in members[group]]
     rng.shuffle(train)
     if not train or not validation:
-        raise UserError(f"{source}: {total} examples in {len(sizes)} groups are too few for "
-                        f"val_fraction={val_fraction} and test_fraction={test_fraction}; lower the fractions "
-                        "or add data")
+        raise UserError(f"{source}: {total} examples in {len(sizes)} groups ({filtered}) are "
+                        f"too few for val_fraction={val_fraction} and test_fraction={test_fraction}; lower the "
+                        f"fractions, or {drop_fix(dropped)}")
     return train, validation, test
 
 

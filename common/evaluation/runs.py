@@ -79,6 +79,7 @@ def nll_only_records(bench: Benchmark, problems: list) -> list[dict]:
 class RunResult:
     run_id: int
     scores: dict[str, dict[str, tuple]]      # benchmark -> name -> (value, n, low, high)
+    samples_path: Path | None = None
 
 
 def run_evaluation(tracker, cfg: EvalConfig, ks, *, name: str, config: dict, parent_id: int | None, output_dir: Path,
@@ -110,9 +111,9 @@ def run_evaluation(tracker, cfg: EvalConfig, ks, *, name: str, config: dict, par
             tracker.log_samples(run_id, bench.name, records)
             all_scores[bench.name] = scores
             dump[bench.name] = samples_for_json(records, base_records)
-        write_samples_json(output_dir, run_id, name, config, base_runs or {}, all_scores, dump)
+        samples_path = write_samples_json(output_dir, run_id, name, config, base_runs or {}, all_scores, dump)
         tracker.finish_run(run_id, "completed", wall_seconds=time.perf_counter() - began)
-    return RunResult(run_id, all_scores)
+    return RunResult(run_id, all_scores, samples_path)
 
 
 def print_summary(result: RunResult, name: str, config: dict) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.model.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
+from common.model.export import check_export_targets
 from common.tracker import Tracker
 
 def find_adapter(cfg) -> Adapter | None:
@@ -54,5 +55,6 @@ def validate_infer_config(cfg, adapter: Adapter | None) -> None:
         target = Path(cfg.merge_to)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise UserError(f"--merge-to {target} exists and is not an empty directory; pass a new directory")
+    check_export_targets(cfg.merge_to, cfg.export_gguf)  # before the load and merge
 
 

@@ -78,6 +78,19 @@ def adapter_from_run(tracker: Tracker, db: str, run_id: int) -> Adapter:
     return adapter
 
 
+def require_training_record(adapter: Adapter | None, quant: str | None, protocol: str) -> None:
+    """Refuse to guess: without train.py's record (run_config.json, or a run in the database) an adapter
+    would be evaluated at the defaults (16bit, the tokenizer's protocol), not what it was trained with."""
+    if adapter is None or adapter.train_config:
+        return
+    missing = [flag for flag, given in (("--quant", quant is not None), ("--protocol", protocol != "auto"))
+               if not given]
+    if missing:
+        raise UserError(f"adapter {adapter.label} has no run_config.json (not a train.py output directory), so the "
+                        f"quant and prompt protocol it was trained with are unknown; pass {' and '.join(missing)} "
+                        "explicitly, e.g. --quant 32bit --protocol completion")
+
+
 def check_base_model(adapter: Adapter, model: str | None) -> None:
     if model and adapter.base_model and model_identity(model) != model_identity(adapter.base_model):
         raise UserError(f"adapter {adapter.label} was trained on {adapter.base_model}, not {model}; "

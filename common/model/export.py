@@ -9,7 +9,9 @@ would be baked into the weights); lora_merge.json records the source and prompt 
 infer.py prompts a merged model as the adapter was trained.
 """
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +32,34 @@ def merged_template(model: str) -> str | None:
         return None
     template = read_json_object(record).get("template")
     return template if template in TEMPLATES else None
+
+
+def check_export_targets(merge_to: str | None, export_gguf: str | None) -> None:
+    """Both destinations writable now, not after the load and merge (tens of seconds) that precede writing."""
+    if merge_to:
+        check_writable_target(Path(merge_to), "--merge-to", folder=True)
+    if export_gguf:
+        check_writable_target(Path(export_gguf), "--export-gguf", folder=False)
+
+
+def check_writable_target(target: Path, flag: str, folder: bool) -> None:
+    """A file or folder can be created at `target`: its nearest existing ancestor is a folder we can write in
+    (probed with a temporary file, so root on a read-only mount is caught too); the folders above it are
+    made only when the result is written."""
+    if not folder and target.is_dir():
+        raise UserError(f"{flag} {target} is a directory; pass a file name, e.g. {target / 'model.gguf'}")
+    if not folder and target.exists() and not os.access(target, os.W_OK):
+        raise UserError(f"{flag} {target} exists and is not writable; pass another file name")
+    parent = target if folder else target.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {target}: {existing} is a file, not a directory; pass another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {target} cannot be written ({e.strerror} in {existing}); pass a path in a "
+                        "writable directory") from e
 
 
 def merged_model(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer,

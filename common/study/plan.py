@@ -12,7 +12,7 @@ from typing import Any, Callable
 from common.study import suites as S
 from common.config import SweepConfig
 from common.errors import UserError
-from common.tracker import Tracker, pid_alive
+from common.tracker import Tracker, run_process_alive
 
 
 @dataclass
@@ -104,7 +104,7 @@ def completed_ids(tracker: Tracker, p: Planned) -> tuple[int | None, int | None]
 def running_elsewhere(tracker: Tracker, name: str, kind: str) -> dict[str, Any] | None:
     rows = tracker.runs(name=name, kind=kind)
     if rows and rows[-1]["status"] == "running" and rows[-1]["host"] == socket.gethostname() \
-            and pid_alive(rows[-1]["pid"]):
+            and run_process_alive(rows[-1]):
         return rows[-1]
     return None
 

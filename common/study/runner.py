@@ -332,7 +332,7 @@ def apply_budget(cfg, tracker: Tracker, planned: list[Planned], record: bool) ->
     estimates = plan_estimates(planned, default_device())
     print_plan_estimates(planned, estimates, cfg.budget_mb)
     for p in planned:
-        reason = budget_reason(estimates[p.name], cfg.budget_mb) if p.name in estimates and cfg.budget_mb else None
+        reason = budget_reason(estimates[p.name], cfg.budget_mb) if p.name in estimates else None
         if reason:
             p.outcome, p.error = "skipped", reason
         if reason and record:

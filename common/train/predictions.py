@@ -3,10 +3,12 @@
 
     train.py --estimate [--probe]      common/train/build.py estimate(...) -> probe_and_refine(...)
     train.py (every run)              prediction_scores(...) -> scores predicted_peak_mb, predicted_step_s
-    sweep.py --estimate/--budget-mb   plan_estimates(planned, device), over_budget(...), record_skipped(...)
+    sweep.py --estimate/--budget-mb   check_budget_mb(...), plan_estimates(planned, device), over_budget(...),
+                                      budget_reason(...), record_skipped(...)
     report.py                         predicted_vs_measured(tracker) -> rows with the relative errors
 """
 import dataclasses
+import math
 import statistics
 import sys
 import time
@@ -120,7 +122,7 @@ def print_plan_estimates(planned: list, estimates: dict[str, Estimate], budget_m
         est = estimates.get(p.name)
         if est is None:
             continue
-        over = () if budget_mb is None else ("over: skipped" if est.peak_mb > budget_mb else "fits",)
+        over = () if budget_mb is None else ("over: skipped" if over_budget(est, budget_mb) else "fits",)
         rows.append((p.name, p.diff, f"{est.peak_mb:.0f}", f"{est.weights_mb:.0f}",
                      f"{training_peak_mb(est) - fixed_mb(est):.0f}", f"{est.step_s:.2f}",
                      f"{est.tokens_per_s:.0f}", f"{est.steps * est.step_s / 60:.1f}", *over))
@@ -130,9 +132,22 @@ def print_plan_estimates(planned: list, estimates: dict[str, Estimate], budget_m
                    tablefmt="github"))
 
 
-def budget_reason(est: Estimate, budget_mb: float) -> str | None:
-    """Why a run is skipped for --budget-mb, or None when it is predicted to fit."""
-    if est.peak_mb <= budget_mb:
+def check_budget_mb(budget_mb: float | None) -> None:
+    """--budget-mb is a positive number of MB (nan compares false with everything, so the plan's
+    table and the runs would disagree)."""
+    if budget_mb is not None and not (math.isfinite(budget_mb) and budget_mb > 0):
+        raise UserError(f"--budget-mb must be a positive number of MB, got {budget_mb}; e.g. --budget-mb 8000, "
+                        "or leave it out to run every planned run")
+
+
+def over_budget(est: Estimate, budget_mb: float | None) -> bool:
+    """The one test both the plan's table and the sweep apply: predicted peak above the budget."""
+    return budget_mb is not None and est.peak_mb > budget_mb
+
+
+def budget_reason(est: Estimate, budget_mb: float | None) -> str | None:
+    """Why a run is skipped for --budget-mb, or None when it is predicted to fit (or there is no budget)."""
+    if not over_budget(est, budget_mb):
         return None
     return (f"skipped for budget: predicted peak {est.peak_mb:.0f} MB > --budget-mb {budget_mb:.0f} "
             f"(common/train/estimate.py; weights {est.weights_mb:.0f} MB, activations+logits "
