@@ -148,7 +148,7 @@ def difference_table(pairs: list[tuple[Row, Row | None]], diffs: dict[int, dict[
 
 def differences_section(study: Study, suite: str, rows: list[Row], bases: list[Row]) -> tuple[list[str], list]:
     """The two difference tables (vs reference, vs base) and every Difference computed, for the power."""
-    reference = compare.reference_row(rows, suite)
+    reference = compare.reference_row(rows)
     lines, every = [], []
     for title, pairs in (
             (f"vs the reference config ({reference.label})" if reference else "", [(r, reference) for r in rows
@@ -410,8 +410,9 @@ def write_comparison(records: list[dict[str, Any]], out: Path) -> None:
 def sweep_command(suites: list[str]) -> str:
     """The sweep.py command that runs these suites: the smallest built-in composite suite made of exactly them
     (`study` for the study's parts), else one --suite per suite."""
-    from common.study.suites import BUILTIN
-    composites = sorted((s for s in BUILTIN.values() if s.parts and set(s.parts) == set(suites)), key=lambda s: s.name)
+    from common.study.suites import builtin_names, builtin_suite
+    composites = sorted((s for s in map(builtin_suite, builtin_names()) if s.parts and set(s.parts) == set(suites)),
+                        key=lambda s: s.name)
     names = [composites[0].name] if composites else suites
     return " && ".join(f"python sweep.py --suite {name}" for name in names)
 

@@ -166,7 +166,7 @@ class EvalConfig:
 @dataclass
 class SweepConfig:
     """sweep.py: run a suite of configurations, resumably."""
-    suite: str | None = option(None, "built-in suite to run (common/study/suites.py)", group="which")
+    suite: str | None = option(None, "built-in suite to run (data/suites/builtin/NAME.yaml)", group="which")
     suite_file: str | None = option(None, "YAML/JSON suite: name, base, axes, groups (see common/study/suites.py)",
                                     group="which")
     set: list[str] = option([], "override an option for every run, KEY=VALUE (repeatable; any train.py or "

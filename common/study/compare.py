@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from common.judge import stats
 from common.study.rows import Cell, Metric, Row, Study, metric_for
-from common.study.suites import BUILTIN, CENTRAL
+from common.study.suites import CENTRAL
 
 COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "nll"]
 
@@ -50,13 +50,11 @@ class Power:
     needed: dict[float, int | None]  # target difference -> problems needed at the observed discordance
 
 
-def reference_row(rows: list[Row], suite: str) -> Row | None:
-    """The suite's reference config (Suite.reference; the central config for suites not built in)."""
-    reference = BUILTIN[suite].reference if suite in BUILTIN else CENTRAL
-    wanted = {k: v for k, v in reference.items() if k != "seed"}
+def reference_row(rows: list[Row]) -> Row | None:
+    """The suite's reference config: the central one (every suite is compared around it)."""
+    wanted = {k: v for k, v in CENTRAL.items() if k != "seed"}
     for row in rows:
-        if all(row.config.get(k) == v for k, v in wanted.items()) and \
-                ("seed" not in reference or reference["seed"] in row.seeds):
+        if all(row.config.get(k) == v for k, v in wanted.items()) and CENTRAL["seed"] in row.seeds:
             return row
     return None
 

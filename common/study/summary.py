@@ -30,7 +30,7 @@ def summary_entries(study: Study, suites: list[str]) -> list[dict[str, Any]]:
     entries = []
     for suite in suites:
         rows, bases = build_rows(study, suite)
-        reference = compare.reference_row(rows, suite)
+        reference = compare.reference_row(rows)
         pairs: list[tuple[Row, Row | None, str]] = []
         for row in sorted(rows, key=lambda r: r is not reference):
             if reference and row is not reference:
