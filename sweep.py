@@ -1,6 +1,6 @@
 """Run a suite of LoRA/QLoRA configurations: train each, evaluate each, plus the base model once.
 
-    python sweep.py --suite rank                        # rank 4..64 at qkvo, 16bit (see common/study/suites.py)
+    python sweep.py --suite rank                        # rank 4..64 at qkvo, 16bit (data/suites/builtin/rank.yaml)
     python sweep.py --suite all --set max_steps=200 --set eval_limit=40
     python sweep.py --suite quant --seeds 2              # every config over seeds 0 and 1
     python sweep.py --suite-file my_suite.yaml --dry-run # what would run, and what is already done
@@ -8,11 +8,11 @@
     python sweep.py --suite modules --workers 2          # two runs at once, one GPU each
     python sweep.py --suite rank --launcher ray          # one Ray task per adapter (common/study/ray_launcher.py)
 
-Suites (common/study/suites.py): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
+Suites (data/suites/builtin/NAME.yaml): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
 qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
 2 problems: checks the pipeline in minutes), `all` (= rank + modules + quant), `seeds` (r16,
 qkvo, 16bit at seeds 0 and 1: run-to-run spread) and `study` (the reference study in
-results/: its parts `study-*` fix every setting, see common/study/suites.py and the README). The built-in
+results/: its parts `study-*` fix every setting, see data/suites/builtin/ and the README). The built-in
 suites keep train.py's defaults (one epoch); set the budget with e.g. `--set max_steps=200`.
 A `--suite-file` is YAML or JSON:
 

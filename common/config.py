@@ -166,8 +166,8 @@ class EvalConfig:
 @dataclass
 class SweepConfig:
     """sweep.py: run a suite of configurations, resumably."""
-    suite: str | None = option(None, "built-in suite to run (common/study/suites.py)", group="which")
-    suite_file: str | None = option(None, "YAML/JSON suite: name, base, axes, groups (see common/study/suites.py)",
+    suite: str | None = option(None, "built-in suite to run (data/suites/builtin/NAME.yaml)", group="which")
+    suite_file: str | None = option(None, "YAML/JSON suite: name, base, axes, groups or parts (common/study/suites.py)",
                                     group="which")
     set: list[str] = option([], "override an option for every run, KEY=VALUE (repeatable; any train.py or "
                                 "evaluate.py option marked for sweeps, e.g. max_steps=50)", metavar="KEY=VALUE")

@@ -245,7 +245,7 @@ def test_summary_opens_the_report_and_matches_its_json(written, study):
     r8 = rank[("rank=8", "rank=16")]["differences"]
     s = Study(Tracker(study[0]))
     rows, _ = build_rows(s, "rank")
-    expected = compare.differences(s, compare.reference_row(rows, "rank"),
+    expected = compare.differences(s, compare.reference_row(rows),
                                    next(r for r in rows if r.label == "rank=8"))
     assert r8["heldout.nll"]["value"] == pytest.approx(expected["heldout.nll"].value)
     assert r8["heldout.nll"]["detectable"] > 0 and r8["heldout.nll"]["p_adjusted"] >= r8["heldout.nll"]["p_value"]

@@ -75,7 +75,7 @@ def test_paired_differences_against_the_base_use_exact_mcnemar_but_one_seed_gets
 
 def test_differences_against_a_multi_seed_reference_use_the_sign_flip_test(study):
     s, rows, _, _ = study
-    reference = compare.reference_row(list(rows.values()), "rank")
+    reference = compare.reference_row(list(rows.values()))
     assert reference is rows["rank=16"]
     d = compare.differences(s, reference, rows["rank=4"])["humaneval.pass@1"]
     assert d.test == "sign-flip permutation" and d.value == pytest.approx(0.10 - 0.325) and d.seeds == (2, 1)
@@ -132,7 +132,7 @@ def test_shared_config_belongs_to_both_suites(study):
     s, _, _, ids = study
     rows, _ = build_rows(s, "quant")
     shared = next(r for r in rows if r.config["quant"] == "16bit")
-    assert shared.train_ids == ids["r16"] and compare.reference_row(rows, "quant") is shared
+    assert shared.train_ids == ids["r16"] and compare.reference_row(rows) is shared
 
 
 def test_before_after_examples_pick_fixed_then_both_failed_then_heldout(study):

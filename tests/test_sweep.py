@@ -95,7 +95,7 @@ def test_flags_go_to_the_right_script():
 
 
 def test_all_runs_shared_configs_once_with_every_suite():
-    planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["all"].parts], {"max_steps": 5}, None)
+    planned = sweep.plan(S.suite_parts(S.builtin_suite("all")), {"max_steps": 5}, None)
     bases = [p for p in planned if p.kind == "base"]
     runs = [p for p in planned if p.kind == "adapter"]
     assert len(bases) == 1 and bases[0].suites == ["rank", "modules", "quant"]
@@ -107,7 +107,7 @@ def test_all_runs_shared_configs_once_with_every_suite():
 
 
 def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
-    planned = sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
+    planned = sweep.plan(S.suite_parts(S.builtin_suite("study")), {}, None)
     runs = [p for p in planned if p.kind == "adapter"]
     # rank x 3 seeds, Gemma, modules qv/all x 3 seeds, 4-bit x 3 seeds + 8-bit x 1 (qkvo / 16-bit are rank's r16)
     assert len({p.name for p in runs}) == 9 + 3 + 6 + 4
@@ -128,19 +128,19 @@ def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
     gemma = [p for p in runs if p.flags.get("model") == "gemma3-270m"]
     assert {p.flags["format"] for p in gemma} == {"completion"} and {p.flags["protocol"] for p in gemma} == {"completion"}
     with pytest.raises(UserError, match="suite study-rank already varies seed"):
-        sweep.plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, 2)
+        sweep.plan(S.suite_parts(S.builtin_suite("study")), {}, 2)
 
 
 def test_seeds_and_set_conflicts():
-    planned = sweep.plan([S.BUILTIN["quant"]], {}, 2)
+    planned = sweep.plan([S.builtin_suite("quant")], {}, 2)
     runs = [p for p in planned if p.kind == "adapter"]
     assert len(runs) == 6 and {p.flags["seed"] for p in runs} == {0, 1}
     assert sum(p.kind == "base" for p in planned) == 1
     assert any("-s1-" in p.name for p in runs)
     with pytest.raises(UserError, match="suite rank varies rank"):
-        sweep.plan([S.BUILTIN["rank"]], {"rank": 8}, None)
+        sweep.plan([S.builtin_suite("rank")], {"rank": 8}, None)
     with pytest.raises(UserError, match="either --seeds or --set seed"):
-        sweep.plan([S.BUILTIN["rank"]], {"seed": 1}, 2)
+        sweep.plan([S.builtin_suite("rank")], {"seed": 1}, 2)
 
 
 def test_names_are_deterministic_and_ignore_default_values():
@@ -158,7 +158,7 @@ def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
     assert "rank,modules,quant" in out and "modules=qv" in out and "quant=4bit" in out
     assert out.count("train pending, eval pending") == 10
     # A completed train run of one of them shows up as done.
-    planned = sweep.plan([S.BUILTIN["rank"]], {"max_steps": 3}, None)
+    planned = sweep.plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
     r4 = next(p for p in planned if p.flags.get("rank") == 4)
     t = Tracker(db)
     run = t.start_run(r4.name, "train", {"rank": 4})
@@ -231,7 +231,7 @@ def two_sweeps(workdir, tiny_model):
     """
     db = workdir / "shared.db"
     suite_file = write_suite(workdir / "pair.yaml", {
-        "name": "pair", "base": dict(S.BUILTIN["smoke"].base), "axes": {"rank": [4]},
+        "name": "pair", "base": dict(S.builtin_suite("smoke").base), "axes": {"rank": [4]},
         "groups": [[{"modules": "qkvo"}, {"modules": "qv"}, {"modules": "qkv", "max_seq_len": 0}]]})
     procs = {}
     began = time.monotonic()
@@ -360,7 +360,7 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     """SIGINT stops the sweep after the child saves a checkpoint; SIGKILL of the sweep and its child
     leaves a `running` row; the same command then finishes the suite with one completed row per run."""
     db = workdir / "killed.db"
-    base = {**S.BUILTIN["smoke"].base, "max_steps": 24, "save_every": 3}
+    base = {**S.builtin_suite("smoke").base, "max_steps": 24, "save_every": 3}
     suite_file = write_suite(workdir / "killme.yaml", {"name": "killme", "base": base, "axes": {"rank": [4]}})
     cmd = sweep_cmd(workdir, tiny_model, db, "--suite-file", suite_file)
     planned = sweep.plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
@@ -448,7 +448,7 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
 def test_shards_partition_the_plan_stably_and_evenly():
     from common.study.plan import parse_shard, plan, shard, training_cost
 
-    planned = plan([S.BUILTIN[p] for p in S.BUILTIN["study"].parts], {}, None)
+    planned = plan(S.suite_parts(S.builtin_suite("study")), {}, None)
     parts = [shard(planned, i, 3) for i in range(3)]
     trained = [{p.name for p in part if p.kind == "adapter"} for part in parts]
     assert set().union(*trained) == {p.name for p in planned if p.kind == "adapter"}

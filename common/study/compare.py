@@ -29,7 +29,7 @@ import numpy as np
 
 from common.judge import stats
 from common.study.rows import Cell, Metric, Problem, Row, Study, build_rows, metric_for, reference_groups
-from common.study.suites import BUILTIN, CENTRAL
+from common.study.suites import CENTRAL
 
 COMPARED = ["pass@1", "test_case_avg", "syntax_ok", "chrf", "nll"]
 ONE_SEED = "one seed: seed variation not measured"
@@ -72,13 +72,11 @@ class Power:
     needed: dict[float, int | None]  # target difference -> problems needed at the observed discordance
 
 
-def reference_row(rows: list[Row], suite: str) -> Row | None:
-    """The suite's reference config (Suite.reference; the central config for suites not built in)."""
-    reference = BUILTIN[suite].reference if suite in BUILTIN else CENTRAL
-    wanted = {k: v for k, v in reference.items() if k != "seed"}
+def reference_row(rows: list[Row]) -> Row | None:
+    """The suite's reference config: the central one (every suite is compared around it)."""
+    wanted = {k: v for k, v in CENTRAL.items() if k != "seed"}
     for row in rows:
-        if all(row.config.get(k) == v for k, v in wanted.items()) and \
-                ("seed" not in reference or reference["seed"] in row.seeds):
+        if all(row.config.get(k) == v for k, v in wanted.items()) and CENTRAL["seed"] in row.seeds:
             return row
     return None
 
@@ -96,7 +94,7 @@ def matching_base(study: Study, row: Row, bases: list[Row]) -> Row | None:
 def suite_pairs(study: Study, suite: str) -> list[tuple[Row, Row, str]]:
     """(config, comparison, "reference" | "base"): every comparison a suite's report makes, the reference's first."""
     rows, bases = build_rows(study, suite)
-    reference = reference_row(rows, suite)
+    reference = reference_row(rows)
     pairs = []
     for row in sorted(rows, key=lambda r: r is not reference):
         if reference and row is not reference:

@@ -124,7 +124,7 @@ def difference_figure(study: Study, suite: str, rows: list[Row], bases: list[Row
     """Each config minus the reference, then minus its base model, on the quality metric with the paired 95%
     interval: the figure that says which differences are real (marginal intervals overlap even when the
     paired difference is far from zero, because both configs are scored on the same problems)."""
-    reference = compare.reference_row(rows, suite)
+    reference = compare.reference_row(rows)
     pairs = [(r, reference) for r in rows if reference and r is not reference]
     pairs += [(r, compare.matching_base(study, r, bases)) for r in rows]
     scale = 100.0 if metric_for(quality).percent else 1.0

@@ -34,11 +34,10 @@ class Planned:
 
 def selected_suites(cfg: SweepConfig) -> list[S.Suite]:
     if cfg.suite_file:
-        return [S.load_suite_file(cfg.suite_file)]
+        return S.suite_parts(S.load_suite_file(cfg.suite_file))
     if not cfg.suite:
-        raise UserError(f"pass --suite ({', '.join(sorted(S.BUILTIN))}) or --suite-file FILE")
-    suite = S.BUILTIN[cfg.suite]
-    return [S.BUILTIN[p] for p in suite.parts] if suite.parts else [suite]
+        raise UserError(f"pass --suite ({', '.join(S.builtin_names())}) or --suite-file FILE")
+    return S.suite_parts(S.builtin_suite(cfg.suite))
 
 
 def plan(suites: list[S.Suite], overrides: dict[str, Any], seeds: int | None) -> list[Planned]:

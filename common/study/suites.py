@@ -1,6 +1,7 @@
 """Sweep suites: which train/eval flags each run of a study gets, and how suites expand into runs.
 
-A suite is a mapping (built in below, or a YAML/JSON `--suite-file`):
+A suite is a YAML/JSON mapping: a user's `--suite-file`, or a built-in one, data/suites/builtin/<name>.yaml
+(`--suite NAME`), each read by `read_suite`:
 
     name: lr-vs-rank                  # recorded as the runs' suite label
     base:                             # flags every run gets
@@ -13,6 +14,9 @@ A suite is a mapping (built in below, or a YAML/JSON `--suite-file`):
     groups:                           # optional; each group is a list of alternatives, and one
       - - {quant: 4bit, optim: paged_adamw_8bit}     # alternative sets several flags together
         - {quant: 16bit, optim: adamw}
+
+    # or, instead of base/axes/groups, a composite of built-in suites:
+    # parts: [rank, modules, quant]
 
 expands to |rank| x |lr| x (alternatives of group 1) x (group 2) ... runs, in that order
 (axes in file order, the last axis varying fastest, then the groups). A flag may appear
@@ -107,91 +111,86 @@ class Suite:
     base: dict[str, Any] = field(default_factory=dict)
     axes: dict[str, list[Any]] = field(default_factory=dict)
     groups: list[list[dict[str, Any]]] = field(default_factory=list)
-    parts: tuple[str, ...] = ()     # a composite suite (like `all`) is the union of these suites
-    reference: dict[str, Any] = field(default_factory=lambda: dict(CENTRAL))  # the config others are compared with
+    parts: tuple[str, ...] = ()     # a composite suite (like `all`) is the union of these built-in suites
 
 
-BUILTIN: dict[str, Suite] = {
-    "rank": Suite("rank", base={"modules": "qkvo", "quant": "16bit"}, axes={"rank": [4, 8, 16, 32, 64]}),
-    "modules": Suite("modules", base={"rank": 16, "quant": "16bit"}, axes={"modules": ["qv", "qkv", "qkvo", "all"]}),
-    "quant": Suite("quant", base={"rank": 16, "modules": "qkvo"}, axes={"quant": ["4bit", "8bit", "16bit"]}),
-    # Two tiny runs to check the whole pipeline (minutes on a CPU with the embedded model;
-    # seconds with `--set model=<tiny model dir>`).
-    "smoke": Suite("smoke", base={"modules": "qkvo", "quant": "16bit", "max_steps": 2, "train_limit": 16,
-                                  "val_limit": 8, "eval_gen": 1, "eval_every": 0, "eval_limit": 2,
-                                  "max_new_tokens": 16},
-                   axes={"rank": [4, 8]}),
-    # Run-to-run spread of the central config: the same run with another seed.
-    "seeds": Suite("seeds", base={"rank": 16, "modules": "qkvo", "quant": "16bit"}, axes={"seed": [0, 1]}),
-    "all": Suite("all", parts=("rank", "modules", "quant")),
-    # The reference study (results/RESULTS.md; about 6 h on 2 CPU cores with native bf16): below, part by
-    # part, in run order.
-    "study": Suite("study", parts=("study-rank", "study-gemma", "study-modules", "study-quant",
-                                   "study-completion", "study-fewshot")),
-}
+# The built-in suites, one YAML file each, read by the same code as a user's --suite-file.
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "data" / "suites" / "builtin"
+SECTIONS = ("name", "base", "axes", "groups", "parts")
 
-# The study's fixed settings. SmolLM2 trains in chat format and is scored under the instruct protocol
-# (its native one); all 164 HumanEval problems; held-out NLL on the whole test split, without generating
-# for it (generation is the cost; NLL is the sensitive signal). Greedy decoding in bf16 at batch 16 is
-# twice as fast as fp32 on these CPUs; it depends on the batch size, so every run uses the same one.
-_STUDY = {"max_steps": 100, "eval_every": 0, "eval_gen": 0, "benchmark": "humaneval,heldout", "heldout_gen": 0,
-          "max_new_tokens": 256, "eval_batch_size": 16, "fp32_decoding": False}
-_CHAT = {**_STUDY, "format": "instruct", "protocol": "instruct"}
-BUILTIN.update({
-    # Headline question, three initialisation seeds each on one fixed split (split_seed 0).
-    "study-rank": Suite("study-rank", base={**_CHAT, "modules": "qkvo", "quant": "16bit"},
-                        axes={"rank": [4, 16, 64], "seed": [0, 1, 2]}),
-    # Replication of the rank question on a base (non-chat) model under its native completion protocol.
-    "study-gemma": Suite("study-gemma", base={**_STUDY, "model": "gemma3-270m", "format": "completion",
-                                              "protocol": "completion", "modules": "qkvo", "quant": "16bit"},
-                         axes={"rank": [4, 16, 64]}),
-    # Three seeds for every config a headline claim compares (the qkvo / 16-bit seeds 1-2 are study-rank's
-    # r16 runs, trained once). 8-bit keeps one seed: its evaluation costs about four 16-bit ones on a CPU,
-    # so its comparison is exploratory (results/DEVIATIONS.md).
-    "study-modules": Suite("study-modules", base={**_CHAT, "rank": 16, "quant": "16bit"},
-                           axes={"modules": ["qv", "qkvo", "all"], "seed": [0, 1, 2]}),
-    "study-quant": Suite("study-quant", base={**_CHAT, "rank": 16, "modules": "qkvo"},
-                         groups=[[{"quant": q, "seed": seed} for q in ("4bit", "16bit") for seed in (0, 1, 2)]
-                                 + [{"quant": "8bit", "seed": 0}]]),
-    # Secondary tables: the same chat-trained adapters (no retraining) scored under the other protocols.
-    "study-completion": Suite("study-completion", base={**_CHAT, "protocol": "completion", "modules": "qkvo",
-                                                        "quant": "16bit"}, axes={"rank": [4, 16, 64]}),
-    "study-fewshot": Suite("study-fewshot", base={**_CHAT, "protocol": "fewshot", "modules": "qkvo",
-                                                  "quant": "16bit"}, axes={"rank": [16]}),
-})
+
+def builtin_names() -> list[str]:
+    return sorted(path.stem for path in BUILTIN_DIR.glob("*.yaml"))
+
+
+def builtin_suite(name: str) -> Suite:
+    """The built-in suite `name` (data/suites/builtin/<name>.yaml); an unknown name lists the valid ones."""
+    if name not in builtin_names():
+        raise UserError(f"no built-in suite {name!r}; valid names: {', '.join(builtin_names())} "
+                        "(or pass --suite-file FILE)")
+    return read_suite(str(BUILTIN_DIR / f"{name}.yaml"))
 
 
 def load_suite_file(path: str) -> Suite:
+    """A user's suite file: a built-in suite's name would make its runs' suite label ambiguous."""
+    suite = read_suite(path)
+    if suite.name in builtin_names():
+        raise UserError(f"suite file {path}: name {suite.name!r} is a built-in suite (run it with --suite "
+                        f"{suite.name}); choose another name")
+    return suite
+
+
+def suite_parts(suite: Suite) -> list[Suite]:
+    """The suites a sweep of `suite` runs: itself, or for a composite its parts' (flattened)."""
+    return [leaf for part in suite.parts for leaf in suite_parts(builtin_suite(part))] if suite.parts else [suite]
+
+
+def read_suite(path: str) -> Suite:
     data = read_config_file(path)
     where = Path(path).name
-    unknown = sorted(set(data) - {"name", "base", "axes", "groups"})
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise UserError(f"suite file {path}: unknown section(s) {', '.join(unknown)}; "
-                        "expected name, base, axes, groups")
+        raise UserError(f"suite file {path}: unknown section(s) {', '.join(unknown)}; expected {', '.join(SECTIONS)}")
     name = str(data.get("name") or Path(path).stem).strip()
     if not name or any(c.isspace() for c in name) or "," in name:
         raise UserError(f"suite file {path}: name {name!r} must be non-empty, without spaces or commas")
-    if name in BUILTIN:
-        raise UserError(f"suite file {path}: name {name!r} is a built-in suite; choose another name")
+    if "parts" in data:
+        return read_composite(path, name, data)
     base = normalize_flags(data.get("base") or {}, f"{where}: base")
-    axes_raw = data.get("axes") or {}
+    suite = Suite(name, base, read_axes(path, data.get("axes") or {}), read_groups(path, data.get("groups") or []))
+    expand(suite)  # reject conflicts now, with the file's name in the message
+    return suite
+
+
+def read_composite(path: str, name: str, data: dict[str, Any]) -> Suite:
+    parts = data["parts"]
+    if set(data) - {"name", "parts"} or not isinstance(parts, list) or not parts:
+        raise UserError(f"suite file {path}: parts must be a non-empty list of built-in suite names, and a suite "
+                        "with parts has no base, axes or groups")
+    for part in parts:
+        builtin_suite(str(part))  # an unknown part is an error now, listing the valid names
+    return Suite(name, parts=tuple(str(p) for p in parts))
+
+
+def read_axes(path: str, axes_raw: Any) -> dict[str, list[Any]]:
+    where = Path(path).name
     if not isinstance(axes_raw, dict):
         raise UserError(f"suite file {path}: axes must map flag names to lists of values")
     axes = {}
     for key, values in axes_raw.items():
-        name_ = normalize_key(key, f"{where}: axes")
+        name = normalize_key(key, f"{where}: axes")
         if not isinstance(values, list) or not values:
             raise UserError(f"suite file {path}: axes.{key} must be a non-empty list of values")
-        axes[name_] = [coerce(name_, v, f"{where}: axes.{name_}") for v in values]
-    groups_raw = data.get("groups") or []
+        axes[name] = [coerce(name, v, f"{where}: axes.{name}") for v in values]
+    return axes
+
+
+def read_groups(path: str, groups_raw: Any) -> list[list[dict[str, Any]]]:
     if not isinstance(groups_raw, list) or not all(isinstance(g, list) and g for g in groups_raw):
         raise UserError(f"suite file {path}: groups must be a list of groups, each a non-empty list of "
                         "mappings, e.g. groups: [[{quant: 4bit, optim: paged_adamw_8bit}, {quant: 16bit}]]")
-    groups = [[normalize_flags(alt, f"{where}: groups[{i}][{j}]") for j, alt in enumerate(g)]
-              for i, g in enumerate(groups_raw)]
-    suite = Suite(name, base, axes, groups)
-    expand(suite)  # reject conflicts now, with the file's name in the message
-    return suite
+    return [[normalize_flags(alt, f"{Path(path).name}: groups[{i}][{j}]") for j, alt in enumerate(g)]
+            for i, g in enumerate(groups_raw)]
 
 
 def expand(suite: Suite) -> list[dict[str, Any]]:

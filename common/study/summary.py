@@ -1,15 +1,10 @@
 """The one-screen summary of a study: each config against its suite's reference and its base, on the primary metrics.
 
 report.py writes it at the top of RESULTS.md and, as data, to results/summary.json; README quotes the
-<<<<<<< HEAD
 table (docs/study.md quotes it and the per-config table, docs/evaluation.md the base models'), and
 tests/test_results.py re-renders them from the JSON to check that README, docs and RESULTS.md still say
-what the data says.
-=======
-table, and tests/test_results.py re-renders it from the JSON to check that README and RESULTS.md still say
 what the data says. Verdicts are common/study/compare.py's: seed-aware tests, Holm within each suite's
 family of one metric, degenerate comparisons apart.
->>>>>>> h-stats
 
     entries = summary_entries(study, suites)     # data: one per (config, comparison)
     table = summary_table(entries)               # markdown, the same text every time for the same data
