@@ -45,7 +45,7 @@ from common.env import current_memory_mb, default_device, environment, peak_memo
 from common.errors import UserError, run_cli
 from common.text.generation import generate
 from common.train.predictions import estimate_main, prediction_scores
-from common.model.lora import attach_lora, parameter_counts, validate_lora_args
+from common.model.lora import attach_lora, parameter_counts, save_adapter, validate_lora_args, validate_variant
 from common.judge.metrics import chrf, perplexity, syntax_error_category
 from common.options import parse_config, recorded
 from common.paths import check_writable
@@ -109,6 +109,7 @@ class Run:
 
 def validate(cfg: TrainConfig) -> None:
     validate_lora_args(cfg.rank, 2 * cfg.rank if cfg.alpha is None else cfg.alpha, cfg.dropout)
+    validate_variant(cfg.quant, cfg.init, cfg.dora, cfg.lora_plus_ratio)
     for name in ("batch_size", "grad_accum", "max_seq_len"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -201,7 +202,8 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     dtype = compute_dtype(cfg.quant, device)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules)
+    model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules, rslora=cfg.rslora, dora=cfg.dora,
+                        init=cfg.init)
     # A loadable directory (not the embedded alias), so peft finds the base config.json instead of
     # asking the hub for it; run_config.json keeps the name the user gave.
     model.peft_config["default"].base_model_name_or_path = resolve_model(cfg.model)
@@ -451,7 +453,7 @@ def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
         load_best_adapter(run.model, out / "best")
         final_step = state.best_step
     stop_reason = "early_stopping" if state.step < run.total_steps else "all_steps"
-    run.model.save_pretrained(out)
+    save_adapter(run.model, out)  # PiSSA/OLoRA: converted for the original base
     run.tokenizer.save_pretrained(out)
     scores = final_scores(run, state, final_step, stop_reason, wall)
     if ddp_drift is not None:
