@@ -23,6 +23,7 @@ from common.options import option
 DEFAULT_MODEL = "smollm2-135m"   # the embedded SmolLM2-135M-Instruct (common/model/resolve.py)
 QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
 TEMPLATES = ("plain", "chat", "alpaca")
+LORA_INITS = ("gaussian", "pissa", "olora")   # common/model/lora.py maps them to PEFT's init_lora_weights
 ISOLATION_MODES = ("auto", "bwrap", "landlock", "none")
 DEFAULT_DB = "experiments.db"
 
@@ -45,6 +46,16 @@ class TrainConfig:
     alpha: float | None = option(None, "LoRA alpha (None: 2 x rank, so alpha/r stays 2)", sweep=True)
     dropout: float = option(0.05, "LoRA dropout", sweep=True)
     modules: str = option("qkvo", "preset qv|qkv|qkvo|mlp|all, or a comma list of module names", sweep=True)
+    rslora: bool = option(False, "rank-stabilised LoRA: scale updates by alpha/sqrt(r) instead of alpha/r",
+                          sweep=True)
+    dora: bool = option(False, "DoRA: also learn a magnitude per output feature (more time and memory per step; "
+                               "not with --init pissa/olora)", sweep=True)
+    init: str = option("gaussian", "LoRA initialisation: gaussian = PEFT's default (random A, zero B: training "
+                                   "starts at the base model); pissa / olora = A, B from an SVD / QR of the base "
+                                   "weights, which are rewritten (16/32-bit only; the adapter is saved converted "
+                                   "for the original base, rank 2r)", choices=LORA_INITS, sweep=True)
+    lora_plus_ratio: float = option(0.0, "LoRA+: the B matrices learn at --lr x R (the paper suggests 16; 0: off)",
+                                    sweep=True, metavar="R")
     quant: str = option("16bit", "base weights: 4bit NF4 (QLoRA), 8bit int8, 16bit bf16/fp16, 32bit fp32",
                         choices=QUANT_MODES, sweep=True)
     epochs: float = option(1.0, "passes over the training split (ignored with --max-steps)", sweep=True)

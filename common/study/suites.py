@@ -226,7 +226,12 @@ def train_name(flags: dict[str, Any]) -> str:
         return flags[key] if flags.get(key) is not None else TRAIN_FLAGS[key][1]
 
     modules = str(get("modules")).replace(",", "+").replace("_proj", "")
-    return f"r{get('rank')}-{modules}-{get('quant')}-s{get('seed')}-{config_hash(canonical(flags, TRAIN_FLAGS))[:6]}"
+    # LoRA variants show in the name (r16-qkvo-16bit-dora-lp16-s0-...); plain LoRA's names are unchanged
+    variant = "".join(f"-{tag}" for tag, on in (("rslora", get("rslora")), ("dora", get("dora")),
+                                                (get("init"), get("init") != "gaussian")) if on)
+    variant += f"-lp{get('lora_plus_ratio'):g}" if get("lora_plus_ratio") else ""
+    return (f"r{get('rank')}-{modules}-{get('quant')}{variant}-s{get('seed')}-"
+            f"{config_hash(canonical(flags, TRAIN_FLAGS))[:6]}")
 
 
 def eval_name(prefix: str, flags: dict[str, Any]) -> str:

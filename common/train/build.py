@@ -18,7 +18,7 @@ from common.corpus.splits import load_splits
 from common.env import environment
 from common.errors import UserError
 from common.model.load import compute_dtype, load_model, load_tokenizer
-from common.model.lora import attach_lora, parameter_counts, validate_lora_args
+from common.model.lora import attach_lora, parameter_counts, validate_lora_args, validate_variant
 from common.model.resolve import resolve_model
 from common.options import recorded
 from common.text.prompts import choose_template, encode_examples
@@ -35,6 +35,7 @@ from common.train.steps import CompletionLoss, load_checkpoint, make_optimizer
 def validate_config(cfg: TrainConfig) -> None:
     """Every option that can be checked without loading anything; a missing tracker package fails here too."""
     validate_lora_args(cfg.rank, 2 * cfg.rank if cfg.alpha is None else cfg.alpha, cfg.dropout)
+    validate_variant(cfg.quant, cfg.init, cfg.dora, cfg.lora_plus_ratio)
     for name in ("batch_size", "grad_accum", "max_seq_len"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -70,7 +71,8 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     dtype = compute_dtype(cfg.quant, device)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules)
+    model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules, rslora=cfg.rslora, dora=cfg.dora,
+                        init=cfg.init)
     # A loadable directory (not the embedded alias), so peft finds the base config.json instead of
     # asking the hub for it; run_config.json keeps the name the user gave.
     model.peft_config["default"].base_model_name_or_path = resolve_model(cfg.model)

@@ -18,12 +18,17 @@ T = rows x padded width positions, C = labelled positions, V = vocabulary):
                   NF4 + double quant: n/2 + n/64 + 4*ceil(n/16384) + 1092  (0.516 B/param, bench/RESULTS.md s.5)
                 + c * (every other parameter: embeddings, norms, an untied head)
     lora      = 16 * N_lora      fp32 weights, gradients, AdamW exp_avg and exp_avg_sq; N_lora = sum r*(in+out)
+                                 (+ out per target with --dora: its magnitude vector)
+                + with --dora, one target's transient W + sBA: 4*in*(in+out) + 3*c*in*out for the largest
+                  (PEFT forms BA through an fp32 identity, casts it, adds it to W and norms the sum, per forward)
     acts      = T * (layers * a_layer + a_outside)                       without checkpointing
               = T * (layers * h * c + a_layer + a_outside)               with: layer inputs + one recomputed layer
                 a_layer, a_outside: bytes autograd saves per token, MEASURED on a two-layer copy of the
                 architecture built from the config with random weights (saved_tensors_hooks, two lengths,
-                the difference), same dtype, modules, rank and dropout. int8 layers keep their inputs outside
-                autograd (bitsandbytes ctx.tensors), added as (2h + q + i) * c per layer.
+                the difference), same dtype, modules, rank, dropout and DoRA (which saves the base and LoRA
+                outputs again, and with dropout the dropped input of a recomputed base matmul). int8 layers
+                keep their inputs outside autograd (bitsandbytes ctx.tensors), added as (2h + q + i) * c per
+                layer.
     logits    = 12 * C * V       fp32 log-softmax output, its gradient and the logits' gradient,
                                  at labelled positions only (CompletionLoss)
     train     = baseline + weights + mapped + lora + K_act(n) * acts + K_LOGITS * logits
@@ -46,7 +51,12 @@ bench/train_compare.py counted on the padded positions the run computes (frozen 
 
     4 * N_linear * T  +  6 * N_lora * T  +  4 * V * d * C  +  12 * layers * h_q * sum_rows w(w+1)/2
     + with checkpointing, one more forward: 2 * N_linear * T + 2 * N_lora * T + 4 * layers * h_q * pairs
+    + with --dora, per forward: 2 * r * sum in*(in+out) over targets (BA through an identity); with dropout > 0
+      the targets' base matmul runs again on the dropped input: 4 * N_target * T (6 with checkpointing)
     dequantization (4bit/8bit): DEQUANT_NS[quant, dtype] * N_quantized * passes (2, or 3 with checkpointing)
+
+--rslora and --lora-plus-ratio change neither memory nor time; --init pissa/olora cost one SVD/QR per target
+while loading (not counted) and nothing per step.
 
 The matmul peak is measured per machine, device and dtype (best of a few 2048^2 matmuls on CPU, 4096^2
 on CUDA; the CPU size is the one the MFU in EFFICIENCY was measured against) and cached in
@@ -110,8 +120,13 @@ class ModelShape:
     def linear_params(self) -> int:
         return sum(i * o for _, i, o in self.linears)
 
-    def lora_params(self, rank: int) -> int:
-        return sum(rank * (i + o) for name, i, o in self.linears if _is_target(name, self.targets))
+    def lora_params(self, rank: int, dora: bool = False) -> int:
+        """Trainable parameters: A and B of each target, and DoRA's magnitude per output feature."""
+        return sum(rank * (i + o) + (o if dora else 0) for _, i, o in self.target_linears)
+
+    @property
+    def target_linears(self) -> tuple[tuple[str, int, int], ...]:
+        return tuple(lin for lin in self.linears if _is_target(lin[0], self.targets))
 
 
 @dataclasses.dataclass
@@ -255,7 +270,7 @@ def weight_bytes(shape: ModelShape, quant: str, dtype_bytes: int) -> int:
 
 @functools.lru_cache(maxsize=64)
 def saved_bytes_per_token(config_json: str, modules: str, rank: int, dropout: float,
-                          dtype_name: str) -> tuple[float, float]:
+                          dtype_name: str, dora: bool = False) -> tuple[float, float]:
     """(bytes autograd saves per token in one decoder layer, per token besides `layers` x that).
 
     Measured on a two-layer copy of the architecture with random weights and a small vocabulary
@@ -277,7 +292,8 @@ def saved_bytes_per_token(config_json: str, modules: str, rank: int, dropout: fl
     config = AutoConfig.for_model(**data)
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
-    model = attach_lora(AutoModelForCausalLM.from_config(config, dtype=dtype), rank, None, dropout, modules)
+    model = attach_lora(AutoModelForCausalLM.from_config(config, dtype=dtype), rank, None, dropout, modules,
+                        dora=dora)
     model.train()
     decoder = model.get_base_model().base_model
     layer = decoder.layers[1]
@@ -323,7 +339,8 @@ def activation_bytes(shape: ModelShape, per_layer: float, outside: float, batch:
 
 # ---------------------------------------------------------------------------- time
 
-def step_flops(shape: ModelShape, rank: int, batch: Batch, checkpointing: bool) -> float:
+def step_flops(shape: ModelShape, rank: int, batch: Batch, checkpointing: bool, dora: bool = False,
+               dropout: float = 0.0) -> float:
     """Model FLOPs of one forward + backward over a micro-batch (module docstring)."""
     n_lin, n_lora, t = shape.linear_params, shape.lora_params(rank), batch.positions
     pairs = batch.rows * batch.width * (batch.width + 1) / 2
@@ -331,7 +348,20 @@ def step_flops(shape: ModelShape, rank: int, batch: Batch, checkpointing: bool) 
     flops = (4 * n_lin + 6 * n_lora) * t + 4 * shape.vocab * shape.hidden * batch.labelled + 3 * attention
     if checkpointing:
         flops += (2 * n_lin + 2 * n_lora) * t + attention
-    return flops
+    return flops + (dora_flops(shape, rank, batch, checkpointing, dropout) if dora else 0.0)
+
+
+def dora_flops(shape: ModelShape, rank: int, batch: Batch, checkpointing: bool, dropout: float) -> float:
+    """DoRA's extra matmul FLOPs over a micro-batch (module docstring); its elementwise norm work is left out."""
+    forwards = 2 if checkpointing else 1
+    weight_products = sum(2 * rank * i * (i + o) for _, i, o in shape.target_linears)
+    recomputed = sum(i * o for _, i, o in shape.target_linears) * batch.positions if dropout > 0 else 0
+    return forwards * weight_products + (2 * forwards + 2) * recomputed
+
+
+def dora_transient_bytes(shape: ModelShape, dtype_bytes: int) -> int:
+    """The largest target's W + sBA temporaries of DoRA's weight norm (module docstring)."""
+    return max((4 * i * (i + o) + 3 * dtype_bytes * i * o for _, i, o in shape.target_linears), default=0)
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype) -> float:
@@ -462,13 +492,14 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     c = torch.finfo(dtype).bits // 8
     steps = run_batches(cfg, examples if examples is not None else encoded_lengths(cfg), world)
     per_layer, outside = saved_bytes_per_token(config.to_json_string(), cfg.modules, cfg.rank, cfg.dropout,
-                                               dtype_name)
+                                               dtype_name, cfg.dora)
     largest = max((b for step in steps for b in step),
                    key=lambda b: activation_bytes(shape, per_layer, outside, b, cfg.quant, c, cfg.grad_checkpointing)
                    + 12 * shape.vocab * b.labelled)
     acts = activation_bytes(shape, per_layer, outside, largest, cfg.quant, c, cfg.grad_checkpointing)
     logits = 12 * shape.vocab * largest.labelled
-    n_lora = shape.lora_params(cfg.rank)
+    n_lora = shape.lora_params(cfg.rank, cfg.dora)
+    lora_state = 16 * n_lora + (dora_transient_bytes(shape, c) if cfg.dora else 0)
     cuda = device.type == "cuda"
     steps_run = max(len(steps), 3)
     if cuda:
@@ -488,17 +519,18 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     else:                      # converted: the file's pages, the new weights and, for 4/8-bit, dense staging
         mapped = 0.0
         load = baseline + ckpt + weights + (c * shape.linear_params if quantized else 0)
-    peak = max(baseline + weights + mapped + 16 * n_lora + k_act * acts + k_logits * logits, load)
+    peak = max(baseline + weights + mapped + lora_state + k_act * acts + k_logits * logits, load)
     gflops = matmul_peak_gflops(device, dtype)
     passes = 3 if cfg.grad_checkpointing else 2
     dequant = DEQUANT_NS.get((cfg.quant, dtype_name), 0.0) * 1e-9 * shape.linear_params * passes
-    flops = [sum(step_flops(shape, cfg.rank, b, cfg.grad_checkpointing) for b in step) for step in steps]
+    flops = [sum(step_flops(shape, cfg.rank, b, cfg.grad_checkpointing, cfg.dora, cfg.dropout) for b in step)
+             for step in steps]
     efficiency = EFFICIENCY[dtype_name]
     seconds = [f / (gflops * 1e9 * efficiency) + dequant * len(step) for f, step in zip(flops, steps)]
     real = sum(b.real for step in steps for b in step)
     total_params = shape.linear_params + shape.other_params
     return Estimate(device.type, dtype_name, cfg.quant, total_params, n_lora,
-                    baseline / MB, weights / MB, mapped / MB, 16 * n_lora / MB, acts / MB, load / MB, logits / MB,
+                    baseline / MB, weights / MB, mapped / MB, lora_state / MB, acts / MB, load / MB, logits / MB,
                     k_act, k_logits, peak / MB,
                     sum(seconds) / len(seconds), real * world / sum(seconds), sum(flops) / len(flops), gflops,
                     len(steps), largest, seconds)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from common.train.loop import Run, TrainState, run_peak_memory
+from common.model.lora import save_adapter
 from common.train.steps import load_best_adapter
 
 
@@ -19,7 +20,7 @@ def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
         load_best_adapter(run.model, out / "best")
         final_step = state.best_step
     stop_reason = "early_stopping" if state.step < run.total_steps else "all_steps"
-    run.model.save_pretrained(out)
+    save_adapter(run.model, out)  # PiSSA/OLoRA: converted for the original base
     run.tokenizer.save_pretrained(out)
     scores = final_scores(run, state, final_step, stop_reason, wall)
     if ddp_drift is not None:

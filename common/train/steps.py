@@ -17,6 +17,11 @@ as the plain path (tests/test_bench.py), less peak memory.
 
 `adamw` builds torch's AdamW with `fused=True`: one kernel over all LoRA
 tensors instead of a loop of small ops per tensor (torch's CPU default).
+
+With `--lora-plus-ratio R` (LoRA+, Hayou et al. 2024) the optimizer has two
+parameter groups: the lora_B matrices at lr x R, everything else trainable (lora_A,
+DoRA magnitudes) at lr. The schedule multiplies each group's own rate, so the ratio
+holds at every step.
 """
 import os
 import random
@@ -30,6 +35,8 @@ import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 
+from common.errors import UserError
+from common.model.lora import live_adapter_weights, save_adapter
 from common.train.batching import collate
 from common.text.prompts import IGNORE_INDEX
 
@@ -115,11 +122,14 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
         return grad * grad_loss.to(grad.dtype), None, None, None
 
 
-def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+def adamw(params: list[torch.nn.Parameter] | list[dict[str, Any]], lr: float,
+          weight_decay: float) -> torch.optim.AdamW:
     """torch AdamW, fused (one kernel for all tensors) where torch supports it for these parameters:
-    floating-point tensors on CPU or CUDA; otherwise torch's default implementation."""
+    floating-point tensors on CPU or CUDA; otherwise torch's default implementation. `params`: parameters, or
+    parameter groups (dicts with "params" and their own "lr")."""
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                  for p in params)
+                  for p in tensors)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fusable or None)
 
 
@@ -183,14 +193,15 @@ def load_checkpoint(path: Path, model: PeftModel, optimizer: torch.optim.Optimiz
 
 
 def save_best(path: Path, model: PeftModel, tokenizer) -> None:
-    """The best validation checkpoint: a complete adapter directory (weights, config and tokenizer)."""
-    model.save_pretrained(path)
+    """The best validation checkpoint: a complete adapter directory (weights, config and tokenizer) that loads
+    onto the original base (PiSSA/OLoRA converted, common/model/lora.py save_adapter)."""
+    save_adapter(model, path)
     tokenizer.save_pretrained(path)
 
 
 def load_best_adapter(model: PeftModel, path: Path) -> None:
     """Put the adapter weights saved by `save_best` back into the live model (for --load-best)."""
-    set_peft_model_state_dict(model, load_peft_weights(str(path), device="cpu"))
+    set_peft_model_state_dict(model, live_adapter_weights(model, load_peft_weights(str(path), device="cpu")))
 
 
 def early_stopping_due(evals_since_best: int, patience: int, world: int = 1) -> bool:
@@ -201,9 +212,21 @@ def early_stopping_due(evals_since_best: int, patience: int, world: int = 1) -> 
     return bool(due.item())
 
 
+def lora_plus_groups(model: torch.nn.Module, lr: float, ratio: float) -> list[dict[str, Any]]:
+    """LoRA+ parameter groups: the trainable lora_B matrices at lr x ratio, the other trainable ones at lr."""
+    fast = [p for n, p in model.named_parameters() if p.requires_grad and ".lora_B." in n]
+    slow = [p for n, p in model.named_parameters() if p.requires_grad and ".lora_B." not in n]
+    if not fast:
+        raise UserError("--lora-plus-ratio: the model has no trainable lora_B matrices to speed up")
+    return [{"params": slow, "lr": lr}, {"params": fast, "lr": lr * ratio}]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: "TrainConfig") -> torch.optim.Optimizer:
-    """AdamW (fused where torch can) over the trainable parameters, or bitsandbytes' paged 8-bit AdamW."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW (fused where torch can) over the trainable parameters, or bitsandbytes' paged 8-bit AdamW; with
+    --lora-plus-ratio, in two groups (the module docstring)."""
+    params: list[Any] = [p for p in model.parameters() if p.requires_grad]
+    if cfg.lora_plus_ratio:
+        params = lora_plus_groups(model, cfg.lr, cfg.lora_plus_ratio)
     if cfg.optim == "paged_adamw_8bit":
         import bitsandbytes as bnb
         return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
