@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.seeds is not None and cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
     if cfg.budget_mb is not None:  # refused before the database is opened
-        from common.train.predictions import check_budget_mb
+        from common.study.budget import check_budget_mb
         check_budget_mb(cfg.budget_mb)
     if cfg.merge:
         return merge_databases(cfg.merge, cfg.db)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         planned = shard(planned, *parse_shard(cfg.shard))
     tracker = Tracker(cfg.db)  # marks runs left 'running' by a process that is gone interrupted
     label = cfg.suite or suites[0].name
-    if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/train/predictions.py), before anything runs
+    if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/study/budget.py), before anything runs
         apply_budget(cfg, tracker, planned, record=not (cfg.estimate or cfg.dry_run))
         if cfg.estimate:
             return 0

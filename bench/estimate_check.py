@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 from common import estimate as E  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
-from common.train.predictions import relative_error, step_seconds  # noqa: E402
+from common.study.budget import step_seconds  # noqa: E402
+from common.train.predictions import relative_error  # noqa: E402
 from estimate_measure import COMMON, LLAMA, write_llama_1b  # noqa: E402
 
 MEASURED = ROOT / "bench" / "results" / "estimate_measured.json"

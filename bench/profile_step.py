@@ -35,7 +35,7 @@ from flops import training_flops  # noqa: E402
 from machine import add_dtype_flag, dtype_name, machine_line, matmul_gflops, sync, train_quant_flag  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--quant", default="16bit")
@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profiled", type=int, default=3)
     p.add_argument("--rows", type=int, default=20, help="operators listed")
     p.add_argument("--peak-seconds", type=float, default=5.0, help="time budget for the matmul peak")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.dtype == "fp32" and args.quant != "32bit":
         if args.quant != "16bit":
             sys.exit(f"--dtype fp32 needs --quant 16bit or 32bit: {args.quant} computes in the half dtype")

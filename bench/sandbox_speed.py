@@ -45,14 +45,18 @@ from common.sandbox.execute import check_many, humaneval_program, isolation_name
 from machine import machine_line, machine_record  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--problems", type=int, default=164, help="the first N HumanEval problems")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sandbox_speed.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = torch.device("cpu")
     print(machine_line(device), file=sys.stderr)
     problems = load_humaneval()[:args.problems]

@@ -115,7 +115,7 @@ def test_the_plan_table_and_the_sweep_agree_on_the_budget(tiny_model, tmp_path, 
                                                               "max_steps": 2, "quant": "32bit"},
                                  "axes": {"batch_size": [1, 8]}}))
     planned = plan([S.load_suite_file(str(suite))], {}, None)
-    from common.train.predictions import plan_estimates
+    from common.study.budget import plan_estimates
     peaks = sorted(e.peak_mb for e in plan_estimates(planned, __import__("torch").device("cpu")).values())
     assert peaks[0] < peaks[1]
     for budget in (peaks[0], (peaks[0] + peaks[1]) / 2, peaks[1]):  # equal to a peak: it fits, in both

@@ -33,7 +33,7 @@ from common.train.estimate import (
     weight_bytes,
 )
 from common.model.lora import attach_lora, parameter_counts
-from common.train.predictions import plan_estimates, predicted_vs_measured, skipped_runs
+from common.study.budget import plan_estimates, predicted_vs_measured, skipped_runs
 from common.model.load import compute_dtype, load_model
 from common.tracker import Tracker
 

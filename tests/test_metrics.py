@@ -11,7 +11,7 @@ from common.judge.metrics import (
     bootstrap_ci,
     chrf,
     corpus_metric_ci,
-    mean_pass_at_k,
+
     paired_difference,
     pass_at_k,
     perplexity,
@@ -47,15 +47,6 @@ def test_pass_at_k_edge_cases():
     for n, c, k in [(5, 1, 6), (5, 1, 0), (5, 6, 1), (5, -1, 1)]:
         with pytest.raises(UserError):
             pass_at_k(n, c, k)
-
-
-def test_mean_pass_at_k():
-    result = mean_pass_at_k([(10, 0), (10, 5), (10, 10)], ks=[1, 10])
-    assert result == {1: pytest.approx(0.5), 10: pytest.approx(2 / 3)}
-    with pytest.raises(UserError):
-        mean_pass_at_k([(5, 1)], ks=[10])
-    with pytest.raises(UserError):
-        mean_pass_at_k([], ks=[1])
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from common.corpus.splits import Example, load_humaneval
 from common.errors import UserError
 from common.text.generation import STOP_SEQUENCES
 from common.text.prompts import INSTRUCTION, RESPONSE, STDIO_INSTRUCTION
-from common.text.protocols import (SHOT, answer_code, check_same_protocol, program, reference_code, render,
+from common.text.protocols import (SHOT, answer_code, program, reference_code, render,
                               resolve_protocol, train_format_of)
 from common.model.load import load_tokenizer
 
@@ -108,13 +108,6 @@ def test_stdio_problems_get_an_instruct_prompt_and_run_as_scripts(tokenizer):
     assert fewshot.text.endswith("```python\n")
     assert program(STDIO, "fewshot", answer) == program(STDIO, "instruct", answer)
     assert reference_code(STDIO, "instruct") == "n = int(input())\nprint(n * n)"
-
-
-def test_protocol_mismatch_is_refused():
-    check_same_protocol("instruct", "instruct")
-    with pytest.raises(UserError, match="under --protocol instruct with a base model scored under --protocol "
-                                        "completion; pass the same --protocol for both"):
-        check_same_protocol("instruct", "completion")
 
 
 def test_render_needs_a_resolved_protocol(tokenizer, humaneval):

@@ -4,25 +4,24 @@ import pytest
 
 from common.judge import stats
 
-# Newcombe (1998), Statistics in Medicine 17:857-872, Table I: methods 3 (Wilson score) and 5 (Clopper-Pearson).
-NEWCOMBE = [  # k, n, Wilson, Clopper-Pearson
-    (81, 263, (0.2553, 0.3662), (0.2527, 0.3676)),
-    (15, 148, (0.0624, 0.1605), (0.0578, 0.1617)),
-    (0, 20, (0.0, 0.1611), (0.0, 0.1684)),
-    (1, 29, (0.0061, 0.1718), (0.0009, 0.1776)),
+# Newcombe (1998), Statistics in Medicine 17:857-872, Table I: method 3 (Wilson score).
+NEWCOMBE = [  # k, n, Wilson
+    (81, 263, (0.2553, 0.3662)),
+    (15, 148, (0.0624, 0.1605)),
+    (0, 20, (0.0, 0.1611)),
+    (1, 29, (0.0061, 0.1718)),
 ]
 
 
-@pytest.mark.parametrize("k,n,wilson,exact", NEWCOMBE)
-def test_intervals_match_newcombes_table(k, n, wilson, exact):
+@pytest.mark.parametrize("k,n,wilson", NEWCOMBE)
+def test_intervals_match_newcombes_table(k, n, wilson):
     assert stats.wilson_interval(k, n) == pytest.approx(wilson, abs=5e-5)
-    assert stats.clopper_pearson_interval(k, n) == pytest.approx(exact, abs=5e-5)
 
 
 def test_no_zero_width_interval_at_zero_or_all():
     for k in (0, 40):
-        for interval in (stats.wilson_interval(k, 40), stats.clopper_pearson_interval(k, 40)):
-            assert interval[1] - interval[0] > 0.05
+        interval = stats.wilson_interval(k, 40)
+        assert interval[1] - interval[0] > 0.05
     assert stats.wilson_interval(0, 40)[0] == 0.0 and stats.wilson_interval(40, 40)[1] == 1.0
     assert stats.wilson_interval(3, 40) == pytest.approx((0.026, 0.199), abs=1e-3)  # the example
     with pytest.raises(ValueError):
@@ -90,15 +89,6 @@ def test_paired_bootstrap_sees_a_consistent_small_gain_that_unpaired_intervals_m
     _, a_low, a_high = stats.bootstrap_mean_ci(a)
     _, b_low, b_high = stats.bootstrap_mean_ci(b)
     assert a_low < b_high and b_low < a_high                  # the unpaired intervals overlap
-
-
-def test_paired_corpus_bootstrap_for_chrf():
-    refs = [f"def f{i}(x):\n    return x + {i}\n" for i in range(20)]
-    worse = ["pass"] * 20
-    diff, low, high = stats.paired_corpus_bootstrap(worse, refs, refs, "chrf", n_resamples=200)
-    assert diff > 50 and low > 0
-    same, low, high = stats.paired_corpus_bootstrap(refs, refs, refs, "bleu", n_resamples=50)
-    assert same == 0 and low == high == 0
 
 
 def test_cluster_bootstrap_on_two_seeds_carries_the_seed_spread():

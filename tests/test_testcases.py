@@ -88,7 +88,7 @@ def test_partial_passes_are_counted_per_assertion():
                                               (5, "fail"), (6, "pass"), (7, "fail"), (8, "pass")]
                                for w in (marker, str(i), o)]  # the candidate's print went to stdout
     assert parse_graded(channel, total, marker) == GradedResult(4, 9)
-    assert parse_graded(channel, total, marker).fraction == pytest.approx(4 / 9)
+    assert (lambda r: r.passed / r.total)(parse_graded(channel, total, marker)) == pytest.approx(4 / 9)
     assert marker not in program and "#graded" not in program
 
 
@@ -152,7 +152,7 @@ def test_humaneval_canonical_solutions_score_one_and_wrong_ones_less():
 def test_humaneval_sample_scores_one_and_an_off_by_one_scores_less():
     problems = {p.id: p for p in load_humaneval()}
     sample = [problems[f"HumanEval/{i}"] for i in (0, 2, 13, 32, 53, 150)]  # 32 and 150 loop in check
-    assert all(r.fraction == 1.0 for r in score_all(sample, [p.completion for p in sample]))
+    assert all(r.passed == r.total for r in score_all(sample, [p.completion for p in sample]))
     add = problems["HumanEval/53"]  # add(x, y), checked by 5 fixed asserts then a loop of 100 random ones
     program, total = graded_program(add.prompt, "    return x + y if x != 0 else y + 1\n", add.tests["test"], "add")
     result = graded_run(program, total)

@@ -2,8 +2,7 @@
 
 Pure functions of numbers and strings; nothing here runs code or loads a model.
 
-    from common.judge.metrics import pass_at_k, mean_pass_at_k, bootstrap_ci
-    mean_pass_at_k([(n, c) for each problem], ks=[1, 10])  # -> {1: ..., 10: ...}
+    from common.judge.metrics import pass_at_k, bootstrap_ci
 """
 import math
 from collections.abc import Callable, Sequence
@@ -46,13 +45,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def mean_pass_at_k(per_problem: list[tuple[int, int]], ks: list[int]) -> dict[int, float]:
-    """Mean over problems of pass_at_k(n, c, k) for each k; per_problem holds one (n, c) per problem."""
-    if not per_problem:
-        raise UserError("mean_pass_at_k needs at least one problem")
-    return {k: float(np.mean([pass_at_k(n, c, k) for n, c in per_problem])) for k in ks}
 
 
 def syntax_error_category(code: str) -> str | None:

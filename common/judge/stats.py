@@ -8,7 +8,7 @@ Pure functions of numbers (numpy and the standard library; no scipy). Every inte
     mcnemar_exact([1, 0, 1, ...], [1, 1, 1, ...])  # paired pass/fail of two systems on the same problems
     minimum_detectable_difference(40, 0.2)      # smallest pass@1 gain 40 problems can detect at 80% power
 
-Proportions (pass rates, compile rates) get Wilson or Clopper-Pearson intervals, which never have zero
+Proportions (pass rates, compile rates) get Wilson intervals, which never have zero
 width at 0/n or n/n (a percentile bootstrap collapses to [0, 0] there). Paired pass/fail outcomes get the
 exact McNemar test (one seed a side) or the exact sign-flip permutation test on per-problem pass rates
 averaged over seeds (sign_flip_test). Continuous scores and NLL per token get a crossed bootstrap over
@@ -85,33 +85,6 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     return float(min(1.0, binomial_pmf(n, p)[:k + 1].sum()))
 
 
-def _bisect(f, target: float, increasing: bool) -> float:
-    low, high = 0.0, 1.0
-    for _ in range(60):  # 2^-60: far below any printed digit
-        mid = (low + high) / 2
-        if (f(mid) < target) == increasing:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
-def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson 1934) interval: the p whose binomial tails equal (1 - confidence)/2.
-
-        low  = p with P(X >= k | n, p) = tail   (0 when k = 0)
-        high = p with P(X <= k | n, p) = tail   (1 when k = n)
-
-    Found by bisection on the exact binomial CDF (the same as the Beta(k, n-k+1) and Beta(k+1, n-k)
-    quantiles). Conservative: coverage is at least `confidence` for every p.
-    """
-    _check_counts(k, n)
-    tail = (1 - confidence) / 2
-    low = 0.0 if k == 0 else _bisect(lambda p: 1 - binomial_cdf(k - 1, n, p), tail, increasing=True)
-    high = 1.0 if k == n else _bisect(lambda p: binomial_cdf(k, n, p), tail, increasing=False)
-    return low, high
-
-
 # ---------------------------------------------------------------------------- bootstrap
 
 def _percentiles(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -139,33 +112,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
     if len(a) != len(b):
         raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
     return bootstrap_mean_ci(np.asarray(b, dtype=float) - np.asarray(a, dtype=float), n_resamples, confidence, seed)
-
-
-def paired_corpus_bootstrap(hyp_a: list[str], hyp_b: list[str], references: list[str], metric_name: str,
-                            n_resamples: int = 1000, confidence: float = 0.95,
-                            seed: int = 0) -> tuple[float, float, float]:
-    """(M(b) - M(a), low, high) for corpus BLEU or chrF (sacrebleu defaults) of two systems on the same references.
-
-    Corpus BLEU/chrF are functions of per-segment statistics summed over the corpus, so each resample
-    draws len(references) segment indices with replacement, sums both systems' statistics over the same
-    indices, and takes the difference of the two scores (Koehn 2004, paired bootstrap resampling).
-    """
-    import sacrebleu
-
-    if not len(hyp_a) == len(hyp_b) == len(references) or not references:
-        raise ValueError("paired corpus bootstrap needs two equally long, non-empty hypothesis lists and references")
-    metric = sacrebleu.metrics.BLEU() if metric_name == "bleu" else sacrebleu.metrics.CHRF()
-    stats_a = np.array(metric._extract_corpus_statistics(hyp_a, [references]), dtype=float)
-    stats_b = np.array(metric._extract_corpus_statistics(hyp_b, [references]), dtype=float)
-
-    def score(stats: np.ndarray, rows: np.ndarray) -> float:
-        return float(metric._compute_score_from_stats(stats[rows].sum(axis=0)).score)
-
-    everything = np.arange(len(references))
-    rng = np.random.default_rng(seed)
-    estimates = np.array([score(stats_b, rows) - score(stats_a, rows)
-                          for rows in rng.integers(0, len(references), size=(n_resamples, len(references)))])
-    return score(stats_b, everything) - score(stats_a, everything), *_percentiles(estimates, confidence)
 
 
 def perplexity_ci(nll_sums: Sequence[float], tokens: Sequence[int], n_resamples: int = 2000,

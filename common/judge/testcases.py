@@ -128,10 +128,6 @@ class GradedResult:
     passed: int  # assertions (or stdin/stdout cases) passed
     total: int   # assertions (or cases) counted
 
-    @property
-    def fraction(self) -> float:
-        return self.passed / self.total
-
 
 def is_counted(node: ast.AST) -> bool:
     return isinstance(node, ast.Assert) and not isinstance(node.test, ast.Constant)

@@ -148,17 +148,12 @@ class Server:
         self._stop()
 
     def _collect(self, readers: list[int], nonce: str, workdir: str, timeout_s: float, cap: int, tail: bool) -> Run:
-        """Read stdout, stderr and the report until the server says the program is done and they are drained.
+        """Read stdout, stderr, the report and the channel until the server says the program is done and all drain.
 
-        Keeps the first `cap` bytes of stdout (what a judge compares; the last
-        with `tail`), the last `cap` bytes of stderr and the report (tracebacks and the report
-        come last) and the first CHANNEL_CAP bytes of the channel; the rest is read and dropped, so a program printing
-        gigabytes neither blocks nor fills the caller's memory. The server
-        kills all the program left when it ends, so the pipes reach EOF; a
-        server that dies, or does not answer within the time limit plus
-        SERVER_GRACE_S, is killed and nothing it said counts. One select loop over
-        all the pipes, kept whole on purpose: split up, the deadline and the drain
-        rules would be spread over several functions that must agree.
+        Keeps the first `cap` bytes of stdout (the last with `tail`), the last `cap` of stderr and the report, the
+        first CHANNEL_CAP of the channel; the rest is read and dropped, so gigabytes of output neither block nor
+        fill memory. A server that dies, or is silent past the time limit plus SERVER_GRACE_S, is killed and
+        nothing it said counts. One select loop, so that the deadline and drain rules live in one place.
         """
         kept = {fd: bytearray() for fd in readers}
         # the streams whose start is kept, with how much of it
@@ -205,21 +200,11 @@ class Server:
                             self._stop(program_pid, workdir)
                             lost = True
                         continue
-                    try:
-                        chunk = os.read(key.fd, 65536)
-                    except ConnectionResetError:  # the program's channel closed with the line unread in it
-                        chunk = b""
-                    if not chunk:
+                    if not _keep_chunk(kept, key.fd, first.get(key.fd), cap):
                         selector.unregister(key.fd)
-                    elif key.fd in first:
-                        kept[key.fd] += chunk[: max(0, first[key.fd] - len(kept[key.fd]))]
-                    else:
-                        kept[key.fd] += chunk
-                        del kept[key.fd][:-cap]
         stdout, stderr, report, *channel = (bytes(kept[fd]).decode(errors="replace") for fd in readers)
         prefix = nonce + " "
-        lines = report.splitlines()
-        outcome = next((line[len(prefix) :] for line in reversed(lines) if line.startswith(prefix)), None)
+        outcome = next((line[len(prefix):] for line in reversed(report.splitlines()) if line.startswith(prefix)), None)
         return Run(outcome, returncode, stdout, stderr, timed_out, lost, (ended or time.monotonic()) - start,
                    "".join(channel))
 
@@ -269,6 +254,22 @@ class Server:
         self.proc = self.sock = None
         if self.mode != "bwrap" and workdir is not None:
             remove_tree(os.path.join(self.tmp_base, workdir))
+
+
+def _keep_chunk(kept: dict[int, bytearray], fd: int, first: int | None, cap: int) -> bool:
+    """Read what `fd` has; keep its first `first` bytes, or (first None) its last `cap`. False at EOF."""
+    try:
+        chunk = os.read(fd, 65536)
+    except ConnectionResetError:  # the program's channel closed with the line unread in it
+        chunk = b""
+    if not chunk:
+        return False
+    if first is not None:
+        kept[fd] += chunk[: max(0, first - len(kept[fd]))]
+    else:
+        kept[fd] += chunk
+        del kept[fd][:-cap]
+    return True
 
 
 def _memfd(data: bytes) -> int:

@@ -131,7 +131,7 @@ def environment_lines(study: Study, run_ids: list[int]) -> list[str]:
 def prediction_lines(study: Study, suite: str) -> list[str]:
     """train.py's memory and step-time prediction (common/train/estimate.py) next to what each run measured;
     runs a sweep skipped as predicted over its --budget-mb."""
-    from common.train.predictions import predicted_vs_measured, skipped_runs
+    from common.study.budget import predicted_vs_measured, skipped_runs
 
     def pct(x: float | None) -> str:
         return "—" if x is None else f"{100 * x:+.0f}%"

@@ -65,10 +65,6 @@ def metric_for(key: str) -> Metric:
 
 COST_KEYS = ["train.trainable_params", "train.adapter_mb", "train.peak_mb", "train.wall_seconds",
              "train.train_tokens_per_s", "humaneval.seconds_per_problem", "humaneval.tokens_per_s"]
-# Per benchmark, in column order.
-QUALITY_NAMES = ["pass@1", "test_case_avg", "syntax_ok", "bleu", "chrf", "nll", "perplexity"]
-
-
 # ---------------------------------------------------------------------------- cells and rows
 
 @dataclass

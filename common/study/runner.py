@@ -328,7 +328,7 @@ def apply_budget(cfg, tracker: Tracker, planned: list[Planned], record: bool) ->
     """Print every planned train run's prediction; with --budget-mb, mark those over it skipped (and
     `record` them as skipped runs, members of their suites); the base evaluations stay planned."""
     from common.env import default_device
-    from common.train.predictions import budget_reason, plan_estimates, print_plan_estimates, record_skipped
+    from common.study.budget import budget_reason, plan_estimates, print_plan_estimates, record_skipped
     estimates = plan_estimates(planned, default_device())
     print_plan_estimates(planned, estimates, cfg.budget_mb)
     for p in planned:

@@ -94,13 +94,6 @@ def resolve_protocol(protocol: str, tokenizer: PreTrainedTokenizerBase, train_fo
     return "instruct" if getattr(tokenizer, "chat_template", None) else "completion"
 
 
-def check_same_protocol(adapter_protocol: str, base_protocol: str) -> None:
-    """Paired comparisons score base and adapter under one protocol; anything else is refused."""
-    if adapter_protocol != base_protocol:
-        raise UserError(f"cannot compare an adapter scored under --protocol {adapter_protocol} with a base model "
-                        f"scored under --protocol {base_protocol}; pass the same --protocol for both")
-
-
 def render(tokenizer: PreTrainedTokenizerBase, problem: Example, protocol: str) -> Prompt:
     """The prompt text, stop sequences and tokenization template for a problem under a concrete protocol."""
     if protocol == "auto" or protocol not in PROTOCOLS:
