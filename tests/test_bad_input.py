@@ -101,7 +101,7 @@ def test_the_plan_table_and_the_sweep_agree_on_the_budget(tiny_model, tmp_path, 
     import dataclasses
     import json
 
-    import sweep
+    from common.study import runner
     from common.config import SweepConfig
     from common.study import suites as S
     from common.study.plan import plan
@@ -122,7 +122,7 @@ def test_the_plan_table_and_the_sweep_agree_on_the_budget(tiny_model, tmp_path, 
         for p in planned:
             p.outcome = "pending"
         capsys.readouterr()
-        sweep.apply_budget(dataclasses.replace(SweepConfig(), budget_mb=budget), Tracker(tmp_path / "b.db"), planned,
+        runner.apply_budget(dataclasses.replace(SweepConfig(), budget_mb=budget), Tracker(tmp_path / "b.db"), planned,
                            record=False)
         table = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()
                  if line.startswith("| ") and "budget" not in line.split("|")[1]}

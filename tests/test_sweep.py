@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 import sweep
+from common.study import runner
 from common.study import suites as S
+from common.study.plan import Planned, plan
 from common.errors import UserError
 from common.tracker import Tracker
 
@@ -95,7 +97,7 @@ def test_flags_go_to_the_right_script():
 
 
 def test_all_runs_shared_configs_once_with_every_suite():
-    planned = sweep.plan(S.suite_parts(S.builtin_suite("all")), {"max_steps": 5}, None)
+    planned = plan(S.suite_parts(S.builtin_suite("all")), {"max_steps": 5}, None)
     bases = [p for p in planned if p.kind == "base"]
     runs = [p for p in planned if p.kind == "adapter"]
     assert len(bases) == 1 and bases[0].suites == ["rank", "modules", "quant"]
@@ -107,7 +109,7 @@ def test_all_runs_shared_configs_once_with_every_suite():
 
 
 def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
-    planned = sweep.plan(S.suite_parts(S.builtin_suite("study")), {}, None)
+    planned = plan(S.suite_parts(S.builtin_suite("study")), {}, None)
     runs = [p for p in planned if p.kind == "adapter"]
     # rank x 3 seeds, Gemma, modules qv/all x 3 seeds, 4-bit x 3 seeds + 8-bit x 1 (qkvo / 16-bit are rank's r16)
     assert len({p.name for p in runs}) == 9 + 3 + 6 + 4
@@ -128,19 +130,19 @@ def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
     gemma = [p for p in runs if p.flags.get("model") == "gemma3-270m"]
     assert {p.flags["format"] for p in gemma} == {"completion"} and {p.flags["protocol"] for p in gemma} == {"completion"}
     with pytest.raises(UserError, match="suite study-rank already varies seed"):
-        sweep.plan(S.suite_parts(S.builtin_suite("study")), {}, 2)
+        plan(S.suite_parts(S.builtin_suite("study")), {}, 2)
 
 
 def test_seeds_and_set_conflicts():
-    planned = sweep.plan([S.builtin_suite("quant")], {}, 2)
+    planned = plan([S.builtin_suite("quant")], {}, 2)
     runs = [p for p in planned if p.kind == "adapter"]
     assert len(runs) == 6 and {p.flags["seed"] for p in runs} == {0, 1}
     assert sum(p.kind == "base" for p in planned) == 1
     assert any("-s1-" in p.name for p in runs)
     with pytest.raises(UserError, match="suite rank varies rank"):
-        sweep.plan([S.builtin_suite("rank")], {"rank": 8}, None)
+        plan([S.builtin_suite("rank")], {"rank": 8}, None)
     with pytest.raises(UserError, match="either --seeds or --set seed"):
-        sweep.plan([S.builtin_suite("rank")], {"seed": 1}, 2)
+        plan([S.builtin_suite("rank")], {"seed": 1}, 2)
 
 
 def test_names_are_deterministic_and_ignore_default_values():
@@ -158,7 +160,7 @@ def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
     assert "rank,modules,quant" in out and "modules=qv" in out and "quant=4bit" in out
     assert out.count("train pending, eval pending") == 10
     # A completed train run of one of them shows up as done.
-    planned = sweep.plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
+    planned = plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
     r4 = next(p for p in planned if p.flags.get("rank") == 4)
     t = Tracker(db)
     run = t.start_run(r4.name, "train", {"rank": 4})
@@ -363,7 +365,7 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     base = {**S.builtin_suite("smoke").base, "max_steps": 24, "save_every": 3}
     suite_file = write_suite(workdir / "killme.yaml", {"name": "killme", "base": base, "axes": {"rank": [4]}})
     cmd = sweep_cmd(workdir, tiny_model, db, "--suite-file", suite_file)
-    planned = sweep.plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
+    planned = plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
     name = planned[1].name
     checkpoint = workdir / "runs" / "train" / name / "checkpoint" / "state.pt"
     finished = workdir / "runs" / "train" / name / "run_config.json"
@@ -412,13 +414,12 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
     """--workers 2 on two (faked) GPUs: every child sees one GPU, and no two running children share one."""
     import threading
 
-    import sweep
     from common.config import SweepConfig
     from common.study.plan import Planned
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     runs = [Planned("adapter", ["s"], {}, "", f"run{i}", f"run{i}-eval") for i in range(6)]
-    job = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=2, quiet=True), runs)
+    job = runner.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=2, quiet=True), runs)
     seen, running, clashes, lock = [], set(), [], threading.Lock()
 
     def execute(p, gpu):
@@ -440,7 +441,7 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
     assert sorted(seen) == ["3", "3", "3", "5", "5", "5"] and not clashes
     assert all(p.outcome == "done" for p in runs)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
-    three = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=3, quiet=True), [])
+    three = runner.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=3, quiet=True), [])
     assert three.gpus == ["7", "7", "7"]  # more workers than GPUs share them, and say so
     three.close()
 
@@ -469,7 +470,7 @@ def test_shards_partition_the_plan_stably_and_evenly():
 def test_shards_balance_cost_not_count():
     from common.study.plan import shard
 
-    planned = [sweep.Planned("adapter", ["s"], {"rank": r}, "", f"r{r}", f"r{r}-eval") for r in range(1, 12)]
+    planned = [Planned("adapter", ["s"], {"rank": r}, "", f"r{r}", f"r{r}-eval") for r in range(1, 12)]
     cost = {"r1": 10.0}
     parts = [shard(planned, i, 2, cost=lambda flags: cost.get(f"r{flags['rank']}", 1.0)) for i in range(2)]
     assert [[p.name for p in part] for part in parts] == [["r1"], [f"r{r}" for r in range(2, 12)]]

@@ -433,7 +433,7 @@ def encoded_lengths(cfg: TrainConfig) -> list[dict[str, Any]]:
 @functools.lru_cache(maxsize=8)
 def _encoded_lengths(model, dataset, split_seed, train_limit, group_key, decontaminate, max_seq_len, truncate,
                      format, columns, skip_bad_rows):
-    """As train.py's build_run loads and encodes the training split (same arguments, same functions)."""
+    """As common/train/build.py's build_run loads and encodes the training split (same arguments, same functions)."""
     from common.corpus.splits import load_splits
     from common.text.prompts import IGNORE_INDEX, choose_template, encode_examples
     from common.model.load import load_tokenizer
