@@ -67,10 +67,16 @@ def test_missing_local_directory_and_hub_ids(tmp_path):
     assert models.resolve_model("Qwen/Qwen2.5-Coder-0.5B") == "Qwen/Qwen2.5-Coder-0.5B"
 
 
-def test_hub_id_offline_is_a_one_line_error():
+def test_hub_id_offline_is_a_one_line_error(monkeypatch):
+    """A name that is neither embedded, a directory nor a reachable hub id: the error lists the embedded names."""
     from common.model.load import load_tokenizer
-    with pytest.raises(UserError, match="cannot load tokenizer for 'nobody/no-such-model'"):
+    from common.train.estimate import load_config
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot load tokenizer for 'nobody/no-such-model'") as e:
         load_tokenizer("nobody/no-such-model")
+    assert "\n" not in str(e.value) and "smollm2-135m, gemma3-270m" in str(e.value)
+    with pytest.raises(UserError, match="pass an embedded model \\(smollm2-135m, gemma3-270m\\)"):
+        load_config("smollm3-999m")
 
 
 def test_part_packaged_model_is_assembled_into_the_cache(tmp_path, monkeypatch):
