@@ -4,6 +4,8 @@
     python report.py --db sweep.db --suite rank --out reports/rank
     python report.py --list [--suite rank] [--status failed]
     python report.py --export csv --out runs.csv      # all runs with their scores (Tracker.export)
+    python report.py --export-examples results/examples   # per-example tables, configs, scores, curves (gzip)
+    python report.py --from-examples results/examples --out results   # the same report, from those files alone
 
 Writes to --out: RESULTS.md (per suite: one table per question: cost; quality on each benchmark with 95%
 CIs; paired differences against the suite's reference config and against the base model, each with its
@@ -25,7 +27,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common.config import ReportConfig
+from common.config import DEFAULT_DB, ReportConfig
 from common.errors import UserError, run_cli
 from common.options import parse_config
 from common.study.rows import Study
@@ -76,34 +78,60 @@ def export(study: Study, args: ReportConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_config(ReportConfig, argv, __doc__.split("\n\n")[0])
+def open_study(args: ReportConfig) -> tuple[Study, str]:
+    """The study of --db, or of a --from-examples folder (common/study/examples.py); and its database's name."""
+    if args.from_examples:
+        if args.db != DEFAULT_DB:
+            raise UserError("pass either --db or --from-examples DIR, not both")
+        from common.study.examples import ExampleTracker
+        tracker = ExampleTracker(Path(args.from_examples))
+        return Study(tracker), tracker.database
     if not Path(args.db).is_file():
         raise UserError(f"no database at {args.db}; run sweep.py (or train.py/evaluate.py) first, or pass --db")
-    study = Study(Tracker(args.db))
+    return Study(Tracker(args.db)), args.db
+
+
+def export_examples(study: Study, folder: str, database: str) -> int:
+    from common.study.examples import export_examples
+    counts = export_examples(study.tracker, Path(folder), database)
+    print(f"wrote {counts['runs']} run(s), {counts['examples']} per-example row(s) and {counts['metrics']} "
+          f"metric point(s) to {folder}; rebuild the report with `python report.py --from-examples {folder}`")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_config(ReportConfig, argv, __doc__.split("\n\n")[0])
+    study, database = open_study(args)
+    source = args.from_examples or args.db
     if args.suite and args.suite not in study.members:
         known = ", ".join(study.suites()) or "none"
-        print(f"no runs in suite {args.suite!r} in {args.db} (suites: {known})", file=sys.stderr)
+        print(f"no runs in suite {args.suite!r} in {source} (suites: {known})", file=sys.stderr)
         return 1
+    if args.export_examples:
+        return export_examples(study, args.export_examples, database)
     if args.export:
         return export(study, args)
     if args.list:
         if not study.runs:
-            print(f"no runs in {args.db} yet", file=sys.stderr)
+            print(f"no runs in {source} yet", file=sys.stderr)
             return 0
         print(list_runs(study, args.suite, args.status))
         return 0
     if not study.runs:
-        print(f"no runs in {args.db} yet: run sweep.py (or train.py and evaluate.py) first", file=sys.stderr)
+        print(f"no runs in {source} yet: run sweep.py (or train.py and evaluate.py) first", file=sys.stderr)
         return 1
     suites = [args.suite] if args.suite else study.suites()
     out = Path(args.output_dir or "reports")
     if args.readme:
         from common.study.summary import check_readme
         check_readme(Path(args.readme))
-    command = " ".join(["python report.py", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+    given = sys.argv[1:] if argv is None else argv
+    if args.from_examples:  # the report names the database its numbers came from, as the one made from it does
+        from common.study.examples import database_argv
+        given = database_argv(given, database)
+    command = " ".join(["python report.py", *(shlex.quote(a) for a in given)])
     from common.study.document import write_report
-    summary = write_report(study, suites, out, Path(args.db).name, figures=args.figures,
+    summary = write_report(study, suites, out, Path(database).name, figures=args.figures,
                            readme=Path(args.readme) if args.readme else None, command=command)
     if summary["configs"] == 0 and summary["rows"] == 0:
         print(f"no completed runs in {', '.join(suites)}; {out / 'RESULTS.md'} lists the failed and interrupted ones",

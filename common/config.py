@@ -220,6 +220,11 @@ class ReportConfig:
     readme: str | None = option(None, "also re-render the tables this markdown file and the docs/*.md beside "
                                       "it quote between <!-- summary|configs|bases:begin/end --> markers",
                                 metavar="FILE")
+    export_examples: str | None = option(None, "write the per-example tables, run configs, scores and curves of "
+                                               "--db to this folder as gzip'd JSON lines (no database, no weights)",
+                                         metavar="DIR")
+    from_examples: str | None = option(None, "build the report from a folder --export-examples wrote, instead "
+                                             "of --db (the same RESULTS.md and summary.json)", metavar="DIR")
 
 
 @dataclass

@@ -91,12 +91,18 @@ def test_bold_and_star_follow_the_tests(written):
     assert not any("**" in table_row(rank, label, "Quality on HumanEval")[2] for label in ("rank=8", "rank=16"))
     assert not table_cell(rank, "rank=8", "Quality on HumanEval", "chrF").startswith("**")
     base = rank[rank.index("#### Paired differences vs the base model"):]
-    assert table_cell(base, "rank=8", "Paired differences vs the base model", "Δ pass@1") == "+40.0 (0 vs 8, p=0.0078)"
+    # Each cell names its test, the raw and the Holm-adjusted p; † where a trained side has one seed.
+    assert table_cell(base, "rank=8", "Paired differences vs the base model", "Δ pass@1") \
+        == "+40.0 (0 vs 8) McNemar p=0.0078, Holm=0.039 †"
     # rank=16 has two seeds (the base model none to vary): its NLL gain survives Holm; its pass@1 gain,
     # exact sign-flip p = 2/2^7, does not among the suite's five pass@1 comparisons.
     assert table_cell(base, "rank=16", "Paired differences vs the base model", "Δ NLL (heldout)").endswith(" *")
-    assert table_cell(base, "rank=16", "Paired differences vs the base model", "Δ pass@1 (%)") == "+32.5"
-    assert table_cell(base, "rank=4", "Paired differences vs the base model", "Δ pass@1") == "+10.0 (0 vs 2, p=0.5)"
+    assert table_cell(base, "rank=16", "Paired differences vs the base model", "Δ pass@1 (%)") \
+        == "+32.5 sign-flip p=0.016, Holm=0.062"
+    assert table_cell(base, "rank=4", "Paired differences vs the base model", "Δ pass@1") \
+        == "+10.0 (0 vs 2) McNemar p=0.5, Holm=1 †"
+    assert table_cell(base, "rank=8", "Paired differences vs the base model", "Δ syntax ok") \
+        == "+0.0 (0 vs 0) (identical per-problem scores)"
 
 
 def test_power_section_states_what_no_difference_means(written, study):
@@ -115,7 +121,8 @@ def test_pareto_front_and_memory_budget_recommendation(written):
     assert "rank=4" in front and "rank=8" in front and "rank=16" not in front
     assert "- below 1000 MB: none of the measured configurations fits" in rank
     line = next(line for line in rank.splitlines() if line.startswith("- up to 1.1 GB: **rank=8**"))
-    assert "within noise of rank=4" in line          # one seed each: no verdict either way
+    assert "against rank=4, one seed: seed variation not measured, so no verdict" in line   # one seed each
+    assert "within noise" not in line
     assert "- up to 700 MB: **quant=4bit**" in section(text, "quant")
 
 
@@ -215,10 +222,13 @@ def test_formatting():
     metric = metric_for("humaneval.pass@1")
     assert markdown.fmt(-0.0001, metric, signed=True) == "+0.0"
     assert markdown.compact_ids([5, 1, 2, 3, 7]) == "1-3,5,7"
-    d = compare.Difference("heldout.chrf", 2.0, -1.0, 5.0, "bootstrap", False)
-    assert markdown.fmt_difference(d) == "+2.0 [-1.0, +5.0]"
+    d = compare.Difference("heldout.chrf", 2.0, -1.0, 5.0, "bootstrap z", False, 0.2, p_adjusted=0.4)
+    assert markdown.fmt_difference(d) == "+2.0 [-1.0, +5.0] z p=0.2, Holm=0.4 †"
     assert markdown.fmt_difference(compare.Difference("humaneval.pass@1", 0.3, None, None, "McNemar", True,
-                                                    0.03125, 0, 6, 20)) == "+30.0 (0 vs 6, p=0.031) *"
+                                                    0.03125, 0, 6, 20, p_adjusted=0.04, seed_aware=True)) \
+        == "+30.0 (0 vs 6) McNemar p=0.031, Holm=0.04 *"
+    assert markdown.fmt_difference(compare.Difference("heldout.nll", -0.1, -0.2, 0.0, "stored", None)) \
+        == "-0.100 [-0.200, +0.000] stored"
 
 
 def test_no_ci_never_reads_as_a_real_difference(tmp_path):
@@ -322,7 +332,8 @@ def test_a_run_without_a_measured_peak_is_placed_by_its_prediction(tmp_path):
     assert report.main(["--db", str(tmp_path / "p.db"), "--output-dir", str(out)]) == 0
     rank = section((out / "RESULTS.md").read_text(), "rank")
     line = next(line for line in rank.splitlines() if line.startswith("- up to 1.4 GB: **rank=8**"))
-    assert "peak 1400 MB (predicted: no measured peak); within noise of rank=4" in line   # one seed each
+    assert "peak 1400 MB (predicted: no measured peak); against rank=4, one seed: seed variation not measured" \
+        in line   # one seed each
     assert "predicted" not in next(line for line in rank.splitlines() if "**rank=4**" in line)
 
 
@@ -384,3 +395,23 @@ def test_readme_without_markers_is_a_clear_error(study, tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "summary:begin" in done.stderr
     assert "Traceback" not in done.stderr and readme.read_text() == "# no markers\n"
     assert not (tmp_path / "out").exists()          # checked before any work
+
+
+def test_budget_verdict_within_noise_only_with_seeds_on_both_sides(tmp_path):
+    """Two seeds a side: a gap smaller than the seed spread reads as within noise (the one-seed wording is
+    test_pareto_front_and_memory_budget_recommendation's)."""
+    from study_db import eval_run
+    db = Tracker(tmp_path / "two.db")
+    eval_run(db, "rank", None, "base-16bit-eval", set(), nll_per_token=2.0)
+    for rank, peak, nlls in ((4, 1000, (1.90, 1.88)), (8, 1100, (1.87, 1.90))):
+        for seed, nll in enumerate(nlls):
+            run = train_run(db, "rank", rank, "16bit", seed, peak=peak, seconds=100)
+            eval_run(db, "rank", run, f"r{rank}-s{seed}-eval", set(range(6 + seed)), nll_per_token=nll)
+    db.close()
+    assert report.main(["--db", str(tmp_path / "two.db"), "--output-dir", str(tmp_path / "out"), "--no-figures"]) == 0
+    text = (tmp_path / "out" / "RESULTS.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("- up to 1.1 GB: **rank=8**"))
+    assert line.endswith("; within noise of rank=4, so the extra memory buys no measurable gain")
+    assert "one seed" not in line
+    cell = table_cell(text, "rank=8", "Paired differences vs the base model", "Δ NLL")
+    assert " z p" in cell and ", Holm" in cell and "†" not in cell   # two seeds: a verdict, whichever it is

@@ -125,6 +125,7 @@ def test_bold_only_beyond_noise_pareto_and_budgets(study):
     budgets = compare.budgets(s, adapters, "humaneval.pass@1")
     assert [(b.text, b.pick.label) for b in budgets] == [("1000 MB", "rank=4"), ("1.1 GB", "rank=8")]
     assert budgets[1].previous is rows["rank=4"] and budgets[1].separated is False  # p = 1/32, but 1 seed each
+    assert budgets[1].one_seed and not budgets[0].one_seed                        # so the report gives no verdict
     assert nice_budget(493.5) == (500, "500 MB") and nice_budget(3.21 * 1024)[1] == "3.3 GB"
 
 

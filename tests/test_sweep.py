@@ -153,12 +153,17 @@ def test_names_are_deterministic_and_ignore_default_values():
 
 
 def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
+    from common.study.plan import plan
     db = tmp_path / "d.db"
     assert sweep.main(["--suite", "all", "--dry-run", "--db", str(db), "--set", "max_steps=3"]) == 0
     out = capsys.readouterr().out
     assert "suite all: 11 run(s)" in out
     assert "rank,modules,quant" in out and "modules=qv" in out and "quant=4bit" in out
     assert out.count("train pending, eval pending") == 10
+    # Seeds per compared config, labelled within each suite, and the comparisons that get no verdict.
+    assert "seeds in suite modules: modules=qkvo (reference) 1, modules=qv 1, modules=qkv 1, modules=all 1." in out
+    assert "no verdict for lack of seeds (one seed: seed variation not measured) in 5 of 5 comparisons: " \
+           "quant=4bit vs quant=16bit; quant=8bit vs quant=16bit; quant=16bit vs base model;" in out
     # A completed train run of one of them shows up as done.
     planned = plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
     r4 = next(p for p in planned if p.flags.get("rank") == 4)
@@ -172,6 +177,21 @@ def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"train done (run {run}), eval pending" in out
     assert f"train interrupted (run {crashed})" in out  # the dead process's row was marked interrupted
+
+
+def test_dry_run_says_which_comparisons_lack_seeds(tmp_path, capsys):
+    from common.study.plan import plan, seed_lines
+    assert sweep.main(["--suite", "rank", "--seeds", "2", "--dry-run", "--db", str(tmp_path / "d.db")]) == 0
+    out = capsys.readouterr().out
+    assert "seeds in suite rank: rank=4 2, rank=8 2, rank=16 (reference) 2, rank=32 2, rank=64 2." in out
+    assert "every comparison (9) has >= 2 seeds on each trained side." in out and "no verdict" not in out
+    # One seed of rank=4 dropped: only its two comparisons lose their verdict.
+    planned = [p for p in plan([S.builtin_suite("rank")], {}, 2)
+               if not (p.flags.get("rank") == 4 and p.flags["seed"] == 1)]
+    lines = seed_lines(planned)
+    assert lines[0].startswith("seeds in suite rank: rank=4 1, rank=8 2, rank=16 (reference) 2")
+    assert lines[1].endswith("in 2 of 9 comparisons: rank=4 vs rank=16; rank=4 vs base model. --seeds 2 (or more) "
+                             "gives each one.")
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), b"SQLite format 3\x00" + os.urandom(4080), None])

@@ -9,6 +9,7 @@
     compare.py       paired differences vs the reference and the base, power, Pareto fronts
     summary.py       the one-screen summary of a study
     reproduce.py     the commands a report prints to reproduce its runs
+    examples.py      the per-example export of a database, and the read-only tracker that serves it back
     figures.py       which plots a suite's section gets; plots.py draws them
 
 Imports every lower stage; nothing imports it but the scripts.

@@ -348,6 +348,7 @@ class Budget:
     pick: Row                      # the best config by quality whose peak memory fits
     previous: Row | None           # the pick at the next smaller budget
     separated: bool | None         # pick vs previous on quality: beyond noise? (None: cannot tell)
+    one_seed: bool = False         # pick vs previous: a trained side has one seed, so no verdict either way
 
 
 def budgets(study: Study, rows: list[Row], quality: str) -> list[Budget]:
@@ -363,7 +364,10 @@ def budgets(study: Study, rows: list[Row], quality: str) -> list[Budget]:
                                         r.mean("train.peak_mb"), r.label))
         previous = out[-1].pick if out else None
         if previous is not pick:
-            out.append(Budget(text, pick, previous, separated(study, previous, pick, quality) if previous else None))
+            diff = differences(study, previous, pick).get(quality) if previous else None
+            one_seed = diff is not None and diff.test != "stored" and not diff.seed_aware
+            out.append(Budget(text, pick, previous, separated(study, previous, pick, quality) if previous else None,
+                              one_seed))
     return out
 
 

@@ -34,12 +34,16 @@ def differences_section(study: Study, suite: str, rows: list[Row], bases: list[R
             lines += [f"#### Paired differences {title}", "", table, ""]
     if lines:
         lines = ["### Paired differences", "",
-                 "Config minus the comparison, on the same problems. pass@1 and syntax ok: exact McNemar test, "
-                 "shown as (problems only the comparison passes vs only the config passes, p); chrF (mean "
-                 "per-problem sentence chrF), test-case average and held-out NLL per token (token-weighted): "
-                 "95% paired bootstrap CI; (seeds): cluster bootstrap over seeds x problems. "
-                 "* = beyond noise (p < 0.05, or the CI excludes 0); — = not paired "
-                 "(different problems or protocol, or no per-problem records).", ""] + lines
+                 "Config minus the comparison, on the same problems; each cell names its test, with its raw p and "
+                 "its Holm-adjusted p (Holm: within the suite's comparisons of that metric). pass@1 and syntax ok: "
+                 "exact McNemar with one evaluation a side, shown as (problems only the comparison passes vs only "
+                 "the config passes), else the exact sign-flip permutation test on per-problem pass rates averaged "
+                 "over seeds; chrF (mean per-problem sentence chrF), test-case average and held-out NLL per token "
+                 "(token-weighted): z, a z test with the standard error of a paired bootstrap over seeds x problems "
+                 "(held-out references: seeds x their split groups), its 95% CI in brackets; stored: evaluate.py's "
+                 "delta, without per-problem records, never starred. * = Holm p < 0.05 with at least 2 seeds on "
+                 f"every trained side; † = {compare.ONE_SEED}, never starred; — = not paired (different problems "
+                 "or protocol, or no per-problem records).", ""] + lines
     return lines, every
 
 
@@ -85,7 +89,9 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
         source = " (predicted: no measured peak)" if b.pick.get("train.peak_is_predicted") else ""
         line = (f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
                 f"{'%' if metric.percent else ''}, peak {peak} MB{source}")
-        if b.previous is not None:
+        if b.previous is not None and b.one_seed:
+            line += f"; against {b.previous.label}, {compare.ONE_SEED}, so no verdict on what the extra memory buys"
+        elif b.previous is not None:
             line += {None: f"; no CI, so whether it beats {b.previous.label} beyond noise is unknown",
                      False: f"; within noise of {b.previous.label}, so the extra memory buys no measurable gain",
                      True: f"; better than {b.previous.label} beyond noise"}[b.separated]

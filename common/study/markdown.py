@@ -5,6 +5,7 @@ always give byte-identical text.
 """
 from common.study import compare
 from common.study.rows import COST_KEYS, Cell, Metric, Row, Study, metric_for
+from common.study.summary import verdict_text
 
 QUALITY_TABLES = [  # (title, columns)
     ("Quality on HumanEval", ["humaneval.pass@1", "humaneval.test_case_avg", "humaneval.syntax_ok", "humaneval.bleu",
@@ -44,18 +45,20 @@ def fmt_cell(cell: Cell | None, metric: Metric) -> str:
 
 
 def fmt_difference(d: compare.Difference | None) -> str:
-    """`+7.5 (0 vs 3, p=0.25)` for McNemar, `+2.1 [-1.0, +5.2]` for a bootstrap; `*` when beyond noise."""
+    """`+40.0 (0 vs 8) McNemar p=0.0078, Holm=0.039 †`, `-0.418 [-0.429, -0.408] z p<0.001, Holm<0.001 *`: the
+    difference, its McNemar counts or 95% CI, then the test, raw and Holm-adjusted p, `†` for one seed and `*`
+    beyond noise as the summary prints them (common/study/summary.py); degenerate comparisons say why instead."""
     if d is None:
         return "—"
     metric = metric_for(d.key)
     text = fmt(d.value, metric, signed=True)
     if d.test == "McNemar":
-        text += f" ({d.only_a} vs {d.only_b}, p={d.p_value:.2g})"
+        text += f" ({d.only_a} vs {d.only_b})"
     elif d.low is not None:
         text += f" [{fmt(d.low, metric, True)}, {fmt(d.high, metric, True)}]"
-    if d.test == "cluster bootstrap":
-        text += " (seeds)"
-    return text + (" *" if d.beyond_noise else "")
+    if d.degenerate:
+        return f"{text} ({d.degenerate})"
+    return text + verdict_text(d.test, d.p_value, d.p_adjusted, d.seed_aware, d.beyond_noise)
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:

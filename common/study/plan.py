@@ -222,6 +222,53 @@ def print_plan(tracker: Tracker, planned: list[Planned]) -> None:
     rows = [(i + 1, p.eval_name if p.kind == "base" else p.name, ",".join(p.suites), p.diff,
              describe_state(tracker, p)) for i, p in enumerate(planned)]
     print(tabulate(rows, headers=("#", "run", "suites", "config (vs suite base)", "state"), tablefmt="github"))
+    print("\n".join(seed_lines(planned)))
+
+
+def _flag(flags: dict[str, Any], key: str) -> Any:
+    """A planned run's value of a train.py option: its flag, else train.py's default."""
+    return flags[key] if flags.get(key) is not None else S.TRAIN_FLAGS[key][1]
+
+
+def planned_seeds(planned: list[Planned], suite: str) -> dict[str, tuple[int, bool]]:
+    """Config label (the flags that vary across the suite's configs, as the report labels its rows) -> (seeds
+    planned, whether it is the reference config the report compares with: common/study/compare.py reference_row)."""
+    adapters = [p for p in planned if p.kind == "adapter" and suite in p.suites]
+    resolved = [{k: _flag(p.flags, k) if k in S.TRAIN_FLAGS else p.flags[k] for k in p.flags if k != "seed"}
+                for p in adapters]
+    keys = sorted({k for flags in resolved for k in flags})
+    varying = [k for k in keys if len({repr(flags.get(k)) for flags in resolved}) > 1]
+    seeds: dict[str, set] = {}
+    reference: dict[str, bool] = {}
+    for p, flags in zip(adapters, resolved):
+        label = " ".join(f"{k}={S.format_value(flags.get(k))}" for k in varying) or "suite base"
+        seeds.setdefault(label, set()).add(_flag(p.flags, "seed"))
+        central = all(_flag(p.flags, k) == v for k, v in S.CENTRAL.items() if k != "seed")
+        reference[label] = central and S.CENTRAL["seed"] in seeds[label]
+    return {label: (len(seeds[label]), reference[label]) for label in seeds}
+
+
+def seed_lines(planned: list[Planned]) -> list[str]:
+    """Per suite: how many seeds each compared config gets, and the comparisons (each config vs the reference
+    config and vs the base model) the report will leave without a verdict for lack of seeds: it stars a
+    difference only with >= 2 seeds on every trained side (the base model has no training seed)."""
+    lines = []
+    for suite in dict.fromkeys(s for p in planned for s in p.suites):
+        configs = planned_seeds(planned, suite)
+        if not configs:
+            continue
+        reference = next((label for label, (_, is_reference) in configs.items() if is_reference), None)
+        pairs = [(c, reference) for c in configs if reference and c != reference] + [(c, None) for c in configs]
+        lacking = [f"{c} vs {other or 'base model'}" for c, other in pairs
+                   if configs[c][0] < 2 or (other is not None and configs[other][0] < 2)]
+        counts = ", ".join(f"{c}{' (reference)' if c == reference else ''} {n}" for c, (n, _) in configs.items())
+        lines.append(f"seeds in suite {suite}: {counts}.")
+        if lacking:
+            lines.append(f"  no verdict for lack of seeds (one seed: seed variation not measured) in {len(lacking)} "
+                         f"of {len(pairs)} comparisons: {'; '.join(lacking)}. --seeds 2 (or more) gives each one.")
+        else:
+            lines.append(f"  every comparison ({len(pairs)}) has >= 2 seeds on each trained side.")
+    return lines
 
 
 def print_summary(planned: list[Planned]) -> None:

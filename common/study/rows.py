@@ -195,10 +195,10 @@ def _problem(rows: list[dict]) -> Problem:
                    graded=(sum(d["tests_passed"] / d["tests_total"] for d in details) / len(details)
                            if all(d.get("tests_total") for d in details) else None),
                    nll=nll, tokens=details[0].get("tokens") if nll is not None else None, n_samples=len(rows),
-                   group=_split_group(rows[0]), empty=all(not (r["generation"] or "").strip() for r in rows))
+                   group=split_group(rows[0]), empty=all(not (r["generation"] or "").strip() for r in rows))
 
 
-def _split_group(record: dict) -> str | None:
+def split_group(record: dict) -> str | None:
     """The group the split was drawn by: recorded by evaluate.py; stdlib ids (stdlib:FILE:NAME) carry it in
     records made before it was recorded; None when unknown (each reference is then its own cluster)."""
     group = (record["details"] or {}).get("group")

@@ -73,12 +73,21 @@ def cell(key: str, d: dict[str, Any] | None) -> str:
         text += f" ({d['only_versus']} vs {d['only_config']})"
     elif d["low"] is not None:
         text += f" [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
-    text += f" {_SHORT_TEST.get(d['test'], d['test'])}"
-    if d.get("p_value") is not None:
-        text += f" p{_p(d['p_value'])}" + (f", Holm{_p(d['p_adjusted'])}" if d.get("p_adjusted") is not None else "")
-    if d["test"] != "stored" and not d.get("seed_aware"):
+    return text + verdict_text(d["test"], d.get("p_value"), d.get("p_adjusted"), d.get("seed_aware"),
+                               d["beyond_noise"])
+
+
+def verdict_text(test: str, p_value: float | None, p_adjusted: float | None, seed_aware: bool | None,
+                 beyond_noise: bool | None) -> str:
+    """` z p=0.003, Holm=0.02 *`: the test's short name, its raw and Holm-adjusted p, `†` when a trained side has
+    one seed (seed variation not measured, never starred), `*` when beyond noise. The report's difference
+    tables (common/study/markdown.py) print the same after their own numbers."""
+    text = f" {_SHORT_TEST.get(test, test)}"
+    if p_value is not None:
+        text += f" p{_p(p_value)}" + (f", Holm{_p(p_adjusted)}" if p_adjusted is not None else "")
+    if test != "stored" and not seed_aware:
         text += " †"
-    return text + (" *" if d["beyond_noise"] else "")
+    return text + (" *" if beyond_noise else "")
 
 
 def summary_table(entries: list[dict[str, Any]]) -> str:
