@@ -17,7 +17,8 @@ import torch
 from common.corpus.splits import Example
 from common.judge.metrics import syntax_error_category
 from common.model.adapters import Adapter
-from common.text.generation import extract_code, stop_criteria, stops_for_template
+from common.text.generation import (decodes_in_fp32, decoding_precision, extract_code, is_quantized, stop_criteria,
+                                    stops_for_template)
 from common.text.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
 from common.text.protocols import program, render
 from common.text.streaming import StopAwareStreamer
@@ -44,6 +45,7 @@ class Result:
     new_tokens: int
     seconds: float
     first_token_s: float | None
+    tokens: tuple[int, ...] = ()       # the generated token ids, EOS included (as common.text.generation's)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Session:
     stop: list[str] | None = None      # None: the default for the template
     seed: int = 0
     show_speed: bool = True            # time to first token and tokens/s after each generation
+    fp32_decoding: bool = True         # --fp32-decoding, as evaluate.py decodes (common/config.py)
     use_adapter: bool = True
     compare: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
@@ -108,7 +111,6 @@ class Session:
     def generate(self, prompt: str, with_adapter: bool, seed: int) -> Result:
         from transformers import set_seed
 
-        from common.train.steps import autocast
         template, why = self.template_for(prompt)
         instruct = self.instruct_example(prompt)
         if instruct:  # a code prompt to an adapter trained in the instruct format: its training prompt
@@ -123,7 +125,7 @@ class Session:
         tokenizer = self.tokenizer
         ids = encode_prompt(tokenizer, rendered, template)
         if self.show_speed:
-            self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens")
+            self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens, decoding in {self.decode_dtype()}")
         if template == "plain":
             self.print(prompt, end="")
         streamer = StopAwareStreamer(tokenizer, stops, lambda s: self.print(s, end=""), rendered)
@@ -136,7 +138,8 @@ class Session:
         set_seed(seed)
         self.model.eval()
         began = time.perf_counter()
-        with torch.inference_mode(), autocast(self.device, self.dtype), \
+        # The casts of fp32 decoding happen outside inference mode, so the weights stay ordinary tensors.
+        with decoding_precision(self.model, self.dtype, self.fp32_decoding), torch.inference_mode(), \
                 (self.model.disable_adapter() if base_only else nullcontext()):
             out = self.model.generate(
                 input_ids=torch.tensor([ids], device=self.device),
@@ -159,11 +162,17 @@ class Session:
                 self.print("--- extracted code:")
                 self.print(code, end="" if code.endswith("\n") else "\n")
         result = Result(template, completion, code, syntax_error_category(code), out.shape[1] - len(ids), seconds,
-                        None if streamer.first_token_at is None else streamer.first_token_at - began)
+                        None if streamer.first_token_at is None else streamer.first_token_at - began,
+                        tuple(out[0, len(ids):].tolist()))
         self.print(f"--- {describe_syntax(result.syntax)}")
         if self.show_speed:
             self.print(f"--- {speed_line(result)}")
         return result
+
+    def decode_dtype(self) -> str:
+        """What the model decodes in, named as evaluate.py names it in the benchmark key."""
+        fp32 = self.dtype == torch.float32 or decodes_in_fp32(self.fp32_decoding, self.dtype, is_quantized(self.model))
+        return "float32" if fp32 else str(self.dtype).replace("torch.", "")
 
     def command(self, line: str) -> bool:
         """Apply an interactive /command; False when it asks to quit."""
