@@ -4,6 +4,7 @@ prompt and protocol, under the one shared option --fp32-decoding (issue 32 item 
 The model is the tiny llama in bf16 with random weights of std 0.1 (greedy output varies, and bf16 rounding flips
 some of it) and a LoRA adapter whose B matrices are noise: a 16-bit base plus adapter, as both scripts load it.
 """
+import copy
 import io
 
 import pytest
@@ -65,8 +66,9 @@ def evaluate_tokens(model, tokenizer, prompt: str, protocol: str, fp32_decoding:
 
 
 def infer_tokens(model, tokenizer, prompt: str, protocol: str, fp32_decoding: bool) -> tuple[int, ...]:
-    """infer.py's greedy answer to one prompt, its adapter trained in the format the protocol names."""
-    session = Session(model, tokenizer, None, torch.device("cpu"), torch.bfloat16, max_new_tokens=NEW_TOKENS,
+    """infer.py's greedy answer to one prompt, its adapter trained in the format the protocol names (on a copy of
+    the model: a session decoding in fp32 casts its model once)."""
+    session = Session(copy.deepcopy(model), tokenizer, None, torch.device("cpu"), torch.bfloat16, max_new_tokens=NEW_TOKENS,
                       out=io.StringIO(), fp32_decoding=fp32_decoding, show_speed=False,
                       train_format="instruct" if protocol == "instruct" else "completion")
     ((_, result),) = session.run(prompt)
@@ -110,10 +112,14 @@ def test_one_option_in_both_scripts():
         assert parse_config(cls, [], "d").fp32_decoding is True
 
 
-def test_infer_says_what_it_decodes_in(adapted):
+def test_infer_casts_once_and_says_what_it_decodes_in(adapted):
     model, tokenizer = adapted
     for fp32, named in ((True, "float32"), (False, "bfloat16")):
-        out = io.StringIO()
-        Session(model, tokenizer, None, torch.device("cpu"), torch.bfloat16, max_new_tokens=2, out=out,
-                fp32_decoding=fp32).run("def f():\n")
+        out, copied = io.StringIO(), copy.deepcopy(model)
+        session = Session(copied, tokenizer, None, torch.device("cpu"), torch.bfloat16, max_new_tokens=2, out=out,
+                          fp32_decoding=fp32)
+        assert session.dtype == getattr(torch, named)
+        assert copied.get_input_embeddings().weight.dtype == getattr(torch, named)  # cast at the start, and kept
+        session.run("def f():\n")
         assert out.getvalue().startswith("--- template plain") and f"decoding in {named}\n" in out.getvalue()
+        assert copied.get_input_embeddings().weight.dtype == getattr(torch, named)
