@@ -127,6 +127,7 @@ def start_session(cfg: InferConfig, adapter, model_name: str, device):
     return Session(model, tokenizer, adapter, device, dtype, template=cfg.template,
                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                    max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed, show_speed=not cfg.quiet,
+                   fp32_decoding=cfg.fp32_decoding,
                    compare=cfg.compare or cfg.demo, recorded_template=recorded,
                    train_format=train_format_of(adapter.train_config) if adapter else None)
 

@@ -28,6 +28,14 @@ ISOLATION_MODES = ("auto", "bwrap", "landlock", "none")
 DEFAULT_DB = "experiments.db"
 
 
+def fp32_decoding_option(sweep: bool = False) -> bool:
+    """--fp32-decoding, declared here once for evaluate.py and infer.py: one default, one meaning, so an adapter
+    answers in infer.py as evaluate.py scored it (common.text.generation.decoding_precision)."""
+    return option(True, "decode 16-bit models in fp32 (4/8-bit bases in their compute dtype), in evaluate.py and "
+                        "infer.py alike: greedy output does not depend on the batch size (--no-fp32-decoding: about "
+                        "2x faster in bf16; evaluate.py then adds the batch size to the benchmark key)", sweep=sweep)
+
+
 @dataclass
 class TrainConfig:
     """train.py: fine-tune with LoRA / QLoRA and save a PEFT adapter."""
@@ -147,9 +155,7 @@ class EvalConfig:
                                    "chat prompt, sanitized answer), fewshot (one solved example first); auto: "
                                    "instruct for chat-trained adapters and chat base models",
                            choices=("auto", "completion", "instruct", "fewshot"), sweep=True)
-    fp32_decoding: bool = option(True, "decode 16-bit models in fp32 so greedy scores do not depend on the batch "
-                                       "size (--no-fp32-decoding: faster; the batch size joins the benchmark key)",
-                                 sweep=True)
+    fp32_decoding: bool = fp32_decoding_option(sweep=True)
     n_samples: int = option(1, "samples per problem", sweep=True)
     k: str = option("1", "comma list of k for pass@k (each <= --n-samples)", sweep=True)
     temperature: float = option(0.0, "sampling temperature (0 = greedy)", sweep=True)
@@ -246,6 +252,7 @@ class InferConfig:
     top_k: int = option(0, "sample from the k likeliest tokens (0 = off)")
     max_new_tokens: int = option(256, "generated tokens per sample at most")
     seed: int = option(0, "sampling seed (prompt i uses seed + i; both sides of a comparison use the same)")
+    fp32_decoding: bool = fp32_decoding_option()
     stop: list[str] | None = option(None, "stop sequence, repeatable (\\n escapes; '' = none); None: the "
                                           "HumanEval stops for plain prompts", metavar="TEXT")
     merge_to: str | None = option(None, "merge the adapter into a 16/32-bit base, save here", metavar="DIR")

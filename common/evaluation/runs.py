@@ -23,23 +23,21 @@ SUMMARY_METRICS = ("test_case_avg", "syntax_ok", "bleu", "chrf", "perplexity", "
                    "seconds_per_problem")
 
 
-def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, device, dtype) -> list[Sample]:
+def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, dtype) -> list[Sample]:
     """n_samples generations per problem, one generate() call per (template, stops) group of prompts."""
     import torch
 
-    from common.text.generation import generate
-    from common.train.steps import autocast
+    from common.text.generation import decoding_precision, generate
 
     samples = [Sample(p, j, bench.prompts[p.id].text, "") for p in bench.problems for j in range(cfg.n_samples)]
     torch.manual_seed(cfg.seed)
     for template, stops in sorted({(q.template, q.stops) for q in bench.prompts.values()}):
         group = [s for s in samples if (bench.prompts[s.problem.id].template, bench.prompts[s.problem.id].stops)
                  == (template, stops)]
-        with autocast(device, dtype):
+        with decoding_precision(model, dtype, fp32=bench.key["decode"] == "float32"):
             outputs = generate(model, tokenizer, [s.prompt for s in group], template,
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               batch_size=cfg.eval_batch_size, stop=stops, progress=not cfg.quiet,
-                               fp32=bench.key["decode"] == "float32" and dtype != torch.float32)
+                               batch_size=cfg.eval_batch_size, stop=stops, progress=not cfg.quiet)
         for s, out in zip(group, outputs):
             s.generation, s.new_tokens, s.seconds, s.ended = out.text, out.new_tokens, out.seconds, out.ended
     return samples
@@ -167,7 +165,7 @@ def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benc
     """bench -> (sample records, timing and perplexity scores): generate, then judge in the sandbox."""
     def produce(bench: Benchmark) -> tuple[list[dict], dict]:
         generated = bench.problems[:bench.key.get("generated", len(bench.problems))]
-        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, device, dtype) \
+        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, dtype) \
             if generated else []
         records, exec_seconds = judge_samples(samples, bench.key["protocol"], cfg) if samples else ([], 0.0)
         extra = {}

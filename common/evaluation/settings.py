@@ -104,7 +104,9 @@ def decode_key(cfg: EvalConfig, dtype) -> str:
     (4/8-bit bases, or --no-fp32-decoding) depends on the batch size, so the key names it."""
     import torch
 
-    if dtype == torch.float32 or (cfg.fp32_decoding and cfg.quant not in ("4bit", "8bit")):
+    from common.text.generation import decodes_in_fp32
+
+    if dtype == torch.float32 or decodes_in_fp32(cfg.fp32_decoding, dtype, quantized=cfg.quant in ("4bit", "8bit")):
         return "float32"
     return f"{str(dtype).replace('torch.', '')}, batch {cfg.eval_batch_size}"
 

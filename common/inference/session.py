@@ -1,6 +1,7 @@
 """A generation session of infer.py: prompts rendered as the adapter was trained, output streamed up to a stop
 sequence, the code syntax-checked, the speed measured; with compare on, each prompt through the base model, then
-the adapter.
+the adapter. It decodes as evaluate.py does (common.text.generation.decoding_precision): with fp32_decoding (the
+default) a 16-bit model is cast to float32 once, when the session starts.
 
     session = Session(model, tokenizer, adapter, device, dtype, template="auto", temperature=0.0, ...)
     session.run(prompt)        # -> [(side, Result), ...]
@@ -17,7 +18,8 @@ import torch
 from common.corpus.splits import Example
 from common.judge.metrics import syntax_error_category
 from common.model.adapters import Adapter
-from common.text.generation import extract_code, stop_criteria, stops_for_template
+from common.text.generation import (decodes_in_fp32, decoding_precision, extract_code, is_quantized, stop_criteria,
+                                    stops_for_template)
 from common.text.prompts import TEMPLATES, choose_template, encode_prompt, render_prompt
 from common.text.protocols import program, render
 from common.text.streaming import StopAwareStreamer
@@ -44,6 +46,7 @@ class Result:
     new_tokens: int
     seconds: float
     first_token_s: float | None
+    tokens: tuple[int, ...] = ()       # the generated token ids, EOS included (as common.text.generation's)
 
 
 @dataclass
@@ -61,12 +64,20 @@ class Session:
     stop: list[str] | None = None      # None: the default for the template
     seed: int = 0
     show_speed: bool = True            # time to first token and tokens/s after each generation
+    fp32_decoding: bool = True         # --fp32-decoding, as evaluate.py decodes (common/config.py); casts the model
     use_adapter: bool = True
     compare: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     recorded_template: str | None = None
     train_format: str | None = None      # the adapter's training format (common.text.protocols.train_format_of)
     prompts_done: int = 0
+
+    def __post_init__(self) -> None:
+        # fp32 decoding casts the model once for the session, not per prompt: a cast each way took 3.4 s for the
+        # 135M model on 2 busy cores. Same numbers as decoding_precision's cast: weights exact, autocast off.
+        if self.dtype != torch.float32 and decodes_in_fp32(self.fp32_decoding, self.dtype, is_quantized(self.model)):
+            self.model.float()
+            self.dtype = torch.float32
 
     def print(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -108,7 +119,6 @@ class Session:
     def generate(self, prompt: str, with_adapter: bool, seed: int) -> Result:
         from transformers import set_seed
 
-        from common.train.steps import autocast
         template, why = self.template_for(prompt)
         instruct = self.instruct_example(prompt)
         if instruct:  # a code prompt to an adapter trained in the instruct format: its training prompt
@@ -123,7 +133,8 @@ class Session:
         tokenizer = self.tokenizer
         ids = encode_prompt(tokenizer, rendered, template)
         if self.show_speed:
-            self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens")
+            self.print(f"--- template {template} ({why}), {len(ids)} prompt tokens, "
+                       f"decoding in {str(self.dtype).removeprefix('torch.')}")
         if template == "plain":
             self.print(prompt, end="")
         streamer = StopAwareStreamer(tokenizer, stops, lambda s: self.print(s, end=""), rendered)
@@ -136,7 +147,8 @@ class Session:
         set_seed(seed)
         self.model.eval()
         began = time.perf_counter()
-        with torch.inference_mode(), autocast(self.device, self.dtype), \
+        # Outside inference mode, so that any cast of the weights leaves them ordinary tensors.
+        with decoding_precision(self.model, self.dtype, self.fp32_decoding), torch.inference_mode(), \
                 (self.model.disable_adapter() if base_only else nullcontext()):
             out = self.model.generate(
                 input_ids=torch.tensor([ids], device=self.device),
@@ -147,23 +159,26 @@ class Session:
         completion = streamer.text()
         if not ((prompt if template == "plain" else "") + completion).endswith("\n"):
             self.print()
-        if instruct:
-            code = program(instruct, "instruct", completion)
-            self.print("--- the program (sanitized answer with the prompt's imports):")
-            self.print(code, end="" if code.endswith("\n") else "\n")
-        elif template == "plain":
-            code = prompt + completion
-        else:
-            code = extract_code(completion)
-            if code != completion:
-                self.print("--- extracted code:")
-                self.print(code, end="" if code.endswith("\n") else "\n")
+        code = self.code_of(prompt, template, instruct, completion)
         result = Result(template, completion, code, syntax_error_category(code), out.shape[1] - len(ids), seconds,
-                        None if streamer.first_token_at is None else streamer.first_token_at - began)
+                        None if streamer.first_token_at is None else streamer.first_token_at - began,
+                        tuple(out[0, len(ids):].tolist()))
         self.print(f"--- {describe_syntax(result.syntax)}")
         if self.show_speed:
             self.print(f"--- {speed_line(result)}")
         return result
+
+    def code_of(self, prompt: str, template: str, instruct: Example | None, completion: str) -> str:
+        """The code to syntax-check, shown when it is not the streamed text: the sanitized program (instruct),
+        the prompt + completion (plain), else the fenced code of the answer."""
+        if template == "plain" and not instruct:
+            return prompt + completion
+        code = program(instruct, "instruct", completion) if instruct else extract_code(completion)
+        if instruct or code != completion:
+            self.print("--- the program (sanitized answer with the prompt's imports):" if instruct
+                       else "--- extracted code:")
+            self.print(code, end="" if code.endswith("\n") else "\n")
+        return code
 
     def command(self, line: str) -> bool:
         """Apply an interactive /command; False when it asks to quit."""

@@ -24,7 +24,7 @@ def axis_label(metric: Metric) -> str:
     base, _, where = name.partition(" (")
     where = f" {where.rstrip(')')}" if where else ""
     unit = ("%" if metric.percent else "0-100" if base in ("chrF", "BLEU") else
-            "per token" if base == "perplexity" else "")
+            "per token" if base == "perplexity" else "nats/token" if base == "NLL" else "")
     return f"{base}{where}" + (f" ({unit})" if unit else "")
 
 
@@ -85,8 +85,8 @@ def quality_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> li
         baseline[metric.title] = None if b is None else b * scale
     if not panels or not rows:
         return []
-    return [("quality with 95% CIs", plots.metric_bars(
-        out / f"{safe_name(suite)}_quality.png", f"{suite}: quality (error bars: 95% CI or ±1 std)",
+    return [("quality with 95% CIs", plots.metric_intervals(
+        out / f"{safe_name(suite)}_quality.png", f"{suite}: quality (95% CI or ±1 std; axes zoomed to the data)",
         [r.label for r in rows], panels, baseline))]
 
 
@@ -111,7 +111,7 @@ def quality_vs_cost(suite: str, rows: list[Row], quality: str, out: Path) -> lis
         if pts and all(r.mean(cost) is not None for r in pts):
             front = compare.pareto(pts, quality, cost)
             costs[name] = (unit, [r.mean(cost) for r in pts], {pts.index(r) for r in front})
-    if costs:
+    if costs and len(pts) >= 2:  # one configuration is no trade-off
         written.append(("efficiency frontier", plots.frontier(
             out / f"{stem}_frontier.png", f"{suite}: quality vs cost (Pareto front starred)",
             [r.label for r in pts], values, axis_label(metric), costs,
@@ -141,7 +141,8 @@ def difference_figure(study: Study, suite: str, rows: list[Row], bases: list[Row
     return [("paired differences", plots.paired_differences(
         out / f"{safe_name(suite)}_differences.png",
         f"{suite}: config minus comparison (red: the paired 95% interval excludes 0)",
-        labels, values, intervals, f"Δ {axis_label(metric_for(quality))}, paired 95% CI"))]
+        labels, values, intervals, f"Δ {axis_label(metric_for(quality))}, paired 95% CI"
+        + (f" ({metric_for(quality).better} is better)" if metric_for(quality).better else "")))]
 
 
 def cost_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[tuple[str, Path]]:
@@ -165,10 +166,11 @@ def cost_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[
 
 def suite_figures(study: Study, suite: str, rows: list[Row], bases: list[Row], quality: str | None,
                   out: Path) -> list[tuple[str, Path]]:
-    """Write the suite's PNGs into `out`; returns (title, path) per figure written."""
-    written = loss_curves(study, suite, rows, out) + generation_curves(study, suite, rows, out)
+    """Write the suite's PNGs into `out`; returns (title, path) per figure written, the headline first: the paired
+    differences, which say which configurations differ beyond noise."""
+    headline = difference_figure(study, suite, rows, bases, quality, out) if quality and rows else []
+    written = headline + loss_curves(study, suite, rows, out) + generation_curves(study, suite, rows, out)
     written += quality_bars(suite, rows, bases, out)
     if quality and rows:
-        written += quality_vs_cost(suite, rows, quality, out) + difference_figure(study, suite, rows, bases,
-                                                                                 quality, out)
+        written += quality_vs_cost(suite, rows, quality, out)
     return written + cost_bars(suite, rows, bases, out)

@@ -1,4 +1,5 @@
-"""Figures for report.py: loss curves, metric bars with error bars, rank, efficiency and paired-difference plots.
+"""Figures for report.py: smoothed loss curves, metric dots with intervals on zoomed axes, rank, efficiency and
+paired-difference plots.
 
 Every function takes plain numbers (no database access), writes one PNG with titled,
 labelled axes (units in the labels) and returns its path. matplotlib runs headless (Agg).
@@ -28,18 +29,38 @@ def _nan(v: float | None) -> float:
     return float("nan") if v is None else float(v)
 
 
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average: s_0 = v_0, s_t = weight * s_(t-1) + (1 - weight) * v_t (weight 0: the values)."""
+    smoothed: list[float] = []
+    for v in values:
+        smoothed.append(v if not smoothed else weight * smoothed[-1] + (1 - weight) * v)
+    return smoothed
+
+
+def smoothing_weight(points: int) -> float:
+    """The EMA weight for a curve of this many points: it averages over about a twentieth of the curve
+    (1 / (1 - weight) points), and leaves curves of 20 points or fewer raw."""
+    return max(0.0, 1.0 - 20.0 / points) if points else 0.0
+
+
 def loss_curves(path: Path, title: str, curves: dict[str, dict[str, list[tuple[int, float]]]]) -> Path:
-    """curves: run label -> {"loss": [(step, value)], "val_loss": [(step, value)]}."""
-    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, series in curves.items():
+    """curves: run label -> {"loss": [(step, value)], "val_loss": [(step, value)]}.
+
+    Training loss: the EMA (smoothing_weight) over the raw curve drawn faint in the same colour. Validation
+    loss: a line through each evaluation, on the training steps' axis (shared), so one evaluation at the last
+    step is a point at the end of training, not alone on an axis of its own."""
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for i, (label, series) in enumerate(curves.items()):
+        color = f"C{i % 10}"
         if series.get("loss"):
             steps, values = zip(*series["loss"])
-            train_ax.plot(steps, values, label=label, linewidth=1.2)
+            train_ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+            train_ax.plot(steps, ema(values, smoothing_weight(len(values))), color=color, linewidth=1.5, label=label)
         if series.get("val_loss"):
             steps, values = zip(*series["val_loss"])
-            val_ax.plot(steps, values, marker="o", label=label, linewidth=1.2)
-    train_ax.set(title="training loss", xlabel="optimizer step", ylabel="loss (nats/token)")
-    val_ax.set(title="validation loss", xlabel="optimizer step", ylabel="loss (nats/token)")
+            val_ax.plot(steps, values, "o-", color=color, label=label, linewidth=1.5, markersize=4)
+    train_ax.set(title="training loss (EMA; raw curve faint)", xlabel="optimizer step", ylabel="loss (nats/token)")
+    val_ax.set(title="validation loss at each evaluation", xlabel="optimizer step", ylabel="loss (nats/token)")
     for ax in (train_ax, val_ax):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -68,13 +89,24 @@ def training_curves(path: Path, title: str, panels: list[tuple[str, str, float]]
     return _save(fig, path)
 
 
-def metric_bars(path: Path, title: str, labels: Sequence[str],
-                metrics: dict[str, tuple[str, list[float | None], list[tuple[float, float] | None]]],
-                baseline: dict[str, float | None] | None = None) -> Path:
-    """metrics: name -> (axis label with unit, values, (err_low, err_high) per bar or None).
+def zoomed_range(points: Sequence[float], margin: float = 0.08) -> tuple[float, float] | None:
+    """An axis range spanning the finite points with a margin of `margin` x their spread: a 0.03-nat gap fills
+    the axis instead of hiding at the top of a bar from 0. None when no point is finite."""
+    finite = [p for p in points if math.isfinite(p)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    pad = (high - low) * margin or abs(high) * 0.05 or 1.0
+    return low - pad, high + pad
 
-    One subplot per metric; the base model, when given, is a dashed horizontal line.
-    """
+
+def metric_intervals(path: Path, title: str, labels: Sequence[str],
+                     metrics: dict[str, tuple[str, list[float | None], list[tuple[float, float] | None]]],
+                     baseline: dict[str, float | None] | None = None) -> Path:
+    """metrics: name -> (axis label with unit, values, (err_low, err_high) per configuration or None).
+
+    One subplot per metric: a dot per configuration with its interval, the base model a dashed line, the
+    axis zoomed to the dots, intervals and base line (zoomed_range), not started at 0."""
     n = len(metrics)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -84,14 +116,21 @@ def metric_bars(path: Path, title: str, labels: Sequence[str],
         ax.set_visible(False)
     x = list(range(len(labels)))
     for ax, (name, (unit, values, errors)) in zip(axes.flat, metrics.items()):
-        low = [e[0] if e else math.nan for e in errors]  # nan: no bar, where no CI was recorded
-        high = [e[1] if e else math.nan for e in errors]
-        ax.bar(x, [_nan(v) for v in values], yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8)
-        if baseline and baseline.get(name) is not None:
-            ax.axhline(baseline[name], color="tab:red", linestyle="--", linewidth=1.2, label="base model")
+        ys = [_nan(v) for v in values]
+        low = [e[0] if e else 0.0 for e in errors]  # 0: a bare dot, where no CI was recorded
+        high = [e[1] if e else 0.0 for e in errors]
+        ax.errorbar(x, ys, yerr=[low, high], fmt="o", capsize=4, color="tab:blue")
+        base = baseline.get(name) if baseline else None
+        if base is not None:
+            ax.axhline(base, color="tab:red", linestyle="--", linewidth=1.2, label="base model")
             ax.legend(fontsize=7)
+        limits = zoomed_range([y - d for y, d in zip(ys, low)] + [y + d for y, d in zip(ys, high)]
+                              + ([base] if base is not None else []))
+        if limits:
+            ax.set_ylim(*limits)
         ax.set_xticks(x)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.set(title=name, ylabel=unit, xlabel="configuration")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)

@@ -21,6 +21,9 @@ up, autocast off, weights cast back after). Measured by bench/batch_invariance.p
 (8 HumanEval instruct prompts, 48 new tokens, SmolLM2-135M, 2 shared AVX512-BF16
 cores): batch 8 and batch 1 gave equal texts for 6/8 prompts in bf16 and 8/8 in
 fp32; batch-8 wall time, median of 2, 106 s bf16 vs 192 s fp32.
+
+One precision story: evaluate.py and infer.py both decode under `decoding_precision`, driven by the
+one option `--fp32-decoding` (on by default in both), so infer.py shows what evaluate.py scored.
 """
 import contextlib
 import functools
@@ -48,6 +51,7 @@ class Generation:
     new_tokens: int    # tokens generated (before cutting), for tokens/s
     seconds: float     # wall time of the batch it was in, shared out by tokens
     ended: str = "length"   # why it ended: "eos", "stop '<the stop sequence>'" or "length" (max_new_tokens)
+    tokens: tuple[int, ...] = ()   # the generated token ids, EOS included
 
 
 def stops_for_template(template: str) -> tuple[str, ...]:
@@ -102,12 +106,35 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                          stop, progress)
 
 
+def is_quantized(model: PreTrainedModel) -> bool:
+    """Whether bitsandbytes 4/8-bit weights are in the model: those cannot be cast up to float32."""
+    return bool(getattr(model, "is_quantized", False)) or any(
+        getattr(p, "quant_state", None) is not None or p.dtype in (torch.int8, torch.uint8) for p in model.parameters())
+
+
+def decodes_in_fp32(fp32: bool, dtype: torch.dtype, quantized: bool) -> bool:
+    """Whether decoding casts the model up to float32: asked for (--fp32-decoding, one default for evaluate.py and
+    infer.py), the model computes in half precision, and its weights can be cast (not 4/8-bit)."""
+    return fp32 and dtype != torch.float32 and not quantized
+
+
+@contextlib.contextmanager
+def decoding_precision(model: PreTrainedModel, dtype: torch.dtype, fp32: bool):
+    """The precision evaluate.py and infer.py both decode in, so one adapter answers alike in both: float32 when
+    `decodes_in_fp32` (float32_decoding), else autocast to the compute dtype, as in training."""
+    if decodes_in_fp32(fp32, dtype, is_quantized(model)):
+        with float32_decoding(model):
+            yield
+    else:
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            yield
+
+
 @contextlib.contextmanager
 def float32_decoding(model: PreTrainedModel):
     """Cast every floating-point weight and buffer to float32 with autocast off; restore both after."""
-    quantized = any(getattr(p, "quant_state", None) is not None or p.dtype in (torch.int8, torch.uint8)
-                    for p in model.parameters())
-    if quantized or getattr(model, "is_quantized", False):
+    if is_quantized(model):
         raise UserError("fp32 decoding needs a 16-bit or 32-bit model, not a 4bit/8bit one; "
                         "use --quant 16bit, or record the batch size with the scores")
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
@@ -144,7 +171,7 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
         seconds = time.perf_counter() - began
         total = max(sum(len(tokens) for tokens, _, _ in rows), 1)
         for (tokens, text, ended), i in zip(rows, batch):
-            results[i] = Generation(text, len(tokens), seconds * len(tokens) / total, ended)
+            results[i] = Generation(text, len(tokens), seconds * len(tokens) / total, ended, tuple(tokens))
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
