@@ -13,6 +13,9 @@ Adapter: `--run-id N` takes the output directory of completed train run N in `--
 best/). `--model` and `--quant` default to what the adapter was trained with (run_config.json,
 else adapter_config.json's base_model_name_or_path), else the embedded model at 16bit.
 
+Decoding precision: as in evaluate.py, greedy decoding of a 16-bit model runs in fp32 unless
+--no-fp32-decoding, so the same adapter gives the same tokens in both scripts.
+
 Prompt template (`--template auto`): the template recorded with the adapter's training run
 (or with a model merged by this script), so prompts look exactly as in training. Without one,
 a prompt that starts with code (`def `, `async def `, `class `, `import `, `from `, `@`, `#`)
