@@ -18,6 +18,8 @@ import yaml
 
 import sweep
 from common.study import suites as S
+from common.study.plan import Planned, plan
+from common.study.runner import Sweep
 from common.errors import UserError
 from common.tracker import Tracker
 
@@ -95,7 +97,7 @@ def test_flags_go_to_the_right_script():
 
 
 def test_all_runs_shared_configs_once_with_every_suite():
-    planned = sweep.plan(S.suite_parts(S.builtin_suite("all")), {"max_steps": 5}, None)
+    planned = plan(S.suite_parts(S.builtin_suite("all")), {"max_steps": 5}, None)
     bases = [p for p in planned if p.kind == "base"]
     runs = [p for p in planned if p.kind == "adapter"]
     assert len(bases) == 1 and bases[0].suites == ["rank", "modules", "quant"]
@@ -107,7 +109,7 @@ def test_all_runs_shared_configs_once_with_every_suite():
 
 
 def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
-    planned = sweep.plan(S.suite_parts(S.builtin_suite("study")), {}, None)
+    planned = plan(S.suite_parts(S.builtin_suite("study")), {}, None)
     runs = [p for p in planned if p.kind == "adapter"]
     # rank x 3 seeds, Gemma, modules qv/all x 3 seeds, 4-bit x 3 seeds + 8-bit x 1 (qkvo / 16-bit are rank's r16)
     assert len({p.name for p in runs}) == 9 + 3 + 6 + 4
@@ -128,19 +130,19 @@ def test_study_trains_each_config_once_and_scores_it_under_each_protocol():
     gemma = [p for p in runs if p.flags.get("model") == "gemma3-270m"]
     assert {p.flags["format"] for p in gemma} == {"completion"} and {p.flags["protocol"] for p in gemma} == {"completion"}
     with pytest.raises(UserError, match="suite study-rank already varies seed"):
-        sweep.plan(S.suite_parts(S.builtin_suite("study")), {}, 2)
+        plan(S.suite_parts(S.builtin_suite("study")), {}, 2)
 
 
 def test_seeds_and_set_conflicts():
-    planned = sweep.plan([S.builtin_suite("quant")], {}, 2)
+    planned = plan([S.builtin_suite("quant")], {}, 2)
     runs = [p for p in planned if p.kind == "adapter"]
     assert len(runs) == 6 and {p.flags["seed"] for p in runs} == {0, 1}
     assert sum(p.kind == "base" for p in planned) == 1
     assert any("-s1-" in p.name for p in runs)
     with pytest.raises(UserError, match="suite rank varies rank"):
-        sweep.plan([S.builtin_suite("rank")], {"rank": 8}, None)
+        plan([S.builtin_suite("rank")], {"rank": 8}, None)
     with pytest.raises(UserError, match="either --seeds or --set seed"):
-        sweep.plan([S.builtin_suite("rank")], {"seed": 1}, 2)
+        plan([S.builtin_suite("rank")], {"seed": 1}, 2)
 
 
 def test_names_are_deterministic_and_ignore_default_values():
@@ -157,8 +159,11 @@ def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
     assert "suite all: 11 run(s)" in out
     assert "rank,modules,quant" in out and "modules=qv" in out and "quant=4bit" in out
     assert out.count("train pending, eval pending") == 10
+    # the cost of the plan: each run's predicted train time, and eval time "unknown" with nothing measured here
+    assert "| train (predicted)   | eval (predicted)   | total" in out
+    assert "Eval: unknown, no evaluation has completed on this machine in this database yet" in out
     # A completed train run of one of them shows up as done.
-    planned = sweep.plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
+    planned = plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
     r4 = next(p for p in planned if p.flags.get("rank") == 4)
     t = Tracker(db)
     run = t.start_run(r4.name, "train", {"rank": 4})
@@ -170,6 +175,31 @@ def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"train done (run {run}), eval pending" in out
     assert f"train interrupted (run {crashed})" in out  # the dead process's row was marked interrupted
+
+
+def test_eval_time_is_predicted_from_the_evaluations_recorded_on_this_machine(tmp_path, capsys, monkeypatch):
+    from common.study import budget
+    t = Tracker(tmp_path / "d.db")
+    here = t.start_run("e", "eval", {"n_samples": 2})
+    t.log_scores(here, "humaneval", {"seconds_per_problem": (3.0, 10, None, None)})
+    t.log_scores(here, "heldout", {"seconds_per_problem": (1.0, 40, None, None)})
+    t.finish_run(here, "completed")
+    elsewhere = t.start_run("e2", "eval", {"n_samples": 1})
+    t.log_scores(elsewhere, "humaneval", {"seconds_per_problem": (100.0, 164, None, None)})
+    t.finish_run(elsewhere, "completed")
+    t.conn.execute("UPDATE runs SET host='another-machine' WHERE id=?", (elsewhere,))
+    rates = budget.recorded_eval_rates(t)
+    assert rates == {"humaneval": budget.EvalRate(1.5, 10, 1), "heldout": budget.EvalRate(0.5, 40, 1)}
+    assert budget.predicted_eval_seconds({}, rates) == 164 * 1.5 + 40 * 0.5   # all of HumanEval, heldout as seen
+    assert budget.predicted_eval_seconds({"eval_limit": 20, "heldout_gen": 5, "n_samples": 4}, rates) \
+        == 20 * 4 * 1.5 + 5 * 4 * 0.5
+    assert budget.predicted_eval_seconds({"benchmark": "humaneval,mbpp.jsonl"}, rates) is None   # never run here
+    monkeypatch.setattr(budget, "predicted_train_seconds", lambda p, device: 600.0 if p.kind == "adapter" else 0.0)
+    budget.print_plan_costs(t, plan([S.builtin_suite("rank")], {}, None), None)
+    out = capsys.readouterr().out
+    # 5 adapters x 10 min of training; 6 evaluations (5 adapters + the base) x 266 s
+    assert "time: train 50 min + eval 27 min = 77 min, one run at a time" in out
+    assert "humaneval 1.5 s/sample (median of 1)" in out and out.count("| 10 min ") == 5
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), b"SQLite format 3\x00" + os.urandom(4080), None])
@@ -363,7 +393,7 @@ def test_ctrl_c_then_kill_9_then_rerun_completes(workdir, tiny_model):
     base = {**S.builtin_suite("smoke").base, "max_steps": 24, "save_every": 3}
     suite_file = write_suite(workdir / "killme.yaml", {"name": "killme", "base": base, "axes": {"rank": [4]}})
     cmd = sweep_cmd(workdir, tiny_model, db, "--suite-file", suite_file)
-    planned = sweep.plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
+    planned = plan([S.load_suite_file(suite_file)], S.parse_set(cmd[cmd.index("--set"):][1::2]), None)
     name = planned[1].name
     checkpoint = workdir / "runs" / "train" / name / "checkpoint" / "state.pt"
     finished = workdir / "runs" / "train" / name / "run_config.json"
@@ -412,13 +442,11 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
     """--workers 2 on two (faked) GPUs: every child sees one GPU, and no two running children share one."""
     import threading
 
-    import sweep
     from common.config import SweepConfig
-    from common.study.plan import Planned
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     runs = [Planned("adapter", ["s"], {}, "", f"run{i}", f"run{i}-eval") for i in range(6)]
-    job = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=2, quiet=True), runs)
+    job = Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=2, quiet=True), runs)
     seen, running, clashes, lock = [], set(), [], threading.Lock()
 
     def execute(p, gpu):
@@ -440,7 +468,7 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
     assert sorted(seen) == ["3", "3", "3", "5", "5", "5"] and not clashes
     assert all(p.outcome == "done" for p in runs)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
-    three = sweep.Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=3, quiet=True), [])
+    three = Sweep(SweepConfig(db=str(tmp_path / "e.db"), workers=3, quiet=True), [])
     assert three.gpus == ["7", "7", "7"]  # more workers than GPUs share them, and say so
     three.close()
 
@@ -469,7 +497,7 @@ def test_shards_partition_the_plan_stably_and_evenly():
 def test_shards_balance_cost_not_count():
     from common.study.plan import shard
 
-    planned = [sweep.Planned("adapter", ["s"], {"rank": r}, "", f"r{r}", f"r{r}-eval") for r in range(1, 12)]
+    planned = [Planned("adapter", ["s"], {"rank": r}, "", f"r{r}", f"r{r}-eval") for r in range(1, 12)]
     cost = {"r1": 10.0}
     parts = [shard(planned, i, 2, cost=lambda flags: cost.get(f"r{flags['rank']}", 1.0)) for i in range(2)]
     assert [[p.name for p in part] for part in parts] == [["r1"], [f"r{r}" for r in range(2, 12)]]
