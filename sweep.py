@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return merge_databases(cfg.merge, cfg.db)
     # Imported after parsing, so that --help and option errors answer before torch loads.
     from common.study import suites as S
+    from common.env import default_device
+    from common.study.budget import print_plan_costs
     from common.study.plan import parse_shard, plan, power_note, print_plan, selected_suites, shard
     from common.study.runner import ROOT, apply_budget
     from common.tracker import Tracker, runs_root
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite {label}: {len(planned)} run(s) in {cfg.db}")
         print_plan(tracker, planned)
         print(power_note(planned))
+        print_plan_costs(tracker, planned, default_device())
         return 0
     if not (ROOT / "evaluate.py").is_file():
         raise UserError(f"{ROOT / 'evaluate.py'} is missing; the sweep needs it to evaluate each run")

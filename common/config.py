@@ -82,9 +82,10 @@ class TrainConfig:
     max_seq_len: int = option(512, "longest example in tokens", sweep=True)
     truncate: bool = option(False, "truncate over-long examples instead of dropping them", sweep=True)
     seed: int = option(0, "seed of initialisation and batch order", sweep=True)
-    format: str = option("completion", "training format: completion (plain continuation) or instruct (the user turn "
-                                       "is evaluate.py's instruct prompt, the answer the function in a fence)",
-                         choices=("completion", "instruct"), sweep=True)
+    format: str = option("auto", "training format: completion (plain continuation) or instruct (the user turn is "
+                                 "evaluate.py's instruct prompt, the answer the function in a fence); auto: instruct "
+                                 "for a model with a chat template, else completion (recorded resolved)",
+                         choices=("auto", "completion", "instruct"), sweep=True)
     split_seed: int = option(0, "seed that draws the validation/test split, by group; kept apart from --seed so "
                                 "runs with different seeds share one split", sweep=True)
     group_key: str | None = option(None, "field of a .jsonl/.json/.csv/hf: dataset whose value groups rows (e.g. "
@@ -206,7 +207,7 @@ class SweepConfig:
                                   "then exit: report.py --db reads the result", metavar="DB")
     dry_run: bool = option(False, "print the planned runs and their state, run nothing")
     estimate: bool = option(False, "print each planned run's predicted peak memory and step time, run nothing")
-    budget_mb: float | None = option(None, "record planned runs predicted to peak above this many MB as skipped "
+    budget_mb: float | None = option(None, "record planned runs predicted to peak above this many MiB as skipped "
                                            "(status 'skipped'), run the rest")
     quiet: bool = option(False, "no progress bars; children get --quiet")
 

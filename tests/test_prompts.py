@@ -7,7 +7,7 @@ from common.corpus.splits import Example
 from common.errors import UserError
 from common.text.prompts import INSTRUCTION as REQUEST
 from common.text.prompts import (IGNORE_INDEX, RESPONSE, choose_template, encode_example, encode_examples, render_instruct,
-                            render_prompt)
+                                 render_prompt, resolve_format)
 from common.model.load import load_tokenizer
 
 CODE = Example(id="a", prompt='def add(a, b):\n    """Add two numbers."""\n', completion="    return a + b\n",
@@ -89,3 +89,14 @@ def test_instruct_format_without_a_chat_template_uses_alpaca_with_the_same_turns
 def test_unknown_format_is_refused(tokenizer):
     with pytest.raises(UserError, match="unknown format 'chat'; choose one of completion, instruct"):
         choose_template(tokenizer, "completion", "chat")
+
+
+def test_format_auto_trains_chat_turns_exactly_when_the_model_has_a_chat_template(tokenizer):
+    plain_tokenizer = copy.deepcopy(tokenizer)
+    plain_tokenizer.chat_template = None
+    assert resolve_format(tokenizer, "auto") == "instruct"
+    assert resolve_format(plain_tokenizer, "auto") == "completion"
+    assert resolve_format(tokenizer, "completion") == "completion"  # told otherwise, it does as told
+    assert resolve_format(plain_tokenizer, "instruct") == "instruct"
+    with pytest.raises(UserError, match="unknown format 'chat'; choose one of auto, completion, instruct"):
+        resolve_format(tokenizer, "chat")

@@ -39,6 +39,9 @@ def test_auto_follows_the_training_format_then_the_chat_template(tokenizer):
     assert resolve_protocol("auto", tokenizer, "completion") == "completion"
     assert resolve_protocol("auto", no_chat, "instruct") == "instruct"
     assert resolve_protocol("fewshot", tokenizer, "instruct") == "fewshot"
+    # train.py records --format auto resolved; were "auto" ever recorded, it would mean the same rule
+    assert resolve_protocol("auto", tokenizer, "auto") == "instruct" and resolve_protocol("auto", no_chat, "auto") \
+        == "completion"
     assert train_format_of({"template": "plain"}) == "completion"
     assert train_format_of({"template": "plain", "format": "instruct"}) == "instruct"
     with pytest.raises(UserError, match="unknown --protocol 'chat'; choose one of auto, completion, instruct"):

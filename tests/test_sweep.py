@@ -164,6 +164,9 @@ def test_dry_run_lists_runs_and_their_state(tmp_path, capsys):
     assert "seeds in suite modules: modules=qkvo (reference) 1, modules=qv 1, modules=qkv 1, modules=all 1." in out
     assert "no verdict for lack of seeds (one seed: seed variation not measured) in 5 of 5 comparisons: " \
            "quant=4bit vs quant=16bit; quant=8bit vs quant=16bit; quant=16bit vs base model;" in out
+    # the cost of the plan: each run's predicted train time, and eval time "unknown" with nothing measured here
+    assert "| train (predicted)   | eval (predicted)   | total" in out
+    assert "Eval: unknown, no evaluation has completed on this machine in this database yet" in out
     # A completed train run of one of them shows up as done.
     planned = plan([S.builtin_suite("rank")], {"max_steps": 3}, None)
     r4 = next(p for p in planned if p.flags.get("rank") == 4)
@@ -192,6 +195,31 @@ def test_dry_run_says_which_comparisons_lack_seeds(tmp_path, capsys):
     assert lines[0].startswith("seeds in suite rank: rank=4 1, rank=8 2, rank=16 (reference) 2")
     assert lines[1].endswith("in 2 of 9 comparisons: rank=4 vs rank=16; rank=4 vs base model. --seeds 2 (or more) "
                              "gives each one.")
+
+
+def test_eval_time_is_predicted_from_the_evaluations_recorded_on_this_machine(tmp_path, capsys, monkeypatch):
+    from common.study import budget
+    t = Tracker(tmp_path / "d.db")
+    here = t.start_run("e", "eval", {"n_samples": 2})
+    t.log_scores(here, "humaneval", {"seconds_per_problem": (3.0, 10, None, None)})
+    t.log_scores(here, "heldout", {"seconds_per_problem": (1.0, 40, None, None)})
+    t.finish_run(here, "completed")
+    elsewhere = t.start_run("e2", "eval", {"n_samples": 1})
+    t.log_scores(elsewhere, "humaneval", {"seconds_per_problem": (100.0, 164, None, None)})
+    t.finish_run(elsewhere, "completed")
+    t.conn.execute("UPDATE runs SET host='another-machine' WHERE id=?", (elsewhere,))
+    rates = budget.recorded_eval_rates(t)
+    assert rates == {"humaneval": budget.EvalRate(1.5, 10, 1), "heldout": budget.EvalRate(0.5, 40, 1)}
+    assert budget.predicted_eval_seconds({}, rates) == 164 * 1.5 + 40 * 0.5   # all of HumanEval, heldout as seen
+    assert budget.predicted_eval_seconds({"eval_limit": 20, "heldout_gen": 5, "n_samples": 4}, rates) \
+        == 20 * 4 * 1.5 + 5 * 4 * 0.5
+    assert budget.predicted_eval_seconds({"benchmark": "humaneval,mbpp.jsonl"}, rates) is None   # never run here
+    monkeypatch.setattr(budget, "predicted_train_seconds", lambda p, device: 600.0 if p.kind == "adapter" else 0.0)
+    budget.print_plan_costs(t, plan([S.builtin_suite("rank")], {}, None), None)
+    out = capsys.readouterr().out
+    # 5 adapters x 10 min of training; 6 evaluations (5 adapters + the base) x 266 s
+    assert "time: train 50 min + eval 27 min = 77 min, one run at a time" in out
+    assert "humaneval 1.5 s/sample (median of 1)" in out and out.count("| 10 min ") == 5
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), b"SQLite format 3\x00" + os.urandom(4080), None])
@@ -435,7 +463,6 @@ def test_workers_pin_one_gpu_each_on_a_faked_device_list(tmp_path, monkeypatch):
     import threading
 
     from common.config import SweepConfig
-    from common.study.plan import Planned
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     runs = [Planned("adapter", ["s"], {}, "", f"run{i}", f"run{i}-eval") for i in range(6)]

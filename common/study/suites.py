@@ -245,8 +245,10 @@ def base_eval_flags(flags: dict[str, Any]) -> dict[str, Any]:
     scored under the protocol its adapters are, and their evaluations pair with this one.
     """
     out = {k: v for k, v in flags.items() if k in EVAL_FLAGS or k in SHARED_FLAGS}
-    if out.get("protocol") in (None, "auto"):
-        out["protocol"] = "instruct" if flags.get("format") == "instruct" else "completion"
+    # --format auto (the default) picks by the chat template, as evaluate.py's --protocol auto does for a base
+    # model: left auto, the base is scored as its adapters were trained
+    if out.get("protocol") in (None, "auto") and flags.get("format") in ("completion", "instruct"):
+        out["protocol"] = flags["format"]
     return out
 
 

@@ -1,6 +1,8 @@
 """Prompt templates and tokenization with completion-only labels.
 
-Two training formats (`format`, recorded with every run next to the template):
+Two training formats (`format`, recorded with every run next to the template; `auto`, the default,
+is `resolve_format`: instruct for a model with a chat template, completion for one without, so a
+chat model is trained in the turns evaluate.py's `auto` protocol then scores it with):
 
     completion  completion-style data (stdlib pairs, HumanEval) is plain text continuation:
                 the prompt is a signature + docstring, the target the body. Instruction data
@@ -51,6 +53,16 @@ RESPONSE = ("Below is a Python script with a self-contained function that solves
             "and passes corresponding tests:")
 STDIO_RESPONSE = "Below is a Python script that reads standard input and solves the problem:"
 OPEN_FENCE, CLOSE_FENCE = "```python\n", "\n```"
+
+
+def resolve_format(tokenizer: PreTrainedTokenizerBase, format: str) -> str:
+    """The concrete training format: `auto` is instruct for a model with a chat template (a chat model
+    scored on plain continuation measures nothing), completion for a base model without one."""
+    if format == "auto":
+        return "instruct" if getattr(tokenizer, "chat_template", None) else "completion"
+    if format not in FORMATS:
+        raise UserError(f"unknown format {format!r}; choose one of auto, {', '.join(FORMATS)}")
+    return format
 
 
 def choose_template(tokenizer: PreTrainedTokenizerBase, style: str, format: str = "completion") -> str:

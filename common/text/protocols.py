@@ -23,7 +23,9 @@
                 continue bare code".
     auto        `instruct` for a model or adapter trained in the instruct format and for a base
                 model with a chat template; `completion` for a base model without one and for
-                an adapter trained on plain text.
+                an adapter trained on plain text. train.py's `--format auto` resolves by the
+                same rule and records the result, so an adapter trained at the defaults is
+                scored in the format it learned.
 
 The protocol is part of a benchmark's identity: scores under different protocols never pair.
 """
@@ -89,7 +91,7 @@ def resolve_protocol(protocol: str, tokenizer: PreTrainedTokenizerBase, train_fo
         raise UserError(f"unknown --protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if protocol != "auto":
         return protocol
-    if train_format is not None:
+    if train_format not in (None, "auto"):  # "auto" is never recorded (train.py records it resolved)
         return "instruct" if train_format == "instruct" else "completion"
     return "instruct" if getattr(tokenizer, "chat_template", None) else "completion"
 

@@ -5,6 +5,7 @@ restore the state of an interrupted run; `estimate` is train.py --estimate [--pr
     run, state = build_run(cfg, tracker, world, rank, device, out)
 """
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from common.model.load import compute_dtype, load_model, load_tokenizer
 from common.model.lora import attach_lora, parameter_counts, validate_lora_args, validate_variant
 from common.model.resolve import resolve_model
 from common.options import recorded
-from common.text.prompts import choose_template, encode_examples
+from common.text.prompts import choose_template, encode_examples, resolve_format
 from common.tracker import Tracker
 from common.train.batching import epoch_batches
 from common.train.distributed import StopFlag, wrap_ddp
@@ -60,6 +61,7 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     splits = load_splits(cfg.dataset, split_seed=cfg.split_seed, limit=cfg.train_limit, group_key=cfg.group_key,
                          benchmark_files=[f for f in cfg.decontaminate.split(",") if f.strip()],
                          columns=cfg.columns, skip_bad_rows=cfg.skip_bad_rows)
+    cfg.format = training_format(cfg.format, tokenizer, announce=rank == 0)  # recorded resolved, for evaluate.py
     template = choose_template(tokenizer, splits.train[0].style, cfg.format)
     train_set, dropped_train = encode_examples(tokenizer, splits.train, template, cfg.max_seq_len, cfg.truncate,
                                                cfg.format)
@@ -107,6 +109,17 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
     return run, state
 
 
+def training_format(format: str, tokenizer, announce: bool) -> str:
+    """--format resolved (common/text/prompts.py resolve_format); `auto` says on stderr what it chose and why."""
+    chosen = resolve_format(tokenizer, format)
+    if format == "auto" and announce:
+        why = ("the model has a chat template: chat turns, as evaluate.py's instruct protocol prompts; "
+               "--format completion trains plain continuation") if chosen == "instruct" else \
+              "the model has no chat template: plain continuation; --format instruct trains instruct turns"
+        print(f"format: {chosen} (--format auto; {why})", file=sys.stderr)
+    return chosen
+
+
 def restore(checkpoint: Path, config: dict[str, Any], model, optimizer, scheduler) -> TrainState:
     saved = torch.load(checkpoint / "state.pt", weights_only=False, map_location="cpu")["progress"]
     if saved.get("config") != config:
@@ -140,6 +153,18 @@ def start_recording(run: Run, state: TrainState, dropped_data: dict[str, int], d
           f"{counts['total_params']:,} params ({counts['trainable_pct']:.2f}%), {len(run.train_set)} train / "
           f"{len(run.val_set)} val examples ({dropped_long} dropped as longer than {cfg.max_seq_len} tokens), "
           f"{run.total_steps} steps" + (f", resuming at step {state.step}" if state.step else ""), flush=True)
+    print(plan_line(run.total_steps - state.step, predicted), flush=True)
+
+
+def plan_line(steps: int, predicted: dict[str, float]) -> str:
+    """What the run is about to cost, said before its first step: steps, predicted time and peak memory."""
+    if not predicted:
+        return f"plan: {steps:,} steps to go (no prediction for this model; train.py --estimate --probe measures one)"
+    minutes = steps * predicted["predicted_step_s"] / 60
+    took = f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min" if minutes >= 1 else "under a minute"
+    return (f"plan: {steps:,} steps to go, predicted {predicted['predicted_step_s']:.2f} s/step = {took} on an idle "
+            f"machine, peak memory {predicted['predicted_peak_mb']:,.0f} MiB (common/train/estimate.py; "
+            "train.py --estimate --probe measures a few steps here; --max-steps N runs fewer)")
 
 
 def estimate(cfg: TrainConfig, device: torch.device, world: int, rank: int) -> int:

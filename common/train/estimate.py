@@ -10,7 +10,7 @@ batches are the run's own: the data is tokenized as train.py does and cut into t
 micro-batches (common/train/batching.py, same seed), so the prediction is for the largest
 micro-batch the run will really see, not for max_seq_len.
 
-Memory (bytes; c = compute dtype bytes, 2 for bf16/fp16, 4 for fp32; per micro-batch
+Memory (bytes, reported in MiB = 2^20 bytes; c = compute dtype bytes, 2 for bf16/fp16, 4 for fp32; per micro-batch
 T = rows x padded width positions, C = labelled positions, V = vocabulary):
 
     weights   = sum over quantized linears (every decoder linear; the LM head stays dense) of
@@ -79,7 +79,7 @@ import torch
 from common.config import TrainConfig
 from common.errors import UserError, first_line
 
-MB = 2**20
+MIB = 2**20   # every *_mb figure here and in the tracker is MiB (2^20 bytes), and says so where printed
 # Calibration constants (bench/RESULTS.md section 8 states how each was obtained and the errors it gives).
 BASELINE_MB = 530.0          # CPU RSS before any weight: imports, tokenizer, 400 encoded examples (measured)
 K_ACT = 1.40                 # CPU: peak activations / bytes autograd saves, over a 3-step run; least squares
@@ -143,7 +143,7 @@ class Batch:
 
 @dataclasses.dataclass
 class Estimate:
-    """A run's predicted peak memory (MB) and time per optimizer step (s), with its parts."""
+    """A run's predicted peak memory (MiB) and time per optimizer step (s), with its parts."""
     device: str
     dtype: str
     quant: str
@@ -436,12 +436,13 @@ def _encoded_lengths(model, dataset, split_seed, train_limit, group_key, deconta
                      format, columns, skip_bad_rows):
     """As common/train/build.py's build_run loads and encodes the training split (same arguments, same functions)."""
     from common.corpus.splits import load_splits
-    from common.text.prompts import IGNORE_INDEX, choose_template, encode_examples
+    from common.text.prompts import IGNORE_INDEX, choose_template, encode_examples, resolve_format
     from common.model.load import load_tokenizer
     tokenizer = load_tokenizer(model)
     splits = load_splits(dataset, split_seed=split_seed, limit=train_limit, group_key=group_key,
                          benchmark_files=[f for f in decontaminate.split(",") if f.strip()], columns=columns,
                          skip_bad_rows=skip_bad_rows)
+    format = resolve_format(tokenizer, format)
     template = choose_template(tokenizer, splits.train[0].style, format)
     encoded, _ = encode_examples(tokenizer, splits.train, template, max_seq_len, truncate, format)
     if not encoded:
@@ -508,7 +509,7 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     else:
         k_logits = K_LOGITS
         k_act = K_ACT + (K_ACT_GROWTH * math.log(steps_run / 3) if cfg.mmap_threshold_kb == 0 else 0.0)
-    baseline = 0.0 if cuda else BASELINE_MB * MB
+    baseline = 0.0 if cuda else BASELINE_MB * MIB
     weights = weight_bytes(shape, cfg.quant, c)
     quantized = cfg.quant in ("4bit", "8bit")
     ckpt, ckpt_dtype = checkpoint_info(cfg.model, config)
@@ -531,8 +532,8 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     real = sum(b.real for step in steps for b in step)
     total_params = shape.linear_params + shape.other_params
     return Estimate(device.type, dtype_name, cfg.quant, total_params, n_lora,
-                    baseline / MB, weights / MB, mapped / MB, lora_state / MB, acts / MB, load / MB, logits / MB,
-                    k_act, k_logits, peak / MB,
+                    baseline / MIB, weights / MIB, mapped / MIB, lora_state / MIB, acts / MIB, load / MIB,
+                    logits / MIB, k_act, k_logits, peak / MIB,
                     sum(seconds) / len(seconds), real * world / sum(seconds), sum(flops) / len(flops), gflops,
                     len(steps), largest, seconds)
 
@@ -573,17 +574,17 @@ def format_estimate(est: Estimate, title: str = "estimate") -> str:
     rows = [
         ("device / compute dtype", f"{est.device} / {est.dtype}, base weights {est.quant}"),
         ("parameters", f"{est.params:,} base, {est.lora_params:,} LoRA"),
-        ("framework baseline", f"{est.baseline_mb:8.0f} MB"),
-        ("base weights", f"{est.weights_mb:8.0f} MB"),
-        *([("checkpoint pages kept mapped", f"{est.mapped_mb:8.0f} MB  the dense linears quantized in place")]
+        ("framework baseline", f"{est.baseline_mb:8.0f} MiB"),
+        ("base weights", f"{est.weights_mb:8.0f} MiB"),
+        *([("checkpoint pages kept mapped", f"{est.mapped_mb:8.0f} MiB  the dense linears quantized in place")]
           if est.mapped_mb else []),
-        ("LoRA weights + grads + AdamW", f"{est.lora_mb:8.0f} MB"),
-        ("saved activations", f"{est.activations_mb:8.0f} MB  largest micro-batch {b.rows} x {b.width} positions"),
-        ("logits (labelled positions)", f"{est.logits_mb:8.0f} MB  {b.labelled} labelled positions"),
+        ("LoRA weights + grads + AdamW", f"{est.lora_mb:8.0f} MiB"),
+        ("saved activations", f"{est.activations_mb:8.0f} MiB  largest micro-batch {b.rows} x {b.width} positions"),
+        ("logits (labelled positions)", f"{est.logits_mb:8.0f} MiB  {b.labelled} labelled positions"),
         ("allocator/backward factors", f"{est.k_act:8.2f} x activations, {est.k_logits:.2f} x logits"
          + (f", probe scale {est.scale_memory:.2f}" if est.scale_memory != 1.0 else "")),
-        ("peak while loading", f"{est.load_mb:8.0f} MB"),
-        (f"predicted peak ({where})", f"{est.peak_mb:8.0f} MB"),
+        ("peak while loading", f"{est.load_mb:8.0f} MiB"),
+        (f"predicted peak ({where})", f"{est.peak_mb:8.0f} MiB"),
         ("model FLOPs per step", f"{est.step_flops / 1e9:8.1f} GFLOP  over {est.steps} steps"),
         ("matmul peak (measured, cached)", f"{est.peak_gflops:8.1f} GFLOP/s x efficiency {EFFICIENCY[est.dtype]}"
          + (f", probe scale {est.scale_time:.2f}" if est.scale_time != 1.0 else "")),

@@ -1,13 +1,18 @@
-"""The end of a training run: the final adapter (the best validation checkpoint with --load-best), its scores in
+"""The end of a training run: the final adapter (the best validation checkpoint with --load-best), whose
+adapter_config.json names the base by its public id and whose README.md is a model card of the run, its scores in
 the tracker, run_config.json beside it, and the resume state removed.
 """
 import json
+import shlex
 import shutil
+import sys
 import time
 from typing import Any
 
-from common.train.loop import Run, TrainState, run_peak_memory
+from common.model.adapters import publish_base_model
 from common.model.lora import save_adapter
+from common.train.card import write_model_card
+from common.train.loop import Run, TrainState, run_peak_memory
 from common.train.steps import load_best_adapter
 
 
@@ -21,8 +26,11 @@ def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
         final_step = state.best_step
     stop_reason = "early_stopping" if state.step < run.total_steps else "all_steps"
     save_adapter(run.model, out)  # PiSSA/OLoRA: converted for the original base
+    publish_base_model(out, run.cfg.model)
     run.tokenizer.save_pretrained(out)
     scores = final_scores(run, state, final_step, stop_reason, wall)
+    write_model_card(out, state.config, {**scores, "stop_reason": stop_reason.replace("_", " ")},
+                     "python " + shlex.join(sys.argv))
     if ddp_drift is not None:
         scores["ddp_weight_drift"] = ddp_drift
         print(f"DDP: adapter weights across ranks differ by at most {ddp_drift:.3g}")
@@ -35,10 +43,21 @@ def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
     tracker.finish_run(state.run_id, "completed", wall_seconds=wall)
     run.reporters.close(scores)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # resume state is no longer needed
+    print(completion_line(state.run_id, scores, stop_reason, out))
+
+
+def rounded(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def completion_line(run_id: int, scores: dict[str, Any], stop_reason: str, out) -> str:
+    """The run's last line: figures rounded, memory in MiB (2^20 bytes, as every stored *_mb score)."""
     peak = scores.get("peak_gpu_allocated_mb", scores["peak_rss_mb"])
-    print(f"run {state.run_id} completed in {wall:.0f}s ({stop_reason.replace('_', ' ')}, step {state.step}): "
-          f"final adapter = step {final_step}, val loss {scores['final_val_loss']}, best {state.best_val_loss} "
-          f"at step {state.best_step}; adapter {scores['adapter_mb']:.1f} MB in {out}; peak memory {peak:.0f} MB")
+    return (f"run {run_id} completed in {scores['wall_seconds']:.0f} s ({stop_reason.replace('_', ' ')}, step "
+            f"{scores['steps']}): final adapter = step {scores['final_step']}, val loss "
+            f"{rounded(scores['final_val_loss'])}, best {rounded(scores['best_val_loss'])} at step "
+            f"{scores['best_step'] if scores['best_step'] is not None else '-'}; adapter "
+            f"{scores['adapter_mb']:.1f} MiB in {out}; peak memory {peak:,.0f} MiB")
 
 
 def final_scores(run: Run, state: TrainState, final_step: int, stop_reason: str, wall: float) -> dict[str, Any]:

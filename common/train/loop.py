@@ -46,7 +46,7 @@ class TrainState:
     skipped_steps: int = 0               # fp16: steps the gradient scaler skipped for inf/NaN gradients
     scaler: dict[str, Any] | None = None  # fp16: the gradient scaler's state (scale, growth tracker)
     sessions: int = 1                    # processes that have trained this run (1 + resumes)
-    # Peak memory (MB) of the earlier sessions, as of their last checkpoint: a resumed run reports the whole run's
+    # Peak memory (MiB) of the earlier sessions, as of their last checkpoint: a resumed run reports the whole run's
     # peak, not just its last process's
     peak_memory: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)   # the recorded config it was started with
@@ -214,7 +214,7 @@ def run_validation(run: Run, state: TrainState) -> None:
     """Held-out loss/perplexity and a few generations scored for chrF and syntax; best adapter (+ tokenizer) kept."""
     if run.rank == 0 and run.val_set:
         val_loss, _ = mean_nll(run.loss_fn, run.val_set, run.cfg.batch_size * 2, run.tokenizer.pad_token_id,
-                               run.device, run.dtype)
+                               run.device, run.dtype, progress=not run.cfg.quiet)
         values = {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
         if run.cfg.eval_gen:
             values.update(generation_quality(run, run.val_examples[:run.cfg.eval_gen]))

@@ -14,7 +14,7 @@ import torch
 
 from common.config import TrainConfig
 from common.errors import UserError, first_line
-from common.train.estimate import MB, Estimate, estimate_run, refine, training_peak_mb
+from common.train.estimate import MIB, Estimate, estimate_run, refine, training_peak_mb
 
 PROBE_STEPS = 3
 
@@ -47,7 +47,7 @@ def probe_and_refine(cfg: TrainConfig, est: Estimate, train_set: list[dict[str, 
     measured_s = sum(seconds[timed]) / len(seconds[timed])
     predicted_s = sum(probe.step_seconds[timed]) / len(probe.step_seconds[timed])
     predicted_peak = training_peak_mb(probe)  # the probe's peak counts from after loading (reset_peak_memory)
-    print(f"probe, {probe.steps} steps: peak {peak:.0f} MB measured vs {predicted_peak:.0f} predicted "
+    print(f"probe, {probe.steps} steps: peak {peak:.0f} MiB measured vs {predicted_peak:.0f} predicted "
           f"({relative_error(predicted_peak, peak):+.0%}); step {measured_s:.2f} s measured vs {predicted_s:.2f} "
           f"predicted ({relative_error(predicted_s, measured_s):+.0%}, first step left out)")
     probe = dataclasses.replace(probe, step_s=predicted_s)
@@ -69,12 +69,12 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory_mb(device: torch.device) -> float:
     """Peak since `reset_peak_memory`: max_memory_allocated on CUDA, VmHWM (peak RSS) on CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / MB
+        return torch.cuda.max_memory_allocated(device) / MIB
     from common.env import peak_memory
     try:
         with open("/proc/self/status") as f:
             line = next(line for line in f if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
+        return int(line.split()[1]) / 1024  # VmHWM is in KiB
     except (OSError, StopIteration):
         return peak_memory(device)["peak_rss_mb"]
 

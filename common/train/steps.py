@@ -34,8 +34,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils import load_peft_weights
+from tqdm import tqdm
 
 from common.errors import UserError
+from common.model.adapters import publish_base_model
 from common.model.lora import live_adapter_weights, save_adapter
 from common.train.batching import collate
 from common.text.prompts import IGNORE_INDEX
@@ -140,13 +142,15 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 @torch.no_grad()
 def mean_nll(loss_fn: CompletionLoss, examples: list[dict[str, Any]], batch_size: int, pad_id: int,
-             device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
-    """Token-weighted mean negative log-likelihood of the completions, and the token count."""
+             device: torch.device, dtype: torch.dtype, progress: bool = False) -> tuple[float, int]:
+    """Token-weighted mean negative log-likelihood of the completions, and the token count.
+    progress: a bar over the batches (a validation of 100 examples takes minutes on a CPU)."""
     was_training = loss_fn.training
     loss_fn.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     total, tokens = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="validation", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch = collate(examples, [[i] for i in order[start:start + batch_size]], pad_id, packing=False)
         with autocast(device, dtype):
             loss, n = loss_fn(**{k: v.to(device) for k, v in batch.items()})
@@ -196,6 +200,7 @@ def save_best(path: Path, model: PeftModel, tokenizer) -> None:
     """The best validation checkpoint: a complete adapter directory (weights, config and tokenizer) that loads
     onto the original base (PiSSA/OLoRA converted, common/model/lora.py save_adapter)."""
     save_adapter(model, path)
+    publish_base_model(path, model.peft_config["default"].base_model_name_or_path)
     tokenizer.save_pretrained(path)
 
 
