@@ -36,6 +36,7 @@ import contextlib
 import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -183,7 +184,7 @@ class _Decoder:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]],
                  prompts: list[str], max_new_tokens: int, pad_id: int, warpers: LogitsProcessorList | None,
-                 stops: tuple[str, ...], on_finished) -> None:
+                 stops: tuple[str, ...], on_finished: Callable[[int], object]) -> None:
         self.model, self.tokenizer, self.encoded, self.prompts = model, tokenizer, encoded, prompts
         self.max_new_tokens, self.pad_id, self.warpers, self.stops = max_new_tokens, pad_id, warpers, stops
         self.on_finished = on_finished
