@@ -377,6 +377,18 @@ def test_batch_invariance_smoke(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_eval_speed_smoke(tiny_model, tmp_path):
+    out = tmp_path / "es.json"
+    bench_script("eval_speed").main(["--model", tiny_model, "--prompts", "3", "--batch-size", "2",
+                                     "--max-new-tokens", "4", "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_kind"] == cpu_kind() and report["speedup"] > 0
+    assert list(report["paths"]) == ["batch at a time (before)", "continuous (now)"]
+    assert report["identical_outputs"] == report["outputs"] == 3  # the old decoder, loaded from git, agrees
+    assert all(path["completion_tokens"] == 12 for path in report["paths"].values())
+
+
+@pytest.mark.slow
 def test_protocol_pass_rate_smoke(tiny_model, tmp_path):
     out = tmp_path / "ppr.json"
     bench_script("protocol_pass_rate").main(["--model", tiny_model, "--limit", "2", "--protocols",

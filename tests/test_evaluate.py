@@ -339,3 +339,16 @@ def test_crash_or_ctrl_c_marks_the_run(tmp_path, capsys, monkeypatch, humaneval5
     [run] = eval_runs(db)
     assert run["status"] == status
     assert (run["error"] or "").startswith("RuntimeError") == (status == "failed")
+
+
+def test_decode_key_names_the_engine_and_batch_size_only_where_outputs_depend_on_them():
+    import torch
+
+    from common.config import EvalConfig
+    from common.evaluation.settings import decode_key
+
+    cfg = EvalConfig(quant="16bit", eval_batch_size=16)
+    assert decode_key(cfg, torch.bfloat16) == "float32"  # fp32 decoding: batch-invariant
+    cfg.fp32_decoding = False
+    # not "bfloat16, batch 16": the batch-at-a-time decoder's half-precision scores must not pair with these
+    assert decode_key(cfg, torch.bfloat16) == "bfloat16, continuous batch 16"

@@ -101,14 +101,15 @@ def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
 
 def decode_key(cfg: EvalConfig, dtype) -> str:
     """How greedy decoding ran, for the benchmark key: "float32" is batch-invariant; half precision
-    (4/8-bit bases, or --no-fp32-decoding) depends on the batch size, so the key names it."""
+    (4/8-bit bases, or --no-fp32-decoding) depends on the batch's shape, so the key names the batch size and the
+    engine (continuous batching gives a row other batch-mates than the batch-at-a-time decoder before it did)."""
     import torch
 
     from common.text.generation import decodes_in_fp32
 
     if dtype == torch.float32 or decodes_in_fp32(cfg.fp32_decoding, dtype, quantized=cfg.quant in ("4bit", "8bit")):
         return "float32"
-    return f"{str(dtype).replace('torch.', '')}, batch {cfg.eval_batch_size}"
+    return f"{str(dtype).replace('torch.', '')}, continuous batch {cfg.eval_batch_size}"
 
 
 def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapter | None, dtype: str,

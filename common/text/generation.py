@@ -1,18 +1,28 @@
-"""Batched code generation: left padding, KV cache, explicit pad/eos ids, stop sequences.
+"""Batched code generation: continuous batching, left padding, KV cache, explicit pad/eos ids, stop sequences.
 
-Prompts are sorted by length and generated in batches (less padding, same
-outputs), then returned in the caller's order. Generation stops per sequence at
-EOS or at any stop sequence (HumanEval-style function completion); the text is
-cut before the stop sequence. Chat-style answers have their code pulled out of
-fenced blocks by `extract_code`.
+Up to batch_size prompts are decoded together, longest first; when a row ends, the next
+prompt is prefilled and merged into the running batch's KV cache in the same round, so
+every decode step serves batch_size prompts until the last is admitted, and the number of
+sequential steps approaches the total tokens / batch_size. Results come back in the
+caller's order. Generation stops per sequence at EOS or at any stop sequence
+(HumanEval-style function completion); the text is cut before the stop sequence.
+Chat-style answers have their code pulled out of fenced blocks by `extract_code`.
 
-The decode loop is our own rather than `model.generate` for one reason: a row
-that has finished leaves the batch (its KV cache rows are dropped), so a batch
-costs what its live rows cost, not what its longest completion costs. With
-completions of 10 to 256 tokens in one batch, `generate` keeps computing every
-finished row until the last one stops. Greedy output is the same as
-`model.generate` one prompt at a time (tests/test_generation.py checks it);
-sampling uses transformers' own temperature/top-k/top-p warpers.
+The decode loop is our own rather than `model.generate` for this reason: `generate`
+keeps a batch together until its longest row ends (computing every finished row), and
+on a CPU a decode step costs nearly the same for 1 live row as for 16 (it is bound by
+reading the weights). Here a finished row leaves at once (its KV rows are dropped, and
+the leading columns that are padding in every remaining row are cut), and a waiting
+prompt takes its place. Each row's tokens are right-aligned in the cache with masked
+padding to their left and its own positions, so the rows sharing its batch change a
+row's output only through rounding (see below); in float32 greedy output is the same
+as `model.generate` one prompt at a time (tests/test_generation.py checks it, with EOS,
+stop sequences and length limits). The
+cache uses plain layers even for sliding-window models (their window still applies
+through the mask) so that caches can be merged column for column. Sampling uses
+transformers' own temperature/top-k/top-p warpers, with one draw per round for all live
+rows: seeded runs repeat exactly, but the draws do not pair with those of a different
+batch size, nor with those of the batch-at-a-time decoder before it.
 
 Batch invariance: in bf16 the rounding of a row's matmuls depends on the batch's
 shape (rows, padded width), so greedy outputs can change with --batch-size.
@@ -29,6 +39,7 @@ import contextlib
 import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +60,7 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re
 class Generation:
     text: str          # the completion, cut at the first stop sequence
     new_tokens: int    # tokens generated (before cutting), for tokens/s
-    seconds: float     # wall time of the batch it was in, shared out by tokens
+    seconds: float     # wall time of the generate() call, shared out by tokens
     ended: str = "length"   # why it ended: "eos", "stop '<the stop sequence>'" or "length" (max_new_tokens)
     tokens: tuple[int, ...] = ()   # the generated token ids, EOS included
 
@@ -101,6 +112,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     fp32: decode in float32 whatever the model's dtype, so greedy outputs do not depend on
     batch_size (see the module docstring); not for bitsandbytes-quantized models.
     """
+    if batch_size < 1 or max_new_tokens < 1:
+        raise UserError(f"generation needs a batch size and max new tokens of at least 1, not {batch_size} and "
+                        f"{max_new_tokens}; pass --eval-batch-size / --max-new-tokens >= 1")
     with float32_decoding(model) if fp32 else contextlib.nullcontext():
         return _generate(model, tokenizer, prompts, template, max_new_tokens, temperature, top_p, top_k, batch_size,
                          stop, progress)
@@ -155,27 +169,20 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
               max_new_tokens: int, temperature: float, top_p: float, top_k: int, batch_size: int,
               stop: tuple[str, ...] | list[str] | None, progress: bool) -> list[Generation]:
     encoded = [encode_prompt(tokenizer, p, template) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    results: list[Generation | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    warpers = _sampling_warpers(temperature, top_p, top_k)
-    stop = tuple(stop or ())
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        began = time.perf_counter()
-        rows = _decode_batch(model, tokenizer, [encoded[i] for i in batch], [prompts[i] for i in batch],
-                             max_new_tokens, pad_id, warpers, stop)
-        seconds = time.perf_counter() - began
-        total = max(sum(len(tokens) for tokens, _, _ in rows), 1)
-        for (tokens, text, ended), i in zip(rows, batch):
-            results[i] = Generation(text, len(tokens), seconds * len(tokens) / total, ended, tuple(tokens))
-        bar.update(len(batch))
+    decoder = _Decoder(model, tokenizer, encoded, prompts, max_new_tokens, pad_id,
+                       _sampling_warpers(temperature, top_p, top_k), tuple(stop or ()), bar.update)
+    began = time.perf_counter()
+    decoder.run(batch_size)
+    seconds = time.perf_counter() - began
     bar.close()
     model.train(was_training)
-    return results  # type: ignore[return-value]
+    total = max(sum(len(t) for t in decoder.tokens), 1)
+    return [Generation(text, len(tokens), seconds * len(tokens) / total, ended, tuple(tokens))
+            for tokens, text, ended in zip(decoder.tokens, decoder.texts, decoder.ended)]
 
 
 def _sampling_warpers(temperature: float, top_p: float, top_k: int) -> LogitsProcessorList | None:
@@ -190,52 +197,117 @@ def _sampling_warpers(temperature: float, top_p: float, top_k: int) -> LogitsPro
     return warpers
 
 
-def _decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]],
-                  prompts: list[str], max_new_tokens: int, pad_id: int, warpers: LogitsProcessorList | None,
-                  stops: tuple[str, ...]) -> list[tuple[list[int], str, str]]:
-    """Generate for one batch, dropping each row from the batch as soon as it ends.
+@dataclass
+class _Batch:
+    """Live rows sharing one KV cache; each row's tokens are right-aligned, padding to their left."""
+    live: list[int]             # batch row -> prompt index
+    cache: DynamicCache
+    mask: torch.Tensor          # (rows, width): 1 where the column holds one of the row's tokens
+    positions: torch.Tensor     # (rows, 1): the position of each row's last token in the cache
 
-    Returns, per prompt, the tokens generated (EOS included), the decoded
-    completion cut at the first stop sequence, and why it ended (Generation.ended).
-    """
-    device = next(model.parameters()).device
-    width = max(len(e) for e in encoded)
-    # Left padding keeps every prompt's last token adjacent to its first generated one.
-    input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    tokens: list[list[int]] = [[] for _ in encoded]
-    texts = [""] * len(encoded)
-    ended = ["length"] * len(encoded)
-    live = list(range(len(encoded)))  # batch row -> prompt index
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        if warpers is None:
-            chosen = logits.argmax(-1)
-        else:
-            history = torch.tensor([tokens[i] for i in live], dtype=torch.long, device=device)  # (ids, scores)
-            chosen = torch.multinomial(warpers(history, logits).softmax(-1), 1)[:, 0]
-        keep = []
-        for row, (i, token) in enumerate(zip(live, chosen.tolist())):
-            tokens[i].append(token)
-            if token == tokenizer.eos_token_id:
-                ended[i] = "eos"
-                continue
-            texts[i], matched = find_stop(prompts[i], tokenizer.decode(tokens[i], skip_special_tokens=True), stops)
-            if matched is None:
-                keep.append(row)
-            else:
-                ended[i] = f"stop {matched!r}"
-        if not keep:
-            break
-        if len(keep) < len(live):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            chosen, mask, positions = chosen[index], mask[index], positions[index]
-            live = [live[row] for row in keep]
-        input_ids = chosen[:, None]
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-        positions = positions[:, -1:] + 1
-    return list(zip(tokens, texts, ended))
+
+class _Decoder:
+    """Continuous batching over the prompts, longest first; fills tokens, texts and ended per prompt."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[list[int]],
+                 prompts: list[str], max_new_tokens: int, pad_id: int, warpers: LogitsProcessorList | None,
+                 stops: tuple[str, ...], on_finished: Callable[[int], object]) -> None:
+        self.model, self.tokenizer, self.encoded, self.prompts = model, tokenizer, encoded, prompts
+        self.max_new_tokens, self.pad_id, self.warpers, self.stops = max_new_tokens, pad_id, warpers, stops
+        self.on_finished = on_finished
+        self.device = next(model.parameters()).device
+        self.tokens: list[list[int]] = [[] for _ in encoded]
+        self.texts = [""] * len(encoded)
+        self.ended = ["length"] * len(encoded)
+
+    def run(self, batch_size: int) -> None:
+        """Each round: one decode step for the live rows, a prefill of prompts admitted into the free rows,
+        then a token for every row; finished rows leave, so every step serves up to batch_size prompts."""
+        waiting = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i]))  # pop() takes the longest
+        batch: _Batch | None = None
+        chosen = None
+        while waiting or batch is not None:
+            logits = [] if batch is None else [self._step(batch, chosen)]
+            free = batch_size - (len(batch.live) if batch else 0)
+            admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]
+            if admitted:
+                fresh, fresh_logits = self._prefill(admitted)
+                batch = fresh if batch is None else _merge(batch, fresh)
+                logits.append(fresh_logits)
+            chosen = self._choose(torch.cat(logits))
+            keep = [row for row, (i, token) in enumerate(zip(batch.live, chosen.tolist())) if self._extend(i, token)]
+            self.on_finished(len(batch.live) - len(keep))
+            batch = _select(batch, keep) if keep else None
+            chosen = chosen[keep]
+
+    def _step(self, batch: _Batch, chosen: torch.Tensor) -> torch.Tensor:
+        """Feed each live row its last chosen token; the logits of the next one."""
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.live), 1)], dim=1)
+        batch.positions = batch.positions + 1
+        return self._logits(chosen[:, None], batch)
+
+    def _prefill(self, admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
+        """The admitted prompts as a batch of their own (left-padded to the longest) and their next-token logits."""
+        encoded = [self.encoded[i] for i in admitted]
+        width = max(len(e) for e in encoded)
+        # Left padding keeps every prompt's last token adjacent to its first generated one.
+        input_ids = torch.tensor([[self.pad_id] * (width - len(e)) + e for e in encoded], device=self.device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Plain layers (no sliding-window ones) so that caches can be merged column for column; sliding-window
+        # attention still applies through the mask.
+        batch = _Batch(admitted, DynamicCache(), mask, positions)
+        logits = self._logits(input_ids, batch)
+        batch.positions = positions[:, -1:]
+        return batch, logits
+
+    def _logits(self, input_ids: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=batch.mask, position_ids=batch.positions,
+                          past_key_values=batch.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy, or one draw per row from the warped distribution (these warpers read only the scores)."""
+        if self.warpers is None:
+            return logits.argmax(-1)
+        no_history = torch.empty(len(logits), 0, dtype=torch.long, device=logits.device)
+        return torch.multinomial(self.warpers(no_history, logits).softmax(-1), 1)[:, 0]
+
+    def _extend(self, i: int, token: int) -> bool:
+        """Append a token to prompt i's completion; whether it goes on (no EOS, stop sequence or length yet)."""
+        self.tokens[i].append(token)
+        if token == self.tokenizer.eos_token_id:
+            self.ended[i] = "eos"
+            return False
+        text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
+        self.texts[i], matched = find_stop(self.prompts[i], text, self.stops)
+        if matched is not None:
+            self.ended[i] = f"stop {matched!r}"
+            return False
+        return len(self.tokens[i]) < self.max_new_tokens
+
+
+def _merge(batch: _Batch, fresh: _Batch) -> _Batch:
+    """One batch of both: the narrower one is padded on the left (masked columns, zero keys and values)."""
+    width = max(batch.mask.shape[1], fresh.mask.shape[1])
+
+    def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[dim] = width - t.shape[dim]
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    layers = [(torch.cat([widen(k, 2), widen(fk, 2)]), torch.cat([widen(v, 2), widen(fv, 2)]))
+              for (k, v, _), (fk, fv, _) in zip(batch.cache, fresh.cache)]
+    mask = torch.cat([widen(batch.mask, 1), widen(fresh.mask, 1)])
+    return _Batch(batch.live + fresh.live, DynamicCache(layers), mask, torch.cat([batch.positions, fresh.positions]))
+
+
+def _select(batch: _Batch, keep: list[int]) -> _Batch:
+    """The rows in keep, without the leading columns that are padding in all of them."""
+    if len(keep) == len(batch.live):
+        return batch
+    index = torch.tensor(keep, device=batch.mask.device)
+    mask = batch.mask[index]
+    first = int(mask.any(0).int().argmax())  # rows are right-aligned: the columns before it hold no token
+    for layer in batch.cache.layers:
+        layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
+    return _Batch([batch.live[row] for row in keep], batch.cache, mask[:, first:], batch.positions[index])
