@@ -97,7 +97,8 @@ def environment() -> dict[str, Any]:
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory in MB: CUDA max allocated/reserved on GPU, peak resident set size on CPU."""
+    """Peak memory in MiB (2**20 bytes; the `_mb` names are historical): CUDA max allocated/reserved on GPU,
+    peak resident set size on CPU."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
     peaks = {"peak_rss_mb": rss}
     if device.type == "cuda":

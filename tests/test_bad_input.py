@@ -93,7 +93,7 @@ def test_budget_must_be_a_positive_finite_number(tmp_path, budget):
     db = tmp_path / "s.db"
     with pytest.raises(UserError) as e:
         sweep.main(["--suite", "rank", "--dry-run", "--budget-mb", budget, "--db", str(db)])
-    assert "--budget-mb must be a positive number of MB" in one_line(e)
+    assert "--budget-mb must be a positive number of MiB" in one_line(e)
     assert not db.exists()
 
 
@@ -200,10 +200,11 @@ def test_an_adapter_without_run_config_needs_its_settings_named(bare_adapter, tm
 
 def test_an_adapter_without_run_config_is_evaluated_as_named(bare_adapter, tmp_path, monkeypatch):
     import evaluate
+    from common.evaluation import runs
 
     def stop(model_name, quant, adapter, device):
         raise RuntimeError(f"loading {quant}")
-    monkeypatch.setattr(evaluate, "load_eval_model", stop)
+    monkeypatch.setattr(runs, "load_eval_model", stop)
     with pytest.raises(RuntimeError, match="loading 32bit"):
         evaluate.main(["--adapter", str(bare_adapter), "--quant", "32bit", "--protocol", "completion", "--benchmark",
                        "humaneval", "--eval-limit", "1", "--db", str(tmp_path / "e.db"), "--output-dir",

@@ -119,11 +119,11 @@ def test_pareto_front_and_memory_budget_recommendation(written):
     rank = section(text, "rank")
     front = next(line for line in rank.splitlines() if line.startswith("- vs peak memory:"))
     assert "rank=4" in front and "rank=8" in front and "rank=16" not in front
-    assert "- below 1000 MB: none of the measured configurations fits" in rank
-    line = next(line for line in rank.splitlines() if line.startswith("- up to 1.1 GB: **rank=8**"))
+    assert "- below 1000 MiB: none of the measured configurations fits" in rank
+    line = next(line for line in rank.splitlines() if line.startswith("- up to 1.1 GiB: **rank=8**"))
     assert "against rank=4, one seed: seed variation not measured, so no verdict" in line   # one seed each
     assert "within noise" not in line
-    assert "- up to 700 MB: **quant=4bit**" in section(text, "quant")
+    assert "- up to 700 MiB: **quant=4bit**" in section(text, "quant")
 
 
 def test_failures_examples_and_environment(written):
@@ -331,8 +331,8 @@ def test_a_run_without_a_measured_peak_is_placed_by_its_prediction(tmp_path):
     out = tmp_path / "report"
     assert report.main(["--db", str(tmp_path / "p.db"), "--output-dir", str(out)]) == 0
     rank = section((out / "RESULTS.md").read_text(), "rank")
-    line = next(line for line in rank.splitlines() if line.startswith("- up to 1.4 GB: **rank=8**"))
-    assert "peak 1400 MB (predicted: no measured peak); against rank=4, one seed: seed variation not measured" \
+    line = next(line for line in rank.splitlines() if line.startswith("- up to 1.4 GiB: **rank=8**"))
+    assert "peak 1400 MiB (predicted: no measured peak); against rank=4, one seed: seed variation not measured" \
         in line   # one seed each
     assert "predicted" not in next(line for line in rank.splitlines() if "**rank=4**" in line)
 
@@ -410,7 +410,7 @@ def test_budget_verdict_within_noise_only_with_seeds_on_both_sides(tmp_path):
     db.close()
     assert report.main(["--db", str(tmp_path / "two.db"), "--output-dir", str(tmp_path / "out"), "--no-figures"]) == 0
     text = (tmp_path / "out" / "RESULTS.md").read_text()
-    line = next(line for line in text.splitlines() if line.startswith("- up to 1.1 GB: **rank=8**"))
+    line = next(line for line in text.splitlines() if line.startswith("- up to 1.1 GiB: **rank=8**"))
     assert line.endswith("; within noise of rank=4, so the extra memory buys no measurable gain")
     assert "one seed" not in line
     cell = table_cell(text, "rank=8", "Paired differences vs the base model", "Δ NLL")

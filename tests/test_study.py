@@ -123,10 +123,10 @@ def test_bold_only_beyond_noise_pareto_and_budgets(study):
     assert compare.best_row(s, adapters, "humaneval.chrf") is None
     assert compare.pareto(adapters, "humaneval.pass@1", "train.peak_mb") == [rows["rank=4"], rows["rank=8"]]
     budgets = compare.budgets(s, adapters, "humaneval.pass@1")
-    assert [(b.text, b.pick.label) for b in budgets] == [("1000 MB", "rank=4"), ("1.1 GB", "rank=8")]
+    assert [(b.text, b.pick.label) for b in budgets] == [("1000 MiB", "rank=4"), ("1.1 GiB", "rank=8")]
     assert budgets[1].previous is rows["rank=4"] and budgets[1].separated is False  # p = 1/32, but 1 seed each
     assert budgets[1].one_seed and not budgets[0].one_seed                        # so the report gives no verdict
-    assert nice_budget(493.5) == (500, "500 MB") and nice_budget(3.21 * 1024)[1] == "3.3 GB"
+    assert nice_budget(493.5) == (500, "500 MiB") and nice_budget(3.21 * 1024)[1] == "3.3 GiB"
 
 
 def test_shared_config_belongs_to_both_suites(study):

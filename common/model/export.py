@@ -112,7 +112,7 @@ def export_to_gguf(cfg: InferConfig, adapter: Adapter | None, model_name: str, t
     pre = gguf_pre_tokenizer(embedded_gguf(base)) if base in EMBEDDED else "default"
     target = export_gguf(model, tokenizer, Path(cfg.export_gguf), cfg.gguf_type,
                          name=(adapter.label if adapter else model_slug(model_name)), pre=pre)
-    print(f"wrote {target} ({cfg.gguf_type}, {target.stat().st_size / 2**20:.1f} MB); run it with llama.cpp: "
+    print(f"wrote {target} ({cfg.gguf_type}, {target.stat().st_size / 2**20:.1f} MiB); run it with llama.cpp: "
           f"llama-cli -m {target}, or Ollama: a Modelfile with `FROM {target.resolve()}`, then `ollama create`")
     return target
 

@@ -75,7 +75,7 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
         if front:
             lines.append(f"- vs {cost_name}: " + "; ".join(
                 f"{r.label} ({metric.title} {fmt(r.mean(quality), metric)}{'%' if metric.percent else ''}, "
-                f"{fmt(r.mean(cost), metric_for(cost))} {'MB' if cost.endswith('mb') else 's'})" for r in front))
+                f"{fmt(r.mean(cost), metric_for(cost))} {'MiB' if cost.endswith('mb') else 's'})" for r in front))
     budgets = compare.budgets(study, rows, quality)
     if not budgets:
         return lines + [""]
@@ -88,7 +88,7 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
         peak = fmt(b.pick.mean("train.peak_mb"), metric_for("train.peak_mb"))
         source = " (predicted: no measured peak)" if b.pick.get("train.peak_is_predicted") else ""
         line = (f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
-                f"{'%' if metric.percent else ''}, peak {peak} MB{source}")
+                f"{'%' if metric.percent else ''}, peak {peak} MiB{source}")
         if b.previous is not None and b.one_seed:
             line += f"; against {b.previous.label}, {compare.ONE_SEED}, so no verdict on what the extra memory buys"
         elif b.previous is not None:
@@ -146,7 +146,7 @@ def prediction_lines(study: Study, suite: str) -> list[str]:
     rows = [r for r in predicted_vs_measured(study.tracker) if r["run_id"] in study.members[suite]]
     if rows:
         lines += ["### Predicted vs measured", "", md_table(
-            ["run", "predicted peak MB", "measured peak MB", "error", "predicted step s", "measured step s", "error"],
+            ["run", "predicted peak MiB", "measured peak MiB", "error", "predicted step s", "measured step s", "error"],
             [[r["name"], f"{r['predicted_peak_mb']:.0f}",
               f"{r['measured_peak_mb']:.0f}" if r["measured_peak_mb"] else "—", pct(r["peak_error"]),
               f"{r['predicted_step_s']:.2f}" if r["predicted_step_s"] else "—",
@@ -155,7 +155,7 @@ def prediction_lines(study: Study, suite: str) -> list[str]:
     skipped = [r for r in skipped_runs(study.tracker) if r["run_id"] in study.members[suite]]
     if skipped:
         lines += ["### Skipped for the memory budget", "", md_table(
-            ["run", "predicted peak MB", "reason"],
+            ["run", "predicted peak MiB", "reason"],
             [[r["name"], f"{r['predicted_peak_mb']:.0f}" if r["predicted_peak_mb"] else "—", r["reason"] or ""]
              for r in skipped]), ""]
     return lines

@@ -106,7 +106,7 @@ def quality_vs_cost(suite: str, rows: list[Row], quality: str, out: Path) -> lis
     pts = [r for r in rows if r.mean(quality) is not None]
     scale, values = _scaled(pts, quality)
     costs = {}
-    for cost, name, unit in (("train.peak_mb", "peak memory", "peak memory (MB)"),
+    for cost, name, unit in (("train.peak_mb", "peak memory", "peak memory (MiB)"),
                              ("train.wall_seconds", "train time", "train time (s)")):
         if pts and all(r.mean(cost) is not None for r in pts):
             front = compare.pareto(pts, quality, cost)
@@ -160,7 +160,7 @@ def cost_bars(suite: str, rows: list[Row], bases: list[Row], out: Path) -> list[
     if rows and any(r.get("train.adapter_mb") for r in rows):
         written.append(("adapter size", plots.bars(
             out / f"{stem}_adapter_size.png", f"{suite}: adapter size on disk", labels,
-            {"adapter size": ("adapter file size (MB)", [r.mean("train.adapter_mb") for r in rows])})))
+            {"adapter size": ("adapter file size (MiB)", [r.mean("train.adapter_mb") for r in rows])})))
     return written
 
 

@@ -147,7 +147,7 @@ def rank_plot(path: Path, title: str, ranks: Sequence[int], quality: Sequence[fl
     q_ax.errorbar(ranks, [_nan(v) for v in quality], yerr=[low, high], marker="o", capsize=4)
     q_ax.set(title=f"rank vs {quality_label}", xlabel="LoRA rank r (log scale)", ylabel=quality_label)
     m_ax.plot(ranks, [_nan(v) for v in memory_mb], marker="s", color="tab:orange")
-    m_ax.set(title="rank vs peak memory", xlabel="LoRA rank r (log scale)", ylabel="peak memory (MB)")
+    m_ax.set(title="rank vs peak memory", xlabel="LoRA rank r (log scale)", ylabel="peak memory (MiB)")
     for ax in (q_ax, m_ax):
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(ranks))

@@ -48,8 +48,8 @@ _METRICS = {  # score name -> (title, better, digits, percent)
     "chrf": ("chrF", "higher", 1, False), "perplexity": ("perplexity", "lower", 2, False),
     "nll": ("NLL", "lower", 3, False), "seconds_per_problem": ("gen s/problem", "lower", 2, False),
     "tokens_per_s": ("gen tok/s", "higher", 0, False), "trainable_params": ("trainable params", "lower", 0, False),
-    "trainable_pct": ("trainable %", "lower", 3, False), "adapter_mb": ("adapter MB", "lower", 2, False),
-    "peak_mb": ("peak mem MB", "lower", 0, False), "wall_seconds": ("train s", "lower", 1, False),
+    "trainable_pct": ("trainable %", "lower", 3, False), "adapter_mb": ("adapter MiB", "lower", 2, False),
+    "peak_mb": ("peak mem MiB", "lower", 0, False), "wall_seconds": ("train s", "lower", 1, False),
     "train_tokens_per_s": ("train tok/s", "higher", 0, False), "final_val_loss": ("val loss", "lower", 3, False),
 }
 
@@ -405,9 +405,9 @@ def _short(value: Any) -> str:
 
 
 def nice_budget(mb: float) -> tuple[float, str]:
-    """A round memory budget at or above `mb`: 2 significant digits, in MB or GB."""
-    unit, value = ("GB", mb / 1024) if mb >= 1024 else ("MB", mb)
+    """A round memory budget at or above `mb` (MiB): 2 significant digits, in MiB or GiB."""
+    unit, value = ("GiB", mb / 1024) if mb >= 1024 else ("MiB", mb)
     magnitude = 10 ** (math.floor(math.log10(value)) - 1) if value > 0 else 1
     rounded = math.ceil(round(value / magnitude, 9)) * magnitude
     text = f"{rounded:.{max(0, -int(math.floor(math.log10(magnitude))))}f}"
-    return (rounded * 1024 if unit == "GB" else rounded), f"{text} {unit}"
+    return (rounded * 1024 if unit == "GiB" else rounded), f"{text} {unit}"

@@ -176,7 +176,7 @@ def _null_line(name: str, nulls: list[dict[str, Any]]) -> list[str]:
 
 # Columns of the per-config table README quotes: (header, comparison-record key, format).
 CONFIG_COLUMNS = [("NLL/token", "heldout.nll", "nll"), ("tests passed %", "humaneval.test_case_avg", "pct"),
-                  ("pass@1 %", "humaneval.pass@1", "pct"), ("peak MB", "train.peak_mb", "int"),
+                  ("pass@1 %", "humaneval.pass@1", "pct"), ("peak MiB", "train.peak_mb", "int"),
                   ("train s", "train.wall_seconds", "int")]
 
 
