@@ -185,7 +185,7 @@ def test_run_names_show_the_variant_and_plain_names_are_unchanged():
 
 
 def test_variants_suite_compares_five_variants_at_one_rank():
-    suite = suites.load_suite_file(str(ROOT / "data" / "suites" / "variants.yaml"))
+    suite = suites.builtin_suite("variants")
     runs = suites.expand(suite)
     names = [suites.train_name(flags) for flags in runs]
     assert len(set(names)) == len(runs) == 5 and {flags["rank"] for flags in runs} == {16}
