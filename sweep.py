@@ -11,7 +11,8 @@
 Suites (data/suites/builtin/NAME.yaml): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
 qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
 2 problems: checks the pipeline in minutes), `all` (= rank + modules + quant), `seeds` (r16,
-qkvo, 16bit at seeds 0 and 1: run-to-run spread) and `study` (the reference study in
+qkvo, 16bit at seeds 0 and 1: run-to-run spread), `variants` (LoRA, rsLoRA, DoRA, PiSSA, LoRA+ at r16)
+and `study` (the reference study in
 results/: its parts `study-*` fix every setting, see data/suites/builtin/ and the README). The built-in
 suites keep train.py's defaults (one epoch); set the budget with e.g. `--set max_steps=200`.
 A `--suite-file` is YAML or JSON:
