@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from common import estimate as E  # noqa: E402
+from common.train import estimate as E  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
 from common.study.budget import step_seconds  # noqa: E402
 from common.train.predictions import relative_error  # noqa: E402

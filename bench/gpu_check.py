@@ -52,7 +52,7 @@ def build_model(directory: Path, on_gpu: bool) -> str:
 def train_cmd(model: str, work: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), "--model", model, "--db", str(work / "e.db"), "--name", name,
             "--train-limit", "64", "--max-seq-len", "256", "--eval-gen", "0", "--val-limit", "8", "--quiet",
-            "--lr", "1e-2", *extra]
+            "--lr", "1e-2", "--format", "completion", *extra]
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -69,7 +69,10 @@ def run_train_py(args: list[str], db: Path, label: str, env: dict[str, str] | No
     tail of its stderr if it fails. Returns its one run (config included), that run's train scores, and a
     function from a per-step metric's name to its values."""
     from common.tracker import Tracker
-    cmd = [sys.executable, str(ROOT / "train.py"), *args, "--db", str(db)]
+    # The benches encode their examples as plain completions and their recorded history was measured so;
+    # train.py's own default (--format auto) would train the chat model on chat turns instead.
+    fmt = [] if "--format" in args else ["--format", "completion"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *args, *fmt, "--db", str(db)]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     if done.returncode:
         sys.exit(f"train.py ({label}) failed ({done.returncode}):\n{done.stderr[-3000:]}")

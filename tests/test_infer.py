@@ -47,7 +47,8 @@ def _train(tiny_model: str, workdir: Path, quant: str) -> dict:
     try:
         assert train.main(["--model", tiny_model, "--dataset", str(data), "--max-steps", "2", "--eval-every", "0",
                            "--eval-gen", "0", "--db", str(db), "--output-dir", str(out), "--train-limit", "16",
-                           "--quiet", "--quant", quant, "--batch-size", "2", "--max-seq-len", "128"]) == 0
+                           "--quiet", "--quant", quant, "--batch-size", "2", "--max-seq-len", "128",
+                           "--format", "completion"]) == 0
     finally:
         for s, h in handlers.items():  # train.main installs its own Ctrl-C handler
             signal.signal(s, h)
