@@ -19,7 +19,7 @@ from transformers.utils import logging as transformers_logging
 
 from common.config import QUANT_MODES
 from common.errors import UserError, first_line
-from common.model.resolve import EMBEDDED, resolve_model
+from common.model.resolve import model_choices, resolve_model
 
 
 def cpu_has_native_bf16() -> bool:
@@ -64,8 +64,7 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise UserError(f"cannot load tokenizer for {model!r} ({first_line(e)}); pass an embedded model "
-                        f"({', '.join(EMBEDDED)}), a model directory, or a hub id reachable from here") from e
+        raise UserError(f"cannot load tokenizer for {model!r} ({first_line(e)}); {model_choices()}") from e
     if tokenizer.pad_token_id is None:
         # Padding positions are masked explicitly everywhere, so reusing EOS is safe here.
         tokenizer.pad_token = tokenizer.eos_token
@@ -89,8 +88,7 @@ def load_model(model: str, quant: str, device: torch.device) -> PreTrainedModel:
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise UserError(f"cannot load model {model!r} ({first_line(e)}); pass an embedded model "
-                        f"({', '.join(EMBEDDED)}), a model directory, or a hub id reachable from here") from e
+        raise UserError(f"cannot load model {model!r} ({first_line(e)}); {model_choices()}") from e
     if "device_map" not in kwargs:
         lm.to(device)
     disable_cpu_4bit_repacking(lm)

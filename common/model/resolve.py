@@ -60,6 +60,11 @@ EMBEDDED = {
 _MANIFEST = "prepared.json"
 
 
+def model_choices() -> str:
+    """What --model accepts, for the end of an error message."""
+    return f"pass an embedded model ({', '.join(EMBEDDED)}), a model directory, or a hub id reachable from here"
+
+
 def resolve_model(name: str) -> str:
     """A path or hub id that `from_pretrained` accepts, preparing an embedded model if needed."""
     if name in EMBEDDED:

@@ -181,13 +181,11 @@ def load_config(model: str):
     """The transformers config of `model` (embedded name, directory or hub id); no weights are read."""
     from transformers import AutoConfig
 
-    from common.model.resolve import EMBEDDED, resolve_model
+    from common.model.resolve import model_choices, resolve_model
     try:
         return AutoConfig.from_pretrained(resolve_model(model))
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the config of {model!r} ({first_line(e)}); pass an embedded model "
-                        f"({', '.join(EMBEDDED)}), a model directory with a config.json, or a hub id reachable "
-                        "from here") from e
+        raise UserError(f"cannot read the config of {model!r} ({first_line(e)}); {model_choices()}") from e
 
 
 def model_shape(config: Any, modules: str) -> ModelShape:
