@@ -34,9 +34,6 @@ from common.study.rows import Study
 from common.tracker import Tracker
 
 
-# ---------------------------------------------------------------------------- tables
-
-
 # ---------------------------------------------------------------------------- outputs
 
 def list_runs(study: Study, suite: str | None, status: str | None) -> str:

@@ -182,5 +182,3 @@ def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benc
             extra.update(heldout_perplexity(model, tokenizer, bench, records, device, dtype))
         return records, extra
     return produce
-
-

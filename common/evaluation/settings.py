@@ -144,5 +144,3 @@ def find_base_run(tracker, config: dict, bench: str) -> int | None:
                 and c.get("benchmark_keys", {}).get(bench) == key and match_settings(c) == wanted:
             return run["id"]
     return None
-
-

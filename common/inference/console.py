@@ -65,5 +65,3 @@ def demo(session: Session) -> None:
     for name, results in rows:
         session.print((name.ljust(width) + "".join(
             f"{describe_syntax(r.syntax)}, {r.new_tokens} tok".ljust(28) for _, r in results)).rstrip())
-
-

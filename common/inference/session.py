@@ -237,5 +237,3 @@ def speed_line(result: Result) -> str:
         if result.new_tokens > 1 and result.seconds > result.first_token_s:
             line += f", then {(result.new_tokens - 1) / (result.seconds - result.first_token_s):.1f} tokens/s"
     return line + f" ({result.new_tokens / max(result.seconds, 1e-9):.1f} tokens/s overall)"
-
-

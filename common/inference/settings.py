@@ -56,5 +56,3 @@ def validate_infer_config(cfg, adapter: Adapter | None) -> None:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise UserError(f"--merge-to {target} exists and is not an empty directory; pass a new directory")
     check_export_targets(cfg.merge_to, cfg.export_gguf)  # before the load and merge
-
-

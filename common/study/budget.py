@@ -224,5 +224,3 @@ def skipped_runs(tracker, suite: str | None = None) -> list[dict[str, Any]]:
         rows.append({"run_id": run["id"], "name": run["name"], "suite": run["suite"], "reason": run["error"],
                      "predicted_peak_mb": scores.get("predicted_peak_mb")})
     return rows
-
-

@@ -303,5 +303,3 @@ def write_report(study: Study, suites: list[str], out: Path, db_name: str, figur
     if readme:   # from the file just written, so README quotes exactly what the committed JSON holds
         update_readme(readme, entries, json.loads((out / "model_comparison.json").read_text()))
     return {"rows": len(all_rows), "configs": sum(1 for r in all_rows if r.kind == "adapter")}
-
-

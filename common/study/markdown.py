@@ -124,5 +124,3 @@ def block(text: str, tail: bool = False, max_lines: int = 20) -> str:
     if len(lines) > max_lines:
         lines = (["..."] + lines[-max_lines:]) if tail else (lines[:max_lines] + ["..."])
     return "````python\n" + "\n".join(line.replace("````", "` ` ` `") for line in lines) + "\n````"
-
-

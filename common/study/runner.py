@@ -345,5 +345,3 @@ def failure_message(script: str, code: int, tail: str) -> str:
     errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
     last = (errors or lines or ["no output"])[-1]
     return f"{script} exited with code {code}: {last[:300]}"
-
-

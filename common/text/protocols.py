@@ -157,4 +157,3 @@ def reference_code(problem: Example, protocol: str) -> str:
     if problem.style == "completion":
         return problem.prompt + problem.completion if protocol == "instruct" else problem.completion
     return instruct_answer(problem)[:-len(CLOSE_FENCE)] if protocol == "instruct" else extract_code(problem.completion)
-

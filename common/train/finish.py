@@ -75,5 +75,3 @@ def final_scores(run: Run, state: TrainState, final_step: int, stop_reason: str,
             "final_is_best": float(final_is_best), "early_stopped": float(stop_reason == "early_stopping"),
             **({"skipped_steps": state.skipped_steps} if run.scaler else {}), **run_peak_memory(state, run.device),
             "sessions": state.sessions, "mmap_threshold_kb": run.cfg.mmap_threshold_kb}
-
-

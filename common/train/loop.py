@@ -254,5 +254,3 @@ def run_peak_memory(state: TrainState, device: torch.device) -> dict[str, float]
     """This process's peaks merged with those of the run's earlier sessions."""
     now = peak_memory(device)
     return {k: max(now.get(k, 0.0), state.peak_memory.get(k, 0.0)) for k in now.keys() | state.peak_memory.keys()}
-
-
