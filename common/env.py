@@ -16,6 +16,8 @@ import platform
 import resource
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,69 @@ def current_memory_mb(device: torch.device) -> float:
         return torch.cuda.memory_allocated(device) / 2**20
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds at one instant: the whole machine's busy time and this process tree's own."""
+    machine_busy: float
+    own: float
+    wall: float
+    loadavg: float
+
+
+def _machine_busy_seconds() -> float:
+    """Busy CPU seconds of all cores since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_seconds(root: int) -> float:
+    """CPU seconds of root's live descendants, their reaped children included (/proc/<pid>/stat)."""
+    parents, seconds = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    total, frontier = 0.0, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        total += sum(seconds[pid] for pid in children)
+        frontier = children
+    return total
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """Now's CpuSnapshot; None where /proc cannot be read (not Linux)."""
+    try:
+        own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))
+        return CpuSnapshot(_machine_busy_seconds(), own + _tree_seconds(os.getpid()), time.monotonic(),
+                           os.getloadavg()[0])
+    except OSError:
+        return None
+
+
+def cpu_contention(start: CpuSnapshot | None, end: CpuSnapshot | None = None) -> dict[str, float]:
+    """How much of the machine a run had to itself between two snapshots, as shares of its CPU capacity
+    (wall x cores): cpu_own_share (this process tree: the run, its sandbox and workers) and cpu_foreign_share
+    (every other process). Cost figures of a run with a high foreign share were measured under contention
+    (the report marks them); empty when a snapshot is missing."""
+    end = end or cpu_snapshot()
+    if start is None or end is None or end.wall <= start.wall:
+        return {}
+    capacity = (end.wall - start.wall) * (os.cpu_count() or 1)
+    own = max(0.0, end.own - start.own)
+    foreign = max(0.0, end.machine_busy - start.machine_busy - own)
+    return {"cpu_own_share": own / capacity, "cpu_foreign_share": min(1.0, foreign / capacity),
+            "loadavg_start": start.loadavg, "loadavg_end": end.loadavg}
 
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)

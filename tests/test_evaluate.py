@@ -179,6 +179,8 @@ def test_base_model_evaluation(tiny_model, tmp_path, capsys):
     assert sum(he[f"fail.{s}"]["value"] for s in FAIL_STATUSES) == 3 - 3 * he["pass@1"]["value"]
     held = scores_of(db, run["id"], "heldout")
     assert math.isfinite(held["perplexity"]["value"]) and held["perplexity"]["value"] > 1
+    load = scores_of(db, run["id"], "load")
+    assert 0 < load["cpu_own_share"]["value"] and 0 <= load["cpu_foreign_share"]["value"] <= 1
     assert held["nll"]["n"] > 0 and 0.0 <= held["syntax_ok"]["value"] <= 1.0
     assert "pass@1" not in held  # no tests in the stdlib split: reference-based scores only
     samples = Tracker(db).samples(run["id"], "humaneval")

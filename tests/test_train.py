@@ -47,6 +47,7 @@ def test_loss_goes_down_and_everything_is_recorded(tiny_model, tmp_path):
     for key in ("trainable_params", "total_params", "trainable_pct", "adapter_mb", "peak_rss_mb", "wall_seconds",
                 "tokens_seen", "final_val_loss", "best_val_loss", "train_tokens_per_s"):
         assert scores[key] is not None and scores[key] > 0, key
+    assert 0 < scores["cpu_own_share"] <= 1.5 and 0 <= scores["cpu_foreign_share"] <= 1  # the contention record
     assert run["config"]["target_modules"] and run["config"]["template"] == "chat"
     assert run["config"]["format"] == "instruct"  # --format auto, on a model with a chat template
     # The allocator setting explains the peak memory but not the result: recorded as a score, not in the config.

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from common.env import cpu_contention
 from common.model.adapters import publish_base_model
 from common.model.lora import save_adapter
 from common.train.card import write_model_card
@@ -34,6 +35,7 @@ def finish(run: Run, state: TrainState, ddp_drift: float | None) -> None:
     if ddp_drift is not None:
         scores["ddp_weight_drift"] = ddp_drift
         print(f"DDP: adapter weights across ranks differ by at most {ddp_drift:.3g}")
+    scores.update(cpu_contention(run.cpu_start))
     tracker.log_scores(state.run_id, "train", scores)
     (out / "run_config.json").write_text(json.dumps(
         {"run_id": state.run_id, "db": str(tracker.path.resolve()), "status": "completed", "config": state.config,

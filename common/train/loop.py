@@ -19,7 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from common.config import TrainConfig
-from common.env import current_memory_mb, peak_memory
+from common.env import CpuSnapshot, cpu_snapshot, current_memory_mb, peak_memory
 from common.errors import UserError
 from common.judge.metrics import chrf, perplexity, syntax_error_category
 from common.text.generation import generate
@@ -77,6 +77,7 @@ class Run:
     stop: StopFlag
     started: float                       # perf_counter at (virtual) start, including earlier sessions
     reporters: Reporters | None = None   # TensorBoard / W&B / MLflow mirrors of the tracker (rank 0)
+    cpu_start: CpuSnapshot | None = field(default_factory=cpu_snapshot)  # this session's, for cpu_contention
 
 
 def train(run: Run, state: TrainState) -> str:
