@@ -114,7 +114,7 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     inherit_settings(cfg, adapter)
     device = default_device()
     check_quant(cfg.quant, device)
-    dtype = compute_dtype(cfg.quant, device)
+    dtype = compute_dtype(cfg.quant, device, cfg.dtype)
     tokenizer, benchmarks, config = prepare(cfg, ks, names, model_name, adapter, dtype)
     name, output_dir = run_name_and_dir(cfg, tracker, adapter, model_name)
     base_runs: dict[str, int] = {}
@@ -122,7 +122,7 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
         base_runs = {b.name: run for b in benchmarks if (run := find_base_run(tracker, config, b.name)) is not None}
     missing = [b for b in benchmarks if adapter and cfg.compare and b.name not in base_runs]
 
-    model = load_eval_model(model_name, cfg.quant, adapter, device)
+    model = load_eval_model(model_name, cfg.quant, adapter, device, cfg.dtype)
     produce = producer(model, tokenizer, cfg, device, dtype)
     if missing:
         base_runs.update(evaluate_base_first(cfg, ks, tracker, model, model_name, config, missing, produce, device))

@@ -10,8 +10,9 @@
 
 Adapter: `--run-id N` takes the output directory of completed train run N in `--db`;
 `--adapter DIR` takes a directory with adapter_config.json (a train.py output dir or its
-best/). `--model` and `--quant` default to what the adapter was trained with (run_config.json,
-else adapter_config.json's base_model_name_or_path), else the embedded model at 16bit.
+best/). `--model`, `--quant` and `--dtype` default to what the adapter was trained with
+(run_config.json, else adapter_config.json's base_model_name_or_path), else the embedded model
+at 16bit, dtype auto.
 
 Decoding precision: as in evaluate.py, greedy decoding of a 16-bit model runs in fp32 unless
 --no-fp32-decoding, so the same adapter gives the same tokens in both scripts.
@@ -50,7 +51,7 @@ import sys
 import time
 from typing import TextIO
 
-from common.config import InferConfig
+from common.config import InferConfig, dtype_of_record
 from common.errors import UserError, first_line, run_cli
 from common.options import parse_config
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     from common.model.resolve import DEFAULT_MODEL
     adapter = find_adapter(cfg)
     validate_infer_config(cfg, adapter)
+    cfg.dtype = cfg.dtype or dtype_of_record(adapter.train_config if adapter else {})  # as evaluate.py decodes
     if cfg.push_to_hub:
         hub_token()  # fail before any long load or merge
     model_name = cfg.model or (adapter.base_model if adapter and adapter.base_model else DEFAULT_MODEL)
@@ -111,7 +113,7 @@ def start_session(cfg: InferConfig, adapter, model_name: str, device):
     tokenizer = load_tokenizer(model_name)
     quant = cfg.quant or (adapter.quant if adapter and adapter.quant else "16bit")
     began = time.perf_counter()
-    model = load_model(model_name, quant, device)
+    model = load_model(model_name, quant, device, cfg.dtype)
     if adapter:
         try:
             model = load_adapter(model, adapter)
@@ -121,7 +123,7 @@ def start_session(cfg: InferConfig, adapter, model_name: str, device):
     recorded = adapter.template if adapter else merged_template(model_name)
     if cfg.template != "auto" and recorded and cfg.template != recorded:
         print(f"note: --template {cfg.template} differs from the training template {recorded}", file=sys.stderr)
-    dtype = compute_dtype(quant, device)
+    dtype = compute_dtype(quant, device, cfg.dtype)
     print(f"model {model_name} ({quant}, {str(dtype).replace('torch.', '')} on {device.type})"
           + (f" + adapter {adapter.label}" if adapter else "")
           + (f", template {recorded} (as in training)" if recorded and cfg.template == "auto" else "")

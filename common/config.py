@@ -25,6 +25,7 @@ QUANT_MODES = ("4bit", "8bit", "16bit", "32bit")
 TEMPLATES = ("plain", "chat", "alpaca")
 LORA_INITS = ("gaussian", "pissa", "olora")   # common/model/lora.py maps them to PEFT's init_lora_weights
 ISOLATION_MODES = ("auto", "bwrap", "landlock", "none")
+DTYPES = ("auto", "fp32")     # --dtype; common/model/load.py compute_dtype resolves it
 DEFAULT_DB = "experiments.db"
 
 
@@ -34,6 +35,20 @@ def fp32_decoding_option(sweep: bool = False) -> bool:
     return option(True, "decode 16-bit models in fp32 (4/8-bit bases in their compute dtype), in evaluate.py and "
                         "infer.py alike: greedy output does not depend on the batch size (--no-fp32-decoding: about "
                         "2x faster in bf16; evaluate.py then adds the batch size to the benchmark key)", sweep=sweep)
+
+
+def dtype_option(default: str | None, sweep: bool = False) -> str | None:
+    """--dtype, declared here once for train.py, evaluate.py and infer.py (default None: the adapter's)."""
+    inherit = "; None: the adapter's (fp32 when it trained in float32), else auto" if default is None else ""
+    return option(default, "compute dtype: auto = bf16 where the device computes it at speed (CUDA, CPUs with "
+                           "AVX512-BF16/AMX), fp16 on older GPUs, else fp32; fp32 pins it on every machine (a study "
+                           "spanning CPU kinds), 4/8-bit bases included" + inherit, choices=DTYPES, sweep=sweep)
+
+
+def dtype_of_record(config: dict) -> str:
+    """The --dtype that computes as a recorded run did. Runs record the dtype they resolved to (float32, bfloat16,
+    float16): float32 under 16/8/4-bit weights was pinned or a CPU without bf16, and fp32 repeats it anywhere."""
+    return "fp32" if config.get("dtype") == "float32" and config.get("quant") != "32bit" else "auto"
 
 
 @dataclass
@@ -66,6 +81,7 @@ class TrainConfig:
                                     sweep=True, metavar="R")
     quant: str = option("16bit", "base weights: 4bit NF4 (QLoRA), 8bit int8, 16bit bf16/fp16, 32bit fp32",
                         choices=QUANT_MODES, sweep=True)
+    dtype: str = dtype_option("auto", sweep=True)
     epochs: float = option(1.0, "passes over the training split (ignored with --max-steps)", sweep=True)
     max_steps: int | None = option(None, "optimizer steps to run (overrides --epochs)", sweep=True)
     batch_size: int = option(4, "examples (or packed rows) per micro-batch per process", sweep=True)
@@ -139,6 +155,7 @@ class EvalConfig:
                                sweep=True)
     quant: str | None = option(None, "base weights (None: the adapter's training quant, else 16bit)",
                                choices=QUANT_MODES, sweep=True)
+    dtype: str | None = dtype_option(None, sweep=True)
     dataset: str | None = option(None, "dataset whose test split is 'heldout' (None: the adapter's, else stdlib)",
                                  sweep=True)
     seed: int | None = option(None, "sampling seed (None: the adapter's training seed, else 0)", sweep=True)
@@ -244,6 +261,7 @@ class InferConfig:
     model: str | None = option(None, f"base model (None: the adapter's training model, else {DEFAULT_MODEL})")
     quant: str | None = option(None, "base weights (None: the adapter's training quant, else 16bit)",
                                choices=QUANT_MODES)
+    dtype: str | None = dtype_option(None)
     template: str = option("auto", "prompt template; auto = the adapter's training template, else by the prompt",
                            choices=("auto", *TEMPLATES))
     compare: bool = option(False, "generate with the base model, then with the adapter")

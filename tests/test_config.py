@@ -43,7 +43,8 @@ def test_every_script_prints_its_help(script):
 def test_sweep_tables_are_the_config_classes():
     assert set(S.TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["option"].sweep}
     assert S.TRAIN_FLAGS["rank"] == (int, 16) and S.EVAL_FLAGS["eval_limit"] == (int, None)
-    assert set(S.SHARED_FLAGS) == {"model", "quant", "dataset", "seed", "split_seed", "group_key", "decontaminate"}
+    assert set(S.SHARED_FLAGS) == {"model", "quant", "dtype", "dataset", "seed", "split_seed", "group_key",
+                                  "decontaminate"}
     assert "max_seq_len" in S.EVAL_FLAGS and "max_seq_len" in S.TRAIN_FLAGS
 
 

@@ -147,13 +147,13 @@ def print_summary(result: RunResult, name: str, config: dict) -> None:
                   + (f"; generation ended by {ends}" if ends else ""))
 
 
-def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device):
+def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device, dtype: str = "auto"):
     from peft import PeftModel
 
     from common.errors import first_line
     from common.model.load import load_model
 
-    model = load_model(model_name, quant, device)
+    model = load_model(model_name, quant, device, dtype)
     if adapter:
         try:
             model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)

@@ -7,7 +7,7 @@ benchmark's identity (file hash / dataset, split seed, template, max_seq_len).
 from pathlib import Path
 from typing import Any
 
-from common.config import EvalConfig
+from common.config import EvalConfig, dtype_of_record
 from common.errors import UserError
 from common.judge.benchmarks import Benchmark
 from common.model.adapters import Adapter, adapter_from_dir, adapter_from_run, check_base_model
@@ -89,6 +89,7 @@ def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
     if adapter:
         check_base_model(adapter, cfg.model)
     cfg.quant = cfg.quant or train.get("quant") or "16bit"
+    cfg.dtype = cfg.dtype or dtype_of_record(train)  # decode as the adapter's training computed
     cfg.dataset = cfg.dataset or train.get("dataset") or "stdlib"
     cfg.seed = cfg.seed if cfg.seed is not None else int(train.get("seed", 0))
     cfg.split_seed = cfg.split_seed if cfg.split_seed is not None else int(train.get("split_seed", 0))

@@ -69,7 +69,7 @@ def merged_model(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer,
     quant = "32bit" if (cfg.quant or adapter.quant) == "32bit" else "16bit"
     if cfg.quant in ("4bit", "8bit"):
         print(f"note: merging into the 16-bit base, not a {cfg.quant} one", file=sys.stderr)
-    model = load_adapter(load_model(model_name, quant, device), adapter)
+    model = load_adapter(load_model(model_name, quant, device, cfg.dtype or "auto"), adapter)
     model.eval()
     probe = torch.tensor([tokenizer("def add(a, b):\n    return a + b\n")["input_ids"]], device=device)
     with torch.inference_mode():
@@ -86,7 +86,7 @@ def merge(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer, device
     target = Path(cfg.merge_to)
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    dtype = str(compute_dtype(quant, device)).replace("torch.", "")
+    dtype = str(compute_dtype(quant, device, cfg.dtype or "auto")).replace("torch.", "")
     (target / MERGE_RECORD).write_text(json.dumps(
         {"base_model": model_name, "adapter": str(adapter.path.resolve()), "source": adapter.label,
          "trained_quant": adapter.quant, "template": adapter.template, "dtype": dtype}, indent=2) + "\n")
@@ -107,7 +107,7 @@ def export_to_gguf(cfg: InferConfig, adapter: Adapter | None, model_name: str, t
     elif adapter is not None:
         model = merged_model(cfg, adapter, model_name, tokenizer, device)[0]
     else:
-        model = load_model(model_name, "32bit" if cfg.quant == "32bit" else "16bit", device)
+        model = load_model(model_name, "32bit" if cfg.quant == "32bit" else "16bit", device, cfg.dtype or "auto")
     base = model_identity(model_name)
     pre = gguf_pre_tokenizer(embedded_gguf(base)) if base in EMBEDDED else "default"
     target = export_gguf(model, tokenizer, Path(cfg.export_gguf), cfg.gguf_type,

@@ -6,6 +6,9 @@
           fp16 on older GPUs, fp32 on CPUs without native bf16 (recorded as the run's dtype)
     32bit fp32
 
+`--dtype fp32` pins the compute dtype to fp32 under every quant mode (16bit loads fp32 weights, 4/8-bit
+bases compute in fp32), so runs of one study on CPUs with and without bf16 compute alike.
+
 The same code path serves CPU and CUDA. On CPU, bitsandbytes 0.50 repacks a
 Linear4bit weight for a kernel without autograd after its first no-grad
 forward, which silently zeroes LoRA gradients from then on; `load_model`
@@ -17,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
-from common.config import QUANT_MODES
+from common.config import DTYPES, QUANT_MODES
 from common.errors import UserError, first_line
 from common.model.resolve import model_choices, resolve_model
 
@@ -39,9 +42,11 @@ def half_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-def compute_dtype(quant: str, device: torch.device) -> torch.dtype:
-    """The dtype activations and LoRA matmuls run in for a quant mode."""
-    return torch.float32 if quant == "32bit" else half_dtype(device)
+def compute_dtype(quant: str, device: torch.device, pinned: str = "auto") -> torch.dtype:
+    """The dtype activations and LoRA matmuls run in for a quant mode (`pinned`: the --dtype option)."""
+    if pinned not in DTYPES:  # argparse checks the command line, not --config files or callers
+        raise UserError(f"unknown --dtype {pinned!r}; choose one of {', '.join(DTYPES)}")
+    return torch.float32 if quant == "32bit" or pinned == "fp32" else half_dtype(device)
 
 
 def check_quant(quant: str, device: torch.device) -> None:
@@ -71,18 +76,20 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(model: str, quant: str, device: torch.device) -> PreTrainedModel:
+def load_model(model: str, quant: str, device: torch.device, dtype: str = "auto") -> PreTrainedModel:
+    """`model` at `quant` on `device`, computing in compute_dtype(quant, device, dtype)."""
     check_quant(quant, device)
-    if quant == "16bit" and compute_dtype(quant, device) == torch.float32:
+    compute = compute_dtype(quant, device, dtype)
+    if quant == "16bit" and dtype == "auto" and compute == torch.float32:
         print("note: this CPU has no native bf16 (AVX512-BF16/AMX), so --quant 16bit runs in fp32", file=sys.stderr)
     path = resolve_model(model)
-    kwargs: dict = {"dtype": compute_dtype(quant, device)}
+    kwargs: dict = {"dtype": compute}
     if quant in ("4bit", "8bit"):
         from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit",
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(quant, device))
+            bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": device}
     transformers_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     try:

@@ -8,6 +8,7 @@ commands rebuilt from each run's recorded config.
 import shlex
 from typing import Any
 
+from common.config import dtype_of_record
 from common.study import suites as S
 from common.study.rows import NO_SUITE, Study
 
@@ -58,7 +59,8 @@ def direct_commands(study: Study, suites: list[str]) -> list[str]:
 
 
 def command(study: Study, run: dict[str, Any]) -> str:
-    config = run["config"]
+    # runs record the dtype they resolved to (bfloat16, float32), not the --dtype asked for
+    config = {**run["config"], "dtype": dtype_of_record(run["config"])}
     if run["kind"] == "train":
         argv = ["train.py", *S.to_argv(S.canonical(config, S.TRAIN_FLAGS), S.TRAIN_FLAGS), "--name", run["name"]]
     else:

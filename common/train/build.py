@@ -69,8 +69,8 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
                                            cfg.max_seq_len, cfg.truncate, cfg.format)
     if not train_set:
         raise UserError(f"no training example fits --max-seq-len {cfg.max_seq_len}; raise it or pass --truncate")
-    model = load_model(cfg.model, cfg.quant, device)
-    dtype = compute_dtype(cfg.quant, device)
+    model = load_model(cfg.model, cfg.quant, device, cfg.dtype)
+    dtype = compute_dtype(cfg.quant, device, cfg.dtype)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules, rslora=cfg.rslora, dora=cfg.dora,

@@ -487,7 +487,7 @@ def estimate_run(cfg: TrainConfig, device: torch.device, examples: list[dict[str
     from common.model.load import compute_dtype
     config = load_config(cfg.model)
     shape = model_shape(config, cfg.modules)
-    dtype = dtype or compute_dtype(cfg.quant, device)
+    dtype = dtype or compute_dtype(cfg.quant, device, cfg.dtype)
     dtype_name = str(dtype).replace("torch.", "")
     c = torch.finfo(dtype).bits // 8
     steps = run_batches(cfg, examples if examples is not None else encoded_lengths(cfg), world)
