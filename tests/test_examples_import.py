@@ -143,8 +143,9 @@ def test_a_clash_or_a_broken_folder_is_a_one_line_error_that_writes_nothing(stud
     assert Tracker(fresh).runs() == []
 
 
-def completed_plan(path, planned) -> None:
-    """A database holding each planned run completed under the name the sweep gives it: train then eval."""
+def completed_plan(path, planned, unevaluated: str | None = None) -> None:
+    """A database holding each planned run completed under the name the sweep gives it: train then eval (except
+    the evaluation of train run `unevaluated`)."""
     db = Tracker(path)
     for p in planned:
         parent = None
@@ -153,6 +154,8 @@ def completed_plan(path, planned) -> None:
                                   environment=ENV)
             db.log_metrics(parent, 1, {"loss": 2.0})
             db.finish_run(parent, "completed")
+        if p.name == unevaluated:
+            continue
         evaluated = db.start_run(p.eval_name, "eval", {"sweep_flags": p.flags}, suite=p.suites[0], parent_id=parent,
                                  environment=ENV)
         db.log_samples(evaluated, "humaneval", [humaneval_sample(0, True)])
@@ -190,3 +193,22 @@ def test_a_sweep_resumed_from_an_export_runs_only_what_it_lacks(tmp_path, monkey
     assert sweep.main(["--suite", "smoke", "--db", again, "--import-examples", str(tmp_path / "done"),
                        "--quiet"]) == 0
     assert "imported 0 runs" in capsys.readouterr().out and len(Tracker(again).runs()) == 5
+
+
+def test_a_train_run_imported_without_its_evaluation_is_trained_again(tmp_path, monkeypatch, capsys):
+    """Its adapter stayed on the machine that trained it: evaluate.py --run-id would find none here."""
+    planned = plan(S.suite_parts(S.builtin_suite("smoke")), {}, None)
+    completed_plan(tmp_path / "cut.db", planned, unevaluated=planned[2].name)
+    assert report.main(["--db", str(tmp_path / "cut.db"), "--export-examples", str(tmp_path / "cut")]) == 0
+    children = []
+
+    def failing_child(self, cmd, prefix, gpu):
+        children.append(cmd)
+        return 1, 999_999_999, "error: not run in this test"
+    monkeypatch.setattr(Sweep, "run_child", failing_child)
+    db = str(tmp_path / "fresh.db")
+    assert sweep.main(["--suite", "smoke", "--db", db, "--import-examples", str(tmp_path / "cut"), "--quiet"]) == 1
+    assert "imported 4 runs" in capsys.readouterr().out
+    assert len(children) == 1, children
+    assert children[0][children[0].index("--name") + 1] == planned[2].name
+    assert any(arg.endswith("train.py") for arg in children[0])
