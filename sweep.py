@@ -7,6 +7,7 @@
     python sweep.py --suite smoke --set model=/path/to/tiny-model --quiet
     python sweep.py --suite modules --workers 2          # two runs at once, one GPU each
     python sweep.py --suite rank --launcher ray          # one Ray task per adapter (common/study/ray_launcher.py)
+    python sweep.py --suite study --import-examples results/examples   # resume from the committed export
 
 Suites (data/suites/builtin/NAME.yaml): `rank` (r = 4, 8, 16, 32, 64 at qkvo, 16bit), `modules` (qv, qkv,
 qkvo, all at r16, 16bit), `quant` (4bit, 8bit, 16bit at r16, qkvo), `smoke` (r4 and r8, 2 steps,
@@ -38,7 +39,10 @@ command resumes: a run trained and evaluated with the same config is skipped, an
 interrupted training resumes from its checkpoint, a failed one is tried again. A run that
 fails is recorded as failed and the sweep goes on; failures are listed at the end and the
 exit code is 1. Ctrl-C asks the running child to save a checkpoint and stops the sweep
-(exit 130); a second Ctrl-C stops the child at once.
+(exit 130); a second Ctrl-C stops the child at once. On another machine, whose database is
+empty, `--import-examples results/examples` first loads the runs of a `report.py
+--export-examples` folder into --db under their ids (common/study/imports.py; importing twice adds
+nothing), so only the runs the export lacks are run.
 
 Shared configs: a config in several suites (rank 16 / qkvo / 16bit is in rank, modules and
 quant) is trained and evaluated once. Its runs carry the first suite as their `suite` label
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from common.study.budget import check_budget_mb
         check_budget_mb(cfg.budget_mb)
     if cfg.merge:
+        if cfg.import_examples:
+            raise UserError("--import-examples goes with a sweep, not --merge: merge first, then run the sweep")
         return merge_databases(cfg.merge, cfg.db)
     # Imported after parsing, so that --help and option errors answer before torch loads.
     from common.study import suites as S
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.shard:
         planned = shard(planned, *parse_shard(cfg.shard))
     tracker = Tracker(cfg.db)  # marks runs left 'running' by a process that is gone interrupted
+    if cfg.import_examples:  # before the database is asked what is done (common/study/imports.py)
+        from common.study.imports import import_examples
+        counts = import_examples(Path(cfg.import_examples), tracker)
+        print(f"imported {counts['imported']} runs from {cfg.import_examples} ({counts['present']} already present)")
     label = cfg.suite or suites[0].name
     if cfg.estimate or cfg.budget_mb is not None:  # predictions (common/study/budget.py), before anything runs
         apply_budget(cfg, tracker, planned, record=not (cfg.estimate or cfg.dry_run))

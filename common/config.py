@@ -222,6 +222,10 @@ class SweepConfig:
                                      "give each shard its own --db", metavar="I/N")
     merge: list[str] = option([], "merge these shard databases into --db (repeatable; merging twice adds nothing), "
                                   "then exit: report.py --db reads the result", metavar="DB")
+    import_examples: str | None = option(None, "first load the runs of a folder `report.py --export-examples` wrote "
+                                               "(e.g. results/examples) into --db, keeping their ids, so only the runs "
+                                               "it lacks are run (resuming on another machine)", metavar="DIR",
+                                         record=False)
     dry_run: bool = option(False, "print the planned runs and their state, run nothing")
     estimate: bool = option(False, "print each planned run's predicted peak memory and step time, run nothing")
     budget_mb: float | None = option(None, "record planned runs predicted to peak above this many MiB as skipped "

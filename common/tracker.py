@@ -359,14 +359,9 @@ class Tracker:
         return out
 
     def log_samples(self, run_id: int, benchmark: str, samples: Iterable[dict[str, Any]]) -> None:
-        rows = [(run_id, benchmark, str(s["task_id"]), s.get("sample_index", 0), s.get("prompt"),
-                 s.get("generation"), s.get("reference"), s.get("result"),
-                 json.dumps(s.get("details"), sort_keys=True, default=str) if s.get("details") is not None else None)
-                for s in samples]
+        rows = [_sample_values(run_id, benchmark, s) for s in samples]
         with self._write():
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO samples (run_id, benchmark, task_id, sample_index, prompt, generation,"
-                " reference, result, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(_INSERT_SAMPLE, rows)
 
     def samples(self, run_id: int, benchmark: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM samples WHERE run_id=?", [run_id]
@@ -419,14 +414,8 @@ class Tracker:
             self.conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
     def _copy_run(self, other: "Tracker", run: dict[str, Any], parent_id: int | None, ids: dict[int, int]) -> int:
-        columns = ("name", "suite", "kind", "status", "config_hash", "output_dir", "started_at", "finished_at",
-                   "wall_seconds", "error", "host", "pid", "git_commit", "process_start")
-        values = [run[c] for c in columns] + [json.dumps(run["config"], sort_keys=True, default=str),
-                                              json.dumps(run["versions"], sort_keys=True),
-                                              json.dumps(run["hardware"], sort_keys=True), parent_id]
         with self._write():
-            cur = self.conn.execute(f"INSERT INTO runs ({', '.join(columns)}, config, versions, hardware, parent_id)"
-                                    f" VALUES ({', '.join('?' * (len(columns) + 4))})", values)
+            cur = self.conn.execute(_INSERT_RUN, [None, *_run_values(run), parent_id])   # id None: a new one
             new = int(cur.lastrowid)
             self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
                                   [(new, m["step"], m["name"], m["value"]) for m in other.metrics(run["id"])])
@@ -437,6 +426,20 @@ class Tracker:
         for bench in sorted({s["benchmark"] for s in samples}):
             self.log_samples(new, bench, [s for s in samples if s["benchmark"] == bench])
         return new
+
+    def add_run(self, run: dict[str, Any], metrics: list[dict[str, Any]], scores: list[dict[str, Any]],
+                samples: list[dict[str, Any]]) -> None:
+        """Insert a run recorded elsewhere under its own id (`run` as runs() gives it; a column it lacks is NULL),
+        with its metrics, scores and samples, in one transaction: an import stopped half-way leaves no run
+        without its rows. The caller checks the id is free and the parent is here (common/study/imports.py)."""
+        with self._write():
+            self.conn.execute(_INSERT_RUN, [run["id"], *_run_values(run), run["parent_id"]])
+            self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
+                                  [(run["id"], m["step"], m["name"], m["value"]) for m in metrics])
+            self.conn.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [(run["id"], s["benchmark"], s["name"], s["value"], s["n"], s["ci_low"],
+                                    s["ci_high"]) for s in scores])
+            self.conn.executemany(_INSERT_SAMPLE, [_sample_values(run["id"], s["benchmark"], s) for s in samples])
 
     # ---- export -----------------------------------------------------------
 
@@ -520,6 +523,28 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb):
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+_RUN_COLUMNS = ("name", "suite", "kind", "status", "config_hash", "output_dir", "started_at", "finished_at",
+                "wall_seconds", "error", "host", "pid", "git_commit", "process_start")
+_INSERT_RUN = (f"INSERT INTO runs (id, {', '.join(_RUN_COLUMNS)}, config, versions, hardware, parent_id)"
+               f" VALUES ({', '.join('?' * (len(_RUN_COLUMNS) + 5))})")
+_INSERT_SAMPLE = ("INSERT OR REPLACE INTO samples (run_id, benchmark, task_id, sample_index, prompt, generation,"
+                  " reference, result, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _run_values(run: dict[str, Any]) -> list[Any]:
+    """A run's columns in _INSERT_RUN's order, between the id and the parent id."""
+    return [run.get(c) for c in _RUN_COLUMNS] + [json.dumps(run["config"], sort_keys=True, default=str),
+                                                 json.dumps(run.get("versions") or {}, sort_keys=True),
+                                                 json.dumps(run.get("hardware") or {}, sort_keys=True)]
+
+
+def _sample_values(run_id: int, benchmark: str, s: dict[str, Any]) -> tuple:
+    details = s.get("details")
+    return (run_id, benchmark, str(s["task_id"]), s.get("sample_index", 0), s.get("prompt"), s.get("generation"),
+            s.get("reference"), s.get("result"),
+            json.dumps(details, sort_keys=True, default=str) if details is not None else None)
 
 
 def _remapped(score: dict[str, Any], ids: dict[int, int]) -> Any:

@@ -10,6 +10,7 @@
     summary.py       the one-screen summary of a study
     reproduce.py     the commands a report prints to reproduce its runs
     examples.py      the per-example export of a database, and the read-only tracker that serves it back
+    imports.py       an export loaded back into a database under its run ids (sweep.py --import-examples)
     figures.py       which plots a suite's section gets; plots.py draws them
 
 Imports every lower stage; nothing imports it but the scripts.

@@ -179,6 +179,13 @@ class Sweep:
 
     def _train_and_evaluate(self, p: Planned, gpu: str | None) -> None:
         train = self.call(completed_train, p)
+        # Imported from an export (sweep.py --import-examples) with no evaluation: its adapter stayed on the machine
+        # that trained it, so it cannot be evaluated here. Train again: the report counts a config's newest run.
+        stale = train["id"] if train is not None and train["output_dir"] is None \
+            and self.call(completed_eval, p, train["id"]) is None else None
+        if stale is not None:
+            self.log(f"{p.name}: train run {stale} came without its adapter (trained elsewhere); training again")
+            train = None
         busy = None if train else self.call(running_elsewhere, p.name, "train")
         if busy:
             p.outcome, p.error = "running elsewhere", f"train run {busy['id']} is running in process {busy['pid']}"
@@ -187,13 +194,14 @@ class Sweep:
             if self.stopping:
                 p.outcome = "not started"
                 return
-            train = self._train(p, gpu)
+            train = self._train(p, gpu, stale)
             if train is None:
                 return
         p.train_id = train["id"]
         self._evaluate(p, train["id"], gpu)
 
-    def _train(self, p: Planned, gpu: str | None) -> dict[str, Any] | None:
+    def _train(self, p: Planned, gpu: str | None, stale: int | None = None) -> dict[str, Any] | None:
+        """A completed train run of `p` made by train.py now (not `stale`, a run without its adapter), or None."""
         out = self.root / "train" / p.name
         cmd = [sys.executable, str(ROOT / "train.py"), *S.to_argv(p.flags, S.TRAIN_FLAGS), "--name", p.name,
                "--output-dir", str(out), "--db", self.cfg.db, "--suite", p.suites[0]]
@@ -205,7 +213,7 @@ class Sweep:
             message = failure_message("train.py", code, tail)
             p.attempt_ids += self.settle(pid, code, message)
             train = self.call(completed_train, p)
-            if train is not None:
+            if train is not None and train["id"] != stale:
                 return train
             if code == 0 and attempt == 0 and not self.stopping and self._stale_completion(out):
                 continue  # killed between writing run_config.json and recording completion: train again
