@@ -6,7 +6,8 @@ tests/test_results.py re-renders them from the JSON to check that README, docs a
 what the data says. Verdicts are common/study/compare.py's: seed-aware tests, Holm within each suite's
 family of one metric, degenerate comparisons apart.
 
-    entries = summary_entries(study, suites)     # data: one per (config, comparison)
+    entries = summary_entries(study, suites)     # data: one per (config, comparison), then one per memory budget
+                                                 # (kind "budget": the config to train within it, and why)
     table = summary_table(entries)               # markdown, the same text every time for the same data
     update_readme(Path("README.md"), entries, records)   # report.py --readme: the quoted tables, re-rendered
                                                          # in README.md and in every docs/*.md beside it
