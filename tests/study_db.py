@@ -19,9 +19,11 @@ ENV = {"git_commit": "abc123", "versions": {"torch": "2.13.0", "peft": "0.21.2"}
 
 
 def train_run(db: Tracker, suite: str, rank: int, quant: str, seed: int, *, peak: float, seconds: float,
-              status: str = "completed", error: str | None = None) -> int:
+              status: str = "completed", error: str | None = None, model: str = "tiny", load: float | None = None,
+              params: int = 1_000_000) -> int:
+    """A train run; `load`: the cpu_foreign_share it records (None: an older run, none recorded)."""
     name = f"r{rank}-qkvo-{quant}-s{seed}"
-    config = {"model": "tiny", "rank": rank, "modules": "qkvo", "quant": quant, "seed": seed, "alpha": 2 * rank,
+    config = {"model": model, "rank": rank, "modules": "qkvo", "quant": quant, "seed": seed, "alpha": 2 * rank,
               "max_steps": 4, "name": name, "output_dir": f"runs/{name}", "suite": suite,
               "train_examples": 100 - seed, "val_examples": 10 + seed}  # train.py records the split's sizes
     run = db.start_run(name, "train", config, suite=suite, output_dir=f"runs/{name}", environment=ENV)
@@ -30,9 +32,11 @@ def train_run(db: Tracker, suite: str, rank: int, quant: str, seed: int, *, peak
     db.log_metrics(run, 4, {"val_loss": 1.7 - 0.01 * rank})
     if status == "completed":
         db.log_scores(run, "train", {"trainable_params": 1000 * rank, "trainable_pct": 0.01 * rank,
-                                     "total_params": 1_000_000, "adapter_mb": 0.1 * rank, "peak_rss_mb": peak,
+                                     "total_params": params, "adapter_mb": 0.1 * rank, "peak_rss_mb": peak,
                                      "wall_seconds": seconds, "train_tokens_per_s": 5000 / seconds,
                                      "final_val_loss": 1.7 - 0.01 * rank, "best_val_loss": 1.7 - 0.01 * rank})
+    if load is not None:
+        db.log_scores(run, "train", {"cpu_foreign_share": load, "cpu_own_share": 0.9})
     db.finish_run(run, status, error=error)
     return run
 
@@ -48,8 +52,8 @@ def humaneval_sample(i: int, passed: bool, output: str | None = None, chrf: floa
 def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set[int], *, nll_per_token: float,
              quant: str = "16bit", outputs: dict[int, str] | None = None, status: str = "completed",
              chrf: float = 30.0, protocol: str | None = None, too_long: int | None = None,
-             split_seed: int = 0) -> int:
-    config = {"model": "tiny", "adapter": None if parent is None else f"runs/{name}", "quant": quant,
+             split_seed: int = 0, model: str = "tiny", load: float | None = None) -> int:
+    config = {"model": model, "adapter": None if parent is None else f"runs/{name}", "quant": quant,
               "benchmarks": ["humaneval", "heldout"], "limit": PROBLEMS, "n_samples": 1, "temperature": 0.0,
               "max_new_tokens": 8, "benchmark_keys": {"humaneval": {"sha": "he-1", "templates": ["completion"]},
                                                        "heldout": {"split_seed": split_seed, "max_seq_len": 512}}}
@@ -79,6 +83,8 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set
     db.log_scores(run, "heldout", {"nll": (nll, tokens, None, None), "chrf": chrf + 1})
     db.log_samples(run, "humaneval", samples)
     db.log_samples(run, "heldout", heldout)
+    if load is not None:   # recorded once per run, beside the benchmarks' scores
+        db.log_scores(run, "run", {"cpu_foreign_share": load, "cpu_own_share": 0.9})
     db.finish_run(run, status)
     return run
 

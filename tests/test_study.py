@@ -123,9 +123,12 @@ def test_bold_only_beyond_noise_pareto_and_budgets(study):
     assert compare.best_row(s, adapters, "humaneval.chrf") is None
     assert compare.pareto(adapters, "humaneval.pass@1", "train.peak_mb") == [rows["rank=4"], rows["rank=8"]]
     budgets = compare.budgets(s, adapters, "humaneval.pass@1")
-    assert [(b.text, b.pick.label) for b in budgets] == [("1000 MiB", "rank=4"), ("1.1 GiB", "rank=8")]
-    assert budgets[1].previous is rows["rank=4"] and budgets[1].separated is False  # p = 1/32, but 1 seed each
-    assert budgets[1].one_seed and not budgets[0].one_seed                        # so the report gives no verdict
+    # rank=8 is best within 1.1 GiB, but one seed a side: no finding, so the cheapest that fits.
+    assert [(b.text, b.pick.label, b.best.label) for b in budgets] == [("1000 MiB", "rank=4", "rank=4"),
+                                                                       ("1.1 GiB", "rank=4", "rank=8")]
+    assert budgets[0].verdict is None and budgets[1].cheapest is rows["rank=4"]
+    assert budgets[1].verdict.test == "McNemar" and not budgets[1].verdict.seed_aware
+    assert budgets[1].verdict.value == pytest.approx(0.3) and budgets[1].margin > 0   # best - cheapest, and its D
     assert nice_budget(493.5) == (500, "500 MiB") and nice_budget(3.21 * 1024)[1] == "3.3 GiB"
 
 

@@ -331,44 +331,112 @@ def quality_metric(rows: list[Row], bases: list[Row]) -> tuple[str | None, str]:
 
 
 def pareto(rows: list[Row], quality: str, cost: str) -> list[Row]:
-    """Rows no other row beats on both quality (higher, or lower for a loss) and cost (lower), by cost."""
+    """Rows no other row beats on both quality (higher, or lower for a loss) and cost (lower), by cost. Costs are
+    Row.cost's: a row whose runs were all contended (or of unknown load) has none, so it is left out."""
     q = metric_for(quality)
-    points = [r for r in rows if r.mean(quality) is not None and r.mean(cost) is not None]
+    points = [r for r in rows if r.mean(quality) is not None and r.cost_mean(cost) is not None]
 
     def dominates(o: Row, r: Row) -> bool:
-        at_least = not better(q, r.mean(quality), o.mean(quality)) and o.mean(cost) <= r.mean(cost)
-        return at_least and (better(q, o.mean(quality), r.mean(quality)) or o.mean(cost) < r.mean(cost))
+        at_least = not better(q, r.mean(quality), o.mean(quality)) and o.cost_mean(cost) <= r.cost_mean(cost)
+        return at_least and (better(q, o.mean(quality), r.mean(quality)) or o.cost_mean(cost) < r.cost_mean(cost))
     front = [r for r in points if not any(dominates(o, r) for o in points if o is not r)]
-    return sorted(front, key=lambda r: (r.mean(cost), r.label))
+    return sorted(front, key=lambda r: (r.cost_mean(cost), r.label))
 
 
 @dataclass(frozen=True)
 class Budget:
-    text: str                      # "1.1 GB"
-    pick: Row                      # the best config by quality whose peak memory fits
-    previous: Row | None           # the pick at the next smaller budget
-    separated: bool | None         # pick vs previous on quality: beyond noise? (None: cannot tell)
-    one_seed: bool = False         # pick vs previous: a trained side has one seed, so no verdict either way
+    """What to train within a memory budget: the best config by quality that fits when its gain over the cheapest
+    that fits is a finding, else the cheapest (equivalent within what the design detects)."""
+    text: str                      # "1.1 GiB"
+    pick: Row                      # the recommendation
+    cheapest: Row                  # the config that fits with the lowest (uncontended) peak memory
+    best: Row                      # the best by quality among those that fit (may be the cheapest)
+    verdict: Difference | None     # best - cheapest on quality, with its test (None: the same row, or no test)
+    caveat: str = ""               # QUANT_CAVEAT when the two differ in quant and the verdict is a finding
+
+    @property
+    def margin(self) -> float | None:
+        """D: the smallest difference the verdict's test detects at 80% power (the figure the summary prints)."""
+        return self.verdict.detectable if self.verdict else None
 
 
 def budgets(study: Study, rows: list[Row], quality: str) -> list[Budget]:
-    """For each measured peak memory on the Pareto front (rounded up), the best config that fits."""
+    """For each uncontended peak memory on the Pareto front (rounded up), among the configs that fit: the best by
+    quality when it beats the cheapest beyond noise (budget_verdicts), else the cheapest."""
     from common.study.rows import nice_budget
 
     metric = metric_for(quality)
-    front = pareto(rows, quality, "train.peak_mb")
-    out: list[Budget] = []
-    for limit, text in sorted({nice_budget(r.mean("train.peak_mb")) for r in front}):
-        fits = [r for r in front if r.mean("train.peak_mb") <= limit + 1e-9]
-        pick = min(fits, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality),
-                                        r.mean("train.peak_mb"), r.label))
-        previous = out[-1].pick if out else None
-        if previous is not pick:
-            diff = differences(study, previous, pick).get(quality) if previous else None
-            one_seed = diff is not None and diff.test != "stored" and not diff.seed_aware
-            out.append(Budget(text, pick, previous, separated(study, previous, pick, quality) if previous else None,
-                              one_seed))
+    scored = [r for r in rows if r.mean(quality) is not None and r.cost_mean("train.peak_mb") is not None]
+    levels = sorted({nice_budget(r.cost_mean("train.peak_mb")) for r in pareto(scored, quality, "train.peak_mb")})
+    picks = []
+    for limit, text in levels:
+        fits = [r for r in scored if r.cost_mean("train.peak_mb") <= limit + 1e-9]
+        cheapest = min(fits, key=lambda r: (r.cost_mean("train.peak_mb"), r.label))
+        best = min(fits, key=lambda r: (-r.mean(quality) if metric.better != "lower" else r.mean(quality),
+                                        r.cost_mean("train.peak_mb"), r.label))
+        picks.append((text, cheapest, best))
+    verdicts = budget_verdicts(study, [(c, b) for _, c, b in picks if c is not b], quality)
+    out = []
+    for text, cheapest, best in picks:
+        verdict = verdicts.get(_pair_key(cheapest, best)) if cheapest is not best else None
+        found = bool(verdict and verdict.beyond_noise)
+        out.append(Budget(text, best if found else cheapest, cheapest, best, verdict,
+                          quant_caveat(study, cheapest, best) if found else ""))
     return out
+
+
+def budget_verdicts(study: Study, pairs: list[tuple[Row, Row]], key: str) -> dict[tuple, Difference]:
+    """B - A on `key` for each (A, B) pair, judged as the report judges its own comparisons: a pair the suite's
+    report already makes keeps its family's verdict; the others join the suite's family of `key` for the Holm
+    correction, so asking the budget question adds comparisons rather than escaping the correction."""
+    if not pairs:
+        return {}
+    suite = pairs[0][0].suite
+    family = suite_family(study, suite) if suite in study.members else {}
+    raw = {_pair_key(o, r): _memo_differences(study, o, r) for r, o, _ in suite_pairs(study, suite)} if family else {}
+    made = [family.get(_pair_key(a, b)) or family.get(_pair_key(b, a)) for a, b in pairs]
+    extended = adjust_families({**raw, **{_pair_key(a, b): _memo_differences(study, a, b)
+                                          for (a, b), m in zip(pairs, made) if m is None}})
+    out = {}
+    for (a, b), m in zip(pairs, made):
+        own, judged = _memo_differences(study, a, b).get(key), (m or extended[_pair_key(a, b)]).get(key)
+        if own is not None and judged is not None:   # the family's p, in this pair's direction
+            out[_pair_key(a, b)] = replace(judged, value=own.value, low=own.low, high=own.high, only_a=own.only_a,
+                                           only_b=own.only_b)
+    return out
+
+
+QUANT_CAVEAT = "(base weights dequantized from a 4-bit GGUF; memory is CPU RSS)"
+
+
+def quant_caveat(study: Study, a: Row, b: Row) -> str:
+    """The limit a finding about quantization carries: for arms that differ in quant whose every run loaded its
+    base weights from a GGUF (already quantized once, so "16-bit" is a dequantized 4-bit model) on a CPU (where
+    peak memory is process RSS, not GPU allocation); "" otherwise."""
+    if a.config.get("quant") == b.config.get("quant"):
+        return ""
+    runs = [study.runs[i] for i in a.train_ids + a.eval_ids + b.train_ids + b.eval_ids]
+    sources = {gguf_source(run["config"]) for run in runs}
+    if not runs or None in sources or not all(on_cpu(run) for run in runs):
+        return ""
+    return QUANT_CAVEAT if sources == {"a 4-bit GGUF"} else QUANT_CAVEAT.replace("a 4-bit GGUF", "a GGUF")
+
+
+def gguf_source(config: dict) -> str | None:
+    """Where a run's base weights came from when it was a GGUF file: the embedded models are (4-bit ones); a
+    --model path to a .gguf file, or a recorded gguf_file, too."""
+    from common.model.resolve import EMBEDDED
+
+    spec = EMBEDDED.get(str(config.get("model")))
+    if spec is not None:
+        return "a 4-bit GGUF" if "q4" in spec.gguf_file.lower() else "a GGUF"
+    return "a GGUF" if str(config.get("model", "")).endswith(".gguf") or config.get("gguf_file") else None
+
+
+def on_cpu(run: dict) -> bool:
+    """The run recorded its hardware and it had no GPU (train runs also record the device they used)."""
+    hardware = run["hardware"] or {}
+    return bool(hardware) and not hardware.get("gpu") and run["config"].get("device", "cpu") == "cpu"
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from common.study import compare
-from common.study.markdown import (QUALITY_TABLES, block, compact_ids, cost_table, difference_table,
+from common.study.markdown import (QUALITY_TABLES, block, compact_ids, cost_cell, cost_table, difference_table,
                                    fmt, fmt_cell, md_table, quality_table)
-from common.study.rows import COST_KEYS, Row, Study, build_rows, metric_for
+from common.study.rows import COST_KEYS, CONTENTION_LIMIT, Row, Study, build_rows, metric_for
+from common.study.summary import CONTENDED_MARK, budget_why
 
 def differences_section(study: Study, suite: str, rows: list[Row], bases: list[Row]) -> tuple[list[str], list]:
     """The two difference tables (vs reference, vs base) and every Difference computed, for the power."""
@@ -29,7 +30,8 @@ def differences_section(study: Study, suite: str, rows: list[Row], bases: list[R
             continue
         diffs = {i: compare.differences(study, a, b) if a else {} for i, (b, a) in enumerate(pairs)}
         every += [d for ds in diffs.values() for d in ds.values()]
-        table = difference_table(pairs, diffs)
+        table = difference_table(pairs, diffs, {i: compare.quant_caveat(study, a, b) for i, (b, a) in enumerate(pairs)
+                                                if a is not None})
         if table:
             lines += [f"#### Paired differences {title}", "", table, ""]
     if lines:
@@ -68,6 +70,7 @@ def power_lines(power: compare.Power | None) -> list[str]:
 
 
 def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str) -> list[str]:
+    """Pareto fronts on uncontended costs, the configs left out of them, and the answer per memory budget."""
     metric = metric_for(quality)
     lines = ["### Pareto front", "", f"Quality = {quality_name}.", ""]
     for cost, cost_name in (("train.peak_mb", "peak memory"), ("train.wall_seconds", "train time")):
@@ -75,28 +78,44 @@ def pareto_lines(study: Study, rows: list[Row], quality: str, quality_name: str)
         if front:
             lines.append(f"- vs {cost_name}: " + "; ".join(
                 f"{r.label} ({metric.title} {fmt(r.mean(quality), metric)}{'%' if metric.percent else ''}, "
-                f"{fmt(r.mean(cost), metric_for(cost))} {'MiB' if cost.endswith('mb') else 's'})" for r in front))
+                f"{cost_cell(r, cost)} {'MiB' if cost.endswith('mb') else 's'})" for r in front))
+    lines += left_out_lines(rows)
     budgets = compare.budgets(study, rows, quality)
     if not budgets:
         return lines + [""]
     lines += ["", "### Recommendation by memory budget", "",
-              f"Budgets are the measured peak memories rounded up; each names the best configuration by "
-              f"{quality_name.split(' (')[0]} whose peak fits. A configuration whose training recorded no "
+              f"Budgets are the uncontended peak memories on the front, rounded up. Each names the best configuration "
+              f"by {quality_name.split(' (')[0]} that fits when its gain over the cheapest that fits is a finding (the "
+              f"paired test, Holm-adjusted with the suite's comparisons), else the cheapest: equivalent within D, the "
+              f"smallest difference that test detects at 80% power. A configuration whose training recorded no "
               f"measured peak is placed by its predicted peak (common/train/estimate.py), and says so.", "",
               f"- below {budgets[0].text}: none of the measured configurations fits"]
     for b in budgets:
-        peak = fmt(b.pick.mean("train.peak_mb"), metric_for("train.peak_mb"))
         source = " (predicted: no measured peak)" if b.pick.get("train.peak_is_predicted") else ""
-        line = (f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
-                f"{'%' if metric.percent else ''}, peak {peak} MiB{source}")
-        if b.previous is not None and b.one_seed:
-            line += f"; against {b.previous.label}, {compare.ONE_SEED}, so no verdict on what the extra memory buys"
-        elif b.previous is not None:
-            line += {None: f"; no CI, so whether it beats {b.previous.label} beyond noise is unknown",
-                     False: f"; within noise of {b.previous.label}, so the extra memory buys no measurable gain",
-                     True: f"; better than {b.previous.label} beyond noise"}[b.separated]
-        lines.append(line)
+        lines.append(f"- up to {b.text}: **{b.pick.label}** — {metric.title} {fmt_cell(b.pick.get(quality), metric)}"
+                     f"{'%' if metric.percent else ''}, peak {cost_cell(b.pick, 'train.peak_mb')} MiB{source}; "
+                     f"{budget_why(b, quality)}")
     return lines + [""]
+
+
+def left_out_lines(rows: list[Row]) -> list[str]:
+    """The sentence naming the configs whose costs cannot be ranked: every run contended, or of unknown load."""
+    out = [f"{r.label} ({r.cost_excluded(k)})" for r in rows for k in ("train.peak_mb",) if r.cost_excluded(k)]
+    if not out:
+        return []
+    return ["", f"Left out of the Pareto fronts and the memory budgets, for want of an uncontended run to rank its "
+                f"cost by: {', '.join(out)}."]
+
+
+def load_sentence(study: Study) -> str:
+    """How the machine's load decided which runs' costs count."""
+    if not study.load_recorded:
+        return ("No run in this database recorded the machine's load (other processes' CPU share), so every run is "
+                "treated as uncontended: a time or peak may include other processes' load.")
+    return (f"Costs (mean, sd over seeds) and every cost ranking use uncontended runs only: a run is contended "
+            f"({CONTENDED_MARK}) when other processes used more than {CONTENTION_LIMIT:.0%} of the machine's CPU "
+            f"capacity while it ran; a run that recorded no load counts as \"load not recorded\" and is left out "
+            f"too, since this database records the load of others.")
 
 
 def failure_table(study: Study, suite: str) -> list[list[str]]:
@@ -211,7 +230,7 @@ def suite_section(study: Study, suite: str, out: Path, figures: bool) -> tuple[l
                   "Bold: best in its column beyond noise.", "",
                   "### Cost", "", cost_table(rows, bases), "",
                   "Peak memory: torch max allocated on GPU runs, peak process RSS on CPU runs. "
-                  "Train time is wall-clock including evaluation during training.", ""]
+                  "Train time is wall-clock including evaluation during training. " + load_sentence(study), ""]
         for title, keys in QUALITY_TABLES:
             if any(r.get(k) for r in rows + bases for k in keys):
                 lines += [f"### {title}", "", quality_table(study, rows, bases, keys), ""]
@@ -249,8 +268,13 @@ def comparison_records(study: Study, rows: list[Row]) -> list[dict[str, Any]]:
                                "model": evaluated.get("model"), "protocol": evaluated.get("protocol"),
                                "seeds": ",".join(str(s) for s in r.seeds), "train_run_ids": compact_ids(r.train_ids),
                                "eval_run_ids": compact_ids(r.eval_ids)}
+        if r.runs_with_load("contended"):
+            rec["contended_runs"] = compact_ids(r.runs_with_load("contended"))
         for key in [k for k in keys if r.get(k)]:
-            cell = r.get(key)
+            if r.cost_excluded(key):
+                rec[f"{key}.excluded"] = r.cost_excluded(key)
+                continue
+            cell = r.cost(key)
             rec[key] = cell.mean
             if cell.std is not None:
                 rec[f"{key}.std"] = cell.std

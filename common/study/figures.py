@@ -103,14 +103,16 @@ def quality_vs_cost(suite: str, rows: list[Row], quality: str, out: Path) -> lis
             out / f"{stem}_rank.png", f"{suite}: LoRA rank", [r.config["rank"] for r in ranked], values,
             [error_bar(r.get(quality), scale) for r in ranked], axis_label(metric),
             [r.mean("train.peak_mb") for r in ranked])))
-    pts = [r for r in rows if r.mean(quality) is not None]
+    # The frontier ranks costs: a config without an uncontended run (Row.cost_excluded) is not drawn on it.
+    pts = [r for r in rows if r.mean(quality) is not None
+           and not any(r.cost_excluded(c) for c in ("train.peak_mb", "train.wall_seconds"))]
     scale, values = _scaled(pts, quality)
     costs = {}
     for cost, name, unit in (("train.peak_mb", "peak memory", "peak memory (MiB)"),
                              ("train.wall_seconds", "train time", "train time (s)")):
-        if pts and all(r.mean(cost) is not None for r in pts):
+        if pts and all(r.cost_mean(cost) is not None for r in pts):
             front = compare.pareto(pts, quality, cost)
-            costs[name] = (unit, [r.mean(cost) for r in pts], {pts.index(r) for r in front})
+            costs[name] = (unit, [r.cost_mean(cost) for r in pts], {pts.index(r) for r in front})
     if costs and len(pts) >= 2:  # one configuration is no trade-off
         written.append(("efficiency frontier", plots.frontier(
             out / f"{stem}_frontier.png", f"{suite}: quality vs cost (Pareto front starred)",

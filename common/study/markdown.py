@@ -4,8 +4,8 @@ A value is bold only when it beats the runner-up beyond noise (common/study/comp
 always give byte-identical text.
 """
 from common.study import compare
-from common.study.rows import COST_KEYS, Cell, Metric, Row, Study, metric_for
-from common.study.summary import verdict_text
+from common.study.rows import COST_KEYS, Cell, Metric, Row, Study, is_measured_cost, metric_for
+from common.study.summary import CONTENDED_MARK, contention_note, verdict_text
 
 QUALITY_TABLES = [  # (title, columns)
     ("Quality on HumanEval", ["humaneval.pass@1", "humaneval.test_case_avg", "humaneval.syntax_ok", "humaneval.bleu",
@@ -89,16 +89,27 @@ def title_with_unit(metric: Metric) -> str:
     return metric.title + (" (%)" if metric.percent and "%" not in metric.title else "")
 
 
+def cost_cell(row: Row, key: str) -> str:
+    """A cost's mean over the runs fit to rank by (Row.cost), with its spread over seeds; why there is none."""
+    if row.cost_excluded(key):
+        return row.cost_excluded(key)
+    cell, metric = row.cost(key), metric_for(key)
+    pct = row.get("train.trainable_pct") if key == "train.trainable_params" else None
+    text = fmt(cell.mean if cell else None, metric) + (f" ({pct.mean:.3f}%)" if pct else "")
+    if cell is not None and is_measured_cost(key) and cell.std is not None:
+        text += f" sd {fmt(cell.std, metric)}"
+    return text
+
+
 def cost_table(rows: list[Row], bases: list[Row]) -> str:
+    """Costs per config over its uncontended runs; a config with a contended run marked, with a footnote."""
     keys = [k for k in COST_KEYS if any(r.get(k) for r in rows + bases)]
-    body = []
-    for r in bases + rows:
-        cells = []
-        for k in keys:
-            pct = r.get("train.trainable_pct") if k == "train.trainable_params" else None
-            cells.append(fmt(r.mean(k), metric_for(k)) + (f" ({pct.mean:.3f}%)" if pct else ""))
-        body.append([r.label, seeds_text(r)] + cells)
-    return md_table(["config", "seeds"] + [metric_for(k).title for k in keys], body)
+    body = [[r.label + (f" {CONTENDED_MARK}" if r.runs_with_load("contended") else ""), seeds_text(r)]
+            + [cost_cell(r, k) for k in keys] for r in bases + rows]
+    marked = [(r.label, compact_ids(r.runs_with_load("contended"))) for r in bases + rows
+              if r.runs_with_load("contended")]
+    table = md_table(["config", "seeds"] + [metric_for(k).title for k in keys], body)
+    return table + ("\n\n" + contention_note(marked) if marked else "")
 
 
 def quality_table(study: Study, rows: list[Row], bases: list[Row], keys: list[str]) -> str:
@@ -110,11 +121,17 @@ def quality_table(study: Study, rows: list[Row], bases: list[Row], keys: list[st
     return md_table(["config", "seeds"] + [title_with_unit(metric_for(k)) for k in keys], body)
 
 
-def difference_table(pairs: list[tuple[Row, Row | None]], diffs: dict[int, dict[str, compare.Difference]]) -> str:
-    """One row per config: B - A on each compared metric (A = the reference or the base)."""
+def difference_table(pairs: list[tuple[Row, Row | None]], diffs: dict[int, dict[str, compare.Difference]],
+                     caveats: dict[int, str] | None = None) -> str:
+    """One row per config: B - A on each compared metric (A = the reference or the base); a finding carries its
+    pair's caveat (compare.quant_caveat) in its cell."""
     keys = [k for k in DIFFERENCE_KEYS if any(k in d for d in diffs.values())]
     headers = ["config", "against"] + [f"Δ {title_with_unit(metric_for(k))}" for k in keys]
-    body = [[b.label, a.label] + [fmt_difference(diffs[i].get(k)) for k in keys]
+
+    def text(i: int, d: compare.Difference | None) -> str:
+        caveat = (caveats or {}).get(i) if d is not None and d.beyond_noise else None
+        return fmt_difference(d) + (f" {caveat}" if caveat else "")
+    body = [[b.label, a.label] + [text(i, diffs[i].get(k)) for k in keys]
             for i, (b, a) in enumerate(pairs) if a is not None and diffs[i]]
     return md_table(headers, body) if body else ""
 

@@ -11,6 +11,9 @@ Which runs belong to a suite: runs started under it and runs recorded as its mem
 row; each cell keeps the per-seed values, and for several seeds a cluster-bootstrap interval over
 seeds x problems. Pass rates and compile rates are recomputed from the per-problem samples with a
 Wilson interval (never zero-width at 0/n or n/n); other scores are read as evaluate.py stored them.
+
+Measured costs (peak memory, times, token rates) also go into `Row.cost(key)`, which keeps only runs the
+machine's other processes did not contend (`Study.load_status`): the report ranks costs by those alone.
 """
 import json
 import math
@@ -63,6 +66,16 @@ def metric_for(key: str) -> Metric:
     return Metric(key, title + where, better, digits, percent)
 
 
+# A run is contended when other processes used more than this share of the machine's CPU capacity while it ran
+# (its `cpu_foreign_share` score, train and eval runs alike). The project's machines are 2-core and shared: one
+# neighbour's busy thread is 0.5 of them, and timings are noisy well before that (NOTES.md: a first heavy run can
+# be 5-10x slow), so a tenth is the most foreign load under which a time or peak is still the run's own.
+CONTENTION_LIMIT = 0.10
+LOAD_SCORE = "cpu_foreign_share"
+LOAD_SCORES = {LOAD_SCORE, "cpu_own_share"}   # the machine's load, not a benchmark's score
+# Score names whose value the machine's load can change: what contention takes out of the cost rankings.
+MEASURED_COST_NAMES = {"peak_mb", "wall_seconds", "train_tokens_per_s", "seconds_per_problem", "tokens_per_s"}
+
 COST_KEYS = ["train.trainable_params", "train.adapter_mb", "train.peak_mb", "train.wall_seconds",
              "train.train_tokens_per_s", "humaneval.seconds_per_problem", "humaneval.tokens_per_s"]
 # ---------------------------------------------------------------------------- cells and rows
@@ -107,6 +120,8 @@ class Row:
     train_ids: list[int] = field(default_factory=list)
     eval_ids: list[int] = field(default_factory=list)
     cells: dict[str, Cell] = field(default_factory=dict)
+    cost_cells: dict[str, Cell] = field(default_factory=dict)   # measured costs of the runs fit to rank costs by
+    loads: dict[int, str] = field(default_factory=dict)         # run id -> Study.load_status, for train and eval runs
 
     def get(self, key: str) -> Cell | None:
         cell = self.cells.get(key)
@@ -115,6 +130,31 @@ class Row:
     def mean(self, key: str) -> float | None:
         cell = self.get(key)
         return cell.mean if cell else None
+
+    def cost(self, key: str) -> Cell | None:
+        """A measured cost over the runs fit for cost rankings (Study.cost_usable); other keys as `get`."""
+        if not is_measured_cost(key):
+            return self.get(key)
+        cell = self.cost_cells.get(key)
+        return cell if cell and cell.values else None
+
+    def cost_mean(self, key: str) -> float | None:
+        cell = self.cost(key)
+        return cell.mean if cell else None
+
+    def cost_excluded(self, key: str) -> str | None:
+        """Why a measured cost the row has shows no number: "contended" when any of its runs were, else "load not
+        recorded"; None when it has a usable value or no value at all."""
+        if self.get(key) is None or self.cost(key) is not None:
+            return None
+        return "contended" if "contended" in self.loads.values() else "load not recorded"
+
+    def runs_with_load(self, status: str) -> list[int]:
+        return sorted(i for i, s in self.loads.items() if s == status)
+
+
+def is_measured_cost(key: str) -> bool:
+    return key.partition(".")[2] in MEASURED_COST_NAMES
 
 
 @dataclass(frozen=True)
@@ -155,6 +195,7 @@ class Study:
         if loose:
             self.members[NO_SUITE] = loose
         self._problems: dict[tuple[int, str], dict[str, Problem]] = {}
+        self.load_recorded = any(self.foreign_share(i) is not None for i in self.runs)
         self.memo: dict[tuple, Any] = {}   # computed comparisons (common/study/compare.py), by the eval ids compared
 
     def suites(self) -> list[str]:
@@ -173,6 +214,26 @@ class Study:
             self._problems[(eval_id, bench)] = {t: _problem(rows) for t, rows in by_task.items()}
         return self._problems[(eval_id, bench)]
 
+    def foreign_share(self, run_id: int) -> float | None:
+        """The share of the machine's CPU capacity other processes used during the run, whatever benchmark the
+        run recorded it under; None when it recorded none."""
+        found = [s["value"] for k, s in self.scores.get(run_id, {}).items()
+                 if k.partition(".")[2] == LOAD_SCORE and s["value"] is not None]
+        return max(found) if found else None
+
+    def load_status(self, run_id: int) -> str:
+        """The run's load: contended (foreign share above CONTENTION_LIMIT), uncontended, or not recorded."""
+        share = self.foreign_share(run_id)
+        if share is None:
+            return "not recorded"
+        return "contended" if share > CONTENTION_LIMIT else "uncontended"
+
+    def cost_usable(self, run_id: int) -> bool:
+        """Whether the run's times and memory may rank configurations: uncontended; a run without a recorded load
+        only when the database records none at all (an older database: nothing to tell runs apart by)."""
+        status = self.load_status(run_id)
+        return status == "uncontended" or (status == "not recorded" and not self.load_recorded)
+
     def benchmark_identity(self, eval_id: int, bench: str) -> tuple:
         """What must match for two evaluations to be paired: benchmark, its data key, protocol, problem ids."""
         config = self.runs[eval_id]["config"]
@@ -180,7 +241,8 @@ class Study:
         return (bench, data_key, config.get("protocol", DEFAULT_PROTOCOL), tuple(sorted(self.problems(eval_id, bench))))
 
     def benchmarks(self, eval_id: int) -> list[str]:
-        return sorted({k.split(".", 1)[0] for k in self.scores.get(eval_id, {})} - {"train"})
+        return sorted({k.split(".", 1)[0] for k in self.scores.get(eval_id, {})
+                       if k.partition(".")[2] not in LOAD_SCORES} - {"train"})
 
 
 def _problem(rows: list[dict]) -> Problem:
@@ -293,6 +355,22 @@ def add_cells(study: Study, row: Row, train_id: int | None, eval_id: int | None)
     for key, s in values.items():
         if s["value"] is not None:
             row.cells.setdefault(key, Cell()).values.append((s["value"], s["low"], s["high"]))
+    add_costs(study, row, values, train_id, eval_id)
+
+
+def add_costs(study: Study, row: Row, values: dict[str, dict[str, Any]], train_id: int | None,
+              eval_id: int | None) -> None:
+    """Record the load of the seed's runs, and its measured costs where the run that measured them is fit to rank
+    costs by (a predicted peak is no measurement: the machine's load does not change it)."""
+    for run_id in (train_id, eval_id):
+        if run_id is not None:
+            row.loads[run_id] = study.load_status(run_id)
+    predicted = "train.peak_is_predicted" in values
+    for key, s in values.items():
+        source = train_id if key.startswith("train.") else eval_id
+        usable = source is not None and (study.cost_usable(source) or (predicted and key == "train.peak_mb"))
+        if is_measured_cost(key) and s["value"] is not None and usable:
+            row.cost_cells.setdefault(key, Cell()).values.append((s["value"], s["low"], s["high"]))
 
 
 def add_record_intervals(study: Study, row: Row) -> None:

@@ -6,7 +6,8 @@ tests/test_results.py re-renders them from the JSON to check that README, docs a
 what the data says. Verdicts are common/study/compare.py's: seed-aware tests, Holm within each suite's
 family of one metric, degenerate comparisons apart.
 
-    entries = summary_entries(study, suites)     # data: one per (config, comparison)
+    entries = summary_entries(study, suites)     # data: one per (config, comparison), then one per memory budget
+                                                 # (kind "budget": the config to train within it, and why)
     table = summary_table(entries)               # markdown, the same text every time for the same data
     update_readme(Path("README.md"), entries, records)   # report.py --readme: the quoted tables, re-rendered
                                                          # in README.md and in every docs/*.md beside it
@@ -17,7 +18,7 @@ from typing import Any
 
 from common.errors import UserError
 from common.study import compare
-from common.study.rows import Study
+from common.study.rows import CONTENTION_LIMIT, Row, Study, build_rows, metric_for
 
 # Primary first (pre-registered: held-out NLL per token), then the graded and the strict execution metric.
 SUMMARY_KEYS = ["heldout.nll", "humaneval.test_case_avg", "humaneval.pass@1"]
@@ -28,7 +29,7 @@ _SHORT_TEST = {"McNemar": "McNemar", "sign-flip permutation": "sign-flip", "boot
 
 def summary_entries(study: Study, suites: list[str]) -> list[dict[str, Any]]:
     """Every adapter config vs its base model, and vs its suite's reference config when it has one (the
-    reference first), with the verdicts of the suite's families."""
+    reference first), with the verdicts of the suite's families; then each suite's answer per memory budget."""
     entries = []
     for suite in suites:
         for row, other, versus in compare.suite_pairs(study, suite):
@@ -38,8 +39,58 @@ def summary_entries(study: Study, suites: list[str]) -> list[dict[str, Any]]:
                 entries.append({"suite": suite, "config": row.label, "versus": other.label, "kind": versus,
                                 "seeds": f"{len(row.seeds) or 1} vs {len(other.seeds) or 1}"
                                 if other.kind == "adapter" else f"{len(row.seeds) or 1}",
-                                "runs": [other.eval_ids, row.eval_ids], "differences": found})
+                                "runs": [other.eval_ids, row.eval_ids], "differences": found,
+                                "caveat": compare.quant_caveat(study, other, row), "params": _params(study, row)})
+    for suite in suites:
+        entries += budget_entries(study, suite)
     return entries
+
+
+def _params(study: Study, row: Row) -> int | None:
+    """The trained model's total parameter count, as train.py recorded it."""
+    score = study.score(row.train_ids[0], "train.total_params") if row.train_ids else None
+    return int(score["value"]) if score else None
+
+
+def budget_entries(study: Study, suite: str) -> list[dict[str, Any]]:
+    """The suite's answer per memory budget (compare.budgets), as summary entries of kind "budget"."""
+    rows, bases = build_rows(study, suite)
+    quality, _ = compare.quality_metric(rows, bases)
+    if not quality or not rows:
+        return []
+    return [{"suite": suite, "kind": "budget", "budget": b.text, "config": b.pick.label, "why": budget_why(b, quality),
+             "runs": [b.cheapest.eval_ids, b.best.eval_ids], "differences": {}}
+            for b in compare.budgets(study, rows, quality)]
+
+
+def budget_why(b: compare.Budget, quality: str) -> str:
+    """Why the budget's pick: the best is better than the cheapest beyond noise (the test, its p and Holm), or
+    the two are equivalent within D, the smallest difference that test detects at 80% power. No finding is not
+    equivalence where the test could not judge (one seed) or the gap exceeds D: the cheapest, saying so."""
+    name = metric_for(quality).title.split(" (")[0]
+    if b.cheapest is b.best:
+        return f"the cheapest that fits is also the best by {name}"
+    if b.verdict is None:
+        return (f"no paired test of {name} against {b.best.label} (the best by it), so no finding: take the "
+                f"cheapest; the difference the design detects is unknown")
+    d = _as_dict(b.verdict)
+    if b.verdict.beyond_noise:
+        return (f"better than {b.cheapest.label} (the cheapest that fits) on {name} beyond noise: "
+                f"{cell(quality, d)}" + (f" {b.caveat}" if b.caveat else ""))
+    against = f"{b.best.label}, the best by {name}, vs it: {cell(quality, d)}"
+    if not b.verdict.seed_aware:
+        return f"no verdict ({against}; {compare.ONE_SEED}), so take the cheapest until more seeds tell them apart"
+    if b.margin is None or abs(b.verdict.value) > b.margin:
+        return f"no finding after the family correction ({against}), though not shown equivalent: take the cheapest"
+    return f"equivalent within D = {margin_text(b.margin, quality)} ({against}), take the cheapest"
+
+
+def margin_text(value: float, key: str) -> str:
+    """D in the metric's unit: `0.050 nats/token`, `10.5 points`."""
+    if key.endswith(".nll"):
+        return f"{value:.3f} nats/token"
+    metric = metric_for(key)
+    return f"{100 * value:.1f} points" if metric.percent else f"{value:.{metric.digits}f}"
 
 
 def _as_dict(d: compare.Difference) -> dict[str, Any]:
@@ -91,13 +142,44 @@ def verdict_text(test: str, p_value: float | None, p_adjusted: float | None, see
 
 
 def summary_table(entries: list[dict[str, Any]]) -> str:
+    """The comparisons' table, then the answer per memory budget and the model sizes nothing is generalised past:
+    the block README quotes. A finding about quantization carries its limit in its own cell."""
     header = ["suite", "config", "vs", "seeds", *(_HEADERS[k] for k in SUMMARY_KEYS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for e in entries:
+    for e in [e for e in entries if e.get("kind") != "budget"]:
         cells = [e["suite"], e["config"], e["versus"], e["seeds"],
-                 *(cell(k, e["differences"].get(k)) for k in SUMMARY_KEYS)]
+                 *(cell(k, e["differences"].get(k)) + _caveat(e, e["differences"].get(k)) for k in SUMMARY_KEYS)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    answers = [f"- For {e['budget']} (suite {e['suite']}): {e['config']} - {e['why']}"
+               for e in entries if e.get("kind") == "budget"]
+    if answers:
+        lines += ["", "What to train within a memory budget (peak memory of uncontended runs): the best configuration "
+                  "by the suite's quality metric that fits, when it beats the cheapest that fits beyond noise (its "
+                  "test, Holm-adjusted with the suite's comparisons); else the cheapest, equivalent within D, the "
+                  "smallest difference that test detects at 80% power.", "", *answers]
+    return "\n".join(lines + scope_lines(entries))
+
+
+def _caveat(entry: dict[str, Any], d: dict[str, Any] | None) -> str:
+    return f" {entry['caveat']}" if d is not None and d["beyond_noise"] and entry.get("caveat") else ""
+
+
+def scope_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """Once: the model sizes the study trained, past which nothing here is generalised."""
+    sizes = sorted({e["params"] for e in entries if e.get("params")})
+    if not sizes:
+        return []
+    return ["", f"Nothing here is generalised past the model sizes studied: "
+                f"{' / '.join(params_text(n) for n in sizes)} parameters."]
+
+
+def params_text(n: int) -> str:
+    """`135M`, `1.2B`, `900K`: a parameter count as people say it."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f}{unit}" if value >= 10 else f"{value:.1f}".rstrip("0").rstrip(".") + unit
+    return str(n)
 
 
 def _count(n: int, noun: str) -> str:
@@ -120,7 +202,7 @@ def distinct(entries: list[dict[str, Any]], key: str) -> tuple[list[tuple[dict, 
     first: dict[str, tuple[dict, dict]] = {}
     beyond: dict[str, bool] = {}
     for e in entries:
-        d = e["differences"].get(key)
+        d = e["differences"].get(key)   # budget entries have none
         if d is None:
             continue
         pair = repr(e.get("runs") or (e["suite"], e["config"], e["versus"]))
@@ -181,26 +263,45 @@ CONFIG_COLUMNS = [("NLL/token", "heldout.nll", "nll"), ("tests passed %", "human
 
 
 def value_text(record: dict[str, Any], key: str, kind: str) -> str:
-    """A comparison record's value with its 95% CI: `16.7 [12.6, 21.2]`, `1.310 [1.224, 1.401]`, `5972`."""
+    """A comparison record's value with its 95% CI: `16.7 [12.6, 21.2]`, `1.310 [1.224, 1.401]`; a measured cost
+    with its spread over seeds, `5972 sd 40`, or why it has no number (`contended`, `load not recorded`)."""
+    if record.get(f"{key}.excluded"):
+        return record[f"{key}.excluded"]
     if record.get(key) is None:
         return "—"
     scale, digits = {"nll": (1.0, 3), "pct": (100.0, 1), "int": (1.0, 0)}[kind]
     text = f"{scale * record[key]:.{digits}f}"
     if record.get(f"{key}.ci_low") is not None and kind != "int":
         text += f" [{scale * record[key + '.ci_low']:.{digits}f}, {scale * record[key + '.ci_high']:.{digits}f}]"
+    if kind == "int" and record.get(f"{key}.std") is not None:
+        text += f" sd {record[key + '.std']:.{digits}f}"
     return text
 
 
+CONTENDED_MARK = "‡"   # not †: the summary's † means one seed
+
+
+def contention_note(marked: list[tuple[str, str]]) -> str:
+    """The footnote of a table whose (label, run ids) rows are marked contended."""
+    runs = "; ".join(f"{label}: run(s) {ids}" for label, ids in marked)
+    return (f"{CONTENDED_MARK} contended: other processes used more than {CONTENTION_LIMIT:.0%} of the machine's CPU "
+            f"capacity during these runs ({runs}); their times and memory are left out of the cost columns and of "
+            f"every cost ranking, and a cost with no uncontended run reads \"contended\".")
+
+
 def config_table(records: list[dict[str, Any]]) -> str:
-    """Every config and base of the comparison records: model, protocol, seeds and the primary metrics."""
+    """Every config and base of the comparison records: model, protocol, seeds and the primary metrics; configs
+    with a contended run marked, with a footnote."""
     header = ["suite", "config", "model", "protocol", "seeds", *(h for h, _, _ in CONFIG_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         seeds = r.get("seeds") or "—"
-        cells = [r["suite"], r["config"], r.get("model") or "—", r.get("protocol") or "—", seeds,
+        label = r["config"] + (f" {CONTENDED_MARK}" if r.get("contended_runs") else "")
+        cells = [r["suite"], label, r.get("model") or "—", r.get("protocol") or "—", seeds,
                  *(value_text(r, key, kind) for _, key, kind in CONFIG_COLUMNS)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    marked = [(f"{r['config']} ({r['suite']})", r["contended_runs"]) for r in records if r.get("contended_runs")]
+    return "\n".join(lines + (["", contention_note(marked)] if marked else []))
 
 
 def base_table(records: list[dict[str, Any]]) -> str:
