@@ -2,9 +2,10 @@
 #   make demo   set up .venv, fine-tune the embedded model briefly, evaluate it
 #   make test   set up .venv, lint, run the whole test suite
 # and for development: make test-fast (the suite without tests marked slow, under a minute), make lint.
-# and the reference study behind README's results (about 6 h undisturbed on 2 CPU cores with native bf16):
-#   make study  the pre-registered study (results/PREREGISTRATION.md, DEVIATIONS.md): rank, modules and 4-bit
-#               x 3 seeds, 8-bit, a Gemma-3-270M replication, base models under three protocols -> results/
+# and the reference study behind README's results, third edition (results/PREREGISTRATION-3.md; about 12 h on
+# 2 CPU cores, all fp32, resumable across sessions and machines through the committed per-example export):
+#   make study  rank (alpha = 2r and rsLoRA) x 3 seeds, 4-bit and 8-bit x 3 seeds, ranks at 400 steps x 2 seeds,
+#               a Gemma-3-270M replication x 3 seeds -> results/ (report, per-example tables in results/examples)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -39,10 +40,12 @@ test: lint
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
-# Resumable: run it again after an interruption. results/ is rebuilt from experiments.db.
+# Resumable: run it again after an interruption, here or on another machine (the committed export in
+# results/examples is imported first, so only what it lacks runs). results/ is rebuilt from experiments.db.
 study: setup
-	$(PY) sweep.py --suite study
+	$(PY) sweep.py --suite study3 $(if $(wildcard results/examples/manifest.json),--import-examples results/examples)
 	$(PY) report.py --output-dir results --readme README.md
+	$(PY) report.py --export-examples results/examples
 
 # On a CUDA machine: every CUDA-specific path in about ten minutes (bench/gpu_check.py).
 gpu-check: setup
