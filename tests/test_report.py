@@ -321,6 +321,21 @@ def test_preregistration_beside_the_results_is_quoted_unchanged(study, tmp_path)
     assert text.index("## Summary") < text.index(prereg) < text.index(deviations) < text.index("## Suite ")
 
 
+def test_the_latest_editions_registration_is_quoted_and_earlier_ones_are_not(study, tmp_path):
+    path, _ = study
+    (tmp_path / "PREREGISTRATION.md").write_text("## Pre-registration (first edition)\n")
+    (tmp_path / "DEVIATIONS.md").write_text("## Deviations (first edition)\n")
+    (tmp_path / "PREREGISTRATION-3.md").write_text("## Pre-registration, third edition\n")
+    (tmp_path / "PREREGISTRATION-2.md").write_text("## Pre-registration, second edition\n")
+    assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "third edition" in text and "second edition" not in text and "first edition" not in text
+    (tmp_path / "DEVIATIONS-3.md").write_text("## Deviations, third edition\n")
+    assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.index("## Pre-registration, third edition") < text.index("## Deviations, third edition")
+
+
 def test_a_run_without_a_measured_peak_is_placed_by_its_prediction(tmp_path):
     """The memory-budget recommendation uses measured peaks, and a run's recorded prediction (said so) where
     its training recorded no measured peak."""

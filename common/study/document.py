@@ -297,6 +297,15 @@ def write_comparison(records: list[dict[str, Any]], out: Path) -> None:
     (out / "model_comparison.json").write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
 
 
+def edition_files(out: Path) -> list[Path]:
+    """The latest edition's registration and deviations in `out`: PREREGISTRATION-N.md / DEVIATIONS-N.md with the
+    highest N, else the unnumbered first files. Earlier editions' files stay beside them, unquoted."""
+    numbers = [p.stem.removeprefix("PREREGISTRATION-") for p in out.glob("PREREGISTRATION-*.md")]
+    editions = [int(n) for n in numbers if n.isdigit()]
+    suffix = f"-{max(editions)}" if editions else ""
+    return [p for p in (out / f"PREREGISTRATION{suffix}.md", out / f"DEVIATIONS{suffix}.md") if p.is_file()]
+
+
 def write_report(study: Study, suites: list[str], out: Path, db_name: str, figures: bool = True,
                  readme: Path | None = None, command: str = "python report.py") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
@@ -313,9 +322,8 @@ def write_report(study: Study, suites: list[str], out: Path, db_name: str, figur
     (out / "summary.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     # A pre-registration kept beside the results (written before the runs) is quoted unchanged, then what the
     # study did differently from it, so the registered text itself never needs editing.
-    for name in ("PREREGISTRATION.md", "DEVIATIONS.md"):
-        if (out / name).is_file():
-            lines += [(out / name).read_text().rstrip("\n"), ""]
+    for path in edition_files(out):
+        lines += [path.read_text().rstrip("\n"), ""]
     all_rows: list[Row] = []
     for suite in suites:
         section, rows = suite_section(study, suite, out, figures)
