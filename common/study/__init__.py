@@ -11,6 +11,7 @@
     reproduce.py     the commands a report prints to reproduce its runs
     examples.py      the per-example export of a database, and the read-only tracker that serves it back
     figures.py       which plots a suite's section gets; plots.py draws them
+    serving.py       the section on inference speed as served, from bench/serve_speed.py's JSON
 
 Imports every lower stage; nothing imports it but the scripts.
 """
