@@ -162,6 +162,13 @@ def build_adapter(model_name: str, target: Path, seed: int) -> str:
     return f"built here: rank 16, alpha 32, q/k/v/o, seed {seed}, lora_B ~ N(0, {LORA_B_STD})"
 
 
+def given_adapter_base(adapter_dir: str | None) -> str | None:
+    """The base model a --adapter directory was trained on (None if unknown); a bad directory fails here, in
+    one line, before any arm starts."""
+    from common.model.adapters import adapter_from_dir
+    return adapter_from_dir(Path(adapter_dir), "--adapter").base_model if adapter_dir else None
+
+
 def unavailable_arms(device: torch.device) -> dict[str, str]:
     """Arms whose base cannot load here (bitsandbytes missing or not running on this device), with why."""
     from common.model.load import check_quant
@@ -236,7 +243,8 @@ def measure_all(args: argparse.Namespace, model_name: str, adapter_dir: str, tmp
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local model directory, or hub id")
+    p.add_argument("--model", help="embedded name, local model directory, or hub id (default: the --adapter's "
+                                    "base model, else smollm2-135m)")
     p.add_argument("--adapter", help="a trained adapter directory (adapter_config.json); default: build one")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens every arm decodes per prompt")
     p.add_argument("--prompts", type=int, default=4, help="HumanEval prompts timed one at a time (TTFT, decode)")
@@ -284,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = torch.float32 if args.fp32_decoding else compute_dtype("16bit", device)
     print(machine_line(device, dtype), file=sys.stderr)
     skipped = unavailable_arms(device)
+    args.model = args.model or given_adapter_base(args.adapter) or "smollm2-135m"
     with tempfile.TemporaryDirectory(prefix="serve_speed-") as tmp:
         adapter_dir = args.adapter or str(Path(tmp) / "adapter")
         adapter_note = f"--adapter {args.adapter}" if args.adapter else build_adapter(args.model, Path(adapter_dir),

@@ -158,3 +158,9 @@ def test_serving_lines_say_why_an_arm_has_no_numbers(tmp_path):
                          "| lora-merged (16bit, bfloat16) | 50 ms | 20.0 | 200.0 | 900 | 1.00x, 0.50x, 1.00x, 1.00x |",
                          "| lora-nf4 | — | — | — | — | skipped: no bitsandbytes |",
                          "| lora-int8 | — | — | — | — | failed: killed |"]
+
+
+def test_a_missing_adapter_fails_in_one_line_before_any_arm_runs(tmp_path):
+    with pytest.raises(UserError, match="adapter directory .* does not exist"):
+        serve_speed().main(["--adapter", str(tmp_path / "nope"), "--out", str(tmp_path / "serve.json")])
+    assert not (tmp_path / "serve.json").exists()
