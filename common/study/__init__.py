@@ -12,6 +12,7 @@
     examples.py      the per-example export of a database, and the read-only tracker that serves it back
     imports.py       an export loaded back into a database under its run ids (sweep.py --import-examples)
     figures.py       which plots a suite's section gets; plots.py draws them
+    serving.py       the section on inference speed as served, from bench/serve_speed.py's JSON
 
 Imports every lower stage; nothing imports it but the scripts.
 """
