@@ -438,3 +438,16 @@ def test_budget_equivalence_only_with_seeds_on_both_sides(tmp_path):
     assert line.endswith("), take the cheapest") and "one seed" not in line
     cell = table_cell(text, "rank=8", "Paired differences vs the base model", "Δ NLL")
     assert " z p" in cell and ", Holm" in cell and "†" not in cell   # two seeds: a verdict, whichever it is
+
+
+def test_a_serving_bench_beside_the_results_becomes_their_inference_speed_section(study, tmp_path):
+    from test_serve_speed import write_sample_result
+
+    path, _ = study
+    assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
+    assert "Inference speed as served" not in (tmp_path / "RESULTS.md").read_text()
+    write_sample_result(tmp_path / "serve_speed.json")
+    assert report.main(["--db", str(path), "--output-dir", str(tmp_path), "--no-figures"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.index("## Summary") < text.index("### Inference speed as served") < text.index("## Suite ")
+    assert "| lora-merged (16bit, bfloat16) | 50 ms | 20.0 |" in text

@@ -138,8 +138,8 @@ def test_serving_lines_without_a_result_and_with_a_broken_one(tmp_path):
         serving_lines(broken)
 
 
-def test_serving_lines_say_why_an_arm_has_no_numbers(tmp_path):
-    path = tmp_path / "serve.json"
+def write_sample_result(path: Path) -> Path:
+    """A bench/serve_speed.py result with a measured, a skipped and a failed arm."""
     arm = {"quant": "16bit", "dtype": "bfloat16", "ttft_s": 0.05, "decode_tokens_per_s": 40.0,
            "batch8_tokens_per_s": 200.0, "peak_rss_mib": 900}
     path.write_text(json.dumps({
@@ -153,6 +153,11 @@ def test_serving_lines_say_why_an_arm_has_no_numbers(tmp_path):
                    "lora-merged": {"ttft_s": 1, "decode_tokens_per_s": 0.5, "batch8_tokens_per_s": 1,
                                    "peak_rss_mib": 1}},
         "identical_texts": None}))
+    return path
+
+
+def test_serving_lines_say_why_an_arm_has_no_numbers(tmp_path):
+    path = write_sample_result(tmp_path / "serve.json")
     table = [line for line in serving_lines(path) if line.startswith("| ")]
     assert table[1:] == ["| base (16bit, bfloat16) | 50 ms | 40.0 | 200.0 | 900 | reference |",
                          "| lora-merged (16bit, bfloat16) | 50 ms | 20.0 | 200.0 | 900 | 1.00x, 0.50x, 1.00x, 1.00x |",

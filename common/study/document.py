@@ -16,6 +16,7 @@ from common.study import compare
 from common.study.markdown import (QUALITY_TABLES, block, compact_ids, cost_cell, cost_table, difference_table,
                                    fmt, fmt_cell, md_table, quality_table)
 from common.study.rows import COST_KEYS, CONTENTION_LIMIT, Row, Study, build_rows, metric_for
+from common.study.serving import serving_lines
 from common.study.summary import CONTENDED_MARK, budget_why
 
 def differences_section(study: Study, suite: str, rows: list[Row], bases: list[Row]) -> tuple[list[str], list]:
@@ -319,6 +320,9 @@ def write_report(study: Study, suites: list[str], out: Path, db_name: str, figur
     entries = summary_entries(study, suites)
     if entries:
         lines += ["## Summary", "", *summary_lines(entries)]
+    # Q5 of the study (inference speed as served) is a side-by-side bench, not a run: its copy beside the results
+    serving = serving_lines(out / "serve_speed.json")
+    lines += [*serving, ""] if serving else []
     (out / "summary.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     # A pre-registration kept beside the results (written before the runs) is quoted unchanged, then what the
     # study did differently from it, so the registered text itself never needs editing.
