@@ -181,3 +181,14 @@ def test_the_recorded_kernel_is_the_one_that_ran(tiny_model, tmp_path):
                            "--output-dir", str(tmp_path / name)]) == 0
         (run,) = [r for r in Tracker(tmp_path / "e.db").runs() if r["name"] == name]
         assert run["config"]["lora_kernel"] == kernel, name
+
+
+def test_a_checkpoint_from_before_the_option_resumes_only_on_peft(tmp_path):
+    from common.errors import UserError
+    from common.train.build import restore
+    (tmp_path / "checkpoint").mkdir()
+    torch.save({"progress": {"config": {"rank": 16}}}, tmp_path / "checkpoint" / "state.pt")
+    with pytest.raises(UserError, match=r"\(lora_kernel\); --lora-kernel peft continues it"):
+        restore(tmp_path / "checkpoint", {"rank": 16, "lora_kernel": "fused"}, None, None, None)
+    with pytest.raises(UserError, match=r"\(lora_kernel, rank\); pass another"):
+        restore(tmp_path / "checkpoint", {"rank": 8, "lora_kernel": "fused"}, None, None, None)
