@@ -192,3 +192,20 @@ def test_a_checkpoint_from_before_the_option_resumes_only_on_peft(tmp_path):
         restore(tmp_path / "checkpoint", {"rank": 16, "lora_kernel": "fused"}, None, None, None)
     with pytest.raises(UserError, match=r"\(lora_kernel, rank\); pass another"):
         restore(tmp_path / "checkpoint", {"rank": 8, "lora_kernel": "fused"}, None, None, None)
+
+
+def test_gradient_checkpointing_recomputes_the_forward_with_the_same_masks():
+    ids = torch.randint(0, 256, (2, 20))
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = tiny_lora(0.3)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        use_fused_lora(model, seed=3).at(4, 1)
+        q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+        q_proj.register_forward_hook(lambda *_, on=checkpointing: calls.append(on))
+        grads.append(loss_and_grads(model, ids))
+    assert calls == [False, True, True]   # the checkpointed layer ran its forward again in backward
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-6)
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[0][1][name], grads[1][1][name], atol=1e-6, rtol=1e-5)

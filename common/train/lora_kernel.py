@@ -29,7 +29,9 @@ import torch.nn.functional as F
 
 _M64 = (1 << 64) - 1
 _FMIX1, _FMIX2 = 0x85EBCA6B - (1 << 32), 0xC2B2AE35 - (1 << 32)   # murmur3 fmix32, as signed int32
-_ARANGE: dict[tuple[int, str], torch.Tensor] = {}  # the counter base per (length, device), made once
+# The counter base per device, the longest one asked for so far: masks of shorter inputs take a slice of it
+# (sequence lengths vary per batch; one tensor per length would pile up)
+_ARANGE: dict[str, torch.Tensor] = {}
 
 
 def _splitmix64(z: int) -> int:
@@ -65,10 +67,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], key: int, p: float, device: t
     half = (n + 1) // 2
     if half >= 1 << 31:
         raise ValueError(f"a dropout mask of {n} elements is beyond the int32 counter")
-    base = _ARANGE.get((half, str(device)))
-    if base is None:
-        base = _ARANGE[(half, str(device))] = torch.arange(half, dtype=torch.int32, device=device)
-    h = base.mul(_signed32(key | 1)).add_(_signed32(key >> 32))
+    base = _ARANGE.get(str(device))
+    if base is None or len(base) < half:
+        base = _ARANGE[str(device)] = torch.arange(half, dtype=torch.int32, device=device)
+    h = base[:half].mul(_signed32(key | 1)).add_(_signed32(key >> 32))
     h.bitwise_xor_(_shift_right(h, 16)).mul_(_FMIX1)
     h.bitwise_xor_(_shift_right(h, 13)).mul_(_FMIX2)
     h.bitwise_xor_(_shift_right(h, 16))
