@@ -4,14 +4,17 @@
     python bench/step_variants.py --rounds 4 --variants baseline,fused-head --dtype fp32
     python bench/step_variants.py --variants fused-head --rounds 6   # alone: its own peak RSS
 
-Variants (each its own AdamW state over the same LoRA weights; all but no-dropout train identically, see
-tests/test_bench.py):
+Variants (each its own AdamW state over the same LoRA weights; all but no-dropout and fused-lora train
+identically, see tests/test_bench.py):
 
-    baseline     train.py's step today: CompletionLoss (LM head at labelled positions), torch AdamW default
+    baseline     CompletionLoss (LM head at labelled positions), torch AdamW default, PEFT's LoRA layers
     fused-adamw  common.train.steps.adamw: AdamW(fused=True), one kernel over all LoRA tensors
     fused-head   CompletionLoss(head_chunk=--head-chunk): LM head + cross-entropy fused, chunked, gradient
                  computed in the forward pass (no logits kept for backward)
     both         fused-head and fused-adamw
+    fused-lora   the baseline with LoRA layers on common.train.lora_kernel (train.py --lora-kernel fused, the
+                 default): dropout masks from a counter-based hash, redrawn in backward instead of saved; the
+                 same training in distribution, not the same masks (tests/test_fused_lora.py)
     no-dropout   LoRA dropout modules replaced by identity: NOT the same training, shown only to say what
                  dropout's mask draws cost (train.py --dropout 0 gets it)
 
@@ -39,11 +42,12 @@ from common.env import default_device, environment, peak_memory  # noqa: E402
 from common.model.lora import attach_lora  # noqa: E402
 from common.text.prompts import choose_template, encode_examples  # noqa: E402
 from common.model.load import load_model, load_tokenizer  # noqa: E402
+from common.train.lora_kernel import use_fused_lora  # noqa: E402
 from common.train.steps import CompletionLoss, adamw, autocast  # noqa: E402
 from machine import add_dtype_flag, bench_dtype, dtype_name, machine_line, machine_record, sync  # noqa: E402
 from machine import train_quant_flag  # noqa: E402
 
-VARIANTS = ("baseline", "fused-adamw", "fused-head", "both", "no-dropout")
+VARIANTS = ("baseline", "fused-adamw", "fused-head", "both", "no-dropout", "fused-lora")
 
 
 def lora_dropouts(model: torch.nn.Module) -> list[tuple[torch.nn.ModuleDict, str, torch.nn.Module]]:
@@ -58,8 +62,13 @@ def make_step(variant: str, model, params, lr: float, head_chunk: int, dropouts,
     loss_fn = CompletionLoss(model, head_chunk=head_chunk if variant in ("fused-head", "both") else None)
     optimizer = (adamw(params, lr, 0.0) if variant in ("fused-adamw", "both")
                  else torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
+    steps_done = [0]
 
     def step(batch: dict[str, torch.Tensor]) -> None:
+        fused = use_fused_lora(model, seed=0) if variant == "fused-lora" else None  # only for its own steps
+        if fused:
+            fused.at(steps_done[0], 0)
+        steps_done[0] += 1
         if variant == "no-dropout":
             for modules, name, _ in dropouts:
                 modules[name] = torch.nn.Identity()
@@ -68,6 +77,8 @@ def make_step(variant: str, model, params, lr: float, head_chunk: int, dropouts,
             (loss / n).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if fused:
+            fused.remove()
         if variant == "no-dropout":
             for modules, name, dropout in dropouts:
                 modules[name] = dropout

@@ -79,6 +79,12 @@ class TrainConfig:
                                    "for the original base, rank 2r)", choices=LORA_INITS, sweep=True)
     lora_plus_ratio: float = option(0.0, "LoRA+: the B matrices learn at --lr x R (the paper suggests 16; 0: off)",
                                     sweep=True, metavar="R")
+    lora_kernel: str = option("fused", "LoRA layer forward/backward while training: fused = one autograd function "
+                                       "that keeps no dropout mask and redraws it in backward from a counter-based "
+                                       "generator (plain LoRA on 16/32-bit bases; 4/8-bit bases and DoRA use "
+                                       "peft's silently, recorded resolved); peft = PEFT's layers. The masks "
+                                       "differ, so runs are not bit-comparable across kernels",
+                              choices=("peft", "fused"), sweep=True)
     quant: str = option("16bit", "base weights: 4bit NF4 (QLoRA), 8bit int8, 16bit bf16/fp16, 32bit fp32",
                         choices=QUANT_MODES, sweep=True)
     dtype: str = dtype_option("auto", sweep=True)

@@ -217,7 +217,7 @@ def test_step_variants_smoke(tiny_model, tmp_path):
     report = json.loads(out.read_text())
     assert report["machine"]["dtype"] == "float32" and report["machine"]["cpu_kind"] == cpu_kind()
     assert [row["variant"] for row in report["rows"]] == ["baseline", "fused-adamw", "fused-head", "both",
-                                                          "no-dropout"]
+                                                          "no-dropout", "fused-lora"]
     assert all(row["steps"] == 1 and row["real tokens/s"] > 0 for row in report["rows"])
 
 

@@ -3,6 +3,7 @@
     loop.py         the run: build it (data, weights, LoRA, optimizer), the training loop, checkpoints, resume
     steps.py        what a step needs: the completion loss, optimizer, autocast, checkpoint files, early stopping
     batching.py     token-budget batches without padding to a fixed length
+    lora_kernel.py  --lora-kernel fused: LoRA layers as one autograd function, dropout masks redrawn
     distributed.py  DDP over the adapter only (torchrun / accelerate launch)
     mirrors.py      mirror a run to TensorBoard, W&B, MLflow
     example_nll.py  per-example held-out NLL, for perplexity intervals

@@ -27,6 +27,7 @@ from common.tracker import Tracker
 from common.train.batching import epoch_batches
 from common.train.distributed import StopFlag, wrap_ddp
 from common.train.estimate import estimate_run, format_estimate
+from common.train.lora_kernel import use_fused_lora
 from common.train.loop import Run, TrainState, optimizer_step
 from common.train.mirrors import parse_report_to
 from common.train.predictions import prediction_scores, probe_and_refine
@@ -75,6 +76,8 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.modules, rslora=cfg.rslora, dora=cfg.dora,
                         init=cfg.init)
+    fused = use_fused_lora(model, cfg.seed) if cfg.lora_kernel == "fused" else None
+    cfg.lora_kernel = "fused" if fused else "peft"  # recorded resolved: 4/8-bit bases and DoRA train on peft's
     # A loadable directory (not the embedded alias), so peft finds the base config.json instead of
     # asking the hub for it; run_config.json keeps the name the user gave.
     model.peft_config["default"].base_model_name_or_path = resolve_model(cfg.model)
@@ -103,7 +106,7 @@ def build_run(cfg: TrainConfig, tracker: Tracker | None, world: int, rank: int, 
         scaler.load_state_dict(state.scaler)
     run = Run(cfg, model, loss_fn, wrap_ddp(loss_fn) if world > 1 else loss_fn, optimizer, scheduler, tokenizer,
               train_set, val_set, splits.validation, template, total_steps, device, dtype, world, rank, out,
-              tracker, scaler, StopFlag(), time.perf_counter() - state.wall_seconds)
+              tracker, scaler, StopFlag(), time.perf_counter() - state.wall_seconds, fused_lora=fused)
     if tracker:
         start_recording(run, state, splits.dropped, dropped_train + dropped_val)
     return run, state
@@ -122,11 +125,14 @@ def training_format(format: str, tokenizer, announce: bool) -> str:
 
 def restore(checkpoint: Path, config: dict[str, Any], model, optimizer, scheduler) -> TrainState:
     saved = torch.load(checkpoint / "state.pt", weights_only=False, map_location="cpu")["progress"]
-    if saved.get("config") != config:
-        old = saved.get("config") or {}
+    old = saved.get("config") or {}
+    if old and "lora_kernel" not in old:
+        old = {**old, "lora_kernel": "peft"}  # checkpoints from before --lora-kernel trained on PEFT's layers
+    if old != config:
         changed = sorted(k for k in set(config) | set(old) if config.get(k) != old.get(k))
+        hint = f"--lora-kernel {old['lora_kernel']} continues it, or " if changed == ["lora_kernel"] else ""
         raise UserError(f"{checkpoint} holds a run with a different config ({', '.join(changed)}); "
-                        "pass another --name or --output-dir, or delete the checkpoint")
+                        f"{hint}pass another --name or --output-dir, or delete the checkpoint")
     try:
         return TrainState(**load_checkpoint(checkpoint, model, optimizer, scheduler))
     except TypeError as e:

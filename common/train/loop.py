@@ -27,6 +27,7 @@ from common.text.protocols import answer_code, program, reference_code, render
 from common.tracker import Tracker
 from common.train.batching import collate, epoch_batches, label_tokens, real_tokens
 from common.train.distributed import StopFlag, stop_requested
+from common.train.lora_kernel import FusedLoRA
 from common.train.mirrors import Reporters, open_reporters
 from common.train.steps import CompletionLoss, autocast, early_stopping_due, mean_nll, save_best, save_checkpoint
 
@@ -78,6 +79,7 @@ class Run:
     started: float                       # perf_counter at (virtual) start, including earlier sessions
     reporters: Reporters | None = None   # TensorBoard / W&B / MLflow mirrors of the tracker (rank 0)
     cpu_start: CpuSnapshot | None = field(default_factory=cpu_snapshot)  # this session's, for cpu_contention
+    fused_lora: FusedLoRA | None = None  # --lora-kernel fused: its dropout masks are keyed by (step, micro-batch)
 
 
 def train(run: Run, state: TrainState) -> str:
@@ -154,6 +156,8 @@ def optimizer_step(run: Run, state: TrainState, rows: list[list[list[int]]]) -> 
     loss_sum = torch.zeros((), device=run.device)
     for i, m in enumerate(micro):
         sync = i == len(micro) - 1 or run.world == 1
+        if run.fused_lora:  # masks keyed by position, not generator state: a resumed run draws the same ones
+            run.fused_lora.at(state.step, run.rank * len(micro) + i)
         with (contextlib.nullcontext() if sync else run.ddp.no_sync()), autocast(run.device, run.dtype):
             loss, _ = run.ddp(**{k: v.to(run.device) for k, v in m.items()})
             # DDP averages gradients over processes, so scale back up by world size.
