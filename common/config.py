@@ -79,7 +79,9 @@ class TrainConfig:
                                    "for the original base, rank 2r)", choices=LORA_INITS, sweep=True)
     lora_plus_ratio: float = option(0.0, "LoRA+: the B matrices learn at --lr x R (the paper suggests 16; 0: off)",
                                     sweep=True, metavar="R")
-    lora_kernel: str = option("fused", "LoRA layer forward/backward while training: fused = one autograd function "
+    # peft by default until the reference study's third edition is complete: its runs span sessions and must all
+    # train alike (docs/study.md)
+    lora_kernel: str = option("peft", "LoRA layer forward/backward while training: fused = one autograd function "
                                        "that keeps no dropout mask and redraws it in backward from a counter-based "
                                        "generator (plain LoRA on 16/32-bit bases; 4/8-bit bases and DoRA use "
                                        "peft's silently, recorded resolved); peft = PEFT's layers. The masks "

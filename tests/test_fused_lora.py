@@ -146,8 +146,8 @@ def test_dora_and_conv1d_layers_stay_on_peft(tiny_gpt2):
 def test_a_run_resumed_at_step_3_ends_with_the_weights_of_an_uninterrupted_one(tiny_model, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from common.train.lora_kernel import FusedLoRA
-    common = ["--model", tiny_model, "--train-limit", "24", "--max-seq-len", "256", "--batch-size", "2",
-              "--grad-accum", "2", "--eval-gen", "0", "--val-limit", "4", "--quiet", "--max-steps", "6",
+    common = ["--model", tiny_model, "--lora-kernel", "fused", "--train-limit", "24", "--max-seq-len", "256",
+              "--batch-size", "2", "--grad-accum", "2", "--eval-gen", "0", "--val-limit", "4", "--quiet", "--max-steps", "6",
               "--quant", "32bit", "--dropout", "0.3", "--lr", "1e-2", "--eval-every", "0", "--save-every", "0",
               "--no-load-best"]
     positions = []
@@ -176,7 +176,8 @@ def test_a_run_resumed_at_step_3_ends_with_the_weights_of_an_uninterrupted_one(t
 def test_the_recorded_kernel_is_the_one_that_ran(tiny_model, tmp_path):
     base = ["--model", tiny_model, "--train-limit", "8", "--max-seq-len", "256", "--batch-size", "2", "--eval-gen",
             "0", "--val-limit", "2", "--quiet", "--max-steps", "1", "--eval-every", "0", "--quant", "32bit"]
-    for name, extra, kernel in [("dora", ["--dora"], "peft"), ("asked", ["--lora-kernel", "peft"], "peft")]:
+    for name, extra, kernel in [("dora", ["--dora", "--lora-kernel", "fused"], "peft"), ("default", [], "peft"),
+                                ("fused", ["--lora-kernel", "fused"], "fused")]:
         assert train.main([*base, *extra, "--db", str(tmp_path / "e.db"), "--name", name,
                            "--output-dir", str(tmp_path / name)]) == 0
         (run,) = [r for r in Tracker(tmp_path / "e.db").runs() if r["name"] == name]

@@ -287,3 +287,10 @@ def test_degenerate_comparisons_stay_out_of_the_family(seeded):
     same = compare._difference("humaneval.pass@1", [[Problem(1.0, 1.0, 1.0), Problem(0.0, 1.0, 1.0)]] * 2,
                                [[Problem(1.0, 1.0, 1.0), Problem(0.0, 1.0, 1.0)]] * 2, (True, True))
     assert same.degenerate == "identical per-problem scores" and same.p_value == 1.0
+
+
+def test_a_run_recorded_before_an_option_existed_groups_with_runs_recording_what_it_did():
+    from common.study.rows import group_key
+    old = {"rank": 16, "seed": 0, "quant": "16bit"}                      # before --lora-kernel existed: PEFT's layers
+    assert group_key(old) == group_key({**old, "seed": 1, "lora_kernel": "peft"})
+    assert group_key(old) != group_key({**old, "lora_kernel": "fused"})

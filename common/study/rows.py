@@ -271,8 +271,14 @@ def split_group(record: dict) -> str | None:
 
 # ---------------------------------------------------------------------------- rows
 
+# What a run recorded before an option existed did: such a run groups with later runs that record this value, so a
+# study whose runs span code versions keeps one row per configuration.
+BEFORE_OPTION_EXISTED = {"lora_kernel": "peft"}
+
+
 def group_key(config: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in IDENTITY_KEYS}, sort_keys=True, default=str)
+    filled = {**BEFORE_OPTION_EXISTED, **config}
+    return json.dumps({k: v for k, v in filled.items() if k not in IDENTITY_KEYS}, sort_keys=True, default=str)
 
 
 def build_rows(study: Study, suite: str) -> tuple[list[Row], list[Row]]:
