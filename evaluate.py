@@ -100,7 +100,7 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
 def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     """Evaluate the base model or an adapter (and the base model first when no comparable base run exists)."""
     from common.env import default_device
-    from common.evaluation.runs import load_eval_model, print_summary, producer, run_evaluation
+    from common.evaluation.runs import engine_gguf, load_eval_model, print_summary, producer, run_evaluation
     from common.evaluation.settings import find_base_run, inherit_settings, resolve_adapter
     from common.model.adapters import require_training_record
     from common.model.load import check_quant, compute_dtype
@@ -123,9 +123,12 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     missing = [b for b in benchmarks if adapter and cfg.compare and b.name not in base_runs]
 
     model = load_eval_model(model_name, cfg.quant, adapter, device, cfg.dtype)
-    produce = producer(model, tokenizer, cfg, device, dtype)
     if missing:
-        base_runs.update(evaluate_base_first(cfg, ks, tracker, model, model_name, config, missing, produce, device))
+        base_runs.update(evaluate_base_first(cfg, ks, tracker, model, model_name, config, missing, tokenizer, device,
+                                             dtype))
+    gguf = engine_gguf(cfg, model_name, adapter, tokenizer, output_dir, device)
+    config["gguf"] = str(gguf) if gguf else None
+    produce = producer(model, tokenizer, cfg, device, dtype, gguf)
     if cfg.merge:
         model = model.merge_and_unload()
         model.eval()
@@ -174,16 +177,18 @@ def run_name_and_dir(cfg: EvalConfig, tracker, adapter, model_name: str) -> tupl
 
 
 def evaluate_base_first(cfg: EvalConfig, ks: list[int], tracker, model, model_name: str, config: dict,
-                        missing: list, produce, device) -> dict[str, int]:
-    """The base model (adapter disabled) on the benchmarks that have no comparable base run, recorded as its own
-    eval run for later evaluations to reuse; {benchmark: run id}."""
-    from common.evaluation.runs import run_evaluation
+                        missing: list, tokenizer, device, dtype) -> dict[str, int]:
+    """The base model (adapter disabled; with llama.cpp, the base's own GGUF) on the benchmarks that have no
+    comparable base run, recorded as its own eval run for later evaluations to reuse; {benchmark: run id}."""
+    from common.evaluation.runs import engine_gguf, producer, run_evaluation
     from common.model.resolve import model_slug
 
     base_name = f"eval-base:{model_slug(model_name)}"
     base_dir = Path(cfg.output_dir) / "base" if cfg.output_dir else tracker.run_dir("eval", base_name)
+    gguf = engine_gguf(cfg, model_name, None, tokenizer, base_dir, device)
+    produce = producer(model, tokenizer, cfg, device, dtype, gguf)
     base_config = {**config, "adapter": None, "merge": False, "benchmarks": [b.name for b in missing],
-                   "benchmark_keys": {b.name: b.key for b in missing}}
+                   "benchmark_keys": {b.name: b.key for b in missing}, "gguf": str(gguf) if gguf else None}
     if not cfg.quiet:
         print(f"no comparable base-model evaluation of {', '.join(b.name for b in missing)} in {cfg.db}: "
               "evaluating the base model first (adapter disabled)", flush=True)
