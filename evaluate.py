@@ -41,7 +41,7 @@ disabled) and recorded as their own eval run, "eval-base:<model>", for later eva
 
 Engines (--engine): hf generates with the transformers model (continuous batching, common/text/generation.py);
 llama.cpp exports the model (adapter merged in fp32) once to <output-dir>/gguf/ as a --gguf-type GGUF and
-generates from it one prompt at a time (common/text/llamacpp.py), with the same prompts, stops and cutting. The
+generates from it at --eval-batch-size (common/text/llamacpp.py), with the same prompts, stops and cutting. The
 engine and GGUF type are in the benchmark key, so its scores never pair with the hf engine's; the held-out NLL is
 always the transformers model's.
 

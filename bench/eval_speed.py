@@ -9,8 +9,9 @@ replaced, and llama.cpp (evaluate.py --engine llama.cpp).
 --engines (a comma list, compared first against last): `before` is `common/text/generation.py` as it stood at
 --baseline-rev (default: the last commit before continuous batching), read with `git show` and loaded as a module,
 so the product keeps one decoder and the bench still times the old one exactly; `hf` is today's decoder;
-`llama.cpp` generates one prompt at a time from the model exported to a GGUF of --gguf-type (cached under the
-toolkit's cache directory; needs pip install -r requirements-llamacpp.txt). Every path gets the same rendered
+`llama.cpp` generates at --batch-size (continuous batching)
+from the model exported to a GGUF of --gguf-type (cached under the toolkit's cache directory; needs pip install -r
+requirements-llamacpp.txt). Every path gets the same rendered
 prompts (the embedded model's instruct protocol, as evaluate.py renders them), the same stops and max new tokens;
 the HF paths the same batch size and decoding precision (evaluate.py's default: a 16-bit model decoded in fp32, so
 greedy outputs do not depend on the batching). After a warm-up of each on two prompts, the paths alternate
@@ -88,7 +89,7 @@ def llama_cpp_path(tokenizer, args, device) -> Callable[[list, int], dict]:
     def run(prompts, new_tokens: int) -> dict:
         began = time.perf_counter()
         out = generate_llamacpp(gguf, tokenizer, [p.text for p in prompts], prompts[0].template,
-                                max_new_tokens=new_tokens, stop=prompts[0].stops)
+                                max_new_tokens=new_tokens, stop=prompts[0].stops, batch_size=args.batch_size)
         return {"seconds": time.perf_counter() - began, "forward_calls": None, "texts": [g.text for g in out],
                 "tokens": sum(g.new_tokens for g in out)}
     return run

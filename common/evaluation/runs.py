@@ -39,7 +39,8 @@ def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, dtype,
                  == (template, stops)]
         if gguf is not None:
             outputs = generate_llamacpp(gguf, tokenizer, [s.prompt for s in group], template,
-                                        max_new_tokens=cfg.max_new_tokens, stop=stops, progress=not cfg.quiet)
+                                        max_new_tokens=cfg.max_new_tokens, stop=stops,
+                                        batch_size=cfg.eval_batch_size, progress=not cfg.quiet)
         else:
             with decoding_precision(model, dtype, fp32=bench.key["decode"] == "float32"):
                 outputs = generate(model, tokenizer, [s.prompt for s in group], template,

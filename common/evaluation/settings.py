@@ -110,13 +110,14 @@ def decode_key(cfg: EvalConfig, dtype) -> str:
     """How greedy decoding ran, for the benchmark key: "float32" is batch-invariant; half precision
     (4/8-bit bases, or --no-fp32-decoding) depends on the batch's shape, so the key names the batch size and the
     engine (continuous batching gives a row other batch-mates than the batch-at-a-time decoder before it did).
-    llama.cpp is another engine with its own weights: "llama.cpp <gguf type>", never paired with the HF engine."""
+    llama.cpp is another engine with its own weights, and its rounding may depend on batch-mates: "llama.cpp <gguf
+    type>, continuous batch <n>", never paired with the HF engine."""
     import torch
 
     from common.text.generation import decodes_in_fp32
 
     if cfg.engine == "llama.cpp":
-        return f"llama.cpp {cfg.gguf_type}"
+        return f"llama.cpp {cfg.gguf_type}, continuous batch {cfg.eval_batch_size}"
     if dtype == torch.float32 or decodes_in_fp32(cfg.fp32_decoding, dtype, quantized=cfg.quant in ("4bit", "8bit")):
         return "float32"
     return f"{str(dtype).replace('torch.', '')}, continuous batch {cfg.eval_batch_size}"
