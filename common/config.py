@@ -27,6 +27,8 @@ LORA_INITS = ("gaussian", "pissa", "olora")   # common/model/lora.py maps them t
 ISOLATION_MODES = ("auto", "bwrap", "landlock", "none")
 DTYPES = ("auto", "fp32")     # --dtype; common/model/load.py compute_dtype resolves it
 DEFAULT_DB = "experiments.db"
+GGUF_TYPES = ("f32", "f16", "q8_0")   # common/model/gguf_export.py writes each
+ENGINES = ("hf", "llama.cpp")         # evaluate.py --engine: who generates (common/text/generation.py, llamacpp.py)
 
 
 def fp32_decoding_option(sweep: bool = False) -> bool:
@@ -182,6 +184,12 @@ class EvalConfig:
                                    "instruct for chat-trained adapters and chat base models",
                            choices=("auto", "completion", "instruct", "fewshot"), sweep=True)
     fp32_decoding: bool = fp32_decoding_option(sweep=True)
+    engine: str = option("hf", "who generates: hf (transformers, continuous batching) or llama.cpp (the merged "
+                               "model exported once to a GGUF of --gguf-type; greedy only; needs pip install -r "
+                               "requirements-llamacpp.txt); scores never pair across engines", choices=ENGINES,
+                         sweep=True)
+    gguf_type: str = option("f16", "GGUF weights for --engine llama.cpp: f16, q8_0 (8-bit blocks) or f32",
+                            choices=GGUF_TYPES, sweep=True)
     n_samples: int = option(1, "samples per problem", sweep=True)
     k: str = option("1", "comma list of k for pass@k (each <= --n-samples)", sweep=True)
     temperature: float = option(0.0, "sampling temperature (0 = greedy)", sweep=True)
@@ -289,8 +297,8 @@ class InferConfig:
     merge_to: str | None = option(None, "merge the adapter into a 16/32-bit base, save here", metavar="DIR")
     export_gguf: str | None = option(None, "write the merged model (the base alone without an adapter) as one GGUF "
                                            "file for llama.cpp / Ollama (llama, qwen2, gemma)", metavar="FILE")
-    gguf_type: str = option("f16", "GGUF weight type: f16, or q8_0 (8-bit blocks, about half the size)",
-                            choices=("f16", "q8_0"))
+    gguf_type: str = option("f16", "GGUF weight type: f16, q8_0 (8-bit blocks, about half the size), or f32 "
+                                   "(exact, twice the size)", choices=GGUF_TYPES)
     push_to_hub: str | None = option(None, "upload the adapter (or the --merge-to model) to this Hugging Face repo",
                                      metavar="REPO")
     private: bool = option(False, "create the --push-to-hub repo as private")

@@ -51,7 +51,7 @@ def test_llama_permutation_matches_llama_cpp():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("gguf_type", ["f32", "f16", "q8_0"])
 def test_infer_exports_the_merged_adapter(tiny_model, adapter, tmp_path, gguf_type):
     out = tmp_path / f"model-{gguf_type}.gguf"
     assert infer.main(["--adapter", str(adapter), "--model", tiny_model, "--quant", "32bit",
@@ -65,10 +65,11 @@ def test_infer_exports_the_merged_adapter(tiny_model, adapter, tmp_path, gguf_ty
     with torch.no_grad():
         expected, got = merged(ids).logits, loaded(ids).logits
     relative = ((expected - got).abs().max() / expected.abs().max()).item()
-    # f16 rounds each weight by <= 2^-11 relative, Q8_0 by <= 1/254 of its block's largest; errors compound.
-    assert relative < (2e-3 if gguf_type == "f16" else 3e-2), relative   # a wrong layout gives ~1
+    # f32 is exact; f16 rounds each weight by <= 2^-11 relative, Q8_0 by <= 1/254 of its block's largest; errors
+    # compound.
+    assert relative < {"f32": 1e-5, "f16": 2e-3, "q8_0": 3e-2}[gguf_type], relative   # a wrong layout gives ~1
     assert (expected.argmax(-1) == got.argmax(-1)).float().mean() > 0.9
-    if gguf_type == "f16":
+    if gguf_type != "q8_0":
         assert torch.equal(greedy(merged, ids), greedy(loaded, ids))
 
 

@@ -23,21 +23,29 @@ SUMMARY_METRICS = ("test_case_avg", "syntax_ok", "bleu", "chrf", "perplexity", "
                    "seconds_per_problem")
 
 
-def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, dtype) -> list[Sample]:
-    """n_samples generations per problem, one generate() call per (template, stops) group of prompts."""
+def generate_samples(model, tokenizer, bench: Benchmark, cfg: EvalConfig, dtype, gguf: Path | None = None
+                     ) -> list[Sample]:
+    """n_samples generations per problem, one generate() call per (template, stops) group of prompts; by
+    llama.cpp from `gguf` when given (--engine llama.cpp), else by the HF model."""
     import torch
 
     from common.text.generation import decoding_precision, generate
+    from common.text.llamacpp import generate_llamacpp
 
     samples = [Sample(p, j, bench.prompts[p.id].text, "") for p in bench.problems for j in range(cfg.n_samples)]
     torch.manual_seed(cfg.seed)
     for template, stops in sorted({(q.template, q.stops) for q in bench.prompts.values()}):
         group = [s for s in samples if (bench.prompts[s.problem.id].template, bench.prompts[s.problem.id].stops)
                  == (template, stops)]
-        with decoding_precision(model, dtype, fp32=bench.key["decode"] == "float32"):
-            outputs = generate(model, tokenizer, [s.prompt for s in group], template,
-                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               batch_size=cfg.eval_batch_size, stop=stops, progress=not cfg.quiet)
+        if gguf is not None:
+            outputs = generate_llamacpp(gguf, tokenizer, [s.prompt for s in group], template,
+                                        max_new_tokens=cfg.max_new_tokens, stop=stops,
+                                        batch_size=cfg.eval_batch_size, progress=not cfg.quiet)
+        else:
+            with decoding_precision(model, dtype, fp32=bench.key["decode"] == "float32"):
+                outputs = generate(model, tokenizer, [s.prompt for s in group], template,
+                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   batch_size=cfg.eval_batch_size, stop=stops, progress=not cfg.quiet)
         for s, out in zip(group, outputs):
             s.generation, s.new_tokens, s.seconds, s.ended = out.text, out.new_tokens, out.seconds, out.ended
     return samples
@@ -163,11 +171,27 @@ def load_eval_model(model_name: str, quant: str, adapter: Adapter | None, device
     return model
 
 
-def producer(model, tokenizer, cfg: EvalConfig, device, dtype) -> Callable[[Benchmark], tuple[list[dict], dict]]:
-    """bench -> (sample records, timing and perplexity scores): generate, then judge in the sandbox."""
+def engine_gguf(cfg: EvalConfig, model_name: str, adapter: Adapter | None, tokenizer, folder: Path,
+                device) -> Path | None:
+    """--engine llama.cpp: the GGUF it generates from (the merged adapter, or the base alone), exported into
+    `folder` once and reused after; None for --engine hf."""
+    if cfg.engine != "llama.cpp":
+        return None
+    from common.model.export import cached_gguf
+
+    gguf = cached_gguf(model_name, adapter, tokenizer, folder, cfg.gguf_type, device)
+    if not cfg.quiet:
+        print(f"llama.cpp generates from {gguf} ({cfg.gguf_type})", flush=True)
+    return gguf
+
+
+def producer(model, tokenizer, cfg: EvalConfig, device, dtype, gguf: Path | None = None
+             ) -> Callable[[Benchmark], tuple[list[dict], dict]]:
+    """bench -> (sample records, timing and perplexity scores): generate (by llama.cpp from `gguf` when given), then
+    judge in the sandbox. The held-out NLL is always the HF model's: it scores references, it generates nothing."""
     def produce(bench: Benchmark) -> tuple[list[dict], dict]:
         generated = bench.problems[:bench.key.get("generated", len(bench.problems))]
-        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, dtype) \
+        samples = generate_samples(model, tokenizer, replace(bench, problems=generated), cfg, dtype, gguf) \
             if generated else []
         records, exec_seconds = judge_samples(samples, bench.key["protocol"], cfg) if samples else ([], 0.0)
         extra = {}

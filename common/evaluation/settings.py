@@ -50,6 +50,9 @@ def validate_eval_config(cfg: EvalConfig) -> list[int]:
         raise UserError(f"--temperature must be >= 0, got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.engine == "llama.cpp" and cfg.temperature > 0:
+        raise UserError(f"--engine llama.cpp decodes greedily; pass --temperature 0 (not {cfg.temperature:g}) or "
+                        "sample with --engine hf")
     if cfg.samples is None:
         if cfg.n_samples < ks[-1]:
             raise UserError(f"--n-samples {cfg.n_samples} < k={ks[-1]}: pass@{ks[-1]} needs at least "
@@ -57,6 +60,9 @@ def validate_eval_config(cfg: EvalConfig) -> list[int]:
         if cfg.n_samples > 1 and cfg.temperature == 0:
             raise UserError(f"--n-samples {cfg.n_samples} with --temperature 0 repeats one greedy answer; "
                             "pass --temperature > 0 (e.g. 0.8) to sample")
+        if cfg.engine == "llama.cpp":
+            from common.text.llamacpp import import_llama_cpp
+            import_llama_cpp()   # a missing package is named now, not after loading and exporting the model
     elif cfg.merge:
         raise UserError("--merge needs an adapter; --samples scores completions without a model")
     if cfg.merge and cfg.run_id is None and cfg.run_name is None and cfg.adapter is None:
@@ -103,11 +109,15 @@ def inherit_settings(cfg: EvalConfig, adapter: Adapter | None) -> None:
 def decode_key(cfg: EvalConfig, dtype) -> str:
     """How greedy decoding ran, for the benchmark key: "float32" is batch-invariant; half precision
     (4/8-bit bases, or --no-fp32-decoding) depends on the batch's shape, so the key names the batch size and the
-    engine (continuous batching gives a row other batch-mates than the batch-at-a-time decoder before it did)."""
+    engine (continuous batching gives a row other batch-mates than the batch-at-a-time decoder before it did).
+    llama.cpp is another engine with its own weights, and its rounding may depend on batch-mates: "llama.cpp <gguf
+    type>, continuous batch <n>", never paired with the HF engine."""
     import torch
 
     from common.text.generation import decodes_in_fp32
 
+    if cfg.engine == "llama.cpp":
+        return f"llama.cpp {cfg.gguf_type}, continuous batch {cfg.eval_batch_size}"
     if dtype == torch.float32 or decodes_in_fp32(cfg.fp32_decoding, dtype, quantized=cfg.quant in ("4bit", "8bit")):
         return "float32"
     return f"{str(dtype).replace('torch.', '')}, continuous batch {cfg.eval_batch_size}"
@@ -128,7 +138,8 @@ def eval_record(cfg: EvalConfig, ks: list[int], model_name: str, adapter: Adapte
             "split_seed": cfg.split_seed,
             "dataset": cfg.dataset, "max_seq_len": cfg.max_seq_len, "merge": cfg.merge,
             "isolation": isolation["name"], "landlock_abi": isolation["landlock_abi"], "timeout": cfg.timeout,
-            "memory_mb": cfg.memory_mb}
+            "memory_mb": cfg.memory_mb, "engine": cfg.engine,
+            "gguf_type": cfg.gguf_type if cfg.engine == "llama.cpp" else None}
 
 
 def match_settings(config: dict) -> dict:

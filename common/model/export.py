@@ -2,12 +2,14 @@
 
     merge(cfg, adapter, model, tokenizer, device)   # a standard transformers directory (+ lora_merge.json)
     export_gguf(merged, tokenizer, "m.gguf", "q8_0")  # one GGUF file for llama.cpp / Ollama (model/gguf_export.py)
+    cached_gguf(model_name, adapter, tokenizer, folder, "f16", device)  # exported once (evaluate.py --engine llama.cpp)
     push_to_hub(repo, folder, private)              # the adapter or a merged model, to the Hugging Face hub
 
 A QLoRA adapter merges into the dequantized 16-bit base (never a 4/8-bit one: the rounding
 would be baked into the weights); lora_merge.json records the source and prompt template so
 infer.py prompts a merged model as the adapter was trained.
 """
+import hashlib
 import json
 import os
 import sys
@@ -20,7 +22,7 @@ from common.model.adapters import Adapter
 from common.config import TEMPLATES, InferConfig
 from common.errors import UserError, first_line
 from common.model.resolve import EMBEDDED, model_identity, model_slug
-from common.paths import read_json_object
+from common.paths import read_json_object, sha256_file
 
 MERGE_RECORD = "lora_merge.json"  # written next to a merged model: where it came from, its template
 
@@ -99,8 +101,7 @@ def merge(cfg: InferConfig, adapter: Adapter, model_name: str, tokenizer, device
 def export_to_gguf(cfg: InferConfig, adapter: Adapter | None, model_name: str, tokenizer, device: torch.device,
                    merged_dir: Path | None = None) -> Path:
     """--export-gguf FILE: the merged model (or the base alone, without an adapter) as one GGUF file."""
-    from common.model.gguf_export import export_gguf, gguf_pre_tokenizer
-    from common.model.resolve import embedded_gguf
+    from common.model.gguf_export import export_gguf
     from common.model.load import load_model
     if merged_dir is not None:
         model = load_model(str(merged_dir), "32bit", device)
@@ -108,12 +109,54 @@ def export_to_gguf(cfg: InferConfig, adapter: Adapter | None, model_name: str, t
         model = merged_model(cfg, adapter, model_name, tokenizer, device)[0]
     else:
         model = load_model(model_name, "32bit" if cfg.quant == "32bit" else "16bit", device, cfg.dtype or "auto")
-    base = model_identity(model_name)
-    pre = gguf_pre_tokenizer(embedded_gguf(base)) if base in EMBEDDED else "default"
     target = export_gguf(model, tokenizer, Path(cfg.export_gguf), cfg.gguf_type,
-                         name=(adapter.label if adapter else model_slug(model_name)), pre=pre)
+                         name=(adapter.label if adapter else model_slug(model_name)), pre=pre_tokenizer(model_name))
     print(f"wrote {target} ({cfg.gguf_type}, {target.stat().st_size / 2**20:.1f} MiB); run it with llama.cpp: "
           f"llama-cli -m {target}, or Ollama: a Modelfile with `FROM {target.resolve()}`, then `ollama create`")
+    return target
+
+
+def pre_tokenizer(model_name: str) -> str:
+    """llama.cpp's pre-tokenizer name for the model: the embedded model's own GGUF says it, else "default"."""
+    from common.model.gguf_export import gguf_pre_tokenizer
+    from common.model.resolve import embedded_gguf
+    base = model_identity(model_name)
+    return gguf_pre_tokenizer(embedded_gguf(base)) if base in EMBEDDED else "default"
+
+
+def gguf_digest(model_name: str, adapter: Adapter | None, gguf_type: str) -> str:
+    """What a cached GGUF was made from: the base model's identity, the adapter's files (config and weights) and
+    the weight type. A retrained adapter in the same directory gets another digest."""
+    digest = hashlib.sha256(f"{model_identity(model_name)}\n{gguf_type}\n".encode())
+    if adapter is not None:
+        for file in sorted(adapter.path.glob("adapter_*")):
+            if file.is_file():
+                digest.update(f"{file.name}\n{sha256_file(file)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_gguf(model_name: str, adapter: Adapter | None, tokenizer, folder: Path, gguf_type: str,
+                device: torch.device) -> Path:
+    """The merged model (the base alone without an adapter) as a GGUF of `gguf_type` under folder/gguf, exported
+    once: its name holds `gguf_digest`, so a later evaluation in this folder reuses it. Merged in float32 (exact)
+    whatever the adapter trained on; written under a temporary name first, so an interrupted export is never
+    mistaken for a finished one."""
+    from common.model.gguf_export import export_gguf
+    from common.model.load import load_model
+    digest = gguf_digest(model_name, adapter, gguf_type)
+    target = Path(folder) / "gguf" / f"{model_slug(model_name)}-{gguf_type}-{digest}.gguf"
+    if target.is_file():
+        return target
+    model = load_model(model_name, "32bit", device)
+    if adapter is not None:
+        model = load_adapter(model, adapter).merge_and_unload()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        export_gguf(model, tokenizer, partial, gguf_type, name=adapter.label if adapter else model_slug(model_name),
+                    pre=pre_tokenizer(model_name))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 

@@ -8,9 +8,9 @@ llama.cpp and transformers (`from_pretrained(dir, gguf_file=...)`) read the file
   - llama: q_proj / k_proj rows permuted to llama.cpp's rotary layout (transformers undoes it);
   - gemma: every RMSNorm weight w stored as 1 + w (llama.cpp's norm multiplies by the weight alone);
   - a tied lm_head is not written (llama.cpp reuses token_embd).
-Types: f16 stores 2-D weights as float16; q8_0 quantizes 2-D weights whose rows are a multiple
-of 32 to Q8_0 (blocks of 32 int8 with one fp16 scale, ~8.5 bits a weight); 1-D tensors (norms,
-biases) stay float32 in both.
+Types: f32 stores every tensor as float32 (exact; twice f16's size); f16 stores 2-D weights as float16;
+q8_0 quantizes 2-D weights whose rows are a multiple of 32 to Q8_0 (blocks of 32 int8 with one fp16 scale,
+~8.5 bits a weight); 1-D tensors (norms, biases) stay float32 in all three.
 
 The tokenizer is written from the (fast) tokenizer itself, as llama.cpp's convert_hf_to_gguf.py does:
   - model: byte-level BPE (GPT-2 style, e.g. SmolLM2, Qwen2) as "gpt2" with its merges;
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.config import GGUF_TYPES
 from common.errors import UserError
 
-GGUF_TYPES = ("f16", "q8_0")
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3",
                  "gemma3": "gemma3"}
 
@@ -239,11 +239,12 @@ def export_gguf(model: torch.nn.Module, tokenizer, path: Path, gguf_type: str = 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name or path.stem)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
     add_hyperparameters(writer, model.config, arch)
     add_tokenizer(writer, tokenizer, model.config.vocab_size, arch, pre)
     for tensor_name, data in gguf_tensors(model, arch):
-        if data.ndim < 2:
+        if data.ndim < 2 or gguf_type == "f32":
             writer.add_tensor(tensor_name, data)
         elif gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
             qtype = gguf.GGMLQuantizationType.Q8_0

@@ -4,6 +4,7 @@
     protocols.py   evaluation protocols: prompt a problem, turn the generation into a program
     sanitize.py    extract a program from an answer (fences, prose, truncation)
     generation.py  batched generation: left padding, KV cache, stop sequences
+    llamacpp.py    greedy generation by llama.cpp from a GGUF (evaluate.py --engine llama.cpp; optional package)
     streaming.py   print a generation as it grows (infer.py)
 
 Imports the core and the data stage.

@@ -86,6 +86,16 @@ def find_stop(prompt: str, text: str, stops: tuple[str, ...]) -> tuple[str, str 
     return joined[len(tail):cut], matched
 
 
+def settle(tokenizer: PreTrainedTokenizerBase, prompt: str, tokens: list[int], stops: tuple[str, ...],
+           max_new_tokens: int) -> tuple[str, str | None]:
+    """The completion after the newest of `tokens` (none of them EOS), cut at a stop sequence, and why it ended:
+    "stop '<seq>'", "length", or None while it goes on. Every engine ends and cuts a generation here."""
+    text, matched = find_stop(prompt, tokenizer.decode(tokens, skip_special_tokens=True), stops)
+    if matched is not None:
+        return text, f"stop {matched!r}"
+    return text, "length" if len(tokens) >= max_new_tokens else None
+
+
 def cut_completion(prompt: str, text: str, stops: tuple[str, ...]) -> str:
     """Cut at the first stop sequence (find_stop)."""
     return find_stop(prompt, text, stops)[0]
@@ -278,12 +288,10 @@ class _Decoder:
         if token == self.tokenizer.eos_token_id:
             self.ended[i] = "eos"
             return False
-        text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
-        self.texts[i], matched = find_stop(self.prompts[i], text, self.stops)
-        if matched is not None:
-            self.ended[i] = f"stop {matched!r}"
-            return False
-        return len(self.tokens[i]) < self.max_new_tokens
+        self.texts[i], ended = settle(self.tokenizer, self.prompts[i], self.tokens[i], self.stops,
+                                      self.max_new_tokens)
+        self.ended[i] = ended or self.ended[i]
+        return ended is None
 
 
 def _merge(batch: _Batch, fresh: _Batch) -> _Batch:
