@@ -12,8 +12,8 @@ identically, see tests/test_bench.py):
     fused-head   CompletionLoss(head_chunk=--head-chunk): LM head + cross-entropy fused, chunked, gradient
                  computed in the forward pass (no logits kept for backward)
     both         fused-head and fused-adamw
-    fused-lora   the baseline with LoRA layers on common.train.lora_kernel (train.py --lora-kernel fused, the
-                 default): dropout masks from a counter-based hash, redrawn in backward instead of saved; the
+    fused-lora   the baseline with LoRA layers on common.train.lora_kernel (train.py --lora-kernel fused, opt-in
+                 for now): dropout masks from a counter-based hash, redrawn in backward instead of saved; the
                  same training in distribution, not the same masks (tests/test_fused_lora.py)
     no-dropout   LoRA dropout modules replaced by identity: NOT the same training, shown only to say what
                  dropout's mask draws cost (train.py --dropout 0 gets it)
