@@ -202,7 +202,7 @@ def test_an_adapter_without_run_config_is_evaluated_as_named(bare_adapter, tmp_p
     import evaluate
     from common.evaluation import runs
 
-    def stop(model_name, quant, adapter, device):
+    def stop(model_name, quant, adapter, device, dtype):
         raise RuntimeError(f"loading {quant}")
     monkeypatch.setattr(runs, "load_eval_model", stop)
     with pytest.raises(RuntimeError, match="loading 32bit"):
