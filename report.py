@@ -77,15 +77,17 @@ def export(study: Study, args: ReportConfig) -> int:
 
 def open_study(args: ReportConfig) -> tuple[Study, str]:
     """The study of --db, or of a --from-examples folder (common/study/examples.py); and its database's name."""
+    if not 0 <= args.contention_limit <= 1:
+        raise UserError(f"--contention-limit is a share of the machine's CPU, 0 to 1, not {args.contention_limit}")
     if args.from_examples:
         if args.db != DEFAULT_DB:
             raise UserError("pass either --db or --from-examples DIR, not both")
         from common.study.examples import ExampleTracker
         tracker = ExampleTracker(Path(args.from_examples))
-        return Study(tracker), tracker.database
+        return Study(tracker, args.contention_limit), tracker.database
     if not Path(args.db).is_file():
         raise UserError(f"no database at {args.db}; run sweep.py (or train.py/evaluate.py) first, or pass --db")
-    return Study(Tracker(args.db)), args.db
+    return Study(Tracker(args.db), args.contention_limit), args.db
 
 
 def export_examples(study: Study, folder: str, database: str) -> int:

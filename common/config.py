@@ -261,6 +261,9 @@ class ReportConfig:
                                 choices=("running", "completed", "failed", "interrupted", "skipped"))
     export: str | None = option(None, "write all runs (with scores) to a file", choices=("json", "csv"))
     figures: bool = option(True, "draw the PNG figures (--no-figures: tables only)")
+    contention_limit: float = option(0.10, "a run is contended when other processes used more than this share of "
+                                           "the machine's CPU while it ran: its times and memory then rank nothing "
+                                           "(1: every run counts, e.g. on a machine that is always shared)")
     readme: str | None = option(None, "also re-render the tables this markdown file and the docs/*.md beside "
                                       "it quote between <!-- summary|configs|bases:begin/end --> markers",
                                 metavar="FILE")

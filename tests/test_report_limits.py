@@ -69,7 +69,7 @@ def test_a_contended_run_is_marked_and_its_costs_leave_every_ranking(built):
     assert table_cell(load, "rank=8 ‡", "Cost", "peak mem") == "contended"
     assert table_cell(load, "rank=8 ‡", "Cost", "train s") == "contended"
     footnote = next(line for line in load.splitlines() if line.startswith("‡ contended"))
-    assert f"rank=8: run(s) {ids['r8'][0]},{ids['r8'][1]}" in footnote and "more than 10%" in footnote
+    assert f"rank=8: run(s) {ids['r8'][0]},{ids['r8'][1]}" in footnote and "--contention-limit, 10% by default" in footnote
     # rank=16: seed 0 contended, so its peak is seed 1's alone; rank=32 recorded no load where others did.
     assert table_cell(load, "rank=16 ‡", "Cost", "peak mem") == "1600"
     assert table_cell(load, "rank=4", "Cost", "peak mem") == "1000 sd 0"

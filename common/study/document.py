@@ -15,7 +15,7 @@ from typing import Any
 from common.study import compare
 from common.study.markdown import (QUALITY_TABLES, block, compact_ids, cost_cell, cost_table, difference_table,
                                    fmt, fmt_cell, md_table, quality_table)
-from common.study.rows import COST_KEYS, CONTENTION_LIMIT, Row, Study, build_rows, metric_for
+from common.study.rows import COST_KEYS, Row, Study, build_rows, metric_for
 from common.study.serving import serving_lines
 from common.study.summary import CONTENDED_MARK, budget_why
 
@@ -114,7 +114,7 @@ def load_sentence(study: Study) -> str:
         return ("No run in this database recorded the machine's load (other processes' CPU share), so every run is "
                 "treated as uncontended: a time or peak may include other processes' load.")
     return (f"Costs (mean, sd over seeds) and every cost ranking use uncontended runs only: a run is contended "
-            f"({CONTENDED_MARK}) when other processes used more than {CONTENTION_LIMIT:.0%} of the machine's CPU "
+            f"({CONTENDED_MARK}) when other processes used more than {study.contention_limit:.0%} of the machine's CPU "
             f"capacity while it ran; a run that recorded no load counts as \"load not recorded\" and is left out "
             f"too, since this database records the load of others.")
 

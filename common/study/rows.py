@@ -176,8 +176,9 @@ class Problem:
 class Study:
     """Everything in the database, indexed for the report."""
 
-    def __init__(self, tracker: Tracker):
+    def __init__(self, tracker: Tracker, contention_limit: float = CONTENTION_LIMIT):
         self.tracker = tracker
+        self.contention_limit = contention_limit   # report.py --contention-limit
         self.runs = {r["id"]: r for r in tracker.runs()}
         self.scores = tracker.all_scores()
         self.members: dict[str, set[int]] = defaultdict(set)
@@ -222,11 +223,11 @@ class Study:
         return max(found) if found else None
 
     def load_status(self, run_id: int) -> str:
-        """The run's load: contended (foreign share above CONTENTION_LIMIT), uncontended, or not recorded."""
+        """The run's load: contended (foreign share above the contention limit), uncontended, or not recorded."""
         share = self.foreign_share(run_id)
         if share is None:
             return "not recorded"
-        return "contended" if share > CONTENTION_LIMIT else "uncontended"
+        return "contended" if share > self.contention_limit else "uncontended"
 
     def cost_usable(self, run_id: int) -> bool:
         """Whether the run's times and memory may rank configurations: uncontended; a run without a recorded load

@@ -284,9 +284,10 @@ CONTENDED_MARK = "‡"   # not †: the summary's † means one seed
 def contention_note(marked: list[tuple[str, str]]) -> str:
     """The footnote of a table whose (label, run ids) rows are marked contended."""
     runs = "; ".join(f"{label}: run(s) {ids}" for label, ids in marked)
-    return (f"{CONTENDED_MARK} contended: other processes used more than {CONTENTION_LIMIT:.0%} of the machine's CPU "
-            f"capacity during these runs ({runs}); their times and memory are left out of the cost columns and of "
-            f"every cost ranking, and a cost with no uncontended run reads \"contended\".")
+    return (f"{CONTENDED_MARK} contended: other processes used more than the contention limit (report.py "
+            f"--contention-limit, {CONTENTION_LIMIT:.0%} by default) of the machine's CPU capacity during these "
+            f"runs ({runs}); their times and memory are left out of the cost columns and of every cost ranking, "
+            f"and a cost with no uncontended run reads \"contended\".")
 
 
 def config_table(records: list[dict[str, Any]]) -> str:
