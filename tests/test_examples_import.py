@@ -4,6 +4,7 @@ nothing, and a clash or a broken folder is a one-line error that writes nothing.
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from study_db import ENV, build_study, humaneval_sample
@@ -18,6 +19,7 @@ from common.study.plan import plan
 from common.study.runner import Sweep
 from common.tracker import Tracker
 
+ROOT = Path(__file__).resolve().parent.parent
 FILES = ("manifest.json", "runs.jsonl.gz", "scores.jsonl.gz", "metrics.jsonl.gz", "examples.jsonl.gz",
          "texts.jsonl.gz")
 
@@ -212,3 +214,18 @@ def test_a_train_run_imported_without_its_evaluation_is_trained_again(tmp_path, 
     assert len(children) == 1, children
     assert children[0][children[0].index("--name") + 1] == planned[2].name
     assert any(arg.endswith("train.py") for arg in children[0])
+
+
+def test_the_committed_study_export_imports_and_exports_the_same_bytes(tmp_path, monkeypatch):
+    """results/examples, the third edition's finished runs, is what the next session resumes from: it must load."""
+    shipped = ROOT / "results" / "examples"
+    if not (shipped / "manifest.json").is_file():
+        pytest.skip("no committed study export")
+    tracker = Tracker(tmp_path / "experiments.db")
+    counts = import_examples(shipped, tracker)
+    tracker.close()
+    assert counts["imported"] == json.loads((shipped / "manifest.json").read_text())["rows"]["runs"]
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--export-examples", "again"]) == 0
+    for name in FILES:
+        assert (tmp_path / "again" / name).read_bytes() == (shipped / name).read_bytes(), name
