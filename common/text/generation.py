@@ -216,6 +216,20 @@ class _Batch:
     positions: torch.Tensor     # (rows, 1): the position of each row's last token in the cache
 
 
+def extend_completion(decoder, i: int, token: int) -> bool:
+    """Append a token to prompt i's completion in `decoder` (this module's or common/text/llamacpp.py's: both keep
+    tokenizer, prompts, tokens, texts, ended, stops, max_new_tokens per prompt); whether it goes on (no EOS, stop
+    sequence or length yet). One ending rule for both engines."""
+    decoder.tokens[i].append(token)
+    if token == decoder.tokenizer.eos_token_id:
+        decoder.ended[i] = "eos"
+        return False
+    decoder.texts[i], ended = settle(decoder.tokenizer, decoder.prompts[i], decoder.tokens[i], decoder.stops,
+                                     decoder.max_new_tokens)
+    decoder.ended[i] = ended or decoder.ended[i]
+    return ended is None
+
+
 class _Decoder:
     """Continuous batching over the prompts, longest first; fills tokens, texts and ended per prompt."""
 
@@ -282,16 +296,7 @@ class _Decoder:
         no_history = torch.empty(len(logits), 0, dtype=torch.long, device=logits.device)
         return torch.multinomial(self.warpers(no_history, logits).softmax(-1), 1)[:, 0]
 
-    def _extend(self, i: int, token: int) -> bool:
-        """Append a token to prompt i's completion; whether it goes on (no EOS, stop sequence or length yet)."""
-        self.tokens[i].append(token)
-        if token == self.tokenizer.eos_token_id:
-            self.ended[i] = "eos"
-            return False
-        self.texts[i], ended = settle(self.tokenizer, self.prompts[i], self.tokens[i], self.stops,
-                                      self.max_new_tokens)
-        self.ended[i] = ended or self.ended[i]
-        return ended is None
+    _extend = extend_completion
 
 
 def _merge(batch: _Batch, fresh: _Batch) -> _Batch:

@@ -5,8 +5,8 @@
 
 Only the forward passes change engine. The prompts are tokenized by the transformers tokenizer exactly as the HF
 path tokenizes them (`encode_prompt`), and each new token id is decoded, checked for EOS and stop sequences and cut
-by the same `settle` as the HF decoder, so the Generation objects (text, new_tokens, seconds, how it ended) mean the
-same thing and everything after generation (sanitize, sandbox, scores) is unchanged. The GGUF must hold the same
+by the same `extend_completion` as the HF decoder, so the Generation objects (text, new_tokens, seconds, how it
+ended) mean the same thing and everything after generation (sanitize, sandbox, scores) is unchanged. The GGUF must hold the same
 vocabulary (common/model/export.py cached_gguf writes it from the same tokenizer).
 
 Continuous batching on llama.cpp's C API, as the HF decoder batches: up to batch_size prompts live at once, each
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from common.errors import UserError
-from common.text.generation import Generation, settle
+from common.text.generation import Generation, extend_completion
 from common.text.prompts import encode_prompt
 
 INSTALL = "pip install -r requirements-llamacpp.txt"
@@ -148,16 +148,7 @@ class _Decoder:
                     free.append(seq)
                     on_finished(1)
 
-    def _extend(self, i: int, token: int) -> bool:
-        """Append a token to prompt i's completion; whether it goes on (no EOS, stop sequence or length yet)."""
-        self.tokens[i].append(token)
-        if token == self.tokenizer.eos_token_id:
-            self.ended[i] = "eos"
-            return False
-        self.texts[i], ended = settle(self.tokenizer, self.prompts[i], self.tokens[i], self.stops,
-                                      self.max_new_tokens)
-        self.ended[i] = ended or self.ended[i]
-        return ended is None
+    _extend = extend_completion
 
 
 def _add(batch, token: int, pos: int, seq: int, last: bool = True) -> int:
