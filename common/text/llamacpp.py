@@ -6,8 +6,8 @@
 Only the forward passes change engine. The prompts are tokenized by the transformers tokenizer exactly as the HF
 path tokenizes them (`encode_prompt`), and each new token id is decoded, checked for EOS and stop sequences and cut
 by the same `extend_completion` as the HF decoder, so the Generation objects (text, new_tokens, seconds, how it
-ended) mean the same thing and everything after generation (sanitize, sandbox, scores) is unchanged. The GGUF must hold the same
-vocabulary (common/model/export.py cached_gguf writes it from the same tokenizer).
+ended) mean the same thing and everything after generation (sanitize, sandbox, scores) is unchanged. The GGUF must
+hold the same vocabulary (common/model/export.py cached_gguf writes it from the same tokenizer).
 
 Continuous batching on llama.cpp's C API, as the HF decoder batches: up to batch_size prompts live at once, each
 its own sequence in the KV cache; every llama_decode feeds each live sequence its last token, plus the whole prompt
