@@ -15,6 +15,8 @@ giving two 16-bit uniforms compared with round(p * 65536) (keep rate 1 - p to wi
 splitmix64 on int64: AVX2 has no 64-bit vector multiply, and an int64 multiply measured 5x an int32 one here.
 The key picks the multiplier and the offset of the counter (idx * M + a), so two keys' inputs are no shifted
 copies of each other. One 540 x 576 mask, 1 thread, fp32 machine (best of 21): bernoulli_ 1.94 ms, this 0.73 ms.
+The whole step is nonetheless 0.91x PEFT's in fp32 on 2 AVX2 cores (the mask is drawn twice and the low-rank
+path runs outside PEFT's kernels; bench/results/step_variants.json), so it is opt-in: it saves memory, not time, there.
 
 Other layers (bitsandbytes 4/8-bit, DoRA and other variants, lora_bias, fan_in_fan_out, a trainable base) stay on
 PEFT's path; eval mode, merged or disabled adapters and mixed-adapter batches too. The weights are PEFT's own
