@@ -116,6 +116,10 @@ def current_memory_mb(device: torch.device) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+# evaluate.py records an eval run's cpu_contention under this benchmark name (a train run: among its train scores)
+LOAD_BENCHMARK = "load"
+
+
 @dataclass(frozen=True)
 class CpuSnapshot:
     """CPU seconds at one instant: the whole machine's busy time and this process tree's own."""

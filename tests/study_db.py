@@ -84,7 +84,7 @@ def eval_run(db: Tracker, suite: str, parent: int | None, name: str, passes: set
     db.log_samples(run, "humaneval", samples)
     db.log_samples(run, "heldout", heldout)
     if load is not None:   # recorded once per run, beside the benchmarks' scores
-        db.log_scores(run, "run", {"cpu_foreign_share": load, "cpu_own_share": 0.9})
+        db.log_scores(run, "load", {"cpu_foreign_share": load, "cpu_own_share": 0.9})
     db.finish_run(run, status)
     return run
 

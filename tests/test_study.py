@@ -294,3 +294,12 @@ def test_a_run_recorded_before_an_option_existed_groups_with_runs_recording_what
     old = {"rank": 16, "seed": 0, "quant": "16bit"}                      # before --lora-kernel existed: PEFT's layers
     assert group_key(old) == group_key({**old, "seed": 1, "lora_kernel": "peft"})
     assert group_key(old) != group_key({**old, "lora_kernel": "fused"})
+
+
+def test_the_machine_load_an_eval_run_records_is_not_a_benchmark(tmp_path):
+    db = Tracker(tmp_path / "e.db")
+    run = db.start_run("e", "eval", {})
+    db.log_scores(run, "humaneval", {"pass@1": 0.5})
+    db.log_scores(run, "load", {"cpu_foreign_share": 0.2, "cpu_own_share": 0.8, "loadavg_start": 1.0})
+    study = Study(db)
+    assert study.benchmarks(run) == ["humaneval"] and study.foreign_share(run) == 0.2

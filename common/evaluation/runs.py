@@ -92,7 +92,7 @@ def run_evaluation(tracker, cfg: EvalConfig, ks, *, name: str, config: dict, par
                    benchmarks: list[Benchmark], produce: Callable[[Benchmark], tuple[list[dict], dict]],
                    base_runs: dict[str, int] | None = None, device=None) -> RunResult:
     """One eval run in the tracker: produce each benchmark's samples, score, compare, record, write samples.json."""
-    from common.env import cpu_contention, cpu_snapshot, environment, peak_memory
+    from common.env import LOAD_BENCHMARK, cpu_contention, cpu_snapshot, environment, peak_memory
 
     run_id = tracker.start_run(name, "eval", config, suite=cfg.suite, parent_id=parent_id,
                                output_dir=str(output_dir), environment=environment())
@@ -118,7 +118,8 @@ def run_evaluation(tracker, cfg: EvalConfig, ks, *, name: str, config: dict, par
             tracker.log_samples(run_id, bench.name, records)
             all_scores[bench.name] = scores
             dump[bench.name] = samples_for_json(records, base_records)
-        tracker.log_scores(run_id, "load", {k: (v, None, None, None) for k, v in cpu_contention(cpu_start).items()})
+        load = cpu_contention(cpu_start)
+        tracker.log_scores(run_id, LOAD_BENCHMARK, {k: (v, None, None, None) for k, v in load.items()})
         samples_path = write_samples_json(output_dir, run_id, name, config, base_runs or {}, all_scores, dump)
         tracker.finish_run(run_id, "completed", wall_seconds=time.perf_counter() - began)
     return RunResult(run_id, all_scores, samples_path)

@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.env import LOAD_BENCHMARK
 from common.judge import stats
 from common.tracker import Tracker
 
@@ -71,8 +72,8 @@ def metric_for(key: str) -> Metric:
 # neighbour's busy thread is 0.5 of them, and timings are noisy well before that (NOTES.md: a first heavy run can
 # be 5-10x slow), so a tenth is the most foreign load under which a time or peak is still the run's own.
 CONTENTION_LIMIT = 0.10
-LOAD_SCORE = "cpu_foreign_share"
-LOAD_SCORES = {LOAD_SCORE, "cpu_own_share"}   # the machine's load, not a benchmark's score
+# Where runs record it: train runs among their train scores, eval runs under their own benchmark (common/env.py)
+FOREIGN_SHARE_KEYS = ("train.cpu_foreign_share", f"{LOAD_BENCHMARK}.cpu_foreign_share")
 # Score names whose value the machine's load can change: what contention takes out of the cost rankings.
 MEASURED_COST_NAMES = {"peak_mb", "wall_seconds", "train_tokens_per_s", "seconds_per_problem", "tokens_per_s"}
 
@@ -216,10 +217,10 @@ class Study:
         return self._problems[(eval_id, bench)]
 
     def foreign_share(self, run_id: int) -> float | None:
-        """The share of the machine's CPU capacity other processes used during the run, whatever benchmark the
-        run recorded it under; None when it recorded none."""
-        found = [s["value"] for k, s in self.scores.get(run_id, {}).items()
-                 if k.partition(".")[2] == LOAD_SCORE and s["value"] is not None]
+        """The share of the machine's CPU capacity other processes used during the run; None when it recorded
+        none."""
+        scores = self.scores.get(run_id, {})
+        found = [scores[k]["value"] for k in FOREIGN_SHARE_KEYS if k in scores and scores[k]["value"] is not None]
         return max(found) if found else None
 
     def load_status(self, run_id: int) -> str:
@@ -242,8 +243,7 @@ class Study:
         return (bench, data_key, config.get("protocol", DEFAULT_PROTOCOL), tuple(sorted(self.problems(eval_id, bench))))
 
     def benchmarks(self, eval_id: int) -> list[str]:
-        return sorted({k.split(".", 1)[0] for k in self.scores.get(eval_id, {})
-                       if k.partition(".")[2] not in LOAD_SCORES} - {"train"})
+        return sorted({k.split(".", 1)[0] for k in self.scores.get(eval_id, {})} - {"train", LOAD_BENCHMARK})
 
 
 def _problem(rows: list[dict]) -> Problem:
